@@ -1,0 +1,136 @@
+//! Who is calling: the bearer token, its organization and its permissions.
+
+use crate::{error::ApiError, state::AppState, validate::OrganizationRef};
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use bson::{DateTime, oid::ObjectId};
+use governor::clock::{Clock, DefaultClock};
+use refresh_shared::{store::Organization, token};
+
+/// A caller whose token is known, unexpired, unrevoked and within its rate limit.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub token_id: ObjectId,
+    pub organization: ObjectId,
+    permissions: Vec<String>,
+}
+
+impl Authenticated {
+    pub fn require(&self, permission: &str) -> Result<(), ApiError> {
+        if self.permissions.iter().any(|p| p == permission) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    /// The organization the path names, if it is the token's own; any other is "not found", so
+    /// a caller cannot even learn that another tenant exists.
+    pub async fn organization(
+        &self,
+        state: &AppState,
+        reference: &OrganizationRef,
+    ) -> Result<Organization, ApiError> {
+        let organization = state
+            .store
+            .organization(self.organization)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let named = match reference {
+            OrganizationRef::Id(id) => *id == organization.id,
+            OrganizationRef::Slug(slug) => *slug == organization.slug,
+        };
+        if named {
+            Ok(organization)
+        } else {
+            Err(ApiError::NotFound)
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, telling "no token" apart from "not a bearer
+/// token at all".
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::NoToken);
+    };
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    match token.trim() {
+        "" => Err(ApiError::NoToken),
+        token if token.contains(char::is_whitespace) => Err(ApiError::Unauthorized),
+        token => Ok(token),
+    }
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer_token(parts)?;
+        let record = state
+            .store
+            .token_by_hash(&token::hash(presented))
+            .await?
+            .filter(|t| t.is_usable(DateTime::now()))
+            .ok_or(ApiError::Unauthorized)?;
+        if let Err(not_until) = state.rate_limiter.check_key(&record.id) {
+            return Err(ApiError::RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            });
+        }
+        Ok(Authenticated {
+            token_id: record.id,
+            organization: record.organization,
+            permissions: record.permissions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = Request::builder();
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request
+            .body(())
+            .map(|r| r.into_parts().0)
+            .expect("valid request")
+    }
+
+    #[test]
+    fn bearer_parsing_follows_the_contract() {
+        assert!(matches!(bearer_token(&parts(None)), Err(ApiError::NoToken)));
+        assert!(matches!(
+            bearer_token(&parts(Some("Bearer"))),
+            Err(ApiError::NoToken)
+        ));
+        assert!(matches!(
+            bearer_token(&parts(Some("Bearer   "))),
+            Err(ApiError::NoToken)
+        ));
+        assert!(matches!(
+            bearer_token(&parts(Some("Basic abc"))),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            bearer_token(&parts(Some("abc"))),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            bearer_token(&parts(Some("Bearer a b"))),
+            Err(ApiError::Unauthorized)
+        ));
+        assert_eq!(bearer_token(&parts(Some("bearer tok"))).ok(), Some("tok"));
+    }
+}

@@ -1,0 +1,86 @@
+//! `refresh-api`: authenticates, validates, looks up, records a job and has RabbitMQ confirm it.
+
+mod auth;
+mod error;
+mod routes;
+mod state;
+mod validate;
+
+pub use error::{ApiError, FieldProblem};
+
+use anyhow::Context;
+use refresh_shared::{Settings, broker::Publisher, store::Store};
+use state::AppState;
+use std::{future::Future, net::SocketAddr, time::Duration};
+use tokio::net::TcpListener;
+
+/// How often idle per-token rate-limit state is dropped, so it does not grow with every token
+/// ever seen.
+const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
+
+/// The api, bound and connected, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+}
+
+impl App {
+    /// Connects to MongoDB and RabbitMQ, declares indexes and topology, and binds `API_ADDR`
+    /// (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let store = Store::connect(&settings.mongo, "refresh-api")
+            .await
+            .context("configuring the MongoDB client (MONGODB_URI)")?;
+        store
+            .ensure_indexes()
+            .await
+            .context("creating MongoDB indexes (is MONGODB_URI reachable?)")?;
+        let publisher = Publisher::connect(&settings.amqp, "refresh-api")
+            .await
+            .context("connecting to RabbitMQ (AMQP_URL)")?;
+        let listener = TcpListener::bind(settings.api.addr)
+            .await
+            .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
+        let state = AppState::new(&settings, store, publisher);
+        let router = routes::router(state.clone(), settings.api.body_limit_bytes);
+        Ok(App {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut every = tokio::time::interval(RATE_LIMIT_SWEEP);
+            loop {
+                every.tick().await;
+                state.rate_limiter.retain_recent();
+            }
+        });
+        tracing::info!(addr = %self.local_addr(), "refresh-api listening");
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
+        sweeper.abort();
+        served
+    }
+}

@@ -1,0 +1,35 @@
+use bson::oid::ObjectId;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use refresh_shared::{Settings, broker::Publisher, store::Store};
+use std::sync::Arc;
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Store,
+    pub publisher: Publisher,
+    /// Requests per token, refilled continuously.
+    pub rate_limiter: DefaultKeyedRateLimiter<ObjectId>,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, store: Store, publisher: Publisher) -> AppState {
+        let quota = Quota::per_second(settings.api.rate_limit_per_second)
+            .allow_burst(settings.api.rate_limit_burst);
+        AppState(Arc::new(Inner {
+            store,
+            publisher,
+            rate_limiter: RateLimiter::keyed(quota),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,25 @@
+//! RabbitMQ: connection, topology and the confirming publisher.
+
+mod connection;
+mod publisher;
+mod topology;
+
+pub use connection::connect;
+pub use publisher::Publisher;
+pub use topology::Topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker did not confirm the message within {0:?}")]
+    ConfirmTimeout(std::time::Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker returned the message as unroutable: {0}")]
+    Returned(String),
+    #[error("broker error: {0}")]
+    Protocol(#[from] lapin::Error),
+    #[error("invalid AMQP_URL: {0}")]
+    InvalidUrl(String),
+}

@@ -1,0 +1,151 @@
+//! The api's side of the broker: publishes jobs persistent and mandatory on a confirm-mode
+//! channel, and answers only once the broker has taken responsibility for the message.
+//!
+//! Concurrent requests share one channel, so their confirms are pipelined: nobody waits for
+//! another request's confirm. A dead connection is replaced on the next publish.
+
+use super::{BrokerError, Topology, connect};
+use crate::{job::RefreshJob, settings::AmqpSettings};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use secrecy::SecretString;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+use tokio::sync::Mutex;
+
+/// AMQP delivery mode 2: the broker writes the message to disk before confirming it.
+const PERSISTENT: u8 = 2;
+
+pub struct Publisher {
+    url: SecretString,
+    name: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    link: RwLock<Option<Arc<Link>>>,
+    /// Held while one task reconnects; the others fail fast instead of piling up behind it.
+    reconnecting: Mutex<()>,
+}
+
+struct Link {
+    // Kept so the connection lives as long as its channel.
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Connects and declares the topology; fails when the broker cannot be reached now.
+    pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Publisher, BrokerError> {
+        let publisher = Publisher {
+            url: settings.url.clone(),
+            name: name.to_owned(),
+            topology: Topology::new(settings.prefix.clone()),
+            confirm_timeout: settings.confirm_timeout,
+            link: RwLock::new(None),
+            reconnecting: Mutex::new(()),
+        };
+        publisher.link().await?;
+        Ok(publisher)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the publisher holds a live channel right now.
+    pub fn is_connected(&self) -> bool {
+        self.current()
+            .is_some_and(|link| link.channel.status().connected())
+    }
+
+    /// Publishes `job` and waits for the broker's confirm. `Ok` means RabbitMQ has stored it.
+    pub async fn publish(&self, job: &RefreshJob) -> Result<(), BrokerError> {
+        let link = self.link().await?;
+        let result = self.publish_on(&link.channel, job).await;
+        if matches!(
+            result,
+            Err(BrokerError::Protocol(_) | BrokerError::ConfirmTimeout(_))
+        ) {
+            self.forget(&link);
+        }
+        result
+    }
+
+    async fn publish_on(&self, channel: &Channel, job: &RefreshJob) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("application/json".into())
+            // The job id doubles as message id, so duplicates can be told apart downstream.
+            .with_message_id(job.job_id.to_hex().into());
+        let confirm = channel
+            .basic_publish(
+                self.topology.jobs_exchange().into(),
+                Topology::routing_key(job.lane).into(),
+                // Mandatory: a message no queue would take comes back instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &job.encode(),
+                properties,
+            )
+            .await?;
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout(self.confirm_timeout))??;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(BrokerError::Returned(returned.reply_text.to_string()))
+            }
+            Confirmation::Nack(None) => Err(BrokerError::Nacked),
+            Confirmation::NotRequested => Err(BrokerError::Unavailable(
+                "channel is not in confirm mode".to_owned(),
+            )),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Link>> {
+        self.link.read().ok().and_then(|link| link.clone())
+    }
+
+    fn forget(&self, dead: &Arc<Link>) {
+        if let Ok(mut link) = self.link.write()
+            && link
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, dead))
+        {
+            *link = None;
+        }
+    }
+
+    async fn link(&self) -> Result<Arc<Link>, BrokerError> {
+        if let Some(link) = self.current().filter(|l| l.channel.status().connected()) {
+            return Ok(link);
+        }
+        let Ok(_guard) = self.reconnecting.try_lock() else {
+            return Err(BrokerError::Unavailable("reconnecting".to_owned()));
+        };
+        if let Some(link) = self.current().filter(|l| l.channel.status().connected()) {
+            return Ok(link);
+        }
+        let connection = connect(&self.url, &self.name).await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let link = Arc::new(Link {
+            _connection: connection,
+            channel,
+        });
+        if let Ok(mut current) = self.link.write() {
+            *current = Some(Arc::clone(&link));
+        }
+        tracing::info!(connection = %self.name, "publisher connected to the broker");
+        Ok(link)
+    }
+}

@@ -1,0 +1,232 @@
+//! A refresh job: the message the api publishes, the per-category states the worker records,
+//! and the transition rules every write-back is guarded by.
+
+use crate::Category;
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Version of [`RefreshJob`] on the wire; a consumer rejects versions it does not know.
+pub const MESSAGE_VERSION: u16 = 1;
+
+/// The job message on RabbitMQ. Only ids travel: the worker reads the device itself, so a
+/// message never carries stale push routes or anything secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshJob {
+    pub version: u16,
+    #[serde(with = "hex_object_id")]
+    pub job_id: ObjectId,
+    #[serde(with = "hex_object_id")]
+    pub organization_id: ObjectId,
+    #[serde(with = "hex_object_id")]
+    pub device_id: ObjectId,
+    pub categories: Vec<Category>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    pub lane: Lane,
+    /// How many times this job has been handed to a worker before (0 on first publish).
+    pub attempt: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("job message is not valid: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("job message version {0} is not supported (this build reads {MESSAGE_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("job message has no categories")]
+    NoCategories,
+}
+
+impl RefreshJob {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain ids, enums and a timestamp cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let job: RefreshJob = serde_json::from_slice(payload)?;
+        if job.version != MESSAGE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(job.version));
+        }
+        if job.categories.is_empty() {
+            return Err(DecodeError::NoCategories);
+        }
+        Ok(job)
+    }
+}
+
+/// Which queue a job travels on: single-device requests never wait behind a bulk batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CategoryState {
+    Queued,
+    Pushing,
+    Pushed,
+    Retrying,
+    Failed,
+    Expired,
+}
+
+impl CategoryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CategoryState::Queued => "queued",
+            CategoryState::Pushing => "pushing",
+            CategoryState::Pushed => "pushed",
+            CategoryState::Retrying => "retrying",
+            CategoryState::Failed => "failed",
+            CategoryState::Expired => "expired",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            CategoryState::Pushed | CategoryState::Failed | CategoryState::Expired
+        )
+    }
+
+    /// The states a category may move to `self` from. Every write-back filters on this list, so
+    /// a redelivered or late message can never move a category backwards.
+    pub fn allowed_sources(self) -> &'static [CategoryState] {
+        use CategoryState::*;
+        match self {
+            Queued => &[],
+            // `Pushing` again: a redelivery after a worker died mid-push.
+            Pushing => &[Queued, Retrying, Pushing],
+            Pushed | Retrying => &[Pushing],
+            // `Queued` → `Failed`: the api could not publish the job.
+            Failed | Expired => &[Queued, Pushing, Retrying],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    InProgress,
+    Completed,
+    Partial,
+    Failed,
+}
+
+impl JobState {
+    /// A job's state is never stored: it is derived from its categories.
+    pub fn derive(categories: impl IntoIterator<Item = CategoryState>) -> JobState {
+        let (mut total, mut queued, mut open, mut pushed) = (0, 0, 0, 0);
+        for state in categories {
+            total += 1;
+            match state {
+                CategoryState::Queued => queued += 1,
+                CategoryState::Pushed => pushed += 1,
+                other if !other.is_terminal() => open += 1,
+                _ => {}
+            }
+        }
+        if total == queued {
+            JobState::Queued
+        } else if queued + open > 0 {
+            JobState::InProgress
+        } else if pushed == total {
+            JobState::Completed
+        } else if pushed == 0 {
+            JobState::Failed
+        } else {
+            JobState::Partial
+        }
+    }
+}
+
+/// Serde for an [`ObjectId`] as its 24-hex string, the form every public id takes.
+pub mod hex_object_id {
+    use bson::oid::ObjectId;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(id: &ObjectId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectId, D::Error> {
+        let hex = <&str>::deserialize(deserializer)?;
+        ObjectId::parse_str(hex).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CategoryState::*;
+
+    fn job() -> RefreshJob {
+        RefreshJob {
+            version: MESSAGE_VERSION,
+            job_id: ObjectId::new(),
+            organization_id: ObjectId::new(),
+            device_id: ObjectId::new(),
+            categories: vec![Category::Hardware, Category::Os],
+            requested_at: OffsetDateTime::UNIX_EPOCH,
+            lane: Lane::Interactive,
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn the_message_round_trips_and_uses_hex_ids() {
+        let job = job();
+        let bytes = job.encode();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(&format!("\"jobId\":\"{}\"", job.job_id.to_hex())));
+        assert_eq!(RefreshJob::decode(&bytes).ok(), Some(job));
+    }
+
+    #[test]
+    fn unknown_versions_and_empty_jobs_are_rejected() {
+        let mut future = job();
+        future.version = 2;
+        assert!(matches!(
+            RefreshJob::decode(&future.encode()),
+            Err(DecodeError::UnsupportedVersion(2))
+        ));
+        let mut empty = job();
+        empty.categories.clear();
+        assert!(matches!(
+            RefreshJob::decode(&empty.encode()),
+            Err(DecodeError::NoCategories)
+        ));
+        assert!(matches!(
+            RefreshJob::decode(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn states_never_move_backwards() {
+        for terminal in [Pushed, Failed, Expired] {
+            for target in [Queued, Pushing, Pushed, Retrying, Failed, Expired] {
+                assert!(!target.allowed_sources().contains(&terminal));
+            }
+        }
+        assert!(Pushing.allowed_sources().contains(&Retrying));
+        assert!(Failed.allowed_sources().contains(&Queued));
+    }
+
+    #[test]
+    fn job_state_is_derived_from_categories() {
+        assert_eq!(JobState::derive([Queued, Queued]), JobState::Queued);
+        assert_eq!(JobState::derive([Queued, Pushed]), JobState::InProgress);
+        assert_eq!(JobState::derive([Retrying, Pushed]), JobState::InProgress);
+        assert_eq!(JobState::derive([Pushed, Pushed]), JobState::Completed);
+        assert_eq!(JobState::derive([Pushed, Failed]), JobState::Partial);
+        assert_eq!(JobState::derive([Expired, Failed]), JobState::Failed);
+    }
+}

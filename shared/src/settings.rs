@@ -1,0 +1,259 @@
+//! The one `Settings` every binary reads from the environment (contract §4), validated at start.
+
+use crate::retry::RetryPolicy;
+use secrecy::SecretString;
+use std::{fmt::Display, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
+use url::Url;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub mongo: MongoSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub gateways: GatewaySettings,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// Holds the broker password, hence secret.
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name; must start with `refresh` (contract §4).
+    pub prefix: String,
+    /// How long a publish may wait for the broker's confirm before the caller gets a 503.
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub uri: SecretString,
+    pub database: String,
+    /// How long an operation waits for a reachable server before it counts as an outage.
+    pub server_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub rate_limit_per_second: NonZeroU32,
+    pub rate_limit_burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub addr: SocketAddr,
+    /// Unacked deliveries the broker may hand this worker at once.
+    pub prefetch: u16,
+    /// Jobs processed at once; never more than `prefetch`.
+    pub concurrency: usize,
+    pub push_timeout: Duration,
+    pub push_retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub agent_url: Url,
+    pub wns_token_url: Url,
+    pub wns_client_id: String,
+    pub wns_client_secret: SecretString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            other => Err(format!("'{other}' is not json or pretty")),
+        }
+    }
+}
+
+/// Every variable that failed, so an operator fixes them all in one go.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct SettingsError(pub Vec<String>);
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can build them without touching the process
+    /// environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let mut env = Env {
+            lookup: &lookup,
+            errors: Vec::new(),
+        };
+        let amqp = AmqpSettings {
+            url: env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefix: env.string("AMQP_PREFIX", "refresh"),
+            confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
+        };
+        let mongo = MongoSettings {
+            uri: env.secret("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            database: env.string("MONGODB_DB", "device_refresh"),
+            server_timeout: env.millis("MONGODB_TIMEOUT_MS", 2_000),
+        };
+        let api = ApiSettings {
+            addr: env.parse("API_ADDR", "127.0.0.1:8080"),
+            body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
+            rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
+            rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
+        };
+        let worker = WorkerSettings {
+            addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
+            prefetch: env.parse("WORKER_PREFETCH", "64"),
+            concurrency: env.parse("WORKER_CONCURRENCY", "32"),
+            push_timeout: env.millis("PUSH_TIMEOUT_MS", 5_000),
+            push_retry: RetryPolicy {
+                initial: env.millis("PUSH_RETRY_INITIAL_MS", 500),
+                max_interval: env.millis("PUSH_RETRY_MAX_INTERVAL_MS", 5_000),
+                max_elapsed: env.millis("PUSH_RETRY_MAX_ELAPSED_MS", 30_000),
+                max_attempts: env.parse("PUSH_MAX_ATTEMPTS", "5"),
+            },
+        };
+        let gateways = GatewaySettings {
+            agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
+            wns_token_url: env.parse("WNS_TOKEN_URL", "http://127.0.0.1:8090/wns/token"),
+            wns_client_id: env.string("WNS_CLIENT_ID", ""),
+            wns_client_secret: env.secret("WNS_CLIENT_SECRET", ""),
+        };
+        let log_format = env.parse("LOG_FORMAT", "pretty");
+
+        if !amqp.prefix.starts_with("refresh") {
+            env.errors
+                .push("AMQP_PREFIX: must start with 'refresh'".to_owned());
+        }
+        if worker.prefetch == 0 || worker.concurrency == 0 {
+            env.errors
+                .push("WORKER_PREFETCH and WORKER_CONCURRENCY: must be at least 1".to_owned());
+        } else if worker.concurrency > usize::from(worker.prefetch) {
+            env.errors
+                .push("WORKER_CONCURRENCY: must not exceed WORKER_PREFETCH".to_owned());
+        }
+        if worker.push_retry.max_attempts == 0 {
+            env.errors
+                .push("PUSH_MAX_ATTEMPTS: must be at least 1".to_owned());
+        }
+
+        if env.errors.is_empty() {
+            Ok(Settings {
+                amqp,
+                mongo,
+                api,
+                worker,
+                gateways,
+                log_format,
+            })
+        } else {
+            Err(SettingsError(env.errors))
+        }
+    }
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl Env<'_> {
+    fn string(&mut self, name: &str, default: &str) -> String {
+        (self.lookup)(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn secret(&mut self, name: &str, default: &str) -> SecretString {
+        SecretString::from(self.string(name, default))
+    }
+
+    /// Parses `name`, recording an error (and returning the default) when it does not parse.
+    /// The defaults are literals that always parse.
+    fn parse<T: FromStr>(&mut self, name: &str, default: &str) -> T
+    where
+        T::Err: Display,
+    {
+        let raw = self.string(name, default);
+        match raw.parse() {
+            Ok(value) => value,
+            Err(error) => {
+                self.errors.push(format!("{name}: {error}"));
+                match default.parse() {
+                    Ok(value) => value,
+                    Err(_) => unreachable!("default of {name} does not parse"),
+                }
+            }
+        }
+    }
+
+    fn millis(&mut self, name: &str, default: u64) -> Duration {
+        Duration::from_millis(self.parse(name, &default.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(s.mongo.database, "device_refresh");
+        assert_eq!(s.api.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.worker.addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(s.api.body_limit_bytes, 16 * 1024);
+        assert_eq!(s.gateways.agent_url.as_str(), "http://127.0.0.1:8090/");
+        assert_eq!(
+            s.gateways.wns_token_url.as_str(),
+            "http://127.0.0.1:8090/wns/token"
+        );
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once_without_echoing_secrets() {
+        let err = settings(&[
+            ("API_ADDR", "nowhere"),
+            ("LOG_FORMAT", "xml"),
+            ("AMQP_PREFIX", "jobs"),
+            ("WNS_CLIENT_SECRET", "hunter2"),
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("API_ADDR"), "{text}");
+        assert!(text.contains("LOG_FORMAT"), "{text}");
+        assert!(text.contains("AMQP_PREFIX"), "{text}");
+        assert_eq!(err.0.len(), 3);
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let s = settings(&[("WNS_CLIENT_SECRET", "hunter2")]).expect("valid");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"));
+        assert!(!debug.contains("guest:guest"));
+    }
+}

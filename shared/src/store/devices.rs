@@ -1,0 +1,194 @@
+use super::{Store, StoreError, tenant};
+use crate::{Category, device::DeviceState};
+use bson::{DateTime, doc, oid::ObjectId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub organization: ObjectId,
+    pub state: DeviceState,
+    #[serde(default)]
+    pub summary: DeviceSummary,
+    /// `[id, imei, serial]`: what `winDeviceId` is matched against, with one indexed equality.
+    pub lookup_keys: Vec<String>,
+    #[serde(default)]
+    pub push: PushRoutes,
+    /// Categories asked for and not yet settled (pushed, failed or expired).
+    #[serde(default)]
+    pub refresh_info_needed: Vec<Category>,
+    #[serde(default)]
+    pub info_refreshed_at: BTreeMap<Category, DateTime>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imei: Option<String>,
+}
+
+/// How a device can be reached: its management agent, Windows Push Notification Services, or both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRoutes {
+    #[serde(default)]
+    pub agent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wns: Option<WnsChannel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WnsChannel {
+    pub channel_uri: String,
+    pub status: WnsChannelStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_since: Option<DateTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WnsChannelStatus {
+    Active,
+    /// WNS answered 404/410: the channel expired and only a new enrolment brings a new one.
+    Dead,
+}
+
+impl PushRoutes {
+    /// The WNS channel URI, if the device has one that still works.
+    pub fn live_wns_channel(&self) -> Option<&str> {
+        self.wns
+            .as_ref()
+            .filter(|wns| wns.status == WnsChannelStatus::Active)
+            .map(|wns| wns.channel_uri.as_str())
+    }
+}
+
+pub struct NewDevice {
+    pub organization: ObjectId,
+    pub state: DeviceState,
+    pub serial_number: Option<String>,
+    pub imei: Option<String>,
+    pub push: PushRoutes,
+}
+
+impl Store {
+    pub async fn create_device(&self, new: NewDevice) -> Result<Device, StoreError> {
+        let id = ObjectId::new();
+        let lookup_keys = std::iter::once(id.to_hex())
+            .chain(new.imei.clone())
+            .chain(new.serial_number.clone())
+            .collect();
+        let device = Device {
+            id,
+            organization: new.organization,
+            state: new.state,
+            summary: DeviceSummary {
+                serial_number: new.serial_number,
+                imei: new.imei,
+            },
+            lookup_keys,
+            push: new.push,
+            refresh_info_needed: Vec::new(),
+            info_refreshed_at: BTreeMap::new(),
+        };
+        self.devices.insert_one(&device).await?;
+        Ok(device)
+    }
+
+    /// A device of `organization` whose id, IMEI or serial number is `key`.
+    pub async fn device_by_key(
+        &self,
+        organization: ObjectId,
+        key: &str,
+    ) -> Result<Option<Device>, StoreError> {
+        // Ids are stored in lowercase hex; a caller may send them in uppercase.
+        let lowercase = key.to_ascii_lowercase();
+        let keys = if ObjectId::parse_str(key).is_ok() && lowercase != key {
+            doc! { "$in": [key, lowercase] }
+        } else {
+            doc! { "$eq": key }
+        };
+        Ok(self
+            .devices
+            .find_one(tenant(organization, doc! { "lookupKeys": keys }))
+            .await?)
+    }
+
+    pub async fn device(
+        &self,
+        organization: ObjectId,
+        id: ObjectId,
+    ) -> Result<Option<Device>, StoreError> {
+        Ok(self
+            .devices
+            .find_one(tenant(organization, doc! { "_id": id }))
+            .await?)
+    }
+
+    /// Records that `categories` are outstanding for the device.
+    pub async fn mark_refresh_needed(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+    ) -> Result<(), StoreError> {
+        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+        self.devices
+            .update_one(
+                tenant(organization, doc! { "_id": device }),
+                doc! { "$addToSet": { "refreshInfoNeeded": { "$each": names } } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A category is no longer outstanding; `refreshed_at` is set when it was pushed.
+    pub async fn settle_refresh(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        refreshed_at: Option<DateTime>,
+    ) -> Result<(), StoreError> {
+        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+        let mut update = doc! { "$pullAll": { "refreshInfoNeeded": names } };
+        if let Some(at) = refreshed_at {
+            let stamps: bson::Document = categories
+                .iter()
+                .map(|c| (format!("infoRefreshedAt.{c}"), bson::Bson::DateTime(at)))
+                .collect();
+            update.insert("$set", stamps);
+        }
+        self.devices
+            .update_one(tenant(organization, doc! { "_id": device }), update)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_wns_channel_dead(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+    ) -> Result<(), StoreError> {
+        self.devices
+            .update_one(
+                tenant(
+                    organization,
+                    doc! { "_id": device, "push.wns": { "$exists": true } },
+                ),
+                doc! { "$set": {
+                    "push.wns.status": "dead",
+                    "push.wns.deadSince": DateTime::now(),
+                } },
+            )
+            .await?;
+        Ok(())
+    }
+}

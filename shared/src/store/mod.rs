@@ -1,0 +1,117 @@
+//! MongoDB: typed collections and the queries the product makes, nothing else.
+//!
+//! Every query for tenant data goes through [`tenant`], so no lookup can leave its organization.
+
+mod devices;
+mod indexes;
+mod jobs;
+mod organizations;
+mod tokens;
+
+pub use devices::{Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus};
+pub use jobs::{CategoryRecord, CategoryUpdate, CategoryView, JobRecord, JobView};
+pub use organizations::Organization;
+pub use tokens::ApiToken;
+
+use crate::settings::MongoSettings;
+use bson::{Document, doc, oid::ObjectId};
+use mongodb::{
+    Client, Collection, Database,
+    error::{ErrorKind, WriteFailure},
+    options::ClientOptions,
+};
+use secrecy::ExposeSecret;
+
+pub const ORGANIZATIONS: &str = "organizations";
+pub const DEVICES: &str = "win_devices";
+pub const TOKENS: &str = "api_tokens";
+pub const JOBS: &str = "refresh_jobs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] mongodb::error::Error),
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("stored document does not have the expected shape: {0}")]
+    Corrupt(#[source] mongodb::error::Error),
+    #[error("database error: {0}")]
+    Other(#[source] mongodb::error::Error),
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(error: mongodb::error::Error) -> Self {
+        match *error.kind {
+            ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Shutdown => StoreError::Unavailable(error),
+            ErrorKind::BsonDeserialization(_) => StoreError::Corrupt(error),
+            _ => StoreError::Other(error),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Maps a duplicate-key write error to [`StoreError::Duplicate`] naming `what`.
+    fn duplicate_as(error: mongodb::error::Error, what: impl FnOnce() -> String) -> StoreError {
+        match &*error.kind {
+            ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == 11000 => {
+                StoreError::Duplicate(what())
+            }
+            _ => error.into(),
+        }
+    }
+}
+
+/// `filter` restricted to one organization: the only way tenant data is queried.
+pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
+    filter.insert("organization", organization);
+    filter
+}
+
+#[derive(Clone)]
+pub struct Store {
+    database: Database,
+    pub organizations: Collection<Organization>,
+    pub devices: Collection<Device>,
+    pub tokens: Collection<ApiToken>,
+    pub jobs: Collection<JobRecord>,
+}
+
+impl Store {
+    /// Builds the client; the driver connects lazily, so this fails only on a malformed URI.
+    pub async fn connect(settings: &MongoSettings, app_name: &str) -> Result<Store, StoreError> {
+        let mut options = ClientOptions::parse(settings.uri.expose_secret()).await?;
+        options.app_name = Some(app_name.to_owned());
+        // An unreachable server must turn into a 503 quickly, not after the driver's 30 s.
+        options.server_selection_timeout = Some(settings.server_timeout);
+        options.connect_timeout = Some(settings.server_timeout);
+        let client = Client::with_options(options)?;
+        Ok(Store::new(client.database(&settings.database)))
+    }
+
+    fn new(database: Database) -> Store {
+        Store {
+            organizations: database.collection(ORGANIZATIONS),
+            devices: database.collection(DEVICES),
+            tokens: database.collection(TOKENS),
+            jobs: database.collection(JOBS),
+            database,
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.database.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! API tokens: generated once, shown once, stored only as a SHA-256 hash.
+//!
+//! Tokens carry 256 bits of randomness, so a fast hash is enough: there is nothing to brute-force
+//! that a slow password hash would protect.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The permission the refresh endpoint and the job-status call require.
+pub const PERMISSION_DEVICE_INFO: &str = "mdm.windows.device.info";
+
+const TOKEN_PREFIX: &str = "drt_";
+
+/// A freshly generated token: the plaintext for the caller, the hash for the store.
+pub struct NewToken {
+    pub plaintext: String,
+    pub hash: String,
+}
+
+pub fn generate() -> NewToken {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let plaintext = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let hash = hash(&plaintext);
+    NewToken { plaintext, hash }
+}
+
+/// The lowercase hex SHA-256 of a presented token: the key tokens are stored and looked up by.
+pub fn hash(plaintext: &str) -> String {
+    hex::encode(Sha256::digest(plaintext.as_bytes()))
+}
+
+/// Compares a stored hash with a computed one without leaking where they differ.
+pub fn hashes_match(stored: &str, computed: &str) -> bool {
+    stored.as_bytes().ct_eq(computed.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_unique_and_only_their_hash_matches() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a.plaintext, b.plaintext);
+        assert!(a.plaintext.starts_with(TOKEN_PREFIX));
+        assert_eq!(a.hash.len(), 64);
+        assert!(!a.hash.contains(&a.plaintext));
+        assert!(hashes_match(&a.hash, &hash(&a.plaintext)));
+        assert!(!hashes_match(&a.hash, &hash(&b.plaintext)));
+    }
+}
