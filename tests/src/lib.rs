@@ -1,1 +1,383 @@
+//! Test helpers for the end-to-end suite, and the push-gateway simulator.
+//!
+//! [`TestStack`] runs the real api and worker (as libraries, on port 0) against the real
+//! RabbitMQ and MongoDB named by `AMQP_URL` / `MONGODB_URI`, and a real push-gateway-sim, with a
+//! fresh database and queue prefix per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod proxy;
+pub mod sim;
+
+use bson::oid::ObjectId;
+use refresh_shared::{
+    Settings,
+    broker::Topology,
+    device::DeviceState,
+    store::{
+        Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus,
+    },
+    token::PERMISSION_DEVICE_INFO,
+};
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sim::{PushRecord, SimServer};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The environment's settings, made private to one test: its own database and queue prefix,
+/// ephemeral ports, the given sim as both gateways, and quick retries.
+pub fn test_settings(sim: &SimServer, overrides: &[(&str, String)]) -> Settings {
+    let unique = ObjectId::new().to_hex();
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    for (name, value) in [
+        ("MONGODB_DB", format!("test_{unique}")),
+        ("AMQP_PREFIX", format!("refresh.test.{unique}")),
+        ("API_ADDR", "127.0.0.1:0".to_owned()),
+        ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("AGENT_GATEWAY_URL", sim.url()),
+        ("WNS_TOKEN_URL", format!("{}/wns/token", sim.url())),
+        ("WNS_CLIENT_ID", "device-refresh-tests".to_owned()),
+        ("WNS_CLIENT_SECRET", "not-a-real-secret".to_owned()),
+        ("PUSH_RETRY_INITIAL_MS", "50".to_owned()),
+        ("PUSH_RETRY_MAX_INTERVAL_MS", "200".to_owned()),
+        ("PUSH_TIMEOUT_MS", "2000".to_owned()),
+    ] {
+        vars.insert(name.to_owned(), value);
+    }
+    for (name, value) in overrides {
+        vars.insert((*name).to_owned(), value.clone());
+    }
+    Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
+}
+
+/// A running api + worker + sim with one organization and a token for it.
+pub struct TestStack {
+    pub api: String,
+    pub worker: String,
+    pub http: reqwest::Client,
+    pub store: Store,
+    pub sim: SimServer,
+    pub settings: Settings,
+    pub organization: Organization,
+    /// A token of `organization` with the refresh permission.
+    pub token: String,
+    stop: CancellationToken,
+}
+
+impl TestStack {
+    pub async fn start() -> TestStack {
+        TestStack::start_with(&[]).await
+    }
+
+    /// Starts the stack with some settings overridden (env var names, as operators set them).
+    pub async fn start_with(overrides: &[(&str, String)]) -> TestStack {
+        if std::env::var_os("TEST_LOG").is_some() {
+            refresh_shared::telemetry::init_tracing(refresh_shared::settings::LogFormat::Pretty);
+        }
+        let sim = SimServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("start sim");
+        let settings = test_settings(&sim, overrides);
+        let stop = CancellationToken::new();
+
+        let api = refresh_api::App::build(settings.clone())
+            .await
+            .expect("build api");
+        let api_addr = api.local_addr();
+        tokio::spawn(api.run_until_stopped(stop.clone().cancelled_owned()));
+        let worker = refresh_worker::Worker::build(settings.clone())
+            .await
+            .expect("build worker");
+        let worker_addr = worker.local_addr();
+        tokio::spawn(worker.run_until_stopped(stop.clone().cancelled_owned()));
+
+        let store = Store::connect(&settings.mongo, "refresh-tests")
+            .await
+            .expect("store");
+        let slug = format!("org-{}", ObjectId::new().to_hex());
+        let organization = store
+            .create_organization(&slug, "Test Org")
+            .await
+            .expect("org");
+        let (_, token) = store
+            .create_token(
+                organization.id,
+                vec![PERMISSION_DEVICE_INFO.to_owned()],
+                None,
+            )
+            .await
+            .expect("token");
+        let stack = TestStack {
+            api: format!("http://{api_addr}"),
+            worker: format!("http://{worker_addr}"),
+            http: reqwest::Client::new(),
+            store,
+            sim,
+            settings,
+            organization,
+            token,
+            stop,
+        };
+        let worker_ready = format!("{}/readyz", stack.worker);
+        let http = stack.http.clone();
+        wait_until("the worker to be ready", DEADLINE, || {
+            let (http, url) = (http.clone(), worker_ready.clone());
+            async move {
+                let response = http.get(url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            }
+        })
+        .await;
+        stack
+    }
+
+    /// An ACTIVE device reachable through the agent and (with a channel on the sim) WNS.
+    pub async fn device(&self) -> Device {
+        self.device_with(DeviceState::Active, true, true).await
+    }
+
+    pub async fn device_with(&self, state: DeviceState, agent: bool, wns: bool) -> Device {
+        self.device_in(self.organization.id, state, agent, wns)
+            .await
+    }
+
+    pub async fn device_in(
+        &self,
+        organization: ObjectId,
+        state: DeviceState,
+        agent: bool,
+        wns: bool,
+    ) -> Device {
+        let unique = ObjectId::new().to_hex();
+        let wns = wns.then(|| WnsChannel {
+            channel_uri: format!("{}/wns/channels/{unique}", self.sim.url()),
+            status: WnsChannelStatus::Active,
+            dead_since: None,
+        });
+        self.store
+            .create_device(NewDevice {
+                organization,
+                state,
+                serial_number: Some(format!("SN{}", &unique[12..])),
+                imei: Some(format!(
+                    "35{}",
+                    u64::from_str_radix(&unique[14..], 16).unwrap() % 10_u64.pow(13)
+                )),
+                push: PushRoutes { agent, wns },
+            })
+            .await
+            .expect("create device")
+    }
+
+    /// A token of this stack's organization with the given permissions.
+    pub async fn token_with(&self, permissions: &[&str]) -> String {
+        let permissions = permissions.iter().map(|p| (*p).to_owned()).collect();
+        self.store
+            .create_token(self.organization.id, permissions, None)
+            .await
+            .expect("token")
+            .1
+    }
+
+    pub fn refresh_url(&self, organization: &str, device: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/info",
+            self.api
+        )
+    }
+
+    pub fn job_url(&self, organization: &str, job: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-jobs/{job}",
+            self.api
+        )
+    }
+
+    /// `POST …/info` with a JSON body and the stack's token.
+    pub async fn refresh(&self, organization: &str, device: &str, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(self.refresh_url(organization, device))
+            .bearer_auth(&self.token)
+            .json(body);
+        Answer::of(request).await
+    }
+
+    /// The stack's organization id, as the path takes it.
+    pub fn org_id(&self) -> String {
+        self.organization.id.to_hex()
+    }
+
+    pub async fn job(&self, id: &str) -> JobRecord {
+        let id = ObjectId::parse_str(id).expect("job id");
+        self.store
+            .job_by_id(id)
+            .await
+            .expect("read job")
+            .expect("job exists")
+    }
+
+    /// Waits until the job reads `settled` (no category queued, pushing or retrying).
+    pub async fn wait_for_settled_job(&self, id: &str) -> JobRecord {
+        wait_until(&format!("job {id} to settle"), DEADLINE, || async {
+            let job = self.job(id).await;
+            job.categories
+                .values()
+                .all(|c| c.state.is_terminal())
+                .then_some(job)
+        })
+        .await
+    }
+
+    pub async fn sim(&self, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.sim.url());
+        let request = match body {
+            Some(body) => self.http.post(url).json(&body),
+            None => self.http.get(url),
+        };
+        request
+            .send()
+            .await
+            .expect("sim")
+            .json()
+            .await
+            .expect("sim json")
+    }
+
+    pub async fn pushes(&self) -> Vec<PushRecord> {
+        serde_json::from_value(self.sim("/_sim/pushes", None).await).expect("push records")
+    }
+
+    pub async fn pushes_for_job(&self, job: &str) -> Vec<PushRecord> {
+        let mut pushes = self.pushes().await;
+        pushes.retain(|p| p.job_id.as_deref() == Some(job));
+        pushes
+    }
+}
+
+impl Drop for TestStack {
+    /// Stops the services, then removes the test's database, queues and exchanges.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // A client of its own: the test's runtime is blocked in this drop, so the test's client
+        // (whose background tasks live on that runtime) cannot make progress.
+        let mongo = self.settings.mongo.clone();
+        let amqp_url = self.settings.amqp.url.expose_secret().to_owned();
+        let topology = Topology::new(self.settings.amqp.prefix.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                if let Ok(store) = Store::connect(&mongo, "refresh-tests-cleanup").await {
+                    let _ = store.database().drop().await;
+                }
+                if let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url, Default::default()).await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    for queue in topology.queues() {
+                        let _ = channel.queue_delete(queue.into(), Default::default()).await;
+                    }
+                    for exchange in topology.exchanges() {
+                        let _ = channel
+                            .exchange_delete(exchange.into(), Default::default())
+                            .await;
+                    }
+                    let _ = connection.close(200, "bye".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// An HTTP answer: status, headers and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn of(request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer {status} is not JSON: {text:?}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The error code of an envelope answer, checking the envelope's shape on the way.
+    pub fn error_code(&self) -> u64 {
+        assert_eq!(self.body["status"], Value::Bool(false), "{:?}", self.body);
+        assert!(self.body["error"]["message"].is_string(), "{:?}", self.body);
+        self.body["error"]["code"].as_u64().expect("error.code")
+    }
+
+    pub fn job_id(&self) -> String {
+        assert_eq!(self.status, StatusCode::OK, "{:?}", self.body);
+        self.body["data"]["jobId"]
+            .as_str()
+            .expect("jobId")
+            .to_owned()
+    }
+}
+
+/// Where RabbitMQ and MongoDB listen, for tests that put a [`proxy::Proxy`] in between.
+pub fn dependency_addr(url: &str, default_port: u16) -> SocketAddr {
+    let parsed = url::Url::parse(url).expect("service URL");
+    let host = parsed.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let port = parsed.port().unwrap_or(default_port);
+    format!("{host}:{port}").parse().expect("host:port")
+}
+
+/// `url` with its host and port replaced by `addr`.
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let mut parsed = url::Url::parse(url).expect("service URL");
+    parsed.set_ip_host(addr.ip()).expect("ip host");
+    parsed.set_port(Some(addr.port())).expect("port");
+    parsed.to_string()
+}

@@ -1,1 +1,87 @@
+//! `refresh-worker`: consumes refresh jobs, pushes each category to the device and records the
+//! outcome.
 
+mod consumer;
+mod dispatch;
+pub mod gateway;
+mod health;
+
+use anyhow::Context;
+use consumer::Consumer;
+use dispatch::Dispatcher;
+use refresh_shared::{Settings, store::Store};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The worker, with its probe server bound; it connects to the broker when it runs.
+pub struct Worker {
+    consumer: Consumer,
+    listener: TcpListener,
+    probes: health::Probes,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings) -> anyhow::Result<Worker> {
+        let store = Store::connect(&settings.mongo, "refresh-worker")
+            .await
+            .context("configuring the MongoDB client (MONGODB_URI)")?;
+        store
+            .ensure_indexes()
+            .await
+            .context("creating MongoDB indexes (is MONGODB_URI reachable?)")?;
+        let gateways = gateway::Gateways::new(&settings.gateways, settings.worker.push_timeout)
+            .context("building the gateway HTTP client")?;
+        let listener = TcpListener::bind(settings.worker.addr)
+            .await
+            .with_context(|| format!("binding WORKER_ADDR {}", settings.worker.addr))?;
+        let consuming = Arc::new(AtomicBool::new(false));
+        let dispatcher = Arc::new(Dispatcher {
+            store: store.clone(),
+            gateways,
+            push_retry: settings.worker.push_retry,
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Worker {
+            consumer: Consumer {
+                amqp: settings.amqp,
+                worker: settings.worker,
+                dispatcher,
+                connected: Arc::clone(&consuming),
+            },
+            listener,
+            probes: health::Probes { store, consuming },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Consumes until `shutdown` resolves; then stops taking deliveries, lets those in flight
+    /// finish (or hands back those waiting to retry) and closes the connection.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = self.consumer.dispatcher.shutdown.clone();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        tracing::info!(addr = %self.local_addr(), "refresh-worker probes listening");
+        let server = axum::serve(self.listener, health::router(self.probes))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let (served, ()) = tokio::join!(server, self.consumer.run());
+        served.context("serving the probe endpoints")
+    }
+}

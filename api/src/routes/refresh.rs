@@ -54,7 +54,7 @@ pub async fn refresh_device_info(
     let job = JobRecord::new(organization.id, device.id, &categories, Lane::Interactive);
     state.store.insert_job(&job).await?;
     if let Err(error) = enqueue(&state, &job, &categories).await {
-        abandon(&state, &job, &categories, &error).await;
+        abandon(&state, &job, &categories).await;
         return Err(error);
     }
     metrics::counter!("refresh_jobs_accepted_total", "lane" => "interactive").increment(1);
@@ -135,9 +135,9 @@ async fn enqueue(
 
 /// The job could not be queued: mark it failed so it never reads as waiting, and take its
 /// categories off the device's outstanding list.
-async fn abandon(state: &AppState, job: &JobRecord, categories: &[Category], cause: &ApiError) {
+async fn abandon(state: &AppState, job: &JobRecord, categories: &[Category]) {
     let update = CategoryUpdate {
-        last_error: Some(format!("not queued: {cause}")),
+        last_error: Some("not queued: the broker or the database was unavailable".to_owned()),
         ..CategoryUpdate::to(CategoryState::Failed)
     };
     let marked = state.store.transition(job.id, categories, &update).await;

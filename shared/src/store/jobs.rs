@@ -71,8 +71,8 @@ impl JobRecord {
 #[derive(Debug, Clone)]
 pub struct CategoryUpdate {
     pub to: CategoryState,
-    /// True when this write concludes a push attempt (it then counts in `attempts`).
-    pub attempt_made: bool,
+    /// Push attempts this write accounts for (added to `attempts`).
+    pub attempts: u32,
     pub gateway: Option<Gateway>,
     pub last_error: Option<String>,
 }
@@ -81,7 +81,7 @@ impl CategoryUpdate {
     pub fn to(to: CategoryState) -> CategoryUpdate {
         CategoryUpdate {
             to,
-            attempt_made: false,
+            attempts: 0,
             gateway: None,
             last_error: None,
         }
@@ -142,8 +142,8 @@ impl Store {
             if update.to == CategoryState::Pushed {
                 set.insert(field("pushedAt"), DateTime::now());
             }
-            if update.attempt_made {
-                inc.insert(field("attempts"), 1);
+            if update.attempts > 0 {
+                inc.insert(field("attempts"), i64::from(update.attempts));
             }
         }
         let mut change = doc! { "$set": set };

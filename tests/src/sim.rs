@@ -1,0 +1,293 @@
+//! `push-gateway-sim`: a real HTTP stand-in for both push gateways, with fault injection
+//! (contract §4). It knows nothing of the rest of device-refresh: only the wire.
+//!
+//! - `POST /agent/v1/devices/{deviceId}/refresh`: the agent gateway (202 when it takes a push).
+//! - `POST /wns/token`: WNS OAuth client credentials → a bearer token.
+//! - `POST /wns/channels/{channelId}`: a WNS channel; needs that token, `X-WNS-Type: wns/raw`
+//!   and `Content-Type: application/octet-stream`, like the real service.
+//! - `GET /_sim/pushes`: every push received, with the answer given.
+//! - `POST /_sim/faults`: what to answer next (see [`FaultPlan`]); `{"mode":"ok"}` resets.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::{
+    collections::{HashSet, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimGateway {
+    Agent,
+    Wns,
+}
+
+/// One push as the sim saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRecord {
+    pub gateway: SimGateway,
+    /// The device id (agent) or channel id (WNS) the push was addressed to.
+    pub target: String,
+    pub job_id: Option<String>,
+    pub categories: Vec<String>,
+    pub at: String,
+    /// The status the sim answered with.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer every push with success; clears any plan.
+    #[default]
+    Ok,
+    Fault,
+}
+
+/// What to answer, for one gateway or (without `gateway`) both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultPlan {
+    #[serde(default)]
+    pub mode: Mode,
+    pub gateway: Option<SimGateway>,
+    /// Statuses answered one per push, in order, before anything else applies.
+    #[serde(default)]
+    pub script: VecDeque<u16>,
+    /// Status answered once the script is spent (with `failureRatio`, to that share of pushes).
+    pub status: Option<u16>,
+    pub failure_ratio: Option<f64>,
+    /// Delay before every answer.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Seconds for `Retry-After` (agent 429) and `X-WNS-CONTINUE-AFTER` (WNS 406); default 1.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Default)]
+struct SimState {
+    pushes: Mutex<Vec<PushRecord>>,
+    plan: Mutex<FaultPlan>,
+    tokens: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these cannot leave it half-updated; keep serving.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/agent/v1/devices/{device_id}/refresh", post(agent_push))
+        .route("/wns/token", post(wns_token))
+        .route("/wns/channels/{channel_id}", post(wns_push))
+        .route("/_sim/pushes", get(pushes))
+        .route("/_sim/faults", post(set_faults))
+        .with_state(Arc::new(SimState::default()))
+}
+
+/// A running sim; stops when dropped.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimServer {
+    pub async fn start(addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router()).await;
+        });
+        Ok(SimServer { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pushes(State(state): State<Arc<SimState>>) -> Json<Vec<PushRecord>> {
+    Json(lock(&state.pushes).clone())
+}
+
+async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FaultPlan>(&body) {
+        Ok(plan) => {
+            *lock(&state.plan) = if plan.mode == Mode::Ok {
+                FaultPlan::default()
+            } else {
+                plan
+            };
+            Json(json!({ "status": true })).into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({ "status": false, "error": { "code": 1001, "message": error.to_string() } }),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn agent_push(
+    State(state): State<Arc<SimState>>,
+    Path(device_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    answer(
+        &state,
+        SimGateway::Agent,
+        device_id,
+        &body,
+        StatusCode::ACCEPTED,
+    )
+    .await
+}
+
+async fn wns_token(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let form: Vec<(String, String)> = url_form(&body);
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let valid = field("grant_type") == Some("client_credentials")
+        && field("client_id").is_some_and(|v| !v.is_empty())
+        && field("client_secret").is_some_and(|v| !v.is_empty());
+    if !valid {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_client" })),
+        )
+            .into_response();
+    }
+    let token = format!("sim-{:032x}", rand::rng().random::<u128>());
+    lock(&state.tokens).insert(token.clone());
+    Json(json!({ "token_type": "bearer", "access_token": token, "expires_in": 86_400 }))
+        .into_response()
+}
+
+async fn wns_push(
+    State(state): State<Arc<SimState>>,
+    Path(channel_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| lock(&state.tokens).contains(token));
+    if !authorized {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let raw = headers.get("x-wns-type").is_some_and(|v| v == "wns/raw")
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/octet-stream");
+    if !raw {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    answer(&state, SimGateway::Wns, channel_id, &body, StatusCode::OK).await
+}
+
+/// Decides the answer from the fault plan, records the push, and answers.
+async fn answer(
+    state: &SimState,
+    gateway: SimGateway,
+    target: String,
+    body: &[u8],
+    success: StatusCode,
+) -> Response {
+    let (status, latency, retry_after) = {
+        let mut plan = lock(&state.plan);
+        if plan.mode == Mode::Fault && plan.gateway.is_none_or(|g| g == gateway) {
+            let scripted = plan.script.pop_front();
+            let failing = plan
+                .status
+                .filter(|_| rand::rng().random::<f64>() < plan.failure_ratio.unwrap_or(1.0));
+            let status = scripted
+                .or(failing)
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .unwrap_or(success);
+            (status, plan.latency_ms, plan.retry_after.unwrap_or(1))
+        } else {
+            (success, 0, 1)
+        }
+    };
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let categories = payload["categories"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    lock(&state.pushes).push(PushRecord {
+        gateway,
+        target,
+        job_id: payload["jobId"].as_str().map(str::to_owned),
+        categories,
+        at: OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default(),
+        status: status.as_u16(),
+    });
+    let mut response = status.into_response();
+    let seconds = HeaderValue::from(retry_after);
+    let headers = response.headers_mut();
+    match (gateway, status.as_u16()) {
+        (SimGateway::Wns, 406) => {
+            headers.insert(
+                HeaderName::from_static("x-wns-status"),
+                HeaderValue::from_static("channelthrottled"),
+            );
+            headers.insert(HeaderName::from_static("x-wns-continue-after"), seconds);
+        }
+        (SimGateway::Wns, 410) => {
+            headers.insert(
+                HeaderName::from_static("x-wns-status"),
+                HeaderValue::from_static("expired"),
+            );
+        }
+        (SimGateway::Agent, 429) => {
+            headers.insert(header::RETRY_AFTER, seconds);
+        }
+        _ => {}
+    }
+    response
+}
+
+/// `application/x-www-form-urlencoded` pairs.
+fn url_form(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}

@@ -1,0 +1,483 @@
+//! The contract's error table (§2), one test per row, plus its order of checks. Every answer
+//! must be the envelope `{"status":false,"error":{"code":N,"message":"…"}}`.
+
+use bson::{DateTime, doc};
+use refresh_shared::{device::DeviceState, token::PERMISSION_DEVICE_INFO};
+use refresh_tests::{Answer, TestStack};
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+fn hardware() -> Value {
+    json!({ "info": ["hardware"] })
+}
+
+fn assert_error(answer: &Answer, status: StatusCode, code: u64, message: &str) {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.error_code(), code, "{:?}", answer.body);
+    assert_eq!(
+        answer.body["error"]["message"],
+        json!(message),
+        "{:?}",
+        answer.body
+    );
+    let mut keys: Vec<&String> = answer.body.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["error", "status"],
+        "nothing but the envelope: {:?}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn no_token_is_401_4002() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
+    for authorization in [None, Some("Bearer"), Some("Bearer "), Some("bearer    ")] {
+        let mut request = stack.http.post(&url).json(&hardware());
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let answer = Answer::of(request).await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, 4002, "No auth token");
+    }
+}
+
+#[tokio::test]
+async fn unknown_revoked_expired_or_malformed_tokens_are_401_4001() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
+
+    let (revoked, revoked_token) = stack
+        .store
+        .create_token(
+            stack.organization.id,
+            vec![PERMISSION_DEVICE_INFO.to_owned()],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        stack
+            .store
+            .revoke_token(stack.organization.id, revoked.id)
+            .await
+            .unwrap()
+    );
+    let expired_at = DateTime::from_millis(DateTime::now().timestamp_millis() - 1_000);
+    let (_, expired_token) = stack
+        .store
+        .create_token(
+            stack.organization.id,
+            vec![PERMISSION_DEVICE_INFO.to_owned()],
+            Some(expired_at),
+        )
+        .await
+        .unwrap();
+
+    let headers = [
+        "Bearer drt_0000000000000000000000000000000000000000000000000000000000000000".to_owned(),
+        format!("Bearer {revoked_token}"),
+        format!("Bearer {expired_token}"),
+        format!("Basic {}", stack.token),
+        stack.token.clone(),
+        format!("Bearer {} extra", stack.token),
+    ];
+    for authorization in headers {
+        let request = stack
+            .http
+            .post(&url)
+            .header(header::AUTHORIZATION, &authorization)
+            .json(&hardware());
+        let answer = Answer::of(request).await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_the_permission_is_403_4003() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let token = stack.token_with(&["mdm.windows.device.read"]).await;
+    let request = stack
+        .http
+        .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+        .bearer_auth(&token)
+        .json(&hardware());
+    assert_error(
+        &Answer::of(request).await,
+        StatusCode::FORBIDDEN,
+        4003,
+        "Forbidden",
+    );
+    let request = stack
+        .http
+        .get(stack.job_url(&stack.org_id(), &device.id.to_hex()))
+        .bearer_auth(&token);
+    assert_error(
+        &Answer::of(request).await,
+        StatusCode::FORBIDDEN,
+        4003,
+        "Forbidden",
+    );
+}
+
+#[tokio::test]
+async fn invalid_input_is_400_1001_with_details() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let org = stack.org_id();
+    let id = device.id.to_hex();
+    let json = "application/json";
+    // (organizationId, winDeviceId, content type, body, the field named in details)
+    let cases: &[(&str, &str, Option<&str>, &str, &str)] = &[
+        (
+            "ab",
+            &id,
+            Some(json),
+            r#"{"info":["hardware"]}"#,
+            "organizationId",
+        ),
+        (
+            "acme_corp",
+            &id,
+            Some(json),
+            r#"{"info":["hardware"]}"#,
+            "organizationId",
+        ),
+        (
+            &org,
+            "a-b",
+            Some(json),
+            r#"{"info":["hardware"]}"#,
+            "winDeviceId",
+        ),
+        (
+            &org,
+            "a%20b",
+            Some(json),
+            r#"{"info":["hardware"]}"#,
+            "winDeviceId",
+        ),
+        (&org, &id, Some(json), r#"{"info":["hardware"]"#, "body"),
+        (&org, &id, Some(json), "", "body"),
+        (&org, &id, Some(json), r#"["hardware"]"#, "body"),
+        (
+            &org,
+            &id,
+            Some("text/plain"),
+            r#"{"info":["hardware"]}"#,
+            "Content-Type",
+        ),
+        (&org, &id, None, r#"{"info":["hardware"]}"#, "Content-Type"),
+        (&org, &id, Some(json), r#"{}"#, "info"),
+        (&org, &id, Some(json), r#"{"info":"hardware"}"#, "info"),
+        (&org, &id, Some(json), r#"{"info":null}"#, "info"),
+        (&org, &id, Some(json), r#"{"info":[]}"#, "info"),
+        (
+            &org,
+            &id,
+            Some(json),
+            r#"{"info":["hardware",7]}"#,
+            "info[1]",
+        ),
+        (&org, &id, Some(json), r#"{"info":["bios"]}"#, "info[0]"),
+        (&org, &id, Some(json), r#"{"info":["Hardware"]}"#, "info[0]"),
+        (
+            &org,
+            &id,
+            Some(json),
+            r#"{"info":["hardware"],"force":true}"#,
+            "force",
+        ),
+    ];
+    for (organization, device, content_type, body, field) in cases {
+        let mut request = stack
+            .http
+            .post(stack.refresh_url(organization, device))
+            .bearer_auth(&stack.token)
+            .body(body.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, *content_type);
+        }
+        let answer = Answer::of(request).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{field}: {:?}",
+            answer.body
+        );
+        assert_eq!(answer.error_code(), 1001);
+        assert_eq!(answer.body["error"]["message"], json!("Validation failed"));
+        let details = answer.body["error"]["details"].as_array().expect("details");
+        assert!(
+            details
+                .iter()
+                .any(|d| d["field"] == json!(field) && d["problem"].is_string()),
+            "{field}: {details:?}"
+        );
+    }
+    let bad_job_id = Answer::of(
+        stack
+            .http
+            .get(stack.job_url(&org, "not-a-job"))
+            .bearer_auth(&stack.token),
+    )
+    .await;
+    assert_eq!(bad_job_id.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad_job_id.body["error"]["details"][0]["field"],
+        json!("jobId")
+    );
+    assert!(
+        stack.pushes().await.is_empty(),
+        "nothing invalid reaches a device"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_1002() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let padding = "x".repeat(16 * 1024);
+    let body = format!(r#"{{"info":["hardware"],"pad":"{padding}"}}"#);
+    let request = stack
+        .http
+        .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+        .bearer_auth(&stack.token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    assert_error(
+        &Answer::of(request).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        1002,
+        "Payload too large",
+    );
+}
+
+#[tokio::test]
+async fn unknown_foreign_or_deleted_entities_are_404_3001() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let other_org = stack
+        .store
+        .create_organization(&format!("other-{}", bson::oid::ObjectId::new()), "Other")
+        .await
+        .unwrap();
+    let foreign = stack
+        .device_in(other_org.id, DeviceState::Active, true, true)
+        .await;
+    let deleted = stack.device_with(DeviceState::Deleted, true, true).await;
+    let delete_requested = stack
+        .device_with(DeviceState::DeleteRequested, true, true)
+        .await;
+    let id = device.id.to_hex();
+    let cases = [
+        // an organization that does not exist, by id and by slug
+        (bson::oid::ObjectId::new().to_hex(), id.clone()),
+        ("no-such-org".to_owned(), id.clone()),
+        // another organization that does exist, by id and by slug
+        (other_org.id.to_hex(), id.clone()),
+        (other_org.slug.clone(), foreign.id.to_hex()),
+        // devices that do not exist, or not in this organization, or are deleted
+        (stack.org_id(), bson::oid::ObjectId::new().to_hex()),
+        (stack.org_id(), "SN_DOES_NOT_EXIST".to_owned()),
+        (stack.org_id(), foreign.id.to_hex()),
+        (stack.org_id(), foreign.summary.imei.clone().unwrap()),
+        (
+            stack.org_id(),
+            foreign.summary.serial_number.clone().unwrap(),
+        ),
+        (stack.org_id(), deleted.id.to_hex()),
+        (
+            stack.org_id(),
+            delete_requested.summary.serial_number.clone().unwrap(),
+        ),
+    ];
+    for (organization, device) in cases {
+        let answer = stack.refresh(&organization, &device, &hardware()).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+    }
+    let unknown_job = Answer::of(
+        stack
+            .http
+            .get(stack.job_url(&stack.org_id(), &id))
+            .bearer_auth(&stack.token),
+    )
+    .await;
+    assert_error(
+        &unknown_job,
+        StatusCode::NOT_FOUND,
+        3001,
+        "Entity not found",
+    );
+    assert!(stack.pushes().await.is_empty());
+}
+
+#[tokio::test]
+async fn devices_not_yet_active_are_409_3002() {
+    let stack = TestStack::start().await;
+    for state in [DeviceState::Provisioning, DeviceState::Unknown] {
+        let device = stack.device_with(state, true, true).await;
+        let answer = stack
+            .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
+            .await;
+        assert_error(&answer, StatusCode::CONFLICT, 3002, "Device not active");
+    }
+}
+
+#[tokio::test]
+async fn too_many_requests_per_token_are_429_4290_with_retry_after() {
+    let stack = TestStack::start_with(&[
+        ("RATE_LIMIT_PER_SECOND", "1".to_owned()),
+        ("RATE_LIMIT_BURST", "2".to_owned()),
+    ])
+    .await;
+    let device = stack.device().await;
+    let statuses = {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(
+                stack
+                    .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
+                    .await,
+            );
+        }
+        statuses
+    };
+    assert_eq!(statuses[0].status, StatusCode::OK);
+    assert_eq!(statuses[1].status, StatusCode::OK);
+    let limited = &statuses[2];
+    assert_error(
+        limited,
+        StatusCode::TOO_MANY_REQUESTS,
+        4290,
+        "Too many requests",
+    );
+    let retry_after: u64 = limited.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // The limit is per token: another token of the same organization is not slowed down.
+    let other = stack.token_with(&[PERMISSION_DEVICE_INFO]).await;
+    let request = stack
+        .http
+        .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+        .bearer_auth(other)
+        .json(&hardware());
+    assert_eq!(Answer::of(request).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unexpected_failure_is_500_5000_without_internals() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    // A document another system wrote in a shape this service cannot read.
+    stack
+        .store
+        .database()
+        .collection::<bson::Document>("win_devices")
+        .update_one(doc! { "_id": device.id }, doc! { "$set": { "state": 42 } })
+        .await
+        .unwrap();
+    let answer = stack
+        .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
+        .await;
+    assert_error(
+        &answer,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        5000,
+        "Internal error",
+    );
+    let text = answer.body.to_string();
+    for internal in ["state", "bson", "mongo", "invalid type"] {
+        assert!(!text.to_lowercase().contains(internal), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_in_the_envelope() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let unknown = Answer::of(stack.http.get(format!("{}/v2/nothing", stack.api))).await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, 4040, "Route not found");
+    let wrong_method = Answer::of(
+        stack
+            .http
+            .get(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+            .bearer_auth(&stack.token),
+    )
+    .await;
+    assert_error(
+        &wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        4050,
+        "Method not allowed",
+    );
+}
+
+#[tokio::test]
+async fn checks_run_in_the_contract_order() {
+    let stack = TestStack::start().await;
+    let no_such_device = bson::oid::ObjectId::new().to_hex();
+    let garbage = "{not json";
+    let post = |token: Option<String>, organization: &str, device: &str, body: &str| {
+        let mut request = stack
+            .http
+            .post(stack.refresh_url(organization, device))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Answer::of(request)
+    };
+    // authentication before permission, validation and lookups
+    let answer = post(None, "x", "a-b", garbage).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::UNAUTHORIZED, 4002)
+    );
+    let answer = post(Some("drt_unknown".to_owned()), "x", "a-b", garbage).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::UNAUTHORIZED, 4001)
+    );
+    // permission before validation and lookups
+    let weak = stack.token_with(&["something.else"]).await;
+    let answer = post(Some(weak), "x", "a-b", garbage).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::FORBIDDEN, 4003)
+    );
+    // validation before lookups
+    let answer = post(
+        Some(stack.token.clone()),
+        &stack.org_id(),
+        &no_such_device,
+        garbage,
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::BAD_REQUEST, 1001)
+    );
+    // and only then the lookups
+    let answer = post(
+        Some(stack.token.clone()),
+        &stack.org_id(),
+        &no_such_device,
+        r#"{"info":["os"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::NOT_FOUND, 3001)
+    );
+}

@@ -1,0 +1,285 @@
+//! The main path, end to end: HTTP → RabbitMQ → worker → push-gateway-sim → MongoDB.
+
+use refresh_shared::{
+    Category,
+    device::{DeviceState, Gateway},
+    job::{CategoryState, JobState},
+};
+use refresh_tests::{Answer, TestStack, sim::SimGateway};
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn upstream_example() -> serde_json::Value {
+    json!({ "info": ["hardware", "applications", "certificates"] })
+}
+
+/// The upstream 200 shape plus `jobId`, then one push per category and a `completed` job.
+async fn refresh_completes(stack: &TestStack, organization: &str, device_key: &str) {
+    let answer = stack
+        .refresh(organization, device_key, &upstream_example())
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], json!(true));
+    assert_eq!(answer.body["data"]["status"], json!(true));
+    let job_id = answer.job_id();
+    assert_eq!(job_id.len(), 24);
+    assert!(job_id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let job = stack.wait_for_settled_job(&job_id).await;
+    assert_eq!(job.state(), JobState::Completed, "{job:?}");
+    for category in [
+        Category::Hardware,
+        Category::Applications,
+        Category::Certificates,
+    ] {
+        let record = &job.categories[&category];
+        assert_eq!(record.state, CategoryState::Pushed);
+        assert_eq!(record.attempts, 1);
+        assert_eq!(record.gateway, Some(Gateway::Agent));
+        assert!(record.pushed_at.is_some());
+    }
+
+    let pushes = stack.pushes_for_job(&job_id).await;
+    let mut categories: Vec<String> = pushes.iter().flat_map(|p| p.categories.clone()).collect();
+    categories.sort();
+    assert_eq!(
+        categories,
+        ["applications", "certificates", "hardware"],
+        "{pushes:?}"
+    );
+    assert!(
+        pushes
+            .iter()
+            .all(|p| p.gateway == SimGateway::Agent && p.categories.len() == 1)
+    );
+}
+
+#[tokio::test]
+async fn a_device_is_found_by_id_imei_and_serial_in_an_organization_named_by_id_or_slug() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let imei = device.summary.imei.clone().unwrap();
+    let serial = device.summary.serial_number.clone().unwrap();
+    let slug = stack.organization.slug.clone();
+
+    refresh_completes(&stack, &stack.org_id(), &device.id.to_hex()).await;
+    refresh_completes(&stack, &slug, &imei).await;
+    refresh_completes(&stack, &stack.org_id(), &serial).await;
+    refresh_completes(&stack, &slug, &device.id.to_hex().to_uppercase()).await;
+
+    let device = stack
+        .store
+        .device(stack.organization.id, device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(device.refresh_info_needed.is_empty(), "{device:?}");
+    assert!(device.info_refreshed_at.contains_key(&Category::Hardware));
+}
+
+#[tokio::test]
+async fn the_job_status_call_shows_every_category() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let body = json!({ "info": ["os", "network", "os"] });
+    let job_id = stack
+        .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+        .await
+        .job_id();
+    stack.wait_for_settled_job(&job_id).await;
+
+    let answer = Answer::of(
+        stack
+            .http
+            .get(stack.job_url(&stack.organization.slug, &job_id))
+            .bearer_auth(&stack.token),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let data = &answer.body["data"];
+    assert_eq!(data["id"], json!(job_id));
+    assert_eq!(data["organizationId"], json!(stack.org_id()));
+    assert_eq!(data["deviceId"], json!(device.id.to_hex()));
+    assert_eq!(data["state"], json!("completed"));
+    assert!(data["createdAt"].is_string() && data["updatedAt"].is_string());
+    let categories = data["categories"].as_object().unwrap();
+    assert_eq!(categories.len(), 2, "duplicates are merged: {categories:?}");
+    for name in ["os", "network"] {
+        let category = &categories[name];
+        assert_eq!(category["state"], json!("pushed"));
+        assert_eq!(category["attempts"], json!(1));
+        assert_eq!(category["gateway"], json!("agent"));
+        assert!(category["lastError"].is_null());
+        assert!(category["pushedAt"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn transient_gateway_failures_are_retried_until_pushed() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    stack
+        .sim(
+            "/_sim/faults",
+            Some(json!({ "mode": "fault", "gateway": "agent", "script": [503, 503, 200] })),
+        )
+        .await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["hardware"] }),
+        )
+        .await
+        .job_id();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let hardware = &job.categories[&Category::Hardware];
+    assert_eq!(hardware.state, CategoryState::Pushed, "{hardware:?}");
+    assert_eq!(hardware.attempts, 3);
+    assert_eq!(hardware.gateway, Some(Gateway::Agent));
+    let statuses: Vec<u16> = stack
+        .pushes_for_job(&job_id)
+        .await
+        .iter()
+        .map(|p| p.status)
+        .collect();
+    assert_eq!(statuses, [503, 503, 200]);
+}
+
+#[tokio::test]
+async fn a_gone_wns_channel_fails_after_one_attempt_and_is_marked_dead() {
+    let stack = TestStack::start().await;
+    let device = stack.device_with(DeviceState::Active, false, true).await;
+    stack
+        .sim(
+            "/_sim/faults",
+            Some(json!({ "mode": "fault", "gateway": "wns", "status": 410 })),
+        )
+        .await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["security"] }),
+        )
+        .await
+        .job_id();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let security = &job.categories[&Category::Security];
+    assert_eq!(security.state, CategoryState::Failed);
+    assert_eq!(security.attempts, 1);
+    assert_eq!(security.gateway, Some(Gateway::Wns));
+    assert!(
+        security.last_error.as_deref().unwrap().contains("410"),
+        "{security:?}"
+    );
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(stack.pushes_for_job(&job_id).await.len(), 1);
+
+    let device = stack
+        .store
+        .device(stack.organization.id, device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(device.push.live_wns_channel().is_none(), "{device:?}");
+    assert!(device.refresh_info_needed.is_empty());
+}
+
+#[tokio::test]
+async fn a_permanent_agent_answer_is_not_retried() {
+    let stack = TestStack::start().await;
+    let device = stack.device_with(DeviceState::Active, true, false).await;
+    stack
+        .sim(
+            "/_sim/faults",
+            Some(json!({ "mode": "fault", "gateway": "agent", "status": 410 })),
+        )
+        .await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["os"] }),
+        )
+        .await
+        .job_id();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let os = &job.categories[&Category::Os];
+    assert_eq!(
+        (os.state, os.attempts),
+        (CategoryState::Failed, 1),
+        "{os:?}"
+    );
+}
+
+#[tokio::test]
+async fn when_the_agent_gateway_is_unreachable_the_push_goes_through_wns() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let stack = TestStack::start_with(&[(
+        "AGENT_GATEWAY_URL",
+        format!("http://127.0.0.1:{closed_port}"),
+    )])
+    .await;
+    let device = stack.device().await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["hardware", "os"] }),
+        )
+        .await
+        .job_id();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    assert_eq!(job.state(), JobState::Completed, "{job:?}");
+    for record in job.categories.values() {
+        assert_eq!(record.gateway, Some(Gateway::Wns));
+        assert_eq!(
+            record.attempts, 2,
+            "agent tried first, then WNS: {record:?}"
+        );
+    }
+    let pushes = stack.pushes_for_job(&job_id).await;
+    assert_eq!(pushes.len(), 2);
+    assert!(
+        pushes
+            .iter()
+            .all(|p| p.gateway == SimGateway::Wns && p.status == 200)
+    );
+}
+
+#[tokio::test]
+async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    stack
+        .sim(
+            "/_sim/faults",
+            Some(json!({ "mode": "fault", "gateway": "agent", "status": 404 })),
+        )
+        .await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["network"] }),
+        )
+        .await
+        .job_id();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let network = &job.categories[&Category::Network];
+    assert_eq!(
+        (network.state, network.gateway),
+        (CategoryState::Pushed, Some(Gateway::Wns))
+    );
+    let gateways: Vec<SimGateway> = stack
+        .pushes_for_job(&job_id)
+        .await
+        .iter()
+        .map(|p| p.gateway)
+        .collect();
+    assert_eq!(gateways, [SimGateway::Agent, SimGateway::Wns]);
+}

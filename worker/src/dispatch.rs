@@ -1,0 +1,242 @@
+//! One job → one push per category, each through the device's routes in order (agent, then
+//! WNS), retried by the policy, and every step recorded with a guarded write-back.
+
+use crate::gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict};
+use bson::DateTime;
+use futures::future::join_all;
+use refresh_shared::{
+    Category,
+    device::{Gateway, Refreshable},
+    job::{CategoryState, RefreshJob},
+    retry::RetryPolicy,
+    store::{CategoryUpdate, Device, Store, StoreError},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Why a job's processing stopped before every category was settled.
+#[derive(Debug, thiserror::Error)]
+pub enum Halt {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("worker is shutting down")]
+    Shutdown,
+}
+
+pub struct Dispatcher {
+    pub store: Store,
+    pub gateways: Gateways,
+    pub push_retry: RetryPolicy,
+    pub shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    /// Processes a job to the end. Safe to call again for the same job (after a redelivery or a
+    /// halt): settled categories are skipped, nothing is pushed twice once recorded `pushed`.
+    pub async fn process(&self, job: &RefreshJob) -> Result<(), Halt> {
+        let device = self
+            .store
+            .device(job.organization_id, job.device_id)
+            .await?;
+        let device = match device {
+            Some(device) if device.state.refreshable() == Refreshable::Yes => device,
+            Some(device) => {
+                let reason = format!("device is {} and takes no commands", device.state);
+                return self.fail_all(job, &reason).await;
+            }
+            None => return self.fail_all(job, "device no longer exists").await,
+        };
+        let results = join_all(
+            job.categories
+                .iter()
+                .map(|&category| self.refresh_category(job, &device, category)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
+        let results = join_all(job.categories.iter().map(|&category| async move {
+            let mut attempt = Attempt::new(self, job, category);
+            attempt
+                .settle(CategoryState::Failed, None, Some(reason))
+                .await
+        }))
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn refresh_category(
+        &self,
+        job: &RefreshJob,
+        device: &Device,
+        category: Category,
+    ) -> Result<(), Halt> {
+        let mut attempt = Attempt::new(self, job, category);
+        if !attempt.claim().await? {
+            tracing::debug!(job_id = %job.job_id, %category, "already settled, skipped");
+            return Ok(());
+        }
+        let routes: Vec<Route<'_>> = device
+            .push
+            .agent
+            .then_some(Route::Agent)
+            .into_iter()
+            .chain(
+                device
+                    .push
+                    .live_wns_channel()
+                    .map(|channel_uri| Route::Wns { channel_uri }),
+            )
+            .collect();
+        let Some(mut route) = routes.first().copied() else {
+            let reason = "device has no push route (no agent, no live WNS channel)";
+            return attempt
+                .settle(CategoryState::Failed, None, Some(reason))
+                .await;
+        };
+        let mut next_routes = routes.iter().skip(1).copied();
+        let payload = PushPayload::new(job.job_id, job.device_id, category);
+        let mut schedule = self.push_retry.schedule();
+        loop {
+            let PushResult { verdict, detail } = self.gateways.push(route, &payload).await;
+            attempt.made += 1;
+            let gateway = Some(route.gateway());
+            let retry_after = match verdict {
+                Verdict::Pushed => {
+                    return attempt.settle(CategoryState::Pushed, gateway, None).await;
+                }
+                Verdict::DeviceUnreachable => match next_routes.next() {
+                    Some(next) => {
+                        tracing::info!(job_id = %job.job_id, %category, %detail, "falling back to the next route");
+                        route = next;
+                        continue;
+                    }
+                    None => None,
+                },
+                Verdict::Retry { after } => after,
+                Verdict::ChannelDead => {
+                    self.store
+                        .mark_wns_channel_dead(job.organization_id, job.device_id)
+                        .await?;
+                    let reason = format!("{detail}: WNS channel is gone, the device must re-enrol");
+                    return attempt
+                        .settle(CategoryState::Failed, gateway, Some(&reason))
+                        .await;
+                }
+                // A 401 that survived a token renewal reaches here as Permanent.
+                Verdict::Permanent | Verdict::RenewToken => {
+                    return attempt
+                        .settle(CategoryState::Failed, gateway, Some(&detail))
+                        .await;
+                }
+            };
+            let Some(delay) = schedule.next_delay(retry_after) else {
+                let reason = format!("gave up after {} attempts: {detail}", attempt.made);
+                return attempt
+                    .settle(CategoryState::Failed, gateway, Some(&reason))
+                    .await;
+            };
+            attempt.record_retry(gateway, &detail).await?;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+            }
+            if !attempt.claim().await? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One category of one job, and the attempts made on it not yet written back.
+struct Attempt<'a> {
+    dispatcher: &'a Dispatcher,
+    job: &'a RefreshJob,
+    category: Category,
+    made: u32,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(dispatcher: &'a Dispatcher, job: &'a RefreshJob, category: Category) -> Self {
+        Attempt {
+            dispatcher,
+            job,
+            category,
+            made: 0,
+        }
+    }
+
+    async fn write(&mut self, update: CategoryUpdate) -> Result<bool, StoreError> {
+        let applied = self
+            .dispatcher
+            .store
+            .transition(self.job.job_id, &[self.category], &update)
+            .await?;
+        self.made = 0;
+        Ok(applied)
+    }
+
+    /// Moves the category to `pushing`; false when it is already settled.
+    async fn claim(&mut self) -> Result<bool, StoreError> {
+        self.write(CategoryUpdate::to(CategoryState::Pushing)).await
+    }
+
+    async fn record_retry(
+        &mut self,
+        gateway: Option<Gateway>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let update = CategoryUpdate {
+            attempts: self.made,
+            gateway,
+            last_error: Some(detail.to_owned()),
+            ..CategoryUpdate::to(CategoryState::Retrying)
+        };
+        self.write(update).await?;
+        metrics::counter!("refresh_push_retries_total").increment(1);
+        Ok(())
+    }
+
+    async fn settle(
+        &mut self,
+        to: CategoryState,
+        gateway: Option<Gateway>,
+        error: Option<&str>,
+    ) -> Result<(), Halt> {
+        // The device first: whoever sees the job settled also sees the device up to date.
+        let refreshed_at = (to == CategoryState::Pushed).then(DateTime::now);
+        self.dispatcher
+            .store
+            .settle_refresh(
+                self.job.organization_id,
+                self.job.device_id,
+                &[self.category],
+                refreshed_at,
+            )
+            .await?;
+        let update = CategoryUpdate {
+            attempts: self.made,
+            gateway,
+            last_error: error.map(str::to_owned),
+            ..CategoryUpdate::to(to)
+        };
+        if !self.write(update).await? {
+            return Ok(());
+        }
+        metrics::counter!(
+            "refresh_categories_total",
+            "outcome" => to.as_str(),
+            "gateway" => gateway.map_or("none", Gateway::as_str),
+        )
+        .increment(1);
+        match error {
+            Some(error) => {
+                tracing::warn!(job_id = %self.job.job_id, category = %self.category, state = to.as_str(), %error, "category settled")
+            }
+            None => {
+                tracing::info!(job_id = %self.job.job_id, category = %self.category, state = to.as_str(), "category settled")
+            }
+        }
+        Ok(())
+    }
+}

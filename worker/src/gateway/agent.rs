@@ -1,0 +1,63 @@
+//! The management agent's push gateway: `POST {AGENT_GATEWAY_URL}/agent/v1/devices/{id}/refresh`.
+
+use super::{PushPayload, PushResult, classify};
+use refresh_shared::device::Gateway;
+use url::Url;
+
+pub struct AgentGateway {
+    http: reqwest::Client,
+    base: Url,
+}
+
+impl AgentGateway {
+    pub fn new(http: reqwest::Client, base: Url) -> AgentGateway {
+        AgentGateway { http, base }
+    }
+
+    pub async fn push(&self, payload: &PushPayload) -> PushResult {
+        let url = match self
+            .base
+            .join(&format!("agent/v1/devices/{}/refresh", payload.device_id))
+        {
+            Ok(url) => url,
+            Err(error) => {
+                return PushResult {
+                    verdict: classify::Verdict::Permanent,
+                    detail: format!("AGENT_GATEWAY_URL cannot address a device: {error}"),
+                };
+            }
+        };
+        match self
+            .http
+            .post(url)
+            .header("MS-CV", &payload.job_id)
+            .json(payload)
+            .send()
+            .await
+        {
+            Ok(response) => PushResult::answered(
+                classify::agent(response.status(), response.headers()),
+                Gateway::Agent,
+                response.status(),
+            ),
+            // The agent gateway itself cannot be reached: for this device that is the same as
+            // the agent not reaching it, so the next route is tried.
+            Err(error) => PushResult {
+                verdict: classify::Verdict::DeviceUnreachable,
+                detail: format!("agent gateway unreachable: {}", without_url(&error)),
+            },
+        }
+    }
+}
+
+/// A transport error's text without the URL, which for WNS carries the channel secret.
+pub(super) fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
+}

@@ -1,0 +1,146 @@
+//! THE table from a gateway's answer to what the worker does next. Every retry decision in the
+//! worker comes from here; nothing else looks at status codes.
+
+use reqwest::{StatusCode, header::HeaderMap};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The gateway took the push.
+    Pushed,
+    /// Worth trying the same gateway again, not before `after` when the gateway said so.
+    Retry { after: Option<Duration> },
+    /// The agent cannot reach the device now: try the next route (WNS) if there is one.
+    DeviceUnreachable,
+    /// WNS says the channel no longer exists (404, 410): it never will again.
+    ChannelDead,
+    /// WNS rejected the access token (401): get a new one, then try once more.
+    RenewToken,
+    /// Retrying cannot help (bad request, wrong app, device unenrolled, …).
+    Permanent,
+}
+
+/// The agent gateway's answers.
+pub fn agent(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Pushed,
+        // The agent has no live session with the device.
+        404 => Verdict::DeviceUnreachable,
+        429 => Verdict::Retry {
+            after: retry_after(headers, "retry-after"),
+        },
+        408 | 500..=599 => Verdict::Retry {
+            after: retry_after(headers, "retry-after"),
+        },
+        // 400 malformed, 401/403 our credentials, 410 device unenrolled, 413 too large, …
+        _ => Verdict::Permanent,
+    }
+}
+
+/// Windows Push Notification Services' answers to a raw push.
+pub fn wns(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Pushed,
+        401 => Verdict::RenewToken,
+        404 | 410 => Verdict::ChannelDead,
+        // Throttled: this channel (or our app) is over its quota for now.
+        406 | 429 => Verdict::Retry {
+            after: retry_after(headers, "x-wns-continue-after")
+                .or_else(|| retry_after(headers, "retry-after")),
+        },
+        408 | 500..=599 => Verdict::Retry {
+            after: retry_after(headers, "retry-after"),
+        },
+        // 400 bad headers, 403 wrong app for the channel, 405 wrong method, 413 too large, …
+        _ => Verdict::Permanent,
+    }
+}
+
+/// A header holding a delay in whole seconds.
+fn retry_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    reqwest::header::HeaderName::from_static(k),
+                    v.parse().expect("valid"),
+                )
+            })
+            .collect()
+    }
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).expect("valid status")
+    }
+
+    #[test]
+    fn wns_table() {
+        let none = HeaderMap::new();
+        let rows: &[(u16, Verdict)] = &[
+            (200, Verdict::Pushed),
+            (400, Verdict::Permanent),
+            (401, Verdict::RenewToken),
+            (403, Verdict::Permanent),
+            (404, Verdict::ChannelDead),
+            (405, Verdict::Permanent),
+            (406, Verdict::Retry { after: None }),
+            (410, Verdict::ChannelDead),
+            (413, Verdict::Permanent),
+            (500, Verdict::Retry { after: None }),
+            (503, Verdict::Retry { after: None }),
+        ];
+        for (code, verdict) in rows {
+            assert_eq!(wns(status(*code), &none), *verdict, "WNS {code}");
+        }
+        let throttled = headers(&[
+            ("x-wns-status", "channelthrottled"),
+            ("x-wns-continue-after", "2"),
+        ]);
+        assert_eq!(
+            wns(status(406), &throttled),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn agent_table() {
+        let none = HeaderMap::new();
+        let rows: &[(u16, Verdict)] = &[
+            (200, Verdict::Pushed),
+            (202, Verdict::Pushed),
+            (400, Verdict::Permanent),
+            (403, Verdict::Permanent),
+            (404, Verdict::DeviceUnreachable),
+            (410, Verdict::Permanent),
+            (413, Verdict::Permanent),
+            (500, Verdict::Retry { after: None }),
+            (503, Verdict::Retry { after: None }),
+        ];
+        for (code, verdict) in rows {
+            assert_eq!(agent(status(*code), &none), *verdict, "agent {code}");
+        }
+        assert_eq!(
+            agent(status(429), &headers(&[("retry-after", "2")])),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+}

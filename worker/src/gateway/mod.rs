@@ -1,0 +1,102 @@
+//! The device push gateways: the management agent's gateway first, WNS as the fallback.
+
+mod agent;
+pub mod classify;
+mod wns;
+
+use bson::oid::ObjectId;
+use classify::Verdict;
+use refresh_shared::{Category, device::Gateway, settings::GatewaySettings};
+use serde::Serialize;
+use std::time::Duration;
+
+/// One way to reach a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    Agent,
+    Wns { channel_uri: &'a str },
+}
+
+impl Route<'_> {
+    pub fn gateway(&self) -> Gateway {
+        match self {
+            Route::Agent => Gateway::Agent,
+            Route::Wns { .. } => Gateway::Wns,
+        }
+    }
+}
+
+/// What a device is asked to re-report; the same document goes to the agent and, as the raw
+/// payload, through WNS.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushPayload {
+    pub job_id: String,
+    pub device_id: String,
+    pub categories: Vec<CategoryPaths>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CategoryPaths {
+    pub name: Category,
+    pub paths: &'static [&'static str],
+}
+
+impl PushPayload {
+    pub fn new(job_id: ObjectId, device_id: ObjectId, category: Category) -> PushPayload {
+        PushPayload {
+            job_id: job_id.to_hex(),
+            device_id: device_id.to_hex(),
+            categories: vec![CategoryPaths {
+                name: category,
+                paths: category.oma_dm_paths(),
+            }],
+        }
+    }
+}
+
+/// A gateway's verdict on one push, with what it said, for `lastError` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushResult {
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+impl PushResult {
+    fn answered(verdict: Verdict, gateway: Gateway, status: reqwest::StatusCode) -> PushResult {
+        PushResult {
+            verdict,
+            detail: format!("{gateway} gateway answered {status}"),
+        }
+    }
+}
+
+pub struct Gateways {
+    agent: agent::AgentGateway,
+    wns: wns::WnsGateway,
+}
+
+impl Gateways {
+    pub fn new(settings: &GatewaySettings, push_timeout: Duration) -> anyhow::Result<Gateways> {
+        let http = reqwest::Client::builder()
+            .timeout(push_timeout)
+            .connect_timeout(push_timeout)
+            .user_agent(concat!("device-refresh/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Gateways {
+            agent: agent::AgentGateway::new(http.clone(), settings.agent_url.clone()),
+            wns: wns::WnsGateway::new(http, settings),
+        })
+    }
+
+    pub async fn push(&self, route: Route<'_>, payload: &PushPayload) -> PushResult {
+        let started = std::time::Instant::now();
+        let result = match route {
+            Route::Agent => self.agent.push(payload).await,
+            Route::Wns { channel_uri } => self.wns.push(channel_uri, payload).await,
+        };
+        metrics::histogram!("refresh_push_duration_seconds", "gateway" => route.gateway().as_str())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}

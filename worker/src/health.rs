@@ -1,0 +1,49 @@
+//! The worker's own small HTTP server: `/healthz`, `/readyz`, `/metrics`.
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use refresh_shared::store::Store;
+use serde_json::json;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+#[derive(Clone)]
+pub struct Probes {
+    pub store: Store,
+    pub consuming: Arc<AtomicBool>,
+}
+
+pub fn router(probes: Probes) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": true })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|| async { refresh_shared::telemetry::metrics().render() }),
+        )
+        .with_state(probes)
+}
+
+/// Ready when consuming from the broker and the database answers; otherwise says what is down.
+async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
+    let mut down = Vec::new();
+    if !probes.consuming.load(Ordering::Relaxed) {
+        down.push(json!({ "field": "broker", "problem": "not consuming" }));
+    }
+    if let Err(error) = probes.store.ping().await {
+        down.push(json!({ "field": "database", "problem": error.to_string() }));
+    }
+    if down.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": true })))
+    } else {
+        let error = json!({ "code": 5003, "message": "Service unavailable", "details": down });
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": false, "error": error })),
+        )
+    }
+}
