@@ -14,6 +14,7 @@ use refresh_shared::{
     Settings,
     broker::Topology,
     device::DeviceState,
+    settings::MongoSettings,
     store::{
         Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus,
     },
@@ -288,10 +289,15 @@ impl Drop for TestStack {
     /// Stops the services, then removes the test's database, queues and exchanges.
     fn drop(&mut self) {
         self.stop.cancel();
-        // A client of its own: the test's runtime is blocked in this drop, so the test's client
-        // (whose background tasks live on that runtime) cannot make progress.
-        let mongo = self.settings.mongo.clone();
-        let amqp_url = self.settings.amqp.url.expose_secret().to_owned();
+        // Clients of its own, straight to the services the environment names: the test's
+        // runtime is blocked in this drop, so neither the test's clients nor a test's proxy
+        // (whose tasks live on that runtime) can make progress.
+        let environment = Settings::from_env().expect("environment settings are valid");
+        let mongo = MongoSettings {
+            database: self.settings.mongo.database.clone(),
+            ..environment.mongo
+        };
+        let amqp_url = environment.amqp.url.expose_secret().to_owned();
         let topology = Topology::new(self.settings.amqp.prefix.clone());
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -481,3 +481,63 @@ async fn checks_run_in_the_contract_order() {
         (StatusCode::NOT_FOUND, 3001)
     );
 }
+
+#[tokio::test]
+async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_devices_or_jobs() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let job_id = stack
+        .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
+        .await
+        .job_id();
+    stack.wait_for_settled_job(&job_id).await;
+    let pushes_before = stack.pushes().await.len();
+
+    let other = stack
+        .store
+        .create_organization(&format!("other-{}", bson::oid::ObjectId::new()), "Other")
+        .await
+        .unwrap();
+    let (_, other_token) = stack
+        .store
+        .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
+        .await
+        .unwrap();
+    let organizations = [
+        stack.org_id(),
+        stack.organization.slug.clone(),
+        other.id.to_hex(),
+        other.slug.clone(),
+    ];
+    let device_keys = [
+        device.id.to_hex(),
+        device.summary.imei.clone().unwrap(),
+        device.summary.serial_number.clone().unwrap(),
+    ];
+    for organization in &organizations {
+        for key in &device_keys {
+            let request = stack
+                .http
+                .post(stack.refresh_url(organization, key))
+                .bearer_auth(&other_token)
+                .json(&hardware());
+            let answer = Answer::of(request).await;
+            assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+        }
+        let request = stack
+            .http
+            .get(stack.job_url(organization, &job_id))
+            .bearer_auth(&other_token);
+        assert_error(
+            &Answer::of(request).await,
+            StatusCode::NOT_FOUND,
+            3001,
+            "Entity not found",
+        );
+    }
+    assert_eq!(
+        stack.pushes().await.len(),
+        pushes_before,
+        "nothing reached the device"
+    );
+}

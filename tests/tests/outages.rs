@@ -1,0 +1,134 @@
+//! Outages of RabbitMQ and MongoDB, made by cutting a TCP proxy between the services and the
+//! real dependencies: 503 5003 with `Retry-After`, no job left waiting, and recovery.
+
+use futures::TryStreamExt;
+use refresh_shared::job::CategoryState;
+use refresh_tests::{Answer, DEADLINE, TestStack, dependency_addr, proxy::Proxy, via, wait_until};
+use reqwest::{StatusCode, header};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn assert_unavailable(answer: &Answer, took: Duration) {
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), 5003);
+    assert_eq!(
+        answer.body["error"]["message"],
+        json!("Service unavailable")
+    );
+    assert!(answer.headers.contains_key(header::RETRY_AFTER));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}
+
+#[tokio::test]
+async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_queued() {
+    let amqp_url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let proxy = Proxy::start(dependency_addr(&amqp_url, 5672)).await;
+    let stack = TestStack::start_with(&[("AMQP_URL", via(&amqp_url, proxy.addr))]).await;
+    let device = stack.device().await;
+    let body = json!({ "info": ["hardware", "os"] });
+    let accepted = stack
+        .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+        .await
+        .job_id();
+    let accepted = bson::oid::ObjectId::parse_str(accepted).unwrap();
+
+    proxy.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = stack
+            .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+            .await;
+        assert_unavailable(&answer, started.elapsed());
+    }
+    let ready = Answer::of(stack.http.get(format!("{}/readyz", stack.api))).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["error"]["details"][0]["field"], json!("broker"));
+
+    // Every job but the one accepted before the cut was refused, and reads failed: none waits.
+    let jobs: Vec<_> = stack
+        .store
+        .jobs
+        .find(bson::doc! { "device": device.id })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
+    let refused: Vec<_> = jobs.iter().filter(|job| job.id != accepted).collect();
+    assert_eq!(refused.len(), 3);
+    for job in refused {
+        for category in job.categories.values() {
+            assert_eq!(category.state, CategoryState::Failed, "{job:?}");
+            assert!(
+                category
+                    .last_error
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("not queued")
+            );
+        }
+    }
+
+    // Back by itself, without a restart.
+    proxy.restore();
+    let job_id = wait_until(
+        "the api to accept again",
+        Duration::from_secs(30),
+        || async {
+            let answer = stack
+                .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+                .await;
+            (answer.status == StatusCode::OK).then(|| answer.job_id())
+        },
+    )
+    .await;
+    let job = stack.wait_for_settled_job(&job_id).await;
+    assert!(
+        job.categories
+            .values()
+            .all(|c| c.state == CategoryState::Pushed),
+        "{job:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_mongodb_unreachable_the_endpoint_answers_503() {
+    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
+    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
+    // Direct: a server that announces replica-set hosts would otherwise be reached around the
+    // proxy.
+    let mut proxied = url::Url::parse(&via(&mongodb_uri, proxy.addr)).unwrap();
+    proxied
+        .query_pairs_mut()
+        .append_pair("directConnection", "true");
+    let stack = TestStack::start_with(&[("MONGODB_URI", proxied.to_string())]).await;
+    let device = stack.device().await;
+    let body = json!({ "info": ["applications"] });
+
+    proxy.cut();
+    let started = Instant::now();
+    let answer = stack
+        .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+        .await;
+    assert_unavailable(&answer, started.elapsed());
+
+    proxy.restore();
+    let job_id = wait_until("the api to accept again", DEADLINE, || async {
+        let answer = stack
+            .refresh(&stack.org_id(), &device.id.to_hex(), &body)
+            .await;
+        (answer.status == StatusCode::OK).then(|| answer.job_id())
+    })
+    .await;
+    stack.wait_for_settled_job(&job_id).await;
+}
