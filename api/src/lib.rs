@@ -4,7 +4,7 @@ mod auth;
 mod error;
 mod routes;
 mod state;
-mod validate;
+pub mod validate;
 
 pub use error::{ApiError, FieldProblem};
 

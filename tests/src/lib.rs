@@ -387,3 +387,20 @@ pub fn via(url: &str, addr: SocketAddr) -> String {
     parsed.set_port(Some(addr.port())).expect("port");
     parsed.to_string()
 }
+
+/// A binary of this workspace, built next to the test executables (`cargo build --bins`, which
+/// the README's test command runs first).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}

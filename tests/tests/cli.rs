@@ -1,0 +1,144 @@
+//! `refreshctl`, the real binary, against the same MongoDB the api of a running stack uses.
+
+use refresh_tests::{Answer, TestStack, binary};
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+/// Runs `refreshctl --json ARGS` with the stack's database; returns its JSON output.
+fn refreshctl(stack: &TestStack, args: &[&str]) -> Value {
+    let output = std::process::Command::new(binary("refreshctl"))
+        .arg("--json")
+        .args(args)
+        .env("MONGODB_URI", stack.settings.mongo.uri.expose_secret())
+        .env("MONGODB_DB", &stack.settings.mongo.database)
+        .env("SIM_ADDR", stack.sim.addr.to_string())
+        .output()
+        .expect("run refreshctl");
+    assert!(
+        output.status.success(),
+        "refreshctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("refreshctl prints JSON with --json")
+}
+
+#[tokio::test]
+async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
+    let stack = TestStack::start().await;
+    let slug = format!("cli-{}", bson::oid::ObjectId::new());
+    let org = refreshctl(
+        &stack,
+        &["org", "create", "--slug", &slug, "--name", "CLI Org"],
+    );
+    assert_eq!(org["slug"], json!(slug));
+    let org_id = org["id"].as_str().unwrap().to_owned();
+
+    let device = refreshctl(
+        &stack,
+        &[
+            "device",
+            "create",
+            "--org",
+            &slug,
+            "--serial",
+            "CLI_SERIAL_1",
+            "--push",
+            "agent",
+            "--push",
+            "wns",
+        ],
+    );
+    assert_eq!(device["organizationId"], json!(org_id));
+    assert_eq!(device["state"], json!("ACTIVE"));
+    assert_eq!(device["push"], json!(["agent", "wns"]));
+    assert!(
+        device["wnsChannelUri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&stack.sim.url())
+    );
+
+    let token = refreshctl(
+        &stack,
+        &[
+            "token",
+            "create",
+            "--org",
+            &org_id,
+            "--permission",
+            "mdm.windows.device.info",
+        ],
+    );
+    let plaintext = token["token"].as_str().unwrap().to_owned();
+    let stored = stack
+        .store
+        .database()
+        .collection::<bson::Document>("api_tokens")
+        .find_one(bson::doc! {})
+        .await
+        .unwrap()
+        .unwrap()
+        .to_string();
+    assert!(!stored.contains(&plaintext), "only the hash is stored");
+
+    let refresh = |token: String| {
+        let request = stack
+            .http
+            .post(stack.refresh_url(&slug, "CLI_SERIAL_1"))
+            .bearer_auth(token)
+            .json(&json!({ "info": ["certificates"] }));
+        Answer::of(request)
+    };
+    let job_id = refresh(plaintext.clone()).await.job_id();
+    stack.wait_for_settled_job(&job_id).await;
+    let job = refreshctl(&stack, &["job", "get", &job_id]);
+    assert_eq!(job["state"], json!("completed"));
+    assert_eq!(job["categories"]["certificates"]["state"], json!("pushed"));
+
+    let revoked = refreshctl(
+        &stack,
+        &[
+            "token",
+            "revoke",
+            "--org",
+            &slug,
+            token["id"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(revoked["revoked"], json!(true));
+    let answer = refresh(plaintext).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (StatusCode::UNAUTHORIZED, 4001)
+    );
+}
+
+#[tokio::test]
+async fn refreshctl_refuses_bad_input_with_a_clear_message() {
+    let stack = TestStack::start().await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary("refreshctl"))
+            .args(args)
+            .env("MONGODB_URI", stack.settings.mongo.uri.expose_secret())
+            .env("MONGODB_DB", &stack.settings.mongo.database)
+            .output()
+            .expect("run refreshctl")
+    };
+    let bad_slug = run(&["org", "create", "--slug", "a b"]);
+    assert!(!bad_slug.status.success());
+    assert!(String::from_utf8_lossy(&bad_slug.stderr).contains("--slug"));
+    let unknown_org = run(&["device", "create", "--org", "no-such-org"]);
+    assert!(!unknown_org.status.success());
+    assert!(String::from_utf8_lossy(&unknown_org.stderr).contains("no organization 'no-such-org'"));
+    let bad_state = run(&[
+        "device",
+        "create",
+        "--org",
+        &stack.organization.slug,
+        "--state",
+        "ON",
+    ]);
+    assert!(!bad_state.status.success());
+    assert!(String::from_utf8_lossy(&bad_state.stderr).contains("unknown device state"));
+}
