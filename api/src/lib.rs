@@ -29,6 +29,8 @@ impl App {
     /// Connects to MongoDB and RabbitMQ, declares indexes and topology, and binds `API_ADDR`
     /// (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // Installed before anything counts, so no early measurement is lost.
+        refresh_shared::telemetry::metrics();
         let store = Store::connect(&settings.mongo, "refresh-api")
             .await
             .context("configuring the MongoDB client (MONGODB_URI)")?;

@@ -27,6 +27,8 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Worker> {
+        // Installed before anything counts, so no early measurement is lost.
+        refresh_shared::telemetry::metrics();
         let store = Store::connect(&settings.mongo, "refresh-worker")
             .await
             .context("configuring the MongoDB client (MONGODB_URI)")?;
