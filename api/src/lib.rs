@@ -21,6 +21,7 @@ const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
 /// The api, bound and connected, not yet serving.
 pub struct App {
     listener: TcpListener,
+    addr: SocketAddr,
     router: axum::Router,
     state: AppState,
 }
@@ -31,33 +32,29 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         // Installed before anything counts, so no early measurement is lost.
         refresh_shared::telemetry::metrics();
-        let store = Store::connect(&settings.mongo, "refresh-api")
+        let store = Store::open(&settings.mongo, "refresh-api")
             .await
-            .context("configuring the MongoDB client (MONGODB_URI)")?;
-        store
-            .ensure_indexes()
-            .await
-            .context("creating MongoDB indexes (is MONGODB_URI reachable?)")?;
+            .context("opening MongoDB (is MONGODB_URI reachable?)")?;
         let publisher = Publisher::connect(&settings.amqp, "refresh-api")
             .await
             .context("connecting to RabbitMQ (AMQP_URL)")?;
         let listener = TcpListener::bind(settings.api.addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
         let state = AppState::new(&settings, store, publisher);
         let router = routes::router(state.clone(), settings.api.body_limit_bytes);
         Ok(App {
             listener,
+            addr,
             router,
             state,
         })
     }
 
+    /// The bound address (the real port when the settings asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        // A bound listener always has an address.
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.addr
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight.

@@ -274,6 +274,27 @@ impl TestStack {
             .expect("sim json")
     }
 
+    /// Sets the sim's fault plan (`POST /_sim/faults`).
+    pub async fn fault(&self, plan: Value) {
+        let answer = self.sim("/_sim/faults", Some(plan)).await;
+        assert_eq!(answer["status"], Value::Bool(true), "{answer:?}");
+    }
+
+    /// Refreshes `categories` of `device` (by id), then waits for the job to settle.
+    pub async fn settled_refresh(
+        &self,
+        device: &Device,
+        categories: &[&str],
+    ) -> (String, JobRecord) {
+        let body = serde_json::json!({ "info": categories });
+        let job_id = self
+            .refresh(&self.org_id(), &device.id.to_hex(), &body)
+            .await
+            .job_id();
+        let job = self.wait_for_settled_job(&job_id).await;
+        (job_id, job)
+    }
+
     pub async fn pushes(&self) -> Vec<PushRecord> {
         serde_json::from_value(self.sim("/_sim/pushes", None).await).expect("push records")
     }

@@ -108,9 +108,14 @@ async fn with_mongodb_unreachable_the_endpoint_answers_503() {
     // Direct: a server that announces replica-set hosts would otherwise be reached around the
     // proxy.
     let mut proxied = url::Url::parse(&via(&mongodb_uri, proxy.addr)).unwrap();
-    proxied
-        .query_pairs_mut()
-        .append_pair("directConnection", "true");
+    if !proxied
+        .query_pairs()
+        .any(|(key, _)| key == "directConnection")
+    {
+        proxied
+            .query_pairs_mut()
+            .append_pair("directConnection", "true");
+    }
     let stack = TestStack::start_with(&[("MONGODB_URI", proxied.to_string())]).await;
     let device = stack.device().await;
     let body = json!({ "info": ["applications"] });

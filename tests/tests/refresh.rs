@@ -119,20 +119,9 @@ async fn transient_gateway_failures_are_retried_until_pushed() {
     let stack = TestStack::start().await;
     let device = stack.device().await;
     stack
-        .sim(
-            "/_sim/faults",
-            Some(json!({ "mode": "fault", "gateway": "agent", "script": [503, 503, 200] })),
-        )
+        .fault(json!({ "mode": "fault", "gateway": "agent", "script": [503, 503, 200] }))
         .await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["hardware"] }),
-        )
-        .await
-        .job_id();
-    let job = stack.wait_for_settled_job(&job_id).await;
+    let (job_id, job) = stack.settled_refresh(&device, &["hardware"]).await;
     let hardware = &job.categories[&Category::Hardware];
     assert_eq!(hardware.state, CategoryState::Pushed, "{hardware:?}");
     assert_eq!(hardware.attempts, 3);
@@ -151,20 +140,9 @@ async fn a_gone_wns_channel_fails_after_one_attempt_and_is_marked_dead() {
     let stack = TestStack::start().await;
     let device = stack.device_with(DeviceState::Active, false, true).await;
     stack
-        .sim(
-            "/_sim/faults",
-            Some(json!({ "mode": "fault", "gateway": "wns", "status": 410 })),
-        )
+        .fault(json!({ "mode": "fault", "gateway": "wns", "status": 410 }))
         .await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["security"] }),
-        )
-        .await
-        .job_id();
-    let job = stack.wait_for_settled_job(&job_id).await;
+    let (job_id, job) = stack.settled_refresh(&device, &["security"]).await;
     let security = &job.categories[&Category::Security];
     assert_eq!(security.state, CategoryState::Failed);
     assert_eq!(security.attempts, 1);
@@ -191,20 +169,9 @@ async fn a_permanent_agent_answer_is_not_retried() {
     let stack = TestStack::start().await;
     let device = stack.device_with(DeviceState::Active, true, false).await;
     stack
-        .sim(
-            "/_sim/faults",
-            Some(json!({ "mode": "fault", "gateway": "agent", "status": 410 })),
-        )
+        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 410 }))
         .await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["os"] }),
-        )
-        .await
-        .job_id();
-    let job = stack.wait_for_settled_job(&job_id).await;
+    let (job_id, job) = stack.settled_refresh(&device, &["os"]).await;
     let os = &job.categories[&Category::Os];
     assert_eq!(
         (os.state, os.attempts),
@@ -225,15 +192,7 @@ async fn when_the_agent_gateway_is_unreachable_the_push_goes_through_wns() {
     )])
     .await;
     let device = stack.device().await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["hardware", "os"] }),
-        )
-        .await
-        .job_id();
-    let job = stack.wait_for_settled_job(&job_id).await;
+    let (job_id, job) = stack.settled_refresh(&device, &["hardware", "os"]).await;
     assert_eq!(job.state(), JobState::Completed, "{job:?}");
     for record in job.categories.values() {
         assert_eq!(record.gateway, Some(Gateway::Wns));
@@ -256,20 +215,9 @@ async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
     let stack = TestStack::start().await;
     let device = stack.device().await;
     stack
-        .sim(
-            "/_sim/faults",
-            Some(json!({ "mode": "fault", "gateway": "agent", "status": 404 })),
-        )
+        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 404 }))
         .await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["network"] }),
-        )
-        .await
-        .job_id();
-    let job = stack.wait_for_settled_job(&job_id).await;
+    let (job_id, job) = stack.settled_refresh(&device, &["network"]).await;
     let network = &job.categories[&Category::Network];
     assert_eq!(
         (network.state, network.gateway),
@@ -282,4 +230,73 @@ async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
         .map(|p| p.gateway)
         .collect();
     assert_eq!(gateways, [SimGateway::Agent, SimGateway::Wns]);
+}
+
+#[tokio::test]
+async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason() {
+    let stack = TestStack::start_with(&[("PUSH_MAX_ATTEMPTS", "3".to_owned())]).await;
+    let device = stack.device_with(DeviceState::Active, true, false).await;
+    stack
+        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
+        .await;
+    let (job_id, job) = stack.settled_refresh(&device, &["applications"]).await;
+    let applications = &job.categories[&Category::Applications];
+    assert_eq!(applications.state, CategoryState::Failed);
+    assert_eq!(applications.attempts, 3);
+    assert_eq!(
+        applications.last_error.as_deref(),
+        Some("gave up after 3 attempts: agent gateway answered 503 Service Unavailable")
+    );
+    assert_eq!(stack.pushes_for_job(&job_id).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_decoded_is_dead_lettered() {
+    use lapin::{
+        BasicProperties, Connection,
+        options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
+        types::AMQPValue,
+    };
+    use refresh_shared::{broker::Topology, job::Lane};
+    use secrecy::ExposeSecret;
+
+    let stack = TestStack::start().await;
+    let topology = Topology::new(stack.settings.amqp.prefix.clone());
+    let connection =
+        Connection::connect(stack.settings.amqp.url.expose_secret(), Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            topology.jobs_exchange().into(),
+            Topology::routing_key(Lane::Interactive).into(),
+            BasicPublishOptions::default(),
+            b"{\"version\":1,\"garbage\":true}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+
+    let dead = refresh_tests::wait_until(
+        "the message in the dead-letter queue",
+        refresh_tests::DEADLINE,
+        || async {
+            channel
+                .basic_get(topology.dead_queue().into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(dead.delivery.data, b"{\"version\":1,\"garbage\":true}");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let reason = headers.inner().get("x-first-death-reason").cloned();
+    assert_eq!(
+        reason,
+        Some(AMQPValue::LongString("rejected".into())),
+        "{headers:?}"
+    );
+    dead.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    connection.close(200, "bye".into()).await.unwrap();
 }

@@ -100,6 +100,7 @@ impl Dispatcher {
         loop {
             let PushResult { verdict, detail } = self.gateways.push(route, &payload).await;
             attempt.made += 1;
+            attempt.total += 1;
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
                 Verdict::Pushed => {
@@ -131,7 +132,7 @@ impl Dispatcher {
                 }
             };
             let Some(delay) = schedule.next_delay(retry_after) else {
-                let reason = format!("gave up after {} attempts: {detail}", attempt.made);
+                let reason = format!("gave up after {} attempts: {detail}", attempt.total);
                 return attempt
                     .settle(CategoryState::Failed, gateway, Some(&reason))
                     .await;
@@ -148,12 +149,15 @@ impl Dispatcher {
     }
 }
 
-/// One category of one job, and the attempts made on it not yet written back.
+/// One category of one job, and the pushes made for it.
 struct Attempt<'a> {
     dispatcher: &'a Dispatcher,
     job: &'a RefreshJob,
     category: Category,
+    /// Pushes not yet added to the stored `attempts`.
     made: u32,
+    /// Pushes made by this delivery.
+    total: u32,
 }
 
 impl<'a> Attempt<'a> {
@@ -163,6 +167,7 @@ impl<'a> Attempt<'a> {
             job,
             category,
             made: 0,
+            total: 0,
         }
     }
 

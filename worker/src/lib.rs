@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Worker {
     consumer: Consumer,
     listener: TcpListener,
+    addr: SocketAddr,
     probes: health::Probes,
 }
 
@@ -29,18 +30,15 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Worker> {
         // Installed before anything counts, so no early measurement is lost.
         refresh_shared::telemetry::metrics();
-        let store = Store::connect(&settings.mongo, "refresh-worker")
+        let store = Store::open(&settings.mongo, "refresh-worker")
             .await
-            .context("configuring the MongoDB client (MONGODB_URI)")?;
-        store
-            .ensure_indexes()
-            .await
-            .context("creating MongoDB indexes (is MONGODB_URI reachable?)")?;
+            .context("opening MongoDB (is MONGODB_URI reachable?)")?;
         let gateways = gateway::Gateways::new(&settings.gateways, settings.worker.push_timeout)
             .context("building the gateway HTTP client")?;
         let listener = TcpListener::bind(settings.worker.addr)
             .await
             .with_context(|| format!("binding WORKER_ADDR {}", settings.worker.addr))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
         let consuming = Arc::new(AtomicBool::new(false));
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
@@ -56,14 +54,14 @@ impl Worker {
                 connected: Arc::clone(&consuming),
             },
             listener,
+            addr,
             probes: health::Probes { store, consuming },
         })
     }
 
+    /// The bound address (the real port when the settings asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.addr
     }
 
     /// Consumes until `shutdown` resolves; then stops taking deliveries, lets those in flight

@@ -96,6 +96,13 @@ impl Store {
         Ok(Store::new(client.database(&settings.database)))
     }
 
+    /// Connects and makes sure every index exists: what a service does at start.
+    pub async fn open(settings: &MongoSettings, app_name: &str) -> Result<Store, StoreError> {
+        let store = Store::connect(settings, app_name).await?;
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+
     fn new(database: Database) -> Store {
         Store {
             organizations: database.collection(ORGANIZATIONS),
