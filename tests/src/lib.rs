@@ -4,8 +4,6 @@
 //! RabbitMQ and MongoDB named by `AMQP_URL` / `MONGODB_URI`, and a real push-gateway-sim, with a
 //! fresh database and queue prefix per test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 pub mod proxy;
 pub mod sim;
 

@@ -171,7 +171,7 @@ async fn a_permanent_agent_answer_is_not_retried() {
     stack
         .fault(json!({ "mode": "fault", "gateway": "agent", "status": 410 }))
         .await;
-    let (job_id, job) = stack.settled_refresh(&device, &["os"]).await;
+    let (_, job) = stack.settled_refresh(&device, &["os"]).await;
     let os = &job.categories[&Category::Os];
     assert_eq!(
         (os.state, os.attempts),
