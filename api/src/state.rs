@@ -12,6 +12,7 @@ pub struct Inner {
     pub publisher: Publisher,
     /// Requests per token, refilled continuously.
     pub rate_limiter: DefaultKeyedRateLimiter<ObjectId>,
+    pub refresh_skip_window: std::time::Duration,
 }
 
 impl AppState {
@@ -22,6 +23,7 @@ impl AppState {
             store,
             publisher,
             rate_limiter: RateLimiter::keyed(quota),
+            refresh_skip_window: settings.api.refresh_skip_window,
         }))
     }
 }

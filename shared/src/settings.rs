@@ -39,6 +39,9 @@ pub struct ApiSettings {
     pub body_limit_bytes: usize,
     pub rate_limit_per_second: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
+    /// A category pushed this recently is not pushed again: the request is answered with the
+    /// job that pushed it.
+    pub refresh_skip_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,7 @@ impl Settings {
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
+            refresh_skip_window: Duration::from_secs(env.parse("REFRESH_SKIP_WINDOW_SECS", "30")),
         };
         let worker = WorkerSettings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),

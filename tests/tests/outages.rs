@@ -2,7 +2,7 @@
 //! real dependencies: 503 5003 with `Retry-After`, no job left waiting, and recovery.
 
 use futures::TryStreamExt;
-use refresh_shared::job::CategoryState;
+use refresh_shared::{Category, job::CategoryState};
 use refresh_tests::{Answer, DEADLINE, TestStack, dependency_addr, proxy::Proxy, via, wait_until};
 use reqwest::{StatusCode, header};
 use serde_json::json;
@@ -42,6 +42,8 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
     let accepted = bson::oid::ObjectId::parse_str(accepted).unwrap();
 
     proxy.cut();
+    // Other categories than the accepted job's, which would merge into it without publishing.
+    let body = json!({ "info": ["applications", "network"] });
     for _ in 0..3 {
         let started = Instant::now();
         let answer = stack
@@ -77,6 +79,19 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
                     .starts_with("not queued")
             );
         }
+    }
+
+    let device_now = stack
+        .store
+        .device(stack.organization.id, device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    for refused in [Category::Applications, Category::Network] {
+        assert!(
+            !device_now.refresh_info_needed.contains(&refused),
+            "a refused category is not left outstanding: {device_now:?}"
+        );
     }
 
     // Back by itself, without a restart.

@@ -215,7 +215,8 @@ impl<'a> Attempt<'a> {
             .settle_refresh(
                 self.job.organization_id,
                 self.job.device_id,
-                &[self.category],
+                self.category,
+                self.job.job_id,
                 refreshed_at,
             )
             .await?;

@@ -15,6 +15,8 @@ use axum::{
     },
     http::{HeaderMap, StatusCode},
 };
+use bson::{DateTime, oid::ObjectId};
+use futures::future::join_all;
 use refresh_shared::{
     Category,
     device::Refreshable,
@@ -53,21 +55,24 @@ pub async fn refresh_device_info(
 
     let job = JobRecord::new(organization.id, device.id, &categories, Lane::Interactive);
     state.store.insert_job(&job).await?;
-    if let Err(error) = enqueue(&state, &job, &categories).await {
-        abandon(&state, &job, &categories).await;
-        return Err(error);
-    }
-    metrics::counter!("refresh_jobs_accepted_total", "lane" => "interactive").increment(1);
+    let job_id = match enqueue(&state, &job, &categories).await {
+        Ok(job_id) => job_id,
+        Err(error) => {
+            abandon(&state, &job, &categories).await;
+            return Err(error);
+        }
+    };
     tracing::info!(
-        job_id = %job.id,
+        job_id = %job_id,
         device_id = %device.id,
         token_id = %caller.token_id,
         categories = ?categories,
+        coalesced = job_id != job.id,
         "refresh accepted"
     );
     Ok(Json(json!({
         "status": true,
-        "data": { "status": true, "jobId": job.id.to_hex() },
+        "data": { "status": true, "jobId": job_id.to_hex() },
     })))
 }
 
@@ -110,27 +115,63 @@ fn validate_request(
     }
 }
 
+/// Claims the job's categories on the device and publishes the job with those it got. A
+/// category another job has outstanding, or pushed within the skip window, is left to that job;
+/// when that leaves nothing, the answer is that job. Returns the id the caller should follow.
 async fn enqueue(
     state: &AppState,
     job: &JobRecord,
     categories: &[Category],
-) -> Result<(), ApiError> {
-    state
-        .store
-        .mark_refresh_needed(job.organization, job.device, categories)
-        .await?;
+) -> Result<ObjectId, ApiError> {
+    let store = &state.store;
+    let window = i64::try_from(state.refresh_skip_window.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = DateTime::from_millis(DateTime::now().timestamp_millis().saturating_sub(window));
+    let claims = join_all(categories.iter().map(|&category| {
+        store.claim_refresh(job.organization, job.device, category, job.id, cutoff)
+    }))
+    .await;
+    let mut ours = Vec::with_capacity(categories.len());
+    let mut theirs = Vec::new();
+    for (&category, claimed) in categories.iter().zip(claims) {
+        if claimed? {
+            ours.push(category);
+        } else {
+            theirs.push(category);
+        }
+    }
+    if ours.is_empty() {
+        let device = store.device(job.organization, job.device).await?;
+        let holder = device.and_then(|device| {
+            categories
+                .iter()
+                .find_map(|category| device.last_refresh_job.get(category).copied())
+        });
+        match holder {
+            Some(holder) => {
+                store.delete_job(job.id).await?;
+                metrics::counter!("refresh_requests_coalesced_total").increment(1);
+                return Ok(holder);
+            }
+            // Outstanding or refreshed by something other than this service: push anyway.
+            None => ours = std::mem::take(&mut theirs),
+        }
+    }
+    if !theirs.is_empty() {
+        store.drop_categories(job.id, &theirs).await?;
+    }
     let message = RefreshJob {
         version: MESSAGE_VERSION,
         job_id: job.id,
         organization_id: job.organization,
         device_id: job.device,
-        categories: categories.to_vec(),
+        categories: ours,
         requested_at: OffsetDateTime::now_utc(),
         lane: job.lane,
         attempt: 0,
     };
     state.publisher.publish(&message).await?;
-    Ok(())
+    metrics::counter!("refresh_jobs_accepted_total", "lane" => "interactive").increment(1);
+    Ok(job.id)
 }
 
 /// The job could not be queued: mark it failed so it never reads as waiting, and take its
@@ -141,11 +182,14 @@ async fn abandon(state: &AppState, job: &JobRecord, categories: &[Category]) {
         ..CategoryUpdate::to(CategoryState::Failed)
     };
     let marked = state.store.transition(job.id, categories, &update).await;
-    let settled = state
-        .store
-        .settle_refresh(job.organization, job.device, categories, None)
-        .await;
-    if let Err(error) = marked.and(settled) {
+    // Releases only the claims this job holds.
+    let released = join_all(categories.iter().map(|&category| {
+        state
+            .store
+            .settle_refresh(job.organization, job.device, category, job.id, None)
+    }))
+    .await;
+    if let Err(error) = released.into_iter().fold(marked.map(drop), Result::and) {
         tracing::error!(job_id = %job.id, %error, "could not mark an unqueued job failed");
     }
 }

@@ -22,6 +22,9 @@ pub struct Device {
     pub refresh_info_needed: Vec<Category>,
     #[serde(default)]
     pub info_refreshed_at: BTreeMap<Category, DateTime>,
+    /// The job that last claimed each category: the one a duplicate request is merged into.
+    #[serde(default)]
+    pub last_refresh_job: BTreeMap<Category, ObjectId>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -97,6 +100,7 @@ impl Store {
             push: new.push,
             refresh_info_needed: Vec::new(),
             info_refreshed_at: BTreeMap::new(),
+            last_refresh_job: BTreeMap::new(),
         };
         self.devices.insert_one(&device).await?;
         Ok(device)
@@ -132,42 +136,49 @@ impl Store {
             .await?)
     }
 
-    /// Records that `categories` are outstanding for the device.
-    pub async fn mark_refresh_needed(
+    /// Claims `category` of a device for `job`, atomically: only if no other job has it
+    /// outstanding and it was not refreshed after `not_refreshed_since`. The device document is
+    /// the lock, so concurrent requests for the same (device, category) yield one claim.
+    pub async fn claim_refresh(
         &self,
         organization: ObjectId,
         device: ObjectId,
-        categories: &[Category],
-    ) -> Result<(), StoreError> {
-        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-        self.devices
-            .update_one(
-                tenant(organization, doc! { "_id": device }),
-                doc! { "$addToSet": { "refreshInfoNeeded": { "$each": names } } },
-            )
-            .await?;
-        Ok(())
+        category: Category,
+        job: ObjectId,
+        not_refreshed_since: DateTime,
+    ) -> Result<bool, StoreError> {
+        let filter = tenant(
+            organization,
+            doc! {
+                "_id": device,
+                "refreshInfoNeeded": { "$ne": category.as_str() },
+                format!("infoRefreshedAt.{category}"): { "$not": { "$gt": not_refreshed_since } },
+            },
+        );
+        let update = doc! {
+            "$addToSet": { "refreshInfoNeeded": category.as_str() },
+            "$set": { format!("lastRefreshJob.{category}"): job },
+        };
+        Ok(self.devices.update_one(filter, update).await?.matched_count == 1)
     }
 
-    /// A category is no longer outstanding; `refreshed_at` is set when it was pushed.
+    /// Ends `job`'s claim on `category`: it is no longer outstanding, and `refreshed_at` is
+    /// recorded when it was pushed. A job that no longer holds the claim changes nothing.
     pub async fn settle_refresh(
         &self,
         organization: ObjectId,
         device: ObjectId,
-        categories: &[Category],
+        category: Category,
+        job: ObjectId,
         refreshed_at: Option<DateTime>,
     ) -> Result<(), StoreError> {
-        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-        let mut update = doc! { "$pullAll": { "refreshInfoNeeded": names } };
+        let mut update = doc! { "$pull": { "refreshInfoNeeded": category.as_str() } };
         if let Some(at) = refreshed_at {
-            let stamps: bson::Document = categories
-                .iter()
-                .map(|c| (format!("infoRefreshedAt.{c}"), bson::Bson::DateTime(at)))
-                .collect();
-            update.insert("$set", stamps);
+            update.insert("$set", doc! { format!("infoRefreshedAt.{category}"): at });
         }
+        let filter = doc! { "_id": device, format!("lastRefreshJob.{category}"): job };
         self.devices
-            .update_one(tenant(organization, doc! { "_id": device }), update)
+            .update_one(tenant(organization, filter), update)
             .await?;
         Ok(())
     }

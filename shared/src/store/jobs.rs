@@ -94,6 +94,29 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a job that was never published.
+    pub async fn delete_job(&self, id: ObjectId) -> Result<(), StoreError> {
+        self.jobs.delete_one(doc! { "_id": id }).await?;
+        Ok(())
+    }
+
+    /// Takes still-queued `categories` out of a job that was never published: another job
+    /// holds them.
+    pub async fn drop_categories(
+        &self,
+        id: ObjectId,
+        categories: &[Category],
+    ) -> Result<(), StoreError> {
+        let fields: Document = categories
+            .iter()
+            .map(|c| (format!("categories.{c}"), Bson::String(String::new())))
+            .collect();
+        self.jobs
+            .update_one(doc! { "_id": id }, doc! { "$unset": fields })
+            .await?;
+        Ok(())
+    }
+
     pub async fn job(
         &self,
         organization: ObjectId,

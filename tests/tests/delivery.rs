@@ -1,0 +1,132 @@
+//! Delivery guarantees (issue 3): no duplicate pushes from repeated requests.
+
+use futures::{StreamExt, stream};
+use refresh_shared::{Category, job::CategoryState};
+use refresh_tests::TestStack;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[tokio::test]
+async fn five_hundred_identical_requests_push_each_category_at_most_once() {
+    let stack = TestStack::start_with(&[
+        ("RATE_LIMIT_PER_SECOND", "10000".to_owned()),
+        ("RATE_LIMIT_BURST", "10000".to_owned()),
+    ])
+    .await;
+    let device = stack.device().await;
+    let body = json!({ "info": ["hardware", "applications", "certificates"] });
+    let (org, key) = (stack.org_id(), device.id.to_hex());
+    let started = std::time::Instant::now();
+    let answers: Vec<_> = stream::iter(0..500)
+        .map(|_| stack.refresh(&org, &key, &body))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    let mut statuses = BTreeMap::new();
+    let mut job_ids = BTreeSet::new();
+    for answer in &answers {
+        *statuses.entry(answer.status.as_u16()).or_insert(0) += 1;
+        if answer.status == StatusCode::OK {
+            job_ids.insert(answer.job_id());
+        }
+    }
+    println!("500 identical requests in {took:?}: statuses {statuses:?}, job ids {job_ids:?}");
+    assert_eq!(statuses.get(&200), Some(&500), "{statuses:?}");
+    assert_eq!(
+        job_ids.len(),
+        1,
+        "every answer names the one job: {job_ids:?}"
+    );
+
+    let job_id = job_ids.into_iter().next().unwrap();
+    let job = stack.wait_for_settled_job(&job_id).await;
+    assert!(
+        job.categories
+            .values()
+            .all(|c| c.state == CategoryState::Pushed)
+    );
+    let pushes = stack.pushes().await;
+    let mut per_category = BTreeMap::new();
+    for push in &pushes {
+        for category in &push.categories {
+            *per_category.entry(category.clone()).or_insert(0) += 1;
+        }
+    }
+    println!("pushes per category: {per_category:?}");
+    assert_eq!(per_category.len(), 3);
+    assert!(per_category.values().all(|&n| n == 1), "{per_category:?}");
+    let jobs = stack
+        .store
+        .jobs
+        .count_documents(bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1, "merged requests leave no job behind");
+}
+
+#[tokio::test]
+async fn a_request_overlapping_an_outstanding_job_gets_a_job_with_only_the_rest() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    // Keeps the first job outstanding while the second request arrives.
+    stack
+        .fault(json!({ "mode": "fault", "latencyMs": 1500 }))
+        .await;
+    let first = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["hardware"] }),
+        )
+        .await
+        .job_id();
+    let second = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["hardware", "os"] }),
+        )
+        .await
+        .job_id();
+    assert_ne!(first, second);
+    let first_job = stack.wait_for_settled_job(&first).await;
+    let second_job = stack.wait_for_settled_job(&second).await;
+    assert_eq!(
+        first_job.categories.keys().copied().collect::<Vec<_>>(),
+        [Category::Hardware]
+    );
+    assert_eq!(
+        second_job.categories.keys().copied().collect::<Vec<_>>(),
+        [Category::Os]
+    );
+    assert_eq!(stack.pushes().await.len(), 2, "hardware once, os once");
+}
+
+#[tokio::test]
+async fn a_category_refreshed_within_the_skip_window_is_not_pushed_again() {
+    let stack = TestStack::start_with(&[("REFRESH_SKIP_WINDOW_SECS", "60".to_owned())]).await;
+    let device = stack.device().await;
+    let (first, _) = stack.settled_refresh(&device, &["security"]).await;
+    let again = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["security"] }),
+        )
+        .await
+        .job_id();
+    assert_eq!(again, first, "answered with the job that pushed it");
+    assert_eq!(stack.pushes().await.len(), 1);
+
+    let unwindowed = TestStack::start_with(&[("REFRESH_SKIP_WINDOW_SECS", "0".to_owned())]).await;
+    let device = unwindowed.device().await;
+    let (first, _) = unwindowed.settled_refresh(&device, &["security"]).await;
+    let (second, _) = unwindowed.settled_refresh(&device, &["security"]).await;
+    assert_ne!(
+        first, second,
+        "with the window off, a new request pushes again"
+    );
+    assert_eq!(unwindowed.pushes().await.len(), 2);
+}
