@@ -22,6 +22,7 @@ const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    shutdown_grace: std::time::Duration,
     router: axum::Router,
     state: AppState,
 }
@@ -47,6 +48,7 @@ impl App {
         Ok(App {
             listener,
             addr,
+            shutdown_grace: settings.shutdown_grace,
             router,
             state,
         })
@@ -71,14 +73,21 @@ impl App {
             }
         });
         tracing::info!(addr = %self.local_addr(), "refresh-api listening");
-        let served = axum::serve(
+        let stop = refresh_shared::shutdown::token_from(shutdown);
+        let server = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP");
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let grace = self.shutdown_grace;
+        let served = tokio::select! {
+            served = server => served.context("serving HTTP"),
+            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "requests still in flight at the shutdown deadline are dropped");
+                Ok(())
+            }
+        };
         sweeper.abort();
         served
     }

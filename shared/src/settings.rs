@@ -13,6 +13,9 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub gateways: GatewaySettings,
     pub log_format: LogFormat,
+    /// After SIGTERM/SIGINT, how long in-flight requests and jobs may take to finish before
+    /// the rest is handed back (jobs are redelivered) and the process exits.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +137,7 @@ impl Settings {
             wns_client_secret: env.secret("WNS_CLIENT_SECRET", ""),
         };
         let log_format = env.parse("LOG_FORMAT", "pretty");
+        let shutdown_grace = env.millis("SHUTDOWN_GRACE_MS", 10_000);
 
         if !amqp.prefix.starts_with("refresh") {
             env.errors
@@ -159,6 +163,7 @@ impl Settings {
                 worker,
                 gateways,
                 log_format,
+                shutdown_grace,
             })
         } else {
             Err(SettingsError(env.errors))

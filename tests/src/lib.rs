@@ -26,6 +26,7 @@ use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
+    process::{Child, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
@@ -52,9 +53,9 @@ where
     }
 }
 
-/// The environment's settings, made private to one test: its own database and queue prefix,
-/// ephemeral ports, the given sim as both gateways, and quick retries.
-pub fn test_settings(sim: &SimServer, overrides: &[(&str, String)]) -> Settings {
+/// The environment's variables, made private to one test: its own database and queue prefix,
+/// ephemeral ports, the given sim as both gateways, and quick retries; then `overrides`.
+pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String, String> {
     let unique = ObjectId::new().to_hex();
     let mut vars: HashMap<String, String> = std::env::vars().collect();
     for (name, value) in [
@@ -75,7 +76,23 @@ pub fn test_settings(sim: &SimServer, overrides: &[(&str, String)]) -> Settings 
     for (name, value) in overrides {
         vars.insert((*name).to_owned(), value.clone());
     }
+    vars
+}
+
+fn settings_of(vars: &HashMap<String, String>) -> Settings {
     Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
+}
+
+/// How the api and the worker run.
+enum Services {
+    /// As libraries on this test's runtime.
+    InProcess { stop: CancellationToken },
+    /// As the real binaries, for tests that kill or signal them.
+    Processes {
+        env: HashMap<String, String>,
+        api: Child,
+        worker: Child,
+    },
 }
 
 /// A running api + worker + sim with one organization and a token for it.
@@ -89,7 +106,8 @@ pub struct TestStack {
     pub organization: Organization,
     /// A token of `organization` with the refresh permission.
     pub token: String,
-    stop: CancellationToken,
+    /// Behind a lock so a test can kill the worker while it is submitting through `&self`.
+    services: std::sync::Mutex<Services>,
 }
 
 impl TestStack {
@@ -99,15 +117,10 @@ impl TestStack {
 
     /// Starts the stack with some settings overridden (env var names, as operators set them).
     pub async fn start_with(overrides: &[(&str, String)]) -> TestStack {
-        if std::env::var_os("TEST_LOG").is_some() {
-            refresh_shared::telemetry::init_tracing(refresh_shared::settings::LogFormat::Pretty);
-        }
-        let sim = SimServer::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("start sim");
-        let settings = test_settings(&sim, overrides);
+        let sim = start_sim().await;
+        let vars = test_env(&sim, overrides);
+        let settings = settings_of(&vars);
         let stop = CancellationToken::new();
-
         let api = refresh_api::App::build(settings.clone())
             .await
             .expect("build api");
@@ -118,10 +131,49 @@ impl TestStack {
             .expect("build worker");
         let worker_addr = worker.local_addr();
         tokio::spawn(worker.run_until_stopped(stop.clone().cancelled_owned()));
+        TestStack::seeded(
+            sim,
+            settings,
+            api_addr,
+            worker_addr,
+            Services::InProcess { stop },
+        )
+        .await
+    }
 
+    /// Like [`TestStack::start_with`], with `refresh-api` and `refresh-worker` running as the
+    /// real binaries, which a test can kill and restart.
+    pub async fn spawn_with(overrides: &[(&str, String)]) -> TestStack {
+        let sim = start_sim().await;
+        let mut vars = test_env(&sim, overrides);
+        let (api_addr, worker_addr) = (free_addr(), free_addr());
+        vars.insert("API_ADDR".to_owned(), api_addr.to_string());
+        vars.insert("WORKER_ADDR".to_owned(), worker_addr.to_string());
+        let settings = settings_of(&vars);
+        let api = spawn_binary("refresh-api", &vars);
+        let worker = spawn_binary("refresh-worker", &vars);
+        let services = Services::Processes {
+            env: vars,
+            api,
+            worker,
+        };
+        let stack = TestStack::seeded(sim, settings, api_addr, worker_addr, services).await;
+        stack.wait_ready(&stack.api.clone()).await;
+        stack
+    }
+
+    /// Seeds an organization and a token, and waits for the worker to consume.
+    async fn seeded(
+        sim: SimServer,
+        settings: Settings,
+        api_addr: SocketAddr,
+        worker_addr: SocketAddr,
+        services: Services,
+    ) -> TestStack {
         let store = Store::connect(&settings.mongo, "refresh-tests")
             .await
             .expect("store");
+        store.ensure_indexes().await.expect("indexes");
         let slug = format!("org-{}", ObjectId::new().to_hex());
         let organization = store
             .create_organization(&slug, "Test Org")
@@ -144,19 +196,60 @@ impl TestStack {
             settings,
             organization,
             token,
-            stop,
+            services: std::sync::Mutex::new(services),
         };
-        let worker_ready = format!("{}/readyz", stack.worker);
-        let http = stack.http.clone();
-        wait_until("the worker to be ready", DEADLINE, || {
-            let (http, url) = (http.clone(), worker_ready.clone());
-            async move {
-                let response = http.get(url).send().await.ok()?;
-                response.status().is_success().then_some(())
-            }
+        stack.wait_ready(&stack.worker.clone()).await;
+        stack
+    }
+
+    /// Waits until `base`'s `/readyz` answers 200.
+    async fn wait_ready(&self, base: &str) {
+        let url = format!("{base}/readyz");
+        wait_until(&format!("{url} to answer 200"), DEADLINE, || async {
+            let response = self.http.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())
         })
         .await;
-        stack
+    }
+
+    /// Runs `action` on the worker process (and the environment it was started with).
+    fn with_worker<T>(&self, action: impl FnOnce(&HashMap<String, String>, &mut Child) -> T) -> T {
+        let mut services = self.services.lock().expect("services lock");
+        match &mut *services {
+            Services::Processes { env, worker, .. } => action(env, worker),
+            Services::InProcess { .. } => panic!("start the stack with TestStack::spawn_with"),
+        }
+    }
+
+    /// `kill -9` of the worker process.
+    pub fn kill_worker(&self) {
+        self.with_worker(|_, worker| {
+            worker.kill().expect("SIGKILL the worker");
+            worker.wait().expect("reap the worker");
+        });
+    }
+
+    /// SIGTERM to the worker; returns its exit status and how long it took to exit.
+    pub async fn terminate_worker(&self, deadline: Duration) -> (ExitStatus, Duration) {
+        let pid = self.with_worker(|_, worker| worker.id().to_string());
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let started = Instant::now();
+        let status = wait_until("the worker to exit", deadline, || {
+            let status = self.with_worker(|_, worker| worker.try_wait().expect("worker status"));
+            async move { status }
+        })
+        .await;
+        (status, started.elapsed())
+    }
+
+    /// Starts a new worker process in place of the one that was killed or stopped.
+    pub async fn restart_worker(&self) {
+        self.with_worker(|env, worker| *worker = spawn_binary("refresh-worker", env));
+        self.wait_ready(&self.worker).await;
     }
 
     /// An ACTIVE device reachable through the agent and (with a channel on the sim) WNS.
@@ -307,7 +400,16 @@ impl TestStack {
 impl Drop for TestStack {
     /// Stops the services, then removes the test's database, queues and exchanges.
     fn drop(&mut self) {
-        self.stop.cancel();
+        let services = self.services.get_mut().unwrap_or_else(|e| e.into_inner());
+        match services {
+            Services::InProcess { stop } => stop.cancel(),
+            Services::Processes { api, worker, .. } => {
+                for child in [api, worker] {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
         // Clients of its own, straight to the services the environment names: the test's
         // runtime is blocked in this drop, so neither the test's clients nor a test's proxy
         // (whose tasks live on that runtime) can make progress.
@@ -345,6 +447,39 @@ impl Drop for TestStack {
         });
         let _ = cleanup.join();
     }
+}
+
+async fn start_sim() -> SimServer {
+    if std::env::var_os("TEST_LOG").is_some() {
+        refresh_shared::telemetry::init_tracing(refresh_shared::settings::LogFormat::Pretty);
+    }
+    SimServer::start("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("start sim")
+}
+
+/// A loopback address nothing listens on right now.
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address")
+}
+
+/// Runs a workspace binary with exactly `env`; its output shows only with `TEST_LOG` set.
+fn spawn_binary(name: &str, env: &HashMap<String, String>) -> Child {
+    let output = || {
+        if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        }
+    };
+    std::process::Command::new(binary(name))
+        .env_clear()
+        .envs(env)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
 }
 
 /// An HTTP answer: status, headers and JSON body.

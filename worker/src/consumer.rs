@@ -30,6 +30,7 @@ use tracing::Instrument;
 pub struct Consumer {
     pub amqp: AmqpSettings,
     pub worker: WorkerSettings,
+    pub shutdown_grace: Duration,
     pub dispatcher: Arc<Dispatcher>,
     /// True while a consumer is attached to the work queue.
     pub connected: Arc<AtomicBool>,
@@ -115,7 +116,21 @@ impl Consumer {
                 .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
                 .await;
         }
-        while in_flight.join_next().await.is_some() {}
+        if lost.is_some() {
+            // Their acks can no longer reach the broker, but their pushes and write-backs still
+            // count: the redelivered copies will find those categories settled.
+            in_flight.detach_all();
+        } else {
+            let drained = async { while in_flight.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.shutdown_grace, drained)
+                .await
+                .is_err()
+            {
+                // Unanswered deliveries go back to the queue when the connection closes.
+                tracing::warn!(grace = ?self.shutdown_grace, "jobs still running at the deadline are handed back");
+                in_flight.abort_all();
+            }
+        }
         let _ = connection.close(200, "bye".into()).await;
         match lost {
             Some(error) => Err(error),

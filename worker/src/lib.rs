@@ -50,6 +50,7 @@ impl Worker {
             consumer: Consumer {
                 amqp: settings.amqp,
                 worker: settings.worker,
+                shutdown_grace: settings.shutdown_grace,
                 dispatcher,
                 connected: Arc::clone(&consuming),
             },

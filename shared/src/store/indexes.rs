@@ -16,11 +16,13 @@ impl Store {
             )
             .await?;
         // Device lookup is one equality on this array (id, IMEI, serial): `$or` would not use an
-        // index on every server we support.
+        // index on every server we support. `organization` second: a planner that takes any
+        // index with an `organization` prefix would otherwise scan a whole tenant for the
+        // `{organization, _id}` queries instead of using `_id` (SecantusDB does).
         self.devices
             .create_index(
                 IndexModel::builder()
-                    .keys(doc! { "organization": 1, "lookupKeys": 1 })
+                    .keys(doc! { "lookupKeys": 1, "organization": 1 })
                     .build(),
             )
             .await?;
@@ -32,10 +34,11 @@ impl Store {
                     .build(),
             )
             .await?;
+        // A device's jobs, newest first; `device` leads for the reason given above.
         self.jobs
             .create_index(
                 IndexModel::builder()
-                    .keys(doc! { "organization": 1, "device": 1, "createdAt": -1 })
+                    .keys(doc! { "device": 1, "organization": 1, "createdAt": -1 })
                     .build(),
             )
             .await?;
