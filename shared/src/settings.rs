@@ -61,6 +61,10 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     pub agent_url: Url,
+    /// Pushes per second this worker sends to the agent gateway, at most.
+    pub agent_rate_limit: NonZeroU32,
+    /// Pushes per second this worker sends to WNS, at most.
+    pub wns_rate_limit: NonZeroU32,
     pub wns_token_url: Url,
     pub wns_client_id: String,
     pub wns_client_secret: SecretString,
@@ -132,6 +136,8 @@ impl Settings {
         };
         let gateways = GatewaySettings {
             agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
+            agent_rate_limit: env.parse("AGENT_RATE_LIMIT_PER_SECOND", "1000"),
+            wns_rate_limit: env.parse("WNS_RATE_LIMIT_PER_SECOND", "1000"),
             wns_token_url: env.parse("WNS_TOKEN_URL", "http://127.0.0.1:8090/wns/token"),
             wns_client_id: env.string("WNS_CLIENT_ID", ""),
             wns_client_secret: env.secret("WNS_CLIENT_SECRET", ""),

@@ -130,3 +130,104 @@ async fn a_category_refreshed_within_the_skip_window_is_not_pushed_again() {
     );
     assert_eq!(unwindowed.pushes().await.len(), 2);
 }
+
+/// Throttles one target with `status` (`retryAfter: 2`), then checks that target gets no push
+/// for 2 s while another device on the same gateway is pushed meanwhile.
+async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
+    use refresh_shared::device::DeviceState;
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+    let stack = TestStack::start().await;
+    let (agent, wns) = (gateway == "agent", gateway == "wns");
+    let throttled = stack.device_with(DeviceState::Active, agent, wns).await;
+    let other = stack.device_with(DeviceState::Active, agent, wns).await;
+    let target = |device: &refresh_shared::store::Device| match &device.push.wns {
+        Some(channel) => channel.channel_uri.rsplit('/').next().unwrap().to_owned(),
+        None => device.id.to_hex(),
+    };
+    stack
+        .fault(json!({ "mode": "fault", "gateway": gateway, "script": [status], "retryAfter": 2 }))
+        .await;
+    let first = stack
+        .refresh(
+            &stack.org_id(),
+            &throttled.id.to_hex(),
+            &json!({ "info": ["hardware"] }),
+        )
+        .await
+        .job_id();
+    let throttled_at =
+        refresh_tests::wait_until("the throttling answer", refresh_tests::DEADLINE, || async {
+            stack
+                .pushes()
+                .await
+                .into_iter()
+                .find(|p| p.status == status)
+                .map(|p| p.at)
+        })
+        .await;
+    let second = stack
+        .refresh(
+            &stack.org_id(),
+            &throttled.id.to_hex(),
+            &json!({ "info": ["os"] }),
+        )
+        .await
+        .job_id();
+    let meanwhile = stack
+        .refresh(
+            &stack.org_id(),
+            &other.id.to_hex(),
+            &json!({ "info": ["os"] }),
+        )
+        .await
+        .job_id();
+    for job in [&first, &second, &meanwhile] {
+        let job = stack.wait_for_settled_job(job).await;
+        assert!(
+            job.categories
+                .values()
+                .all(|c| c.state == CategoryState::Pushed),
+            "{job:?}"
+        );
+    }
+
+    let t0 = OffsetDateTime::parse(&throttled_at, &Rfc3339).unwrap();
+    let since = |at: &str| OffsetDateTime::parse(at, &Rfc3339).unwrap() - t0;
+    let pushes = stack.pushes().await;
+    let later_to_throttled: Vec<_> = pushes
+        .iter()
+        .filter(|p| p.target == target(&throttled) && p.status != status)
+        .map(|p| since(&p.at))
+        .collect();
+    println!(
+        "{gateway} {status}: pushes to the throttled target at {later_to_throttled:?} after the throttle"
+    );
+    assert_eq!(later_to_throttled.len(), 2, "{pushes:?}");
+    assert!(
+        later_to_throttled
+            .iter()
+            .all(|d| *d >= time::Duration::seconds(2))
+    );
+    let to_other: Vec<_> = pushes
+        .iter()
+        .filter(|p| p.target == target(&other))
+        .map(|p| since(&p.at))
+        .collect();
+    println!("{gateway} {status}: the other device pushed at {to_other:?}");
+    assert_eq!(to_other.len(), 1);
+    assert!(
+        to_other[0] < time::Duration::seconds(2),
+        "other devices keep flowing"
+    );
+}
+
+#[tokio::test]
+async fn a_wns_channel_throttled_with_406_gets_no_push_until_continue_after() {
+    throttled_target_waits_while_others_flow("wns", 406).await;
+}
+
+#[tokio::test]
+async fn a_device_throttled_by_the_agent_gateway_with_429_waits_for_retry_after() {
+    throttled_target_waits_while_others_flow("agent", 429).await;
+}

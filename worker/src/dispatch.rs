@@ -98,6 +98,12 @@ impl Dispatcher {
         let payload = PushPayload::new(job.job_id, job.device_id, category);
         let mut schedule = self.push_retry.schedule();
         loop {
+            if let Some(pause) = self.gateways.hold(route, &payload) {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+                }
+            }
             let PushResult { verdict, detail } = self.gateways.push(route, &payload).await;
             attempt.made += 1;
             attempt.total += 1;

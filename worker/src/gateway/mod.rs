@@ -2,6 +2,7 @@
 
 mod agent;
 pub mod classify;
+mod pacing;
 mod wns;
 
 use bson::oid::ObjectId;
@@ -74,10 +75,12 @@ impl PushResult {
 pub struct Gateways {
     agent: agent::AgentGateway,
     wns: wns::WnsGateway,
+    pacing: pacing::Pacing,
 }
 
 impl Gateways {
     pub fn new(settings: &GatewaySettings, push_timeout: Duration) -> anyhow::Result<Gateways> {
+        let pacing = pacing::Pacing::new(settings.agent_rate_limit, settings.wns_rate_limit);
         let http = reqwest::Client::builder()
             .timeout(push_timeout)
             .connect_timeout(push_timeout)
@@ -86,10 +89,20 @@ impl Gateways {
         Ok(Gateways {
             agent: agent::AgentGateway::new(http.clone(), settings.agent_url.clone()),
             wns: wns::WnsGateway::new(http, settings),
+            pacing,
         })
     }
 
+    /// How long pushes through `route` to this device must still wait, after the gateway
+    /// asked for a pause.
+    pub fn hold(&self, route: Route<'_>, payload: &PushPayload) -> Option<Duration> {
+        self.pacing.hold(route, &payload.device_id)
+    }
+
+    /// Pushes once, within the gateway's rate limit. A gateway's request to wait puts this
+    /// target (device or channel) on hold; see [`Gateways::hold`].
     pub async fn push(&self, route: Route<'_>, payload: &PushPayload) -> PushResult {
+        self.pacing.ready(route).await;
         let started = std::time::Instant::now();
         let result = match route {
             Route::Agent => self.agent.push(payload).await,
@@ -97,6 +110,9 @@ impl Gateways {
         };
         metrics::histogram!("refresh_push_duration_seconds", "gateway" => route.gateway().as_str())
             .record(started.elapsed().as_secs_f64());
+        if let Verdict::Retry { after: Some(pause) } = result.verdict {
+            self.pacing.hold_for(route, &payload.device_id, pause);
+        }
         result
     }
 }
