@@ -26,6 +26,9 @@ pub struct AmqpSettings {
     pub prefix: String,
     /// How long a publish may wait for the broker's confirm before the caller gets a 503.
     pub confirm_timeout: Duration,
+    /// Delays of the retry queues, in order: a job whose in-process retries are spent waits in
+    /// the next tier instead of holding a consumer slot.
+    pub retry_tiers: Vec<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     pub push_timeout: Duration,
     pub push_retry: RetryPolicy,
+    /// A category not pushed this long after the request ends `expired`.
+    pub job_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +114,7 @@ impl Settings {
             url: env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: env.string("AMQP_PREFIX", "refresh"),
             confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
+            retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
         };
         let mongo = MongoSettings {
             uri: env.secret("MONGODB_URI", "mongodb://127.0.0.1:27017"),
@@ -133,6 +139,7 @@ impl Settings {
                 max_elapsed: env.millis("PUSH_RETRY_MAX_ELAPSED_MS", 30_000),
                 max_attempts: env.parse("PUSH_MAX_ATTEMPTS", "5"),
             },
+            job_max_age: Duration::from_secs(env.parse("JOB_MAX_AGE_SECS", "3600")),
         };
         let gateways = GatewaySettings {
             agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
@@ -210,6 +217,23 @@ impl Env<'_> {
         }
     }
 
+    /// A comma-separated list of whole seconds, each at least 1.
+    fn seconds_list(&mut self, name: &str, default: &str) -> Vec<Duration> {
+        let raw = self.string(name, default);
+        let parsed: Result<Vec<u64>, _> = raw.split(',').map(|s| s.trim().parse::<u64>()).collect();
+        match parsed {
+            Ok(seconds) if !seconds.is_empty() && seconds.iter().all(|&s| s > 0) => {
+                seconds.into_iter().map(Duration::from_secs).collect()
+            }
+            _ => {
+                self.errors.push(format!(
+                    "{name}: '{raw}' is not a list of seconds like {default}"
+                ));
+                Vec::new()
+            }
+        }
+    }
+
     fn millis(&mut self, name: &str, default: u64) -> Duration {
         Duration::from_millis(self.parse(name, &default.to_string()))
     }
@@ -246,6 +270,10 @@ mod tests {
             "http://127.0.0.1:8090/wns/token"
         );
         assert_eq!(s.log_format, LogFormat::Pretty);
+        assert_eq!(
+            s.amqp.retry_tiers,
+            [10, 60, 600].map(Duration::from_secs).to_vec()
+        );
     }
 
     #[test]
@@ -254,6 +282,7 @@ mod tests {
             ("API_ADDR", "nowhere"),
             ("LOG_FORMAT", "xml"),
             ("AMQP_PREFIX", "jobs"),
+            ("RETRY_TIERS_SECS", "10,soon"),
             ("WNS_CLIENT_SECRET", "hunter2"),
         ])
         .expect_err("invalid");
@@ -261,7 +290,8 @@ mod tests {
         assert!(text.contains("API_ADDR"), "{text}");
         assert!(text.contains("LOG_FORMAT"), "{text}");
         assert!(text.contains("AMQP_PREFIX"), "{text}");
-        assert_eq!(err.0.len(), 3);
+        assert!(text.contains("RETRY_TIERS_SECS"), "{text}");
+        assert_eq!(err.0.len(), 4);
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl Drop for TestStack {
             ..environment.mongo
         };
         let amqp_url = environment.amqp.url.expose_secret().to_owned();
-        let topology = Topology::new(self.settings.amqp.prefix.clone());
+        let topology = Topology::new(&self.settings.amqp);
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -234,7 +234,12 @@ async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
 
 #[tokio::test]
 async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason() {
-    let stack = TestStack::start_with(&[("PUSH_MAX_ATTEMPTS", "3".to_owned())]).await;
+    // Two attempts in process, then one round through the 1 s retry queue, then give up.
+    let stack = TestStack::start_with(&[
+        ("PUSH_MAX_ATTEMPTS", "2".to_owned()),
+        ("RETRY_TIERS_SECS", "1".to_owned()),
+    ])
+    .await;
     let device = stack.device_with(DeviceState::Active, true, false).await;
     stack
         .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
@@ -242,12 +247,61 @@ async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason()
     let (job_id, job) = stack.settled_refresh(&device, &["applications"]).await;
     let applications = &job.categories[&Category::Applications];
     assert_eq!(applications.state, CategoryState::Failed);
-    assert_eq!(applications.attempts, 3);
+    assert_eq!(applications.attempts, 4);
     assert_eq!(
         applications.last_error.as_deref(),
-        Some("gave up after 3 attempts: agent gateway answered 503 Service Unavailable")
+        Some("gave up after 2 rounds of retries: agent gateway answered 503 Service Unavailable")
     );
-    assert_eq!(stack.pushes_for_job(&job_id).await.len(), 3);
+    let pushes = stack.pushes_for_job(&job_id).await;
+    assert_eq!(pushes.len(), 4);
+    let waited = time::OffsetDateTime::parse(
+        &pushes[2].at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+        - time::OffsetDateTime::parse(
+            &pushes[1].at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+    assert!(
+        waited >= time::Duration::seconds(1),
+        "the third push came from the retry queue: {waited}"
+    );
+}
+
+#[tokio::test]
+async fn a_category_not_pushed_within_the_maximum_age_expires() {
+    let stack = TestStack::start_with(&[
+        ("PUSH_MAX_ATTEMPTS", "1".to_owned()),
+        ("RETRY_TIERS_SECS", "2".to_owned()),
+        ("JOB_MAX_AGE_SECS", "1".to_owned()),
+    ])
+    .await;
+    let device = stack.device_with(DeviceState::Active, true, false).await;
+    stack
+        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
+        .await;
+    let (job_id, job) = stack.settled_refresh(&device, &["hardware"]).await;
+    let hardware = &job.categories[&Category::Hardware];
+    assert_eq!(hardware.state, CategoryState::Expired, "{hardware:?}");
+    assert_eq!(hardware.attempts, 1);
+    assert_eq!(
+        hardware.last_error.as_deref(),
+        Some("not pushed within 1s of the request")
+    );
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(stack.pushes_for_job(&job_id).await.len(), 1);
+    let device = stack
+        .store
+        .device(stack.organization.id, device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        device.refresh_info_needed.is_empty(),
+        "an expired category is no longer outstanding"
+    );
 }
 
 #[tokio::test]
@@ -261,7 +315,7 @@ async fn a_message_that_cannot_be_decoded_is_dead_lettered() {
     use secrecy::ExposeSecret;
 
     let stack = TestStack::start().await;
-    let topology = Topology::new(stack.settings.amqp.prefix.clone());
+    let topology = Topology::new(&stack.settings.amqp);
     let connection =
         Connection::connect(stack.settings.amqp.url.expose_secret(), Default::default())
             .await

@@ -62,7 +62,7 @@ impl Consumer {
     async fn consume_once(&self) -> Result<(), BrokerError> {
         let connection = connect(&self.amqp.url, "refresh-worker").await?;
         let channel = connection.create_channel().await?;
-        let topology = Topology::new(self.amqp.prefix.clone());
+        let topology = Topology::new(&self.amqp);
         topology.declare(&channel).await?;
         // Prefetch bounds the unacked deliveries the broker pushes to us; the semaphore below
         // bounds how many of them are worked on at once.
@@ -162,6 +162,11 @@ async fn process_until_answered(dispatcher: &Dispatcher, job: &RefreshJob) -> An
         match dispatcher.process(job).await {
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
+            Err(Halt::Broker(error)) => {
+                // Not parked in a retry queue: hand it back rather than lose it.
+                tracing::warn!(%error, "job handed back");
+                return Answer::Requeue;
+            }
             Err(Halt::Store(error)) if error.is_unavailable() => {
                 // Keep the delivery while the database is away: requeueing would only spin it
                 // through the queue (and towards the delivery limit) until it is back.

@@ -6,11 +6,14 @@ use bson::DateTime;
 use futures::future::join_all;
 use refresh_shared::{
     Category,
+    broker::{BrokerError, Publisher},
     device::{Gateway, Refreshable},
     job::{CategoryState, RefreshJob},
     retry::RetryPolicy,
     store::{CategoryUpdate, Device, Store, StoreError},
 };
+use std::time::Duration;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// Why a job's processing stopped before every category was settled.
@@ -18,14 +21,27 @@ use tokio_util::sync::CancellationToken;
 pub enum Halt {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("could not park the job in a retry queue: {0}")]
+    Broker(#[from] BrokerError),
     #[error("worker is shutting down")]
     Shutdown,
+}
+
+/// How one category's processing in this delivery ended.
+enum Ended {
+    /// Pushed, failed, expired, or already settled by someone else.
+    Settled,
+    /// In-process retries are spent: the category waits in the next retry queue.
+    Deferred,
 }
 
 pub struct Dispatcher {
     pub store: Store,
     pub gateways: Gateways,
     pub push_retry: RetryPolicy,
+    /// Parks jobs in the retry queues.
+    pub retry_publisher: Publisher,
+    pub job_max_age: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -51,7 +67,24 @@ impl Dispatcher {
                 .map(|&category| self.refresh_category(job, &device, category)),
         )
         .await;
-        results.into_iter().collect()
+        let mut deferred = Vec::new();
+        for (&category, ended) in job.categories.iter().zip(results) {
+            if let Ended::Deferred = ended? {
+                deferred.push(category);
+            }
+        }
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let round = usize::try_from(job.attempt).unwrap_or(usize::MAX);
+        let next = RefreshJob {
+            categories: deferred,
+            attempt: job.attempt + 1,
+            ..job.clone()
+        };
+        // Confirmed before the original is acked: the job is never in neither queue.
+        self.retry_publisher.publish_delayed(&next, round).await?;
+        Ok(())
     }
 
     async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
@@ -62,7 +95,7 @@ impl Dispatcher {
                 .await
         }))
         .await;
-        results.into_iter().collect()
+        results.into_iter().try_for_each(|ended| ended.map(drop))
     }
 
     async fn refresh_category(
@@ -70,11 +103,21 @@ impl Dispatcher {
         job: &RefreshJob,
         device: &Device,
         category: Category,
-    ) -> Result<(), Halt> {
+    ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
         if !attempt.claim().await? {
             tracing::debug!(job_id = %job.job_id, %category, "already settled, skipped");
-            return Ok(());
+            return Ok(Ended::Settled);
+        }
+        let age = OffsetDateTime::now_utc() - job.requested_at;
+        if age > self.job_max_age {
+            let reason = format!(
+                "not pushed within {}s of the request",
+                self.job_max_age.as_secs()
+            );
+            return attempt
+                .settle(CategoryState::Expired, None, Some(&reason))
+                .await;
         }
         let routes: Vec<Route<'_>> = device
             .push
@@ -106,7 +149,6 @@ impl Dispatcher {
             }
             let PushResult { verdict, detail } = self.gateways.push(route, &payload).await;
             attempt.made += 1;
-            attempt.total += 1;
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
                 Verdict::Pushed => {
@@ -138,7 +180,12 @@ impl Dispatcher {
                 }
             };
             let Some(delay) = schedule.next_delay(retry_after) else {
-                let reason = format!("gave up after {} attempts: {detail}", attempt.total);
+                let round = usize::try_from(job.attempt).unwrap_or(usize::MAX);
+                if round < self.retry_publisher.topology().retry_rounds() {
+                    attempt.record_retry(gateway, &detail).await?;
+                    return Ok(Ended::Deferred);
+                }
+                let reason = format!("gave up after {} rounds of retries: {detail}", round + 1);
                 return attempt
                     .settle(CategoryState::Failed, gateway, Some(&reason))
                     .await;
@@ -149,7 +196,7 @@ impl Dispatcher {
                 () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
             }
             if !attempt.claim().await? {
-                return Ok(());
+                return Ok(Ended::Settled);
             }
         }
     }
@@ -162,8 +209,6 @@ struct Attempt<'a> {
     category: Category,
     /// Pushes not yet added to the stored `attempts`.
     made: u32,
-    /// Pushes made by this delivery.
-    total: u32,
 }
 
 impl<'a> Attempt<'a> {
@@ -173,7 +218,6 @@ impl<'a> Attempt<'a> {
             job,
             category,
             made: 0,
-            total: 0,
         }
     }
 
@@ -213,7 +257,7 @@ impl<'a> Attempt<'a> {
         to: CategoryState,
         gateway: Option<Gateway>,
         error: Option<&str>,
-    ) -> Result<(), Halt> {
+    ) -> Result<Ended, Halt> {
         // The device first: whoever sees the job settled also sees the device up to date.
         let refreshed_at = (to == CategoryState::Pushed).then(DateTime::now);
         self.dispatcher
@@ -233,7 +277,7 @@ impl<'a> Attempt<'a> {
             ..CategoryUpdate::to(to)
         };
         if !self.write(update).await? {
-            return Ok(());
+            return Ok(Ended::Settled);
         }
         metrics::counter!(
             "refresh_categories_total",
@@ -249,6 +293,6 @@ impl<'a> Attempt<'a> {
                 tracing::info!(job_id = %self.job.job_id, category = %self.category, state = to.as_str(), "category settled")
             }
         }
-        Ok(())
+        Ok(Ended::Settled)
     }
 }

@@ -9,7 +9,7 @@ mod health;
 use anyhow::Context;
 use consumer::Consumer;
 use dispatch::Dispatcher;
-use refresh_shared::{Settings, store::Store};
+use refresh_shared::{Settings, broker::Publisher, store::Store};
 use std::{
     future::Future,
     net::SocketAddr,
@@ -44,6 +44,8 @@ impl Worker {
             store: store.clone(),
             gateways,
             push_retry: settings.worker.push_retry,
+            retry_publisher: Publisher::lazy(&settings.amqp, "refresh-worker-retries"),
+            job_max_age: settings.worker.job_max_age,
             shutdown: CancellationToken::new(),
         });
         Ok(Worker {

@@ -39,16 +39,21 @@ struct Link {
 impl Publisher {
     /// Connects and declares the topology; fails when the broker cannot be reached now.
     pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Publisher, BrokerError> {
-        let publisher = Publisher {
+        let publisher = Publisher::lazy(settings, name);
+        publisher.link().await?;
+        Ok(publisher)
+    }
+
+    /// A publisher that connects on its first publish.
+    pub fn lazy(settings: &AmqpSettings, name: &str) -> Publisher {
+        Publisher {
             url: settings.url.clone(),
             name: name.to_owned(),
-            topology: Topology::new(settings.prefix.clone()),
+            topology: Topology::new(settings),
             confirm_timeout: settings.confirm_timeout,
             link: RwLock::new(None),
             reconnecting: Mutex::new(()),
-        };
-        publisher.link().await?;
-        Ok(publisher)
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -63,8 +68,32 @@ impl Publisher {
 
     /// Publishes `job` and waits for the broker's confirm. `Ok` means RabbitMQ has stored it.
     pub async fn publish(&self, job: &RefreshJob) -> Result<(), BrokerError> {
+        let exchange = self.topology.jobs_exchange();
+        self.publish_to(&exchange, Topology::routing_key(job.lane), job)
+            .await
+    }
+
+    /// Parks `job` in the retry queue of `round`, from which the broker hands it back to the
+    /// work queue when the tier's delay is over.
+    pub async fn publish_delayed(&self, job: &RefreshJob, round: usize) -> Result<(), BrokerError> {
+        let queue = self
+            .topology
+            .retry_queue(round)
+            .ok_or_else(|| BrokerError::Unavailable(format!("no retry tier for round {round}")))?;
+        // The default exchange routes by queue name.
+        self.publish_to("", &queue, job).await
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        job: &RefreshJob,
+    ) -> Result<(), BrokerError> {
         let link = self.link().await?;
-        let result = self.publish_on(&link.channel, job).await;
+        let result = self
+            .publish_on(&link.channel, exchange, routing_key, job)
+            .await;
         if matches!(
             result,
             Err(BrokerError::Protocol(_) | BrokerError::ConfirmTimeout(_))
@@ -74,7 +103,13 @@ impl Publisher {
         result
     }
 
-    async fn publish_on(&self, channel: &Channel, job: &RefreshJob) -> Result<(), BrokerError> {
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        job: &RefreshJob,
+    ) -> Result<(), BrokerError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
@@ -82,8 +117,8 @@ impl Publisher {
             .with_message_id(job.job_id.to_hex().into());
         let confirm = channel
             .basic_publish(
-                self.topology.jobs_exchange().into(),
-                Topology::routing_key(job.lane).into(),
+                exchange.into(),
+                routing_key.into(),
                 // Mandatory: a message no queue would take comes back instead of vanishing.
                 BasicPublishOptions {
                     mandatory: true,

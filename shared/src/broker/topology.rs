@@ -1,12 +1,13 @@
 //! Every exchange, queue and argument the product uses, declared idempotently by whoever starts.
 
 use super::BrokerError;
-use crate::job::Lane;
+use crate::{job::Lane, settings::AmqpSettings};
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use std::time::Duration;
 
 /// Redeliveries after which a message that keeps killing or failing its consumer is dead-lettered
 /// instead of looping forever (counted by quorum queues themselves).
@@ -15,13 +16,27 @@ const DELIVERY_LIMIT: i64 = 10;
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    retry_tiers: Vec<Duration>,
 }
 
 impl Topology {
-    pub fn new(prefix: impl Into<String>) -> Topology {
+    pub fn new(settings: &AmqpSettings) -> Topology {
         Topology {
-            prefix: prefix.into(),
+            prefix: settings.prefix.clone(),
+            retry_tiers: settings.retry_tiers.clone(),
         }
+    }
+
+    /// The retry queue a job waits in before its `round`-th redelivery (0-based), if the
+    /// tiers go that far.
+    pub fn retry_queue(&self, round: usize) -> Option<String> {
+        let delay = self.retry_tiers.get(round)?;
+        Some(format!("{}.retry.{}s", self.prefix, delay.as_secs()))
+    }
+
+    /// How many times a job may wait in a retry queue.
+    pub fn retry_rounds(&self) -> usize {
+        self.retry_tiers.len()
     }
 
     /// Where the api publishes jobs; routed by lane.
@@ -51,7 +66,11 @@ impl Topology {
 
     /// Every queue this topology declares.
     pub fn queues(&self) -> Vec<String> {
-        vec![self.jobs_queue(), self.dead_queue()]
+        let retries = (0..self.retry_rounds()).filter_map(|round| self.retry_queue(round));
+        [self.jobs_queue(), self.dead_queue()]
+            .into_iter()
+            .chain(retries)
+            .collect()
     }
 
     /// Every exchange this topology declares.
@@ -135,6 +154,31 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+
+        for (round, delay) in self.retry_tiers.iter().enumerate() {
+            let Some(queue) = self.retry_queue(round) else {
+                continue;
+            };
+            // Classic, not quorum: a queue where every message has the same TTL expires them in
+            // order at its head, and nothing consumes it.
+            let mut arguments = FieldTable::default();
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            // When the wait is over the message goes back to the work queue.
+            insert_str(
+                &mut arguments,
+                "x-dead-letter-exchange",
+                &self.jobs_exchange(),
+            );
+            insert_str(
+                &mut arguments,
+                "x-dead-letter-routing-key",
+                Topology::routing_key(Lane::Interactive),
+            );
+            channel
+                .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+                .await?;
+        }
         Ok(())
     }
 }
