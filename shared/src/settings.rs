@@ -126,7 +126,7 @@ impl Settings {
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
-            refresh_skip_window: Duration::from_secs(env.parse("REFRESH_SKIP_WINDOW_SECS", "30")),
+            refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
         };
         let worker = WorkerSettings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
@@ -139,7 +139,7 @@ impl Settings {
                 max_elapsed: env.millis("PUSH_RETRY_MAX_ELAPSED_MS", 30_000),
                 max_attempts: env.parse("PUSH_MAX_ATTEMPTS", "5"),
             },
-            job_max_age: Duration::from_secs(env.parse("JOB_MAX_AGE_SECS", "3600")),
+            job_max_age: env.secs("JOB_MAX_AGE_SECS", 3_600),
         };
         let gateways = GatewaySettings {
             agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
@@ -236,6 +236,10 @@ impl Env<'_> {
 
     fn millis(&mut self, name: &str, default: u64) -> Duration {
         Duration::from_millis(self.parse(name, &default.to_string()))
+    }
+
+    fn secs(&mut self, name: &str, default: u64) -> Duration {
+        Duration::from_secs(self.parse(name, &default.to_string()))
     }
 }
 
