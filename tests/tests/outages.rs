@@ -116,13 +116,11 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
     );
 }
 
-#[tokio::test]
-async fn with_mongodb_unreachable_the_endpoint_answers_503() {
-    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
-    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
+/// A stack whose api and worker reach MongoDB through `proxy`.
+async fn behind_mongodb_proxy(proxy: &Proxy, mongodb_uri: &str) -> TestStack {
     // Direct: a server that announces replica-set hosts would otherwise be reached around the
     // proxy.
-    let mut proxied = url::Url::parse(&via(&mongodb_uri, proxy.addr)).unwrap();
+    let mut proxied = url::Url::parse(&via(mongodb_uri, proxy.addr)).unwrap();
     if !proxied
         .query_pairs()
         .any(|(key, _)| key == "directConnection")
@@ -131,7 +129,14 @@ async fn with_mongodb_unreachable_the_endpoint_answers_503() {
             .query_pairs_mut()
             .append_pair("directConnection", "true");
     }
-    let stack = TestStack::start_with(&[("MONGODB_URI", proxied.to_string())]).await;
+    TestStack::start_with(&[("MONGODB_URI", proxied.to_string())]).await
+}
+
+#[tokio::test]
+async fn with_mongodb_unreachable_the_endpoint_answers_503() {
+    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
+    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
+    let stack = behind_mongodb_proxy(&proxy, &mongodb_uri).await;
     let device = stack.device().await;
     let body = json!({ "info": ["applications"] });
 
@@ -151,4 +156,47 @@ async fn with_mongodb_unreachable_the_endpoint_answers_503() {
     })
     .await;
     stack.wait_for_settled_job(&job_id).await;
+}
+
+#[tokio::test]
+async fn a_worker_mid_job_holds_it_through_a_mongodb_outage_and_finishes_it() {
+    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
+    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
+    let stack = behind_mongodb_proxy(&proxy, &mongodb_uri).await;
+    let device = stack.device().await;
+    // A slow gateway: the database goes away while the push is under way.
+    stack
+        .fault(json!({ "mode": "fault", "latencyMs": 1000 }))
+        .await;
+    let job_id = stack
+        .refresh(
+            &stack.org_id(),
+            &device.id.to_hex(),
+            &json!({ "info": ["hardware"] }),
+        )
+        .await
+        .job_id();
+    wait_until("the push to be under way", DEADLINE, || async {
+        (!stack.pushes().await.is_empty()
+            || stack.job(&job_id).await.categories[&Category::Hardware].state
+                == CategoryState::Pushing)
+            .then_some(())
+    })
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let hardware = &job.categories[&Category::Hardware];
+    assert_eq!(
+        (hardware.state, hardware.attempts),
+        (CategoryState::Pushed, 1),
+        "{hardware:?}"
+    );
+    assert_eq!(
+        stack.pushes_for_job(&job_id).await.len(),
+        1,
+        "held, not pushed again"
+    );
 }

@@ -87,6 +87,29 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Runs a store write until it succeeds, waiting out database outages; fails only on
+    /// other store errors or shutdown.
+    async fn durably<T, F, Fut>(&self, write: F) -> Result<T, Halt>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut schedule = RetryPolicy::RECONNECT.schedule();
+        loop {
+            match write().await {
+                Err(error) if error.is_unavailable() => {
+                    let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(%error, retry_in = ?delay, "database unavailable, holding a result");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+                    }
+                }
+                result => return Ok(result?),
+            }
+        }
+    }
+
     async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
         let results = join_all(job.categories.iter().map(|&category| async move {
             let mut attempt = Attempt::new(self, job, category);
@@ -259,16 +282,20 @@ impl<'a> Attempt<'a> {
         error: Option<&str>,
     ) -> Result<Ended, Halt> {
         // The device first: whoever sees the job settled also sees the device up to date.
+        // Both writes outlast a database outage: giving up here would forget an outcome (a
+        // push already made) and redo it.
+        let store = &self.dispatcher.store;
         let refreshed_at = (to == CategoryState::Pushed).then(DateTime::now);
         self.dispatcher
-            .store
-            .settle_refresh(
-                self.job.organization_id,
-                self.job.device_id,
-                self.category,
-                self.job.job_id,
-                refreshed_at,
-            )
+            .durably(|| {
+                store.settle_refresh(
+                    self.job.organization_id,
+                    self.job.device_id,
+                    self.category,
+                    self.job.job_id,
+                    refreshed_at,
+                )
+            })
             .await?;
         let update = CategoryUpdate {
             attempts: self.made,
@@ -276,7 +303,13 @@ impl<'a> Attempt<'a> {
             last_error: error.map(str::to_owned),
             ..CategoryUpdate::to(to)
         };
-        if !self.write(update).await? {
+        let categories = [self.category];
+        let applied = self
+            .dispatcher
+            .durably(|| store.transition(self.job.job_id, &categories, &update))
+            .await?;
+        self.made = 0;
+        if !applied {
             return Ok(Ended::Settled);
         }
         metrics::counter!(
