@@ -371,17 +371,20 @@ impl TestStack {
         assert_eq!(answer["status"], Value::Bool(true), "{answer:?}");
     }
 
-    /// Refreshes `categories` of `device` (by id), then waits for the job to settle.
+    /// Refreshes `categories` of `device`, addressed by id in the stack's organization.
+    pub async fn refresh_device(&self, device: &Device, categories: &[&str]) -> Answer {
+        let body = serde_json::json!({ "info": categories });
+        self.refresh(&self.org_id(), &device.id.to_hex(), &body)
+            .await
+    }
+
+    /// Refreshes `categories` of `device`, then waits for the job to settle.
     pub async fn settled_refresh(
         &self,
         device: &Device,
         categories: &[&str],
     ) -> (String, JobRecord) {
-        let body = serde_json::json!({ "info": categories });
-        let job_id = self
-            .refresh(&self.org_id(), &device.id.to_hex(), &body)
-            .await
-            .job_id();
+        let job_id = self.refresh_device(device, categories).await.job_id();
         let job = self.wait_for_settled_job(&job_id).await;
         (job_id, job)
     }

@@ -50,13 +50,7 @@ async fn a_rabbitmq_restart_mid_stream_answers_only_200_or_503_and_loses_no_acce
         let mut i = 0;
         while started.elapsed() < Duration::from_secs(12) {
             let device = &devices[i % devices.len()];
-            let answer = stack
-                .refresh(
-                    &stack.org_id(),
-                    &device.id.to_hex(),
-                    &json!({ "info": ["hardware"] }),
-                )
-                .await;
+            let answer = stack.refresh_device(device, &["hardware"]).await;
             answers.push((started.elapsed(), answer));
             i += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -74,20 +74,9 @@ async fn a_request_overlapping_an_outstanding_job_gets_a_job_with_only_the_rest(
     stack
         .fault(json!({ "mode": "fault", "latencyMs": 1500 }))
         .await;
-    let first = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["hardware"] }),
-        )
-        .await
-        .job_id();
+    let first = stack.refresh_device(&device, &["hardware"]).await.job_id();
     let second = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["hardware", "os"] }),
-        )
+        .refresh_device(&device, &["hardware", "os"])
         .await
         .job_id();
     assert_ne!(first, second);
@@ -109,14 +98,7 @@ async fn a_category_refreshed_within_the_skip_window_is_not_pushed_again() {
     let stack = TestStack::start_with(&[("REFRESH_SKIP_WINDOW_SECS", "60".to_owned())]).await;
     let device = stack.device().await;
     let (first, _) = stack.settled_refresh(&device, &["security"]).await;
-    let again = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["security"] }),
-        )
-        .await
-        .job_id();
+    let again = stack.refresh_device(&device, &["security"]).await.job_id();
     assert_eq!(again, first, "answered with the job that pushed it");
     assert_eq!(stack.pushes().await.len(), 1);
 
@@ -149,11 +131,7 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
         .fault(json!({ "mode": "fault", "gateway": gateway, "script": [status], "retryAfter": 2 }))
         .await;
     let first = stack
-        .refresh(
-            &stack.org_id(),
-            &throttled.id.to_hex(),
-            &json!({ "info": ["hardware"] }),
-        )
+        .refresh_device(&throttled, &["hardware"])
         .await
         .job_id();
     let throttled_at =
@@ -166,22 +144,8 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
                 .map(|p| p.at)
         })
         .await;
-    let second = stack
-        .refresh(
-            &stack.org_id(),
-            &throttled.id.to_hex(),
-            &json!({ "info": ["os"] }),
-        )
-        .await
-        .job_id();
-    let meanwhile = stack
-        .refresh(
-            &stack.org_id(),
-            &other.id.to_hex(),
-            &json!({ "info": ["os"] }),
-        )
-        .await
-        .job_id();
+    let second = stack.refresh_device(&throttled, &["os"]).await.job_id();
+    let meanwhile = stack.refresh_device(&other, &["os"]).await.job_id();
     for job in [&first, &second, &meanwhile] {
         let job = stack.wait_for_settled_job(job).await;
         assert!(

@@ -168,14 +168,7 @@ async fn a_worker_mid_job_holds_it_through_a_mongodb_outage_and_finishes_it() {
     stack
         .fault(json!({ "mode": "fault", "latencyMs": 1000 }))
         .await;
-    let job_id = stack
-        .refresh(
-            &stack.org_id(),
-            &device.id.to_hex(),
-            &json!({ "info": ["hardware"] }),
-        )
-        .await
-        .job_id();
+    let job_id = stack.refresh_device(&device, &["hardware"]).await.job_id();
     wait_until("the push to be under way", DEADLINE, || async {
         (!stack.pushes().await.is_empty()
             || stack.job(&job_id).await.categories[&Category::Hardware].state

@@ -126,19 +126,30 @@ async fn enqueue(
     let store = &state.store;
     let window = i64::try_from(state.refresh_skip_window.as_millis()).unwrap_or(i64::MAX);
     let cutoff = DateTime::from_millis(DateTime::now().timestamp_millis().saturating_sub(window));
-    let claims = join_all(categories.iter().map(|&category| {
-        store.claim_refresh(job.organization, job.device, category, job.id, cutoff)
-    }))
-    .await;
-    let mut ours = Vec::with_capacity(categories.len());
-    let mut theirs = Vec::new();
-    for (&category, claimed) in categories.iter().zip(claims) {
-        if claimed? {
-            ours.push(category);
-        } else {
-            theirs.push(category);
+    let (organization, device) = (job.organization, job.device);
+    // All at once first: of identical concurrent requests exactly one wins, and it wins every
+    // category, so they all name one job. Only on overlap is each category claimed alone.
+    let (mut ours, mut theirs) = if store
+        .claim_refresh(organization, device, categories, job.id, cutoff)
+        .await?
+    {
+        (categories.to_vec(), Vec::new())
+    } else {
+        let singles = join_all(categories.iter().map(|category| {
+            let single = std::slice::from_ref(category);
+            store.claim_refresh(organization, device, single, job.id, cutoff)
+        }))
+        .await;
+        let mut split = (Vec::new(), Vec::new());
+        for (&category, claimed) in categories.iter().zip(singles) {
+            if claimed? {
+                split.0.push(category);
+            } else {
+                split.1.push(category);
+            }
         }
-    }
+        split
+    };
     if ours.is_empty() {
         let device = store.device(job.organization, job.device).await?;
         let holder = device.and_then(|device| {

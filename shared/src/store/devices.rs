@@ -136,30 +136,37 @@ impl Store {
             .await?)
     }
 
-    /// Claims `category` of a device for `job`, atomically: only if no other job has it
-    /// outstanding and it was not refreshed after `not_refreshed_since`. The device document is
-    /// the lock, so concurrent requests for the same (device, category) yield one claim.
+    /// Claims all of `categories` of a device for `job` in one atomic update, or none: only if
+    /// no other job has any of them outstanding and none was pushed after
+    /// `not_refreshed_since`. The device document is the lock, so concurrent requests for the
+    /// same (device, category) yield one claim.
     pub async fn claim_refresh(
         &self,
         organization: ObjectId,
         device: ObjectId,
-        category: Category,
+        categories: &[Category],
         job: ObjectId,
         not_refreshed_since: DateTime,
     ) -> Result<bool, StoreError> {
-        let filter = tenant(
-            organization,
-            doc! {
-                "_id": device,
-                "refreshInfoNeeded": { "$ne": category.as_str() },
-                format!("infoRefreshedAt.{category}"): { "$not": { "$gt": not_refreshed_since } },
-            },
-        );
+        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+        let mut filter = doc! { "_id": device, "refreshInfoNeeded": { "$nin": &names } };
+        let mut claims = doc! {};
+        for category in categories {
+            filter.insert(
+                format!("infoRefreshedAt.{category}"),
+                doc! { "$not": { "$gt": not_refreshed_since } },
+            );
+            claims.insert(format!("lastRefreshJob.{category}"), job);
+        }
         let update = doc! {
-            "$addToSet": { "refreshInfoNeeded": category.as_str() },
-            "$set": { format!("lastRefreshJob.{category}"): job },
+            "$addToSet": { "refreshInfoNeeded": { "$each": names } },
+            "$set": claims,
         };
-        Ok(self.devices.update_one(filter, update).await?.matched_count == 1)
+        let result = self
+            .devices
+            .update_one(tenant(organization, filter), update)
+            .await?;
+        Ok(result.matched_count == 1)
     }
 
     /// Ends `job`'s claim on `category`: it is no longer outstanding, and `refreshed_at` is
