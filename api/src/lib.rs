@@ -13,6 +13,7 @@ use refresh_shared::{Settings, broker::Publisher, store::Store};
 use state::AppState;
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// How often idle per-token rate-limit state is dropped, so it does not grow with every token
 /// ever seen.
@@ -73,7 +74,8 @@ impl App {
             }
         });
         tracing::info!(addr = %self.local_addr(), "refresh-api listening");
-        let stop = refresh_shared::shutdown::token_from(shutdown);
+        let stop = CancellationToken::new();
+        refresh_shared::shutdown::cancel_on(shutdown, stop.clone());
         let server = axum::serve(
             self.listener,
             self.router

@@ -24,17 +24,14 @@ pub async fn signal() {
     }
 }
 
-/// A token cancelled when `shutdown` resolves, for the several places that must stop together.
-pub fn token_from(
+/// Cancels `token` when `shutdown` resolves, so the several parts of a service that must stop
+/// together can all watch one token.
+pub fn cancel_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            shutdown.await;
-            token.cancel();
-        }
+    token: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        shutdown.await;
+        token.cancel();
     });
-    token
 }

@@ -49,6 +49,13 @@ pub struct PushRecord {
     pub status: u16,
 }
 
+impl PushRecord {
+    /// When the sim answered the push.
+    pub fn time(&self) -> OffsetDateTime {
+        OffsetDateTime::parse(&self.at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {

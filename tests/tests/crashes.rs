@@ -6,7 +6,6 @@ use refresh_shared::{device::DeviceState, job::JobState, store::JobRecord};
 use refresh_tests::{TestStack, sim::PushRecord, wait_until};
 use serde_json::json;
 use std::{collections::HashMap, time::Duration};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 const CATEGORIES: [&str; 3] = ["hardware", "applications", "certificates"];
 
@@ -93,8 +92,7 @@ async fn settle_and_audit(
     for push in &accepted {
         let key = (push.job_id.clone().unwrap(), push.categories[0].clone());
         *per_category.entry(key.clone()).or_default() += 1;
-        let at = OffsetDateTime::parse(&push.at, &Rfc3339).unwrap();
-        let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap();
+        let at_ms = i64::try_from(push.time().unix_timestamp_nanos() / 1_000_000).unwrap();
         if at_ms > pushed_at[&key] {
             after_recorded += 1;
         }

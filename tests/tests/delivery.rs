@@ -117,7 +117,6 @@ async fn a_category_refreshed_within_the_skip_window_is_not_pushed_again() {
 /// for 2 s while another device on the same gateway is pushed meanwhile.
 async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
     use refresh_shared::device::DeviceState;
-    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
     let stack = TestStack::start().await;
     let (agent, wns) = (gateway == "agent", gateway == "wns");
@@ -141,7 +140,7 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
                 .await
                 .into_iter()
                 .find(|p| p.status == status)
-                .map(|p| p.at)
+                .map(|p| p.time())
         })
         .await;
     let second = stack.refresh_device(&throttled, &["os"]).await.job_id();
@@ -156,13 +155,12 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
         );
     }
 
-    let t0 = OffsetDateTime::parse(&throttled_at, &Rfc3339).unwrap();
-    let since = |at: &str| OffsetDateTime::parse(at, &Rfc3339).unwrap() - t0;
+    let since = |push: &refresh_tests::sim::PushRecord| push.time() - throttled_at;
     let pushes = stack.pushes().await;
     let later_to_throttled: Vec<_> = pushes
         .iter()
         .filter(|p| p.target == target(&throttled) && p.status != status)
-        .map(|p| since(&p.at))
+        .map(since)
         .collect();
     println!(
         "{gateway} {status}: pushes to the throttled target at {later_to_throttled:?} after the throttle"
@@ -176,7 +174,7 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
     let to_other: Vec<_> = pushes
         .iter()
         .filter(|p| p.target == target(&other))
-        .map(|p| since(&p.at))
+        .map(since)
         .collect();
     println!("{gateway} {status}: the other device pushed at {to_other:?}");
     assert_eq!(to_other.len(), 1);

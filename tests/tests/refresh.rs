@@ -232,18 +232,26 @@ async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
     assert_eq!(gateways, [SimGateway::Agent, SimGateway::Wns]);
 }
 
-#[tokio::test]
-async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason() {
-    // Two attempts in process, then one round through the 1 s retry queue, then give up.
-    let stack = TestStack::start_with(&[
-        ("PUSH_MAX_ATTEMPTS", "2".to_owned()),
-        ("RETRY_TIERS_SECS", "1".to_owned()),
-    ])
-    .await;
+/// A stack with `overrides`, and an agent-only device whose gateway answers 503 to everything.
+async fn stack_with_failing_agent(
+    overrides: &[(&str, String)],
+) -> (TestStack, refresh_shared::store::Device) {
+    let stack = TestStack::start_with(overrides).await;
     let device = stack.device_with(DeviceState::Active, true, false).await;
     stack
         .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
         .await;
+    (stack, device)
+}
+
+#[tokio::test]
+async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason() {
+    // Two attempts in process, then one round through the 1 s retry queue, then give up.
+    let (stack, device) = stack_with_failing_agent(&[
+        ("PUSH_MAX_ATTEMPTS", "2".to_owned()),
+        ("RETRY_TIERS_SECS", "1".to_owned()),
+    ])
+    .await;
     let (job_id, job) = stack.settled_refresh(&device, &["applications"]).await;
     let applications = &job.categories[&Category::Applications];
     assert_eq!(applications.state, CategoryState::Failed);
@@ -254,16 +262,7 @@ async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason()
     );
     let pushes = stack.pushes_for_job(&job_id).await;
     assert_eq!(pushes.len(), 4);
-    let waited = time::OffsetDateTime::parse(
-        &pushes[2].at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap()
-        - time::OffsetDateTime::parse(
-            &pushes[1].at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap();
+    let waited = pushes[2].time() - pushes[1].time();
     assert!(
         waited >= time::Duration::seconds(1),
         "the third push came from the retry queue: {waited}"
@@ -272,16 +271,12 @@ async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason()
 
 #[tokio::test]
 async fn a_category_not_pushed_within_the_maximum_age_expires() {
-    let stack = TestStack::start_with(&[
+    let (stack, device) = stack_with_failing_agent(&[
         ("PUSH_MAX_ATTEMPTS", "1".to_owned()),
         ("RETRY_TIERS_SECS", "2".to_owned()),
         ("JOB_MAX_AGE_SECS", "1".to_owned()),
     ])
     .await;
-    let device = stack.device_with(DeviceState::Active, true, false).await;
-    stack
-        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
-        .await;
     let (job_id, job) = stack.settled_refresh(&device, &["hardware"]).await;
     let hardware = &job.categories[&Category::Hardware];
     assert_eq!(hardware.state, CategoryState::Expired, "{hardware:?}");

@@ -74,13 +74,7 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = self.consumer.dispatcher.shutdown.clone();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.cancel();
-            }
-        });
+        refresh_shared::shutdown::cancel_on(shutdown, stop.clone());
         tracing::info!(addr = %self.local_addr(), "refresh-worker probes listening");
         let server = axum::serve(self.listener, health::router(self.probes))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
