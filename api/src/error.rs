@@ -44,6 +44,12 @@ pub enum ApiError {
     DeviceNotActive,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
+    /// The `Idempotency-Key` came before with a different request.
+    #[error("idempotency key reused with another request")]
+    IdempotencyMismatch,
+    /// The `Idempotency-Key`'s first request is still being handled.
+    #[error("idempotency key in use")]
+    IdempotencyInProgress,
     #[error("unknown route")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -73,6 +79,16 @@ impl ApiError {
             ApiError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests")
             }
+            ApiError::IdempotencyMismatch => (
+                StatusCode::CONFLICT,
+                4091,
+                "Idempotency key already used with a different request",
+            ),
+            ApiError::IdempotencyInProgress => (
+                StatusCode::CONFLICT,
+                4092,
+                "A request with this idempotency key is still in progress",
+            ),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, 4040, "Route not found"),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, 4050, "Method not allowed")
@@ -87,6 +103,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::IdempotencyInProgress => Some(Duration::from_secs(1)),
             ApiError::Unavailable(_) | ApiError::NotReady(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }

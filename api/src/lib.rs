@@ -1,7 +1,9 @@
 //! `refresh-api`: authenticates, validates, looks up, records a job and has RabbitMQ confirm it.
 
+mod audit;
 mod auth;
 mod error;
+mod idempotency;
 mod routes;
 mod state;
 pub mod validate;
@@ -45,7 +47,11 @@ impl App {
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let state = AppState::new(&settings, store, publisher);
-        let router = routes::router(state.clone(), settings.api.body_limit_bytes);
+        let router = routes::router(
+            state.clone(),
+            settings.api.body_limit_bytes,
+            settings.api.bulk_body_limit_bytes,
+        );
         Ok(App {
             listener,
             addr,

@@ -3,7 +3,11 @@
 use crate::error::FieldProblem;
 use axum::http::{HeaderMap, header};
 use bson::oid::ObjectId;
-use refresh_shared::Category;
+use refresh_shared::{
+    Category,
+    batch::{DeviceFilter, MAX_BATCH_DEVICES},
+    device::DeviceState,
+};
 use serde_json::Value;
 
 /// `organizationId`: `^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$` (upstream page).
@@ -61,17 +65,203 @@ pub fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
 
 /// Parses `{"info": [...]}` into its categories, duplicates merged, in the order first named.
 pub fn refresh_body(body: &[u8]) -> Result<Vec<Category>, Vec<FieldProblem>> {
+    let mut fields = json_object(body)?;
+    let mut problems = unknown_fields(&fields, &["info"]);
+    match info(&mut fields) {
+        Ok(categories) if problems.is_empty() => Ok(categories),
+        Ok(_) => Err(problems),
+        Err(problem) => {
+            problems.insert(0, problem);
+            Err(problems)
+        }
+    }
+}
+
+/// A bulk refresh: the categories and either the devices named or a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkRequest {
+    pub categories: Vec<Category>,
+    pub target: BulkTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkTarget {
+    /// De-duplicated, in the order first named.
+    DeviceIds(Vec<String>),
+    Filter(DeviceFilter),
+}
+
+/// Most problems listed for one bulk body: a 100,000-id list with every id wrong must not
+/// produce a 100,000-line answer.
+const MAX_LISTED_PROBLEMS: usize = 20;
+/// Most tags a filter may require.
+const MAX_FILTER_TAGS: usize = 50;
+
+/// Parses `{"info": [...], "deviceIds": [...]}` or `{"info": [...], "filter": {...}}`.
+pub fn bulk_body(body: &[u8]) -> Result<BulkRequest, Vec<FieldProblem>> {
+    let mut fields = json_object(body)?;
+    let mut problems = unknown_fields(&fields, &["info", "deviceIds", "filter"]);
+    let categories = info(&mut fields).map_err(|p| problems.push(p)).ok();
+    let target = match (fields.remove("deviceIds"), fields.remove("filter")) {
+        (Some(ids), None) => device_ids(ids, &mut problems).map(BulkTarget::DeviceIds),
+        (None, Some(filter)) => device_filter(filter, &mut problems).map(BulkTarget::Filter),
+        (Some(_), Some(_)) => {
+            problems.push(FieldProblem::new(
+                "body",
+                "give either deviceIds or filter, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(FieldProblem::new("body", "deviceIds or filter is required"));
+            None
+        }
+    };
+    match (categories, target) {
+        (Some(categories), Some(target)) if problems.is_empty() => {
+            Ok(BulkRequest { categories, target })
+        }
+        _ => Err(problems),
+    }
+}
+
+fn device_ids(value: Value, problems: &mut Vec<FieldProblem>) -> Option<Vec<String>> {
+    let Value::Array(items) = value else {
+        problems.push(FieldProblem::new("deviceIds", "must be an array of device ids"));
+        return None;
+    };
+    if items.is_empty() {
+        problems.push(FieldProblem::new("deviceIds", "must name at least one device"));
+        return None;
+    }
+    if items.len() > MAX_BATCH_DEVICES {
+        problems.push(FieldProblem::new(
+            "deviceIds",
+            format!("names {} devices; at most {MAX_BATCH_DEVICES} per batch", items.len()),
+        ));
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut ids = Vec::with_capacity(items.len());
+    let mut bad = 0;
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Value::String(id) if device_key(&id).is_ok() => {
+                if seen.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+            _ => {
+                bad += 1;
+                if bad <= MAX_LISTED_PROBLEMS {
+                    problems.push(FieldProblem::new(
+                        format!("deviceIds[{index}]"),
+                        "must be a 24-hex id, an IMEI or a serial number (letters, digits, '_')",
+                    ));
+                }
+            }
+        }
+    }
+    if bad > MAX_LISTED_PROBLEMS {
+        problems.push(FieldProblem::new(
+            "deviceIds",
+            format!("{} more invalid ids not listed", bad - MAX_LISTED_PROBLEMS),
+        ));
+    }
+    (bad == 0).then_some(ids)
+}
+
+fn device_filter(value: Value, problems: &mut Vec<FieldProblem>) -> Option<DeviceFilter> {
+    let Value::Object(mut fields) = value else {
+        problems.push(FieldProblem::new("filter", "must be an object"));
+        return None;
+    };
+    let before = problems.len();
+    problems.extend(
+        unknown_fields(&fields, &["state", "tags"])
+            .into_iter()
+            .map(|p| FieldProblem::new(format!("filter.{}", p.field), p.problem)),
+    );
+    let state = match fields.remove("state") {
+        None => None,
+        Some(Value::String(state)) => match state.parse::<DeviceState>() {
+            Ok(state) => Some(state),
+            Err(problem) => {
+                problems.push(FieldProblem::new("filter.state", problem));
+                None
+            }
+        },
+        Some(_) => {
+            problems.push(FieldProblem::new("filter.state", "must be a device state"));
+            None
+        }
+    };
+    let tags = match fields.remove("tags") {
+        None => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= MAX_FILTER_TAGS => {
+            let mut tags = Vec::new();
+            for (index, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(tag) if !tag.is_empty() && tag.len() <= 128 => {
+                        if !tags.contains(&tag) {
+                            tags.push(tag);
+                        }
+                    }
+                    _ => problems.push(FieldProblem::new(
+                        format!("filter.tags[{index}]"),
+                        "must be a non-empty string of at most 128 bytes",
+                    )),
+                }
+            }
+            tags
+        }
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "filter.tags",
+                format!("must be an array of at most {MAX_FILTER_TAGS} tags"),
+            ));
+            Vec::new()
+        }
+    };
+    (problems.len() == before).then_some(DeviceFilter { state, tags })
+}
+
+/// An optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldProblem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(FieldProblem::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Vec<FieldProblem>> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| vec![FieldProblem::new("body", format!("is not valid JSON: {e}"))])?;
-    let Value::Object(mut fields) = value else {
-        return Err(vec![FieldProblem::new("body", "must be a JSON object")]);
-    };
-    let mut problems: Vec<FieldProblem> = fields
+    match value {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(vec![FieldProblem::new("body", "must be a JSON object")]),
+    }
+}
+
+fn unknown_fields(fields: &serde_json::Map<String, Value>, known: &[&str]) -> Vec<FieldProblem> {
+    fields
         .keys()
-        .filter(|key| *key != "info")
+        .filter(|key| !known.contains(&key.as_str()))
         .map(|key| FieldProblem::new(key.as_str(), "is not a known field"))
-        .collect();
-    let categories = match fields.remove("info") {
+        .collect()
+}
+
+/// The `info` field: at least one category name, duplicates merged.
+fn info(fields: &mut serde_json::Map<String, Value>) -> Result<Vec<Category>, FieldProblem> {
+    match fields.remove("info") {
         None => Err(FieldProblem::new("info", "is required")),
         Some(Value::Array(items)) if items.is_empty() => {
             Err(FieldProblem::new("info", "must name at least one category"))
@@ -81,14 +271,6 @@ pub fn refresh_body(body: &[u8]) -> Result<Vec<Category>, Vec<FieldProblem>> {
             "info",
             "must be an array of category names",
         )),
-    };
-    match categories {
-        Ok(categories) if problems.is_empty() => Ok(categories),
-        Ok(_) => Err(problems),
-        Err(problem) => {
-            problems.insert(0, problem);
-            Err(problems)
-        }
     }
 }
 
@@ -185,6 +367,58 @@ mod tests {
             problem(r#"{"info":["os"],"force":true}"#),
             "force: is not a known field"
         );
+    }
+
+    #[test]
+    fn bulk_bodies_name_devices_or_a_filter() {
+        let body = br#"{"info":["os"],"deviceIds":["a1","SN_2","a1"]}"#;
+        assert_eq!(
+            bulk_body(body).map(|r| r.target),
+            Ok(BulkTarget::DeviceIds(vec!["a1".to_owned(), "SN_2".to_owned()]))
+        );
+        let body = br#"{"info":["os"],"filter":{"state":"ACTIVE","tags":["lab"]}}"#;
+        assert_eq!(
+            bulk_body(body).map(|r| r.target),
+            Ok(BulkTarget::Filter(DeviceFilter {
+                state: Some(DeviceState::Active),
+                tags: vec!["lab".to_owned()],
+            }))
+        );
+        let fields = |body: &str| {
+            bulk_body(body.as_bytes())
+                .expect_err("invalid")
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(r#"{"info":["os"]}"#), ["body"]);
+        assert_eq!(fields(r#"{"info":["os"],"deviceIds":[],"filter":{}}"#), ["body"]);
+        assert_eq!(fields(r#"{"info":["os"],"deviceIds":[]}"#), ["deviceIds"]);
+        assert_eq!(fields(r#"{"info":["os"],"deviceIds":["ok","a b",7]}"#), ["deviceIds[1]", "deviceIds[2]"]);
+        assert_eq!(
+            fields(r#"{"info":["os"],"filter":{"state":"ON","tags":[""],"os":1}}"#),
+            ["filter.os", "filter.state", "filter.tags[0]"]
+        );
+        assert_eq!(fields(r#"{"deviceIds":["a"]}"#), ["info"]);
+        let too_many = format!(
+            r#"{{"info":["os"],"deviceIds":[{}]}}"#,
+            vec!["\"x\""; MAX_BATCH_DEVICES + 1].join(",")
+        );
+        assert_eq!(fields(&too_many), ["deviceIds"]);
+        let all_bad = format!(r#"{{"info":["os"],"deviceIds":[{}]}}"#, vec!["1"; 100].join(","));
+        assert_eq!(fields(&all_bad).len(), MAX_LISTED_PROBLEMS + 1);
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers), Ok(None));
+        headers.insert("idempotency-key", "abc-123".parse().expect("valid"));
+        assert_eq!(idempotency_key(&headers), Ok(Some("abc-123".to_owned())));
+        headers.insert("idempotency-key", "a b".parse().expect("valid"));
+        assert!(idempotency_key(&headers).is_err());
+        headers.insert("idempotency-key", "x".repeat(256).parse().expect("valid"));
+        assert!(idempotency_key(&headers).is_err());
     }
 
     #[test]

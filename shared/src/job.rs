@@ -65,6 +65,17 @@ pub enum Lane {
     Bulk,
 }
 
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Bulk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CategoryState {
@@ -106,6 +117,19 @@ impl CategoryState {
             Pushed | Retrying => &[Pushing],
             // `Queued` → `Failed`: the api could not publish the job.
             Failed | Expired => &[Queued, Pushing, Retrying],
+        }
+    }
+
+    /// The states a worker may claim a category from (move it to `Pushing`). Only the broker's
+    /// redelivery of a message whose consumer died may take over a push in progress; a message
+    /// delivered for the first time never does, because a push in progress then belongs to
+    /// another copy of the job (a batch resuming its expansion may publish a job twice).
+    pub fn claimable(redelivered: bool) -> &'static [CategoryState] {
+        use CategoryState::*;
+        if redelivered {
+            Pushing.allowed_sources()
+        } else {
+            &[Queued, Retrying]
         }
     }
 }
@@ -217,6 +241,8 @@ mod tests {
             }
         }
         assert!(Pushing.allowed_sources().contains(&Retrying));
+        assert!(!CategoryState::claimable(false).contains(&Pushing));
+        assert!(CategoryState::claimable(true).contains(&Pushing));
         assert!(Failed.allowed_sources().contains(&Queued));
     }
 

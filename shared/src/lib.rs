@@ -1,6 +1,7 @@
 //! The domain of device-refresh and its adapters, shared by `refresh-api`, `refresh-worker` and
 //! `refreshctl`. Nothing here knows about HTTP routing or the consumer loop.
 
+pub mod batch;
 pub mod broker;
 pub mod category;
 pub mod device;

@@ -43,6 +43,8 @@ pub struct MongoSettings {
 pub struct ApiSettings {
     pub addr: SocketAddr,
     pub body_limit_bytes: usize,
+    /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
+    pub bulk_body_limit_bytes: usize,
     pub rate_limit_per_second: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
     /// A category pushed this recently is not pushed again: the request is answered with the
@@ -55,8 +57,13 @@ pub struct WorkerSettings {
     pub addr: SocketAddr,
     /// Unacked deliveries the broker may hand this worker at once.
     pub prefetch: u16,
-    /// Jobs processed at once; never more than `prefetch`.
+    /// Interactive jobs processed at once; never more than `prefetch`.
     pub concurrency: usize,
+    /// Bulk jobs processed at once, on top of the interactive slots: the bulk lane's bounded
+    /// share, so a draining batch never takes a single-device request's slot.
+    pub bulk_concurrency: usize,
+    /// Devices a batch expander looks up, records and publishes per checkpoint.
+    pub batch_chunk_size: usize,
     pub push_timeout: Duration,
     pub push_retry: RetryPolicy,
     /// A category not pushed this long after the request ends `expired`.
@@ -124,6 +131,7 @@ impl Settings {
         let api = ApiSettings {
             addr: env.parse("API_ADDR", "127.0.0.1:8080"),
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
+            bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
@@ -132,6 +140,8 @@ impl Settings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
             prefetch: env.parse("WORKER_PREFETCH", "64"),
             concurrency: env.parse("WORKER_CONCURRENCY", "32"),
+            bulk_concurrency: env.parse("WORKER_BULK_CONCURRENCY", "8"),
+            batch_chunk_size: env.parse("BATCH_CHUNK_SIZE", "500"),
             push_timeout: env.millis("PUSH_TIMEOUT_MS", 5_000),
             push_retry: RetryPolicy {
                 initial: env.millis("PUSH_RETRY_INITIAL_MS", 500),
@@ -162,6 +172,14 @@ impl Settings {
         } else if worker.concurrency > usize::from(worker.prefetch) {
             env.errors
                 .push("WORKER_CONCURRENCY: must not exceed WORKER_PREFETCH".to_owned());
+        }
+        if worker.bulk_concurrency == 0 || worker.bulk_concurrency > usize::from(u16::MAX / 2) {
+            env.errors
+                .push("WORKER_BULK_CONCURRENCY: must be between 1 and 32767".to_owned());
+        }
+        if !(1..=10_000).contains(&worker.batch_chunk_size) {
+            env.errors
+                .push("BATCH_CHUNK_SIZE: must be between 1 and 10000".to_owned());
         }
         if worker.push_retry.max_attempts == 0 {
             env.errors

@@ -1,6 +1,6 @@
 //! Logs (tracing) and metrics (Prometheus text), set up once per process.
 
-use crate::settings::LogFormat;
+use crate::{broker::Publisher, settings::LogFormat};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -26,4 +26,24 @@ pub fn metrics() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// The Prometheus text, with every queue's depth read from the broker just now (when it can be
+/// reached; otherwise the depths are left out rather than shown stale).
+pub async fn render_with_queue_depths(publisher: &Publisher) -> String {
+    match publisher.queue_depths().await {
+        Ok(depths) => {
+            for depth in depths {
+                let labels = [("queue", depth.name), ("role", depth.role.as_str().to_owned())];
+                metrics::gauge!("refresh_queue_messages_ready", &labels).set(f64::from(depth.ready));
+                metrics::gauge!("refresh_queue_consumers", &labels).set(f64::from(depth.consumers));
+            }
+            metrics::gauge!("refresh_queue_depth_readable").set(1.0);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "queue depths not readable for /metrics");
+            metrics::gauge!("refresh_queue_depth_readable").set(0.0);
+        }
+    }
+    metrics().render()
 }

@@ -10,6 +10,9 @@ use subtle::ConstantTimeEq;
 /// The permission the refresh endpoint and the job-status call require.
 pub const PERMISSION_DEVICE_INFO: &str = "mdm.windows.device.info";
 
+/// The permission `GET /v1/ops/queues` requires.
+pub const PERMISSION_OPS_QUEUES: &str = "ops.queues.read";
+
 const TOKEN_PREFIX: &str = "drt_";
 
 /// A freshly generated token: the plaintext for the caller, the hash for the store.

@@ -284,6 +284,7 @@ impl TestStack {
                     "35{}",
                     u64::from_str_radix(&unique[14..], 16).unwrap() % 10_u64.pow(13)
                 )),
+                tags: Vec::new(),
                 push: PushRoutes { agent, wns },
             })
             .await
@@ -436,7 +437,7 @@ impl Drop for TestStack {
                     lapin::Connection::connect(&amqp_url, Default::default()).await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    for queue in topology.queues() {
+                    for (queue, _) in topology.queues() {
                         let _ = channel.queue_delete(queue.into(), Default::default()).await;
                     }
                     for exchange in topology.exchanges() {

@@ -1,9 +1,16 @@
-//! The consumer: a supervisor loop that (re)connects, and per connection a bounded pool of
-//! deliveries in flight, each answered with exactly one ack, reject or nack.
+//! The consumer: a supervisor loop that (re)connects, and per connection one stream per queue —
+//! the interactive lane, the bulk lane and the batches to expand — each with its own prefetch and
+//! its own bounded pool of deliveries in flight, each delivery answered with exactly one ack,
+//! reject or nack. Separate pools are what keeps a single-device refresh from ever waiting
+//! behind a batch: the bulk lane can only use its own slots.
 
-use crate::dispatch::{Dispatcher, Halt};
-use futures::StreamExt;
+use crate::{
+    dispatch::{Dispatcher, Halt},
+    expander::Expander,
+};
+use futures::{StreamExt, future::join_all};
 use lapin::{
+    Connection,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -12,19 +19,23 @@ use lapin::{
     types::FieldTable,
 };
 use refresh_shared::{
+    batch::ExpandBatch,
     broker::{BrokerError, Topology, connect},
-    job::RefreshJob,
+    job::{Lane, RefreshJob},
     retry::RetryPolicy,
     settings::{AmqpSettings, WorkerSettings},
 };
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+use time::OffsetDateTime;
 use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub struct Consumer {
@@ -32,8 +43,26 @@ pub struct Consumer {
     pub worker: WorkerSettings,
     pub shutdown_grace: Duration,
     pub dispatcher: Arc<Dispatcher>,
-    /// True while a consumer is attached to the work queue.
+    pub expander: Arc<Expander>,
+    /// True while a consumer is attached to the work queues.
     pub connected: Arc<AtomicBool>,
+}
+
+/// What a stream's deliveries are.
+#[derive(Clone, Copy)]
+enum Work {
+    Jobs(Lane),
+    Batches,
+}
+
+/// One queue consumed on its own channel.
+struct Stream {
+    queue: String,
+    work: Work,
+    /// Unacked deliveries the broker may push to this channel.
+    prefetch: u16,
+    /// Deliveries worked on at once.
+    slots: usize,
 }
 
 impl Consumer {
@@ -58,47 +87,120 @@ impl Consumer {
         }
     }
 
+    fn streams(&self, topology: &Topology) -> [Stream; 3] {
+        let bulk = self.worker.bulk_concurrency;
+        [
+            Stream {
+                queue: topology.jobs_queue(Lane::Interactive),
+                work: Work::Jobs(Lane::Interactive),
+                prefetch: self.worker.prefetch,
+                slots: self.worker.concurrency,
+            },
+            Stream {
+                queue: topology.jobs_queue(Lane::Bulk),
+                work: Work::Jobs(Lane::Bulk),
+                // Twice the slots, so the next bulk job is at hand when one finishes; the
+                // settings cap the slots so this cannot overflow.
+                prefetch: u16::try_from(bulk * 2).unwrap_or(u16::MAX),
+                slots: bulk,
+            },
+            Stream {
+                queue: topology.batches_queue(),
+                work: Work::Batches,
+                // One expansion at a time per worker: an expansion is already a stream of
+                // thousands of publishes, and another worker can take the next batch.
+                prefetch: 1,
+                slots: 1,
+            },
+        ]
+    }
+
     /// One connection's life: returns `Ok` on shutdown, `Err` when the connection is lost.
     async fn consume_once(&self) -> Result<(), BrokerError> {
         let connection = connect(&self.amqp.url, "refresh-worker").await?;
-        let channel = connection.create_channel().await?;
         let topology = Topology::new(&self.amqp);
-        topology.declare(&channel).await?;
+        topology.declare(&connection.create_channel().await?).await?;
+        // Any stream that loses its channel stops the others: the supervisor reconnects all.
+        let lost = CancellationToken::new();
+        let streams = self.streams(&topology);
+        let results = join_all(
+            streams
+                .into_iter()
+                .map(|stream| self.consume_stream(&connection, stream, lost.clone())),
+        )
+        .await;
+        let _ = connection.close(200, "bye".into()).await;
+        results.into_iter().collect()
+    }
+
+    /// Consumes one queue until shutdown (`Ok`) or until the channel, or a sibling's, is lost.
+    async fn consume_stream(
+        &self,
+        connection: &Connection,
+        stream: Stream,
+        lost: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let result = self.consume_stream_until_lost(connection, &stream, &lost).await;
+        if result.is_err() {
+            lost.cancel();
+        }
+        result
+    }
+
+    async fn consume_stream_until_lost(
+        &self,
+        connection: &Connection,
+        stream: &Stream,
+        lost: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let channel = connection.create_channel().await?;
         // Prefetch bounds the unacked deliveries the broker pushes to us; the semaphore below
         // bounds how many of them are worked on at once.
         channel
-            .basic_qos(self.worker.prefetch, BasicQosOptions::default())
+            .basic_qos(stream.prefetch, BasicQosOptions::default())
             .await?;
         let mut deliveries = channel
             .basic_consume(
-                topology.jobs_queue().into(),
+                stream.queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        self.connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %topology.jobs_queue(), "consuming");
+        if let Work::Jobs(Lane::Interactive) = stream.work {
+            self.connected.store(true, Ordering::Relaxed);
+        }
+        tracing::info!(queue = %stream.queue, slots = stream.slots, "consuming");
 
         let shutdown = self.dispatcher.shutdown.clone();
-        let slots = Arc::new(Semaphore::new(self.worker.concurrency));
+        let slots = Arc::new(Semaphore::new(stream.slots));
+        let unacked = metrics::gauge!("refresh_worker_unacked_deliveries", "queue" => stream.queue.clone());
         let mut in_flight = JoinSet::new();
-        let lost = loop {
+        let ended = loop {
             while in_flight.try_join_next().is_some() {}
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot,
                 () = shutdown.cancelled() => break None,
+                () = lost.cancelled() => break Some(lost_elsewhere()),
             };
             let Ok(slot) = slot else { break None };
             let delivery = tokio::select! {
                 delivery = deliveries.next() => delivery,
                 () = shutdown.cancelled() => break None,
+                () = lost.cancelled() => break Some(lost_elsewhere()),
             };
             match delivery {
                 Some(Ok(delivery)) => {
                     let dispatcher = Arc::clone(&self.dispatcher);
+                    let expander = Arc::clone(&self.expander);
+                    let (work, unacked) = (stream.work, unacked.clone());
+                    unacked.increment(1.0);
                     in_flight.spawn(async move {
-                        handle(&dispatcher, delivery).await;
+                        match work {
+                            Work::Jobs(lane) => handle_job(&dispatcher, lane, delivery).await,
+                            Work::Batches => handle_batch(&dispatcher, &expander, delivery).await,
+                        }
+                        unacked.decrement(1.0);
                         drop(slot);
                     });
                 }
@@ -110,37 +212,39 @@ impl Consumer {
                 }
             }
         };
-        if lost.is_none() {
-            // Shutting down: take no more deliveries; those in flight finish or hand back.
-            let _ = channel
-                .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
-                .await;
-        }
-        if lost.is_some() {
-            // Their acks can no longer reach the broker, but their pushes and write-backs still
-            // count: the redelivered copies will find those categories settled.
-            in_flight.detach_all();
-        } else {
-            let drained = async { while in_flight.join_next().await.is_some() {} };
-            if tokio::time::timeout(self.shutdown_grace, drained)
-                .await
-                .is_err()
-            {
-                // Unanswered deliveries go back to the queue when the connection closes.
-                tracing::warn!(grace = ?self.shutdown_grace, "jobs still running at the deadline are handed back");
-                in_flight.abort_all();
+        match ended {
+            Some(error) => {
+                // Their acks can no longer reach the broker, but their pushes and write-backs
+                // still count: the redelivered copies will find those categories settled.
+                in_flight.detach_all();
+                Err(error)
             }
-        }
-        let _ = connection.close(200, "bye".into()).await;
-        match lost {
-            Some(error) => Err(error),
-            None => Ok(()),
+            None => {
+                // Shutting down: take no more deliveries; those in flight finish or hand back.
+                let _ = channel
+                    .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
+                    .await;
+                let drained = async { while in_flight.join_next().await.is_some() {} };
+                if tokio::time::timeout(self.shutdown_grace, drained)
+                    .await
+                    .is_err()
+                {
+                    // Unanswered deliveries go back to the queue when the connection closes.
+                    tracing::warn!(queue = %stream.queue, grace = ?self.shutdown_grace, "work still running at the deadline is handed back");
+                    in_flight.abort_all();
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// Processes one delivery and answers it exactly once.
-async fn handle(dispatcher: &Dispatcher, delivery: Delivery) {
+fn lost_elsewhere() -> BrokerError {
+    BrokerError::Unavailable("another channel of the connection was lost".to_owned())
+}
+
+/// Processes one job delivery and answers it exactly once.
+async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     let job = match RefreshJob::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
@@ -148,39 +252,68 @@ async fn handle(dispatcher: &Dispatcher, delivery: Delivery) {
             return answer(&delivery, Answer::DeadLetter).await;
         }
     };
-    let span = tracing::info_span!("job", job_id = %job.job_id);
-    let verdict = process_until_answered(dispatcher, &job)
+    if job.attempt == 0 {
+        // How long it queued: a first delivery's age is its wait in the work queue.
+        let waited = (OffsetDateTime::now_utc() - job.requested_at).as_seconds_f64().max(0.0);
+        metrics::histogram!("refresh_job_queue_wait_seconds", "lane" => lane.as_str())
+            .record(waited);
+        metrics::gauge!("refresh_job_last_queue_wait_seconds", "lane" => lane.as_str())
+            .set(waited);
+    }
+    let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
+    let redelivered = delivery.redelivered;
+    let verdict = until_answered(dispatcher, false, || dispatcher.process(&job, redelivered))
         .instrument(span)
         .await;
     answer(&delivery, verdict).await;
 }
 
-/// What to answer for a decoded job: processes it, holding on while the database is away.
-async fn process_until_answered(dispatcher: &Dispatcher, job: &RefreshJob) -> Answer {
+/// Expands one batch and answers its delivery exactly once.
+async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: Delivery) {
+    let message = match ExpandBatch::decode(&delivery.data) {
+        Ok(message) => message,
+        Err(error) => {
+            tracing::error!(%error, "undecodable expansion request dead-lettered");
+            return answer(&delivery, Answer::DeadLetter).await;
+        }
+    };
+    let span = tracing::info_span!("batch", batch_id = %message.batch_id);
+    let verdict = until_answered(dispatcher, true, || expander.expand(message.batch_id))
+        .instrument(span)
+        .await;
+    answer(&delivery, verdict).await;
+}
+
+/// Runs `work` to an answer, holding on (and trying again from the last recorded point) while
+/// the database is away. A broker failure is held on too when `hold_on_broker` (an expansion
+/// resumes from its checkpoint); a job that could not be parked in a retry queue is handed back.
+async fn until_answered<F, Fut>(dispatcher: &Dispatcher, hold_on_broker: bool, work: F) -> Answer
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), Halt>>,
+{
     let mut schedule = RetryPolicy::RECONNECT.schedule();
     loop {
-        match dispatcher.process(job).await {
+        let why = match work().await {
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
-            Err(Halt::Broker(error)) => {
-                // Not parked in a retry queue: hand it back rather than lose it.
-                tracing::warn!(%error, "job handed back");
+            Err(Halt::Broker(error)) if !hold_on_broker => {
+                tracing::warn!(%error, "handed back");
                 return Answer::Requeue;
             }
-            Err(Halt::Store(error)) if error.is_unavailable() => {
-                // Keep the delivery while the database is away: requeueing would only spin it
-                // through the queue (and towards the delivery limit) until it is back.
-                let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
-                tracing::warn!(%error, retry_in = ?delay, "database unavailable, holding the job");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = dispatcher.shutdown.cancelled() => return Answer::Requeue,
-                }
-            }
-            Err(Halt::Store(error)) => {
-                tracing::error!(%error, "job cannot be processed, dead-lettered");
+            Err(Halt::Store(error)) if !error.is_unavailable() => {
+                tracing::error!(%error, "cannot be processed, dead-lettered");
                 return Answer::DeadLetter;
             }
+            // Keep the delivery while a dependency is away: requeueing would only spin it
+            // through the queue (and towards the delivery limit) until it is back.
+            Err(halt) => halt.to_string(),
+        };
+        let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
+        tracing::warn!(error = %why, retry_in = ?delay, "dependency unavailable, holding the delivery");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = dispatcher.shutdown.cancelled() => return Answer::Requeue,
         }
     }
 }

@@ -8,11 +8,11 @@ use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
     device::{Gateway, Refreshable},
-    job::{CategoryState, RefreshJob},
+    job::{CategoryState, Lane, RefreshJob},
     retry::RetryPolicy,
     store::{CategoryUpdate, Device, Store, StoreError},
 };
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -40,15 +40,26 @@ pub struct Dispatcher {
     pub gateways: Gateways,
     pub push_retry: RetryPolicy,
     /// Parks jobs in the retry queues.
-    pub retry_publisher: Publisher,
+    pub retry_publisher: Arc<Publisher>,
     pub job_max_age: Duration,
     pub shutdown: CancellationToken,
 }
 
 impl Dispatcher {
-    /// Processes a job to the end. Safe to call again for the same job (after a redelivery or a
-    /// halt): settled categories are skipped, nothing is pushed twice once recorded `pushed`.
-    pub async fn process(&self, job: &RefreshJob) -> Result<(), Halt> {
+    /// Processes a job to the end (a bulk job's outcome recorded for its batch). Safe to call
+    /// again for the same job (after a redelivery or a halt): settled categories are skipped,
+    /// nothing is pushed twice once recorded `pushed`. `redelivered`: the broker hands this
+    /// message out again because its consumer died, so a push it left `pushing` is taken over.
+    pub async fn process(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
+        self.push_all(job, redelivered).await?;
+        if job.lane == Lane::Bulk {
+            self.durably(|| self.store.record_outcome(job.job_id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn push_all(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
         let device = self
             .store
             .device(job.organization_id, job.device_id)
@@ -64,7 +75,7 @@ impl Dispatcher {
         let results = join_all(
             job.categories
                 .iter()
-                .map(|&category| self.refresh_category(job, &device, category)),
+                .map(|&category| self.refresh_category(job, redelivered, &device, category)),
         )
         .await;
         let mut deferred = Vec::new();
@@ -124,12 +135,13 @@ impl Dispatcher {
     async fn refresh_category(
         &self,
         job: &RefreshJob,
+        redelivered: bool,
         device: &Device,
         category: Category,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
-        if !attempt.claim().await? {
-            tracing::debug!(job_id = %job.job_id, %category, "already settled, skipped");
+        if !attempt.claim(CategoryState::claimable(redelivered)).await? {
+            tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
             return Ok(Ended::Settled);
         }
         let age = OffsetDateTime::now_utc() - job.requested_at;
@@ -218,7 +230,7 @@ impl Dispatcher {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
             }
-            if !attempt.claim().await? {
+            if !attempt.claim(&[CategoryState::Retrying]).await? {
                 return Ok(Ended::Settled);
             }
         }
@@ -254,9 +266,14 @@ impl<'a> Attempt<'a> {
         Ok(applied)
     }
 
-    /// Moves the category to `pushing`; false when it is already settled.
-    async fn claim(&mut self) -> Result<bool, StoreError> {
-        self.write(CategoryUpdate::to(CategoryState::Pushing)).await
+    /// Moves the category to `pushing` if it is in one of the `from` states; false when it is
+    /// settled, or another copy of the job is pushing it.
+    async fn claim(&mut self, from: &'static [CategoryState]) -> Result<bool, StoreError> {
+        let update = CategoryUpdate {
+            from,
+            ..CategoryUpdate::to(CategoryState::Pushing)
+        };
+        self.write(update).await
     }
 
     async fn record_retry(

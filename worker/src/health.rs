@@ -1,7 +1,7 @@
 //! The worker's own small HTTP server: `/healthz`, `/readyz`, `/metrics`.
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use refresh_shared::store::Store;
+use refresh_shared::{broker::Publisher, store::Store};
 use serde_json::json;
 use std::sync::{
     Arc,
@@ -12,6 +12,8 @@ use std::sync::{
 pub struct Probes {
     pub store: Store,
     pub consuming: Arc<AtomicBool>,
+    /// Reads the queue depths for `/metrics`.
+    pub publisher: Arc<Publisher>,
 }
 
 pub fn router(probes: Probes) -> Router {
@@ -21,11 +23,12 @@ pub fn router(probes: Probes) -> Router {
             get(|| async { Json(json!({ "status": true })) }),
         )
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async { refresh_shared::telemetry::metrics().render() }),
-        )
+        .route("/metrics", get(metrics))
         .with_state(probes)
+}
+
+async fn metrics(State(probes): State<Probes>) -> String {
+    refresh_shared::telemetry::render_with_queue_depths(&probes.publisher).await
 }
 
 /// Ready when consuming from the broker and the database answers; otherwise says what is down.

@@ -3,12 +3,14 @@
 
 mod consumer;
 mod dispatch;
+mod expander;
 pub mod gateway;
 mod health;
 
 use anyhow::Context;
 use consumer::Consumer;
 use dispatch::Dispatcher;
+use expander::Expander;
 use refresh_shared::{Settings, broker::Publisher, store::Store};
 use std::{
     future::Future,
@@ -40,13 +42,23 @@ impl Worker {
             .with_context(|| format!("binding WORKER_ADDR {}", settings.worker.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let consuming = Arc::new(AtomicBool::new(false));
+        // One confirm-mode channel for retries, expansions and the queue depths of /metrics.
+        let publisher = Arc::new(Publisher::lazy(&settings.amqp, "refresh-worker-publisher"));
+        let shutdown = CancellationToken::new();
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             gateways,
             push_retry: settings.worker.push_retry,
-            retry_publisher: Publisher::lazy(&settings.amqp, "refresh-worker-retries"),
+            retry_publisher: Arc::clone(&publisher),
             job_max_age: settings.worker.job_max_age,
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown.clone(),
+        });
+        let expander = Arc::new(Expander {
+            store: store.clone(),
+            publisher: Arc::clone(&publisher),
+            chunk_size: settings.worker.batch_chunk_size,
+            refresh_skip_window: settings.api.refresh_skip_window,
+            shutdown,
         });
         Ok(Worker {
             consumer: Consumer {
@@ -54,11 +66,16 @@ impl Worker {
                 worker: settings.worker,
                 shutdown_grace: settings.shutdown_grace,
                 dispatcher,
+                expander,
                 connected: Arc::clone(&consuming),
             },
             listener,
             addr,
-            probes: health::Probes { store, consuming },
+            probes: health::Probes {
+                store,
+                consuming,
+                publisher,
+            },
         })
     }
 

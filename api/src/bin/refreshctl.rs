@@ -71,6 +71,9 @@ enum DeviceCommand {
         /// SIM_ADDR.
         #[arg(long)]
         channel_uri: Option<String>,
+        /// A tag bulk refreshes can select the device by; repeat for more.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
     },
 }
 
@@ -152,6 +155,7 @@ async fn run(command: Command, store: &Store) -> anyhow::Result<Output> {
             state,
             push,
             channel_uri,
+            tags,
         }) => {
             let org = organization(store, &org).await?;
             let wns = push.contains(&PushArg::Wns).then(|| WnsChannel {
@@ -165,6 +169,7 @@ async fn run(command: Command, store: &Store) -> anyhow::Result<Output> {
                     state,
                     serial_number: serial,
                     imei,
+                    tags,
                     push: PushRoutes {
                         agent: push.contains(&PushArg::Agent),
                         wns,
@@ -190,6 +195,7 @@ async fn run(command: Command, store: &Store) -> anyhow::Result<Output> {
                     "serialNumber": device.summary.serial_number,
                     "imei": device.summary.imei,
                     "push": routes,
+                    "tags": device.tags,
                     "wnsChannelUri": device.push.wns.map(|w| w.channel_uri),
                 }),
             })

@@ -26,6 +26,6 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     }
 }
 
-pub async fn metrics() -> String {
-    refresh_shared::telemetry::metrics().render()
+pub async fn metrics(State(state): State<AppState>) -> String {
+    refresh_shared::telemetry::render_with_queue_depths(&state.publisher).await
 }

@@ -1,6 +1,6 @@
 //! `GET …/refresh-jobs/{jobId}`: a job and its per-category states (contract §3).
 
-use crate::{auth::Authenticated, error::ApiError, state::AppState, validate};
+use crate::{auth::Authenticated, error::ApiError, routes::organization_and_id, state::AppState};
 use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
@@ -14,24 +14,7 @@ pub async fn get_job(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let Path((organization, job)) = path.map_err(|rejection| {
-        ApiError::Validation(vec![crate::error::FieldProblem::new(
-            "path",
-            rejection.body_text(),
-        )])
-    })?;
-    let organization = validate::organization_ref(&organization);
-    let job = validate::object_id("jobId", &job);
-    let (organization, job) = match (organization, job) {
-        (Ok(organization), Ok(job)) => (organization, job),
-        (organization, job) => {
-            let problems = [organization.err(), job.err()]
-                .into_iter()
-                .flatten()
-                .collect();
-            return Err(ApiError::Validation(problems));
-        }
-    };
+    let (organization, job) = organization_and_id(path, "jobId")?;
     let organization = caller.organization(&state, &organization).await?;
     let job = state
         .store

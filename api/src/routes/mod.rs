@@ -1,16 +1,23 @@
+mod batches;
 mod health;
 mod jobs;
+mod ops;
 mod refresh;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, FieldProblem},
+    state::AppState,
+    validate::{self, OrganizationRef},
+};
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
+    extract::{DefaultBodyLimit, Path, rejection::PathRejection},
     routing::{get, post},
 };
+use bson::oid::ObjectId;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
+pub fn router(state: AppState, body_limit_bytes: usize, bulk_body_limit_bytes: usize) -> Router {
     Router::new()
         .route(
             "/v1/organizations/{organization_id}/mdm/windows/enterprise/devices/{win_device_id}/info",
@@ -20,6 +27,16 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
             "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-jobs/{job_id}",
             get(jobs::get_job),
         )
+        .route(
+            "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches",
+            // A 100,000-id list is megabytes: this route has its own, larger limit.
+            post(batches::create_batch).layer(DefaultBodyLimit::max(bulk_body_limit_bytes)),
+        )
+        .route(
+            "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches/{batch_id}",
+            get(batches::get_batch),
+        )
+        .route("/v1/ops/queues", get(ops::queues))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -33,4 +50,24 @@ pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The `{organizationId}` and 24-hex `{<id_field>}` of a status route, or every problem with them.
+fn organization_and_id(
+    path: Result<Path<(String, String)>, PathRejection>,
+    id_field: &str,
+) -> Result<(OrganizationRef, ObjectId), ApiError> {
+    let Path((organization, id)) = path.map_err(|rejection| {
+        ApiError::Validation(vec![FieldProblem::new("path", rejection.body_text())])
+    })?;
+    match (
+        validate::organization_ref(&organization),
+        validate::object_id(id_field, &id),
+    ) {
+        (Ok(organization), Ok(id)) => Ok((organization, id)),
+        (organization, id) => {
+            let problems = [organization.err(), id.err()].into_iter().flatten().collect();
+            Err(ApiError::Validation(problems))
+        }
+    }
 }

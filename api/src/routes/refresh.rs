@@ -1,8 +1,10 @@
 //! `POST …/devices/{winDeviceId}/info`: record a job, have the broker confirm it, answer 200.
 
 use crate::{
+    audit::{self, Accepted},
     auth::Authenticated,
     error::{ApiError, FieldProblem},
+    idempotency::{self, KeyCheck},
     state::AppState,
     validate,
 };
@@ -10,36 +12,37 @@ use axum::{
     Json,
     body::Bytes,
     extract::{
-        Path, State,
+        ConnectInfo, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, Method, StatusCode, Uri},
 };
-use bson::{DateTime, oid::ObjectId};
+use bson::oid::ObjectId;
 use futures::future::join_all;
 use refresh_shared::{
     Category,
     device::Refreshable,
-    job::{CategoryState, Lane, MESSAGE_VERSION, RefreshJob},
-    store::{CategoryUpdate, JobRecord},
+    job::{CategoryState, Lane},
+    store::{CategoryUpdate, Claim, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
 };
 use serde_json::{Value, json};
-use time::OffsetDateTime;
+use std::net::SocketAddr;
 
 pub async fn refresh_device_info(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     caller: Authenticated,
     path: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::Validation(vec![FieldProblem::new("body", rejection.body_text())]),
-    })?;
+    let body = body.map_err(body_rejection)?;
     let (organization_ref, device_key, categories) = validate_request(path, &headers, &body)?;
+    let key = validate::idempotency_key(&headers).map_err(|p| ApiError::Validation(vec![p]))?;
 
     let organization = caller.organization(&state, &organization_ref).await?;
     let device = state
@@ -53,27 +56,66 @@ pub async fn refresh_device_info(
         Refreshable::Gone => return Err(ApiError::NotFound),
     }
 
-    let job = JobRecord::new(organization.id, device.id, &categories, Lane::Interactive);
-    state.store.insert_job(&job).await?;
-    let job_id = match enqueue(&state, &job, &categories).await {
-        Ok(job_id) => job_id,
-        Err(error) => {
-            abandon(&state, &job, &categories).await;
-            return Err(error);
-        }
+    let accepted = |result, answer| Accepted {
+        action: "refresh",
+        caller: &caller,
+        client,
+        device: Some(device.id),
+        devices: None,
+        categories: &categories,
+        result,
+        answer,
     };
+    let held = match idempotency::check(&state, organization.id, key, &method, &uri, &body).await? {
+        KeyCheck::Replay(job_id) => {
+            audit::record(&state, accepted("replayed", job_id)).await;
+            return Ok(job_answer(job_id));
+        }
+        KeyCheck::Proceed(held) => held,
+    };
+    let job = JobRecord::new(organization.id, device.id, &categories, Lane::Interactive);
+    let enqueued = match state.store.insert_job(&job).await {
+        Ok(()) => {
+            let enqueued = enqueue(&state, &job, &categories).await;
+            if enqueued.is_err() {
+                abandon(&state, &job, &categories).await;
+            }
+            enqueued
+        }
+        Err(error) => Err(error.into()),
+    };
+    idempotency::finish(&state, held, enqueued.as_ref().copied()).await;
+    let job_id = enqueued?;
+    let coalesced = job_id != job.id;
+    audit::record(
+        &state,
+        accepted(if coalesced { "coalesced" } else { "accepted" }, job_id),
+    )
+    .await;
     tracing::info!(
         job_id = %job_id,
         device_id = %device.id,
         token_id = %caller.token_id,
         categories = ?categories,
-        coalesced = job_id != job.id,
+        coalesced,
         "refresh accepted"
     );
-    Ok(Json(json!({
+    Ok(job_answer(job_id))
+}
+
+fn job_answer(job_id: ObjectId) -> Json<Value> {
+    Json(json!({
         "status": true,
         "data": { "status": true, "jobId": job_id.to_hex() },
-    })))
+    }))
+}
+
+/// A body that could not be read: too large, or not a body at all.
+pub fn body_rejection(rejection: BytesRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::Validation(vec![FieldProblem::new("body", rejection.body_text())]),
+    }
 }
 
 /// Every path and body problem at once, in the contract's 400 shape.
@@ -124,32 +166,10 @@ async fn enqueue(
     categories: &[Category],
 ) -> Result<ObjectId, ApiError> {
     let store = &state.store;
-    let window = i64::try_from(state.refresh_skip_window.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = DateTime::from_millis(DateTime::now().timestamp_millis().saturating_sub(window));
-    let (organization, device) = (job.organization, job.device);
-    // All at once first: of identical concurrent requests exactly one wins, and it wins every
-    // category, so they all name one job. Only on overlap is each category claimed alone.
-    let (mut ours, mut theirs) = if store
-        .claim_refresh(organization, device, categories, job.id, cutoff)
-        .await?
-    {
-        (categories.to_vec(), Vec::new())
-    } else {
-        let singles = join_all(categories.iter().map(|category| {
-            let single = std::slice::from_ref(category);
-            store.claim_refresh(organization, device, single, job.id, cutoff)
-        }))
-        .await;
-        let mut split = (Vec::new(), Vec::new());
-        for (&category, claimed) in categories.iter().zip(singles) {
-            if claimed? {
-                split.0.push(category);
-            } else {
-                split.1.push(category);
-            }
-        }
-        split
-    };
+    let cutoff = skip_cutoff(state.refresh_skip_window);
+    let Claim { mut ours, mut theirs } = store
+        .claim(job.organization, job.device, categories, job.id, cutoff)
+        .await?;
     if ours.is_empty() {
         let device = store.device(job.organization, job.device).await?;
         let holder = device.and_then(|device| {
@@ -170,18 +190,9 @@ async fn enqueue(
     if !theirs.is_empty() {
         store.drop_categories(job.id, &theirs).await?;
     }
-    let message = RefreshJob {
-        version: MESSAGE_VERSION,
-        job_id: job.id,
-        organization_id: job.organization,
-        device_id: job.device,
-        categories: ours,
-        requested_at: OffsetDateTime::now_utc(),
-        lane: job.lane,
-        attempt: 0,
-    };
-    state.publisher.publish(&message).await?;
-    metrics::counter!("refresh_jobs_accepted_total", "lane" => "interactive").increment(1);
+    state.publisher.publish(&job.message(ours)).await?;
+    metrics::counter!("refresh_jobs_accepted_total", "lane" => Lane::Interactive.as_str())
+        .increment(1);
     Ok(job.id)
 }
 

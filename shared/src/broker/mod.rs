@@ -6,7 +6,7 @@ mod topology;
 
 pub use connection::connect;
 pub use publisher::Publisher;
-pub use topology::Topology;
+pub use topology::{QueueDepth, QueueRole, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -4,8 +4,12 @@
 //! Concurrent requests share one channel, so their confirms are pipelined: nobody waits for
 //! another request's confirm. A dead connection is replaced on the next publish.
 
-use super::{BrokerError, Topology, connect};
-use crate::{job::RefreshJob, settings::AmqpSettings};
+use super::{BrokerError, QueueDepth, Topology, connect};
+use crate::{
+    batch::ExpandBatch,
+    job::{Lane, RefreshJob},
+    settings::AmqpSettings,
+};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -31,9 +35,23 @@ pub struct Publisher {
 }
 
 struct Link {
-    // Kept so the connection lives as long as its channel.
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
+}
+
+/// A body and the id it is published under.
+struct Message {
+    id: String,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn job(job: &RefreshJob) -> Message {
+        Message {
+            id: job.job_id.to_hex(),
+            body: job.encode(),
+        }
+    }
 }
 
 impl Publisher {
@@ -66,33 +84,68 @@ impl Publisher {
             .is_some_and(|link| link.channel.status().connected())
     }
 
-    /// Publishes `job` and waits for the broker's confirm. `Ok` means RabbitMQ has stored it.
+    /// Publishes `job` to its lane and waits for the broker's confirm. `Ok` means RabbitMQ has
+    /// stored it. Concurrent calls share the channel, so their confirms are pipelined.
     pub async fn publish(&self, job: &RefreshJob) -> Result<(), BrokerError> {
         let exchange = self.topology.jobs_exchange();
-        self.publish_to(&exchange, Topology::routing_key(job.lane), job)
+        let message = Message::job(job);
+        self.publish_to(&exchange, Topology::routing_key(job.lane), &message)
             .await
     }
 
-    /// Parks `job` in the retry queue of `round`, from which the broker hands it back to the
-    /// work queue when the tier's delay is over.
+    /// Parks `job` in its lane's retry queue of `round`, from which the broker hands it back to
+    /// the work queue when the tier's delay is over.
     pub async fn publish_delayed(&self, job: &RefreshJob, round: usize) -> Result<(), BrokerError> {
         let queue = self
             .topology
-            .retry_queue(round)
+            .retry_queue(job.lane, round)
             .ok_or_else(|| BrokerError::Unavailable(format!("no retry tier for round {round}")))?;
         // The default exchange routes by queue name.
-        self.publish_to("", &queue, job).await
+        self.publish_to("", &queue, &Message::job(job)).await
+    }
+
+    /// Queues the expansion of a batch.
+    pub async fn publish_expansion(&self, expand: &ExpandBatch) -> Result<(), BrokerError> {
+        let message = Message {
+            id: expand.batch_id.to_hex(),
+            body: expand.encode(),
+        };
+        let queue = self.topology.batches_queue();
+        self.publish_to("", &queue, &message).await
+    }
+
+    /// Puts a dead letter's body back on the work queue of `lane`, as a new message.
+    pub async fn republish(
+        &self,
+        lane: Lane,
+        id: String,
+        body: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.topology.jobs_exchange();
+        let message = Message { id, body };
+        self.publish_to(&exchange, Topology::routing_key(lane), &message)
+            .await
+    }
+
+    /// Every queue's depth now, read on a channel of its own (a failed passive declare closes
+    /// the channel it ran on, and must not take the publishing channel with it).
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let link = self.link().await?;
+        let channel = link.connection.create_channel().await?;
+        let depths = self.topology.depths(&channel).await;
+        let _ = channel.close(200, "bye".into()).await;
+        depths
     }
 
     async fn publish_to(
         &self,
         exchange: &str,
         routing_key: &str,
-        job: &RefreshJob,
+        message: &Message,
     ) -> Result<(), BrokerError> {
         let link = self.link().await?;
         let result = self
-            .publish_on(&link.channel, exchange, routing_key, job)
+            .publish_on(&link.channel, exchange, routing_key, message)
             .await;
         if matches!(
             result,
@@ -108,13 +161,13 @@ impl Publisher {
         channel: &Channel,
         exchange: &str,
         routing_key: &str,
-        job: &RefreshJob,
+        message: &Message,
     ) -> Result<(), BrokerError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
-            // The job id doubles as message id, so duplicates can be told apart downstream.
-            .with_message_id(job.job_id.to_hex().into());
+            // The job (or batch) id doubles as message id: operators find dead letters by it.
+            .with_message_id(message.id.as_str().into());
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -124,7 +177,7 @@ impl Publisher {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &job.encode(),
+                &message.body,
                 properties,
             )
             .await?;
@@ -174,7 +227,7 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let link = Arc::new(Link {
-            _connection: connection,
+            connection,
             channel,
         });
         if let Ok(mut current) = self.link.write() {

@@ -7,6 +7,7 @@ use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use serde::Serialize;
 use std::time::Duration;
 
 /// Redeliveries after which a message that keeps killing or failing its consumer is dead-lettered
@@ -27,11 +28,15 @@ impl Topology {
         }
     }
 
-    /// The retry queue a job waits in before its `round`-th redelivery (0-based), if the
-    /// tiers go that far.
-    pub fn retry_queue(&self, round: usize) -> Option<String> {
+    /// The retry queue a job of `lane` waits in before its `round`-th redelivery (0-based), if
+    /// the tiers go that far. Each lane has its own, so a retried bulk job goes back to the bulk
+    /// lane.
+    pub fn retry_queue(&self, lane: Lane, round: usize) -> Option<String> {
         let delay = self.retry_tiers.get(round)?;
-        Some(format!("{}.retry.{}s", self.prefix, delay.as_secs()))
+        Some(match lane {
+            Lane::Interactive => format!("{}.retry.{}s", self.prefix, delay.as_secs()),
+            Lane::Bulk => format!("{}.retry.bulk.{}s", self.prefix, delay.as_secs()),
+        })
     }
 
     /// How many times a job may wait in a retry queue.
@@ -44,9 +49,17 @@ impl Topology {
         format!("{}.jobs", self.prefix)
     }
 
-    /// The interactive lane's work queue.
-    pub fn jobs_queue(&self) -> String {
-        format!("{}.jobs", self.prefix)
+    /// The work queue of `lane`.
+    pub fn jobs_queue(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Interactive => format!("{}.jobs", self.prefix),
+            Lane::Bulk => format!("{}.jobs.bulk", self.prefix),
+        }
+    }
+
+    /// Batches waiting to be expanded into jobs (one message per batch).
+    pub fn batches_queue(&self) -> String {
+        format!("{}.batches", self.prefix)
     }
 
     pub fn dead_exchange(&self) -> String {
@@ -58,24 +71,51 @@ impl Topology {
     }
 
     pub fn routing_key(lane: Lane) -> &'static str {
-        match lane {
-            Lane::Interactive => "interactive",
-            Lane::Bulk => "bulk",
-        }
+        lane.as_str()
     }
 
-    /// Every queue this topology declares.
-    pub fn queues(&self) -> Vec<String> {
-        let retries = (0..self.retry_rounds()).filter_map(|round| self.retry_queue(round));
-        [self.jobs_queue(), self.dead_queue()]
-            .into_iter()
-            .chain(retries)
-            .collect()
+    /// Every queue this topology declares, with what it is for.
+    pub fn queues(&self) -> Vec<(String, QueueRole)> {
+        let mut queues = vec![
+            (self.jobs_queue(Lane::Interactive), QueueRole::Work),
+            (self.jobs_queue(Lane::Bulk), QueueRole::Work),
+            (self.batches_queue(), QueueRole::Batches),
+        ];
+        for lane in Lane::ALL {
+            let retries = (0..self.retry_rounds()).filter_map(|round| self.retry_queue(lane, round));
+            queues.extend(retries.map(|queue| (queue, QueueRole::Retry)));
+        }
+        queues.push((self.dead_queue(), QueueRole::Dead));
+        queues
     }
 
     /// Every exchange this topology declares.
     pub fn exchanges(&self) -> Vec<String> {
         vec![self.jobs_exchange(), self.dead_exchange()]
+    }
+
+    /// How many messages wait in each queue right now and how many consumers it has, read with
+    /// passive declares: exact at this instant (the management API's counts lag by seconds).
+    /// Ready messages only: deliveries a consumer holds unacked are not counted by the broker's
+    /// answer (each worker reports its own as `refresh_worker_unacked_deliveries`).
+    pub async fn depths(&self, channel: &Channel) -> Result<Vec<QueueDepth>, BrokerError> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut depths = Vec::new();
+        for (name, role) in self.queues() {
+            let queue = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await?;
+            depths.push(QueueDepth {
+                name,
+                role,
+                ready: queue.message_count(),
+                consumers: queue.consumer_count(),
+            });
+        }
+        Ok(depths)
     }
 
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
@@ -119,68 +159,116 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut jobs_arguments = quorum_arguments();
-        // Rejected (poison) and over-delivered messages go to the dead queue, not away.
-        insert_str(
-            &mut jobs_arguments,
-            "x-dead-letter-exchange",
-            &self.dead_exchange(),
-        );
-        // At-least-once dead-lettering: a dead letter is never dropped on the way to the dead
-        // queue. RabbitMQ requires reject-publish overflow with it.
-        insert_str(
-            &mut jobs_arguments,
-            "x-dead-letter-strategy",
-            "at-least-once",
-        );
-        insert_str(&mut jobs_arguments, "x-overflow", "reject-publish");
-        jobs_arguments.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
+        for lane in Lane::ALL {
+            channel
+                .queue_declare(
+                    self.jobs_queue(lane).into(),
+                    QueueDeclareOptions::durable(),
+                    self.work_queue_arguments(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    self.jobs_queue(lane).into(),
+                    self.jobs_exchange().into(),
+                    Topology::routing_key(lane).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        // Same guarantees as the work queues: an expansion request is never dropped, and one
+        // that keeps killing its worker ends up in the dead queue.
         channel
             .queue_declare(
-                self.jobs_queue().into(),
+                self.batches_queue().into(),
                 QueueDeclareOptions::durable(),
-                jobs_arguments,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                self.jobs_queue().into(),
-                self.jobs_exchange().into(),
-                Topology::routing_key(Lane::Interactive).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
+                self.work_queue_arguments(),
             )
             .await?;
 
-        for (round, delay) in self.retry_tiers.iter().enumerate() {
-            let Some(queue) = self.retry_queue(round) else {
-                continue;
-            };
-            // Classic, not quorum: a queue where every message has the same TTL expires them in
-            // order at its head, and nothing consumes it.
-            let mut arguments = FieldTable::default();
-            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-            // When the wait is over the message goes back to the work queue.
-            insert_str(
-                &mut arguments,
-                "x-dead-letter-exchange",
-                &self.jobs_exchange(),
-            );
-            insert_str(
-                &mut arguments,
-                "x-dead-letter-routing-key",
-                Topology::routing_key(Lane::Interactive),
-            );
-            channel
-                .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
-                .await?;
+        for lane in Lane::ALL {
+            for (round, delay) in self.retry_tiers.iter().enumerate() {
+                let Some(queue) = self.retry_queue(lane, round) else {
+                    continue;
+                };
+                // Classic, not quorum: a queue where every message has the same TTL expires
+                // them in order at its head, and nothing consumes it.
+                let mut arguments = FieldTable::default();
+                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+                // When the wait is over the message goes back to its lane's work queue.
+                insert_str(
+                    &mut arguments,
+                    "x-dead-letter-exchange",
+                    &self.jobs_exchange(),
+                );
+                insert_str(
+                    &mut arguments,
+                    "x-dead-letter-routing-key",
+                    Topology::routing_key(lane),
+                );
+                channel
+                    .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+                    .await?;
+            }
         }
         Ok(())
     }
+}
+
+impl Topology {
+    /// A work queue (either lane, or the batches queue).
+    fn work_queue_arguments(&self) -> FieldTable {
+        let mut arguments = quorum_arguments();
+        // Rejected (poison) and over-delivered messages go to the dead queue, not away.
+        insert_str(&mut arguments, "x-dead-letter-exchange", &self.dead_exchange());
+        // At-least-once dead-lettering: a dead letter is never dropped on the way to the dead
+        // queue. RabbitMQ requires reject-publish overflow with it.
+        insert_str(&mut arguments, "x-dead-letter-strategy", "at-least-once");
+        insert_str(&mut arguments, "x-overflow", "reject-publish");
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        arguments
+    }
+}
+
+/// What a queue is for, as `/metrics` and `refreshctl queues` label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueRole {
+    /// Jobs waiting for a worker (one per lane).
+    Work,
+    /// Batches waiting to be expanded into jobs.
+    Batches,
+    /// Jobs waiting out a retry delay.
+    Retry,
+    /// Dead letters, waiting for an operator.
+    Dead,
+}
+
+impl QueueRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueRole::Work => "work",
+            QueueRole::Batches => "batches",
+            QueueRole::Retry => "retry",
+            QueueRole::Dead => "dead",
+        }
+    }
+}
+
+/// One queue's depth at one instant.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    pub name: String,
+    pub role: QueueRole,
+    /// Messages waiting to be delivered.
+    pub ready: u32,
+    pub consumers: u32,
 }
 
 /// Quorum queues: replicated, and faster than durable classic queues with confirms on RabbitMQ

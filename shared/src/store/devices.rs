@@ -1,5 +1,6 @@
 use super::{Store, StoreError, tenant};
-use crate::{Category, device::DeviceState};
+use crate::{Category, batch::DeviceFilter, device::DeviceState};
+use futures::{TryStreamExt, future::join_all};
 use bson::{DateTime, doc, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,6 +16,9 @@ pub struct Device {
     pub summary: DeviceSummary,
     /// `[id, imei, serial]`: what `winDeviceId` is matched against, with one indexed equality.
     pub lookup_keys: Vec<String>,
+    /// Labels a bulk refresh can select devices by.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub push: PushRoutes,
     /// Categories asked for and not yet settled (pushed, failed or expired).
@@ -78,7 +82,17 @@ pub struct NewDevice {
     pub state: DeviceState,
     pub serial_number: Option<String>,
     pub imei: Option<String>,
+    pub tags: Vec<String>,
     pub push: PushRoutes,
+}
+
+/// Which of a request's categories a job got to refresh.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Claimed by the job: it pushes these.
+    pub ours: Vec<Category>,
+    /// Left to the job already holding them (outstanding, or pushed within the skip window).
+    pub theirs: Vec<Category>,
 }
 
 impl Store {
@@ -97,6 +111,7 @@ impl Store {
                 imei: new.imei,
             },
             lookup_keys,
+            tags: new.tags,
             push: new.push,
             refresh_info_needed: Vec::new(),
             info_refreshed_at: BTreeMap::new(),
@@ -136,11 +151,55 @@ impl Store {
             .await?)
     }
 
-    /// Claims all of `categories` of a device for `job` in one atomic update, or none: only if
-    /// no other job has any of them outstanding and none was pushed after
+    /// Claims `categories` of a device for `job`. All at once first: of identical concurrent
+    /// requests exactly one wins, and it wins every category, so they all name one job. Only on
+    /// overlap is each category claimed alone.
+    pub async fn claim(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        job: ObjectId,
+        not_refreshed_since: DateTime,
+    ) -> Result<Claim, StoreError> {
+        let since = not_refreshed_since;
+        if self
+            .claim_all(organization, device, categories, job, since)
+            .await?
+        {
+            return Ok(Claim {
+                ours: categories.to_vec(),
+                theirs: Vec::new(),
+            });
+        }
+        if let [_] = categories {
+            return Ok(Claim {
+                ours: Vec::new(),
+                theirs: categories.to_vec(),
+            });
+        }
+        let singles = join_all(categories.iter().map(|category| {
+            let single = std::slice::from_ref(category);
+            self.claim_all(organization, device, single, job, since)
+        }))
+        .await;
+        let mut split = Claim::default();
+        for (&category, claimed) in categories.iter().zip(singles) {
+            if claimed? {
+                split.ours.push(category);
+            } else {
+                split.theirs.push(category);
+            }
+        }
+        Ok(split)
+    }
+
+    /// Claims all of `categories` for `job` in one atomic update, or none: only if each is
+    /// already `job`'s, or no other job has it outstanding and it was not pushed after
     /// `not_refreshed_since`. The device document is the lock, so concurrent requests for the
-    /// same (device, category) yield one claim.
-    pub async fn claim_refresh(
+    /// same (device, category) yield one claim, and claiming again for the same job (a batch
+    /// resuming its expansion) is a no-op that succeeds.
+    async fn claim_all(
         &self,
         organization: ObjectId,
         device: ObjectId,
@@ -149,15 +208,20 @@ impl Store {
         not_refreshed_since: DateTime,
     ) -> Result<bool, StoreError> {
         let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-        let mut filter = doc! { "_id": device, "refreshInfoNeeded": { "$nin": &names } };
+        let mut conditions = Vec::new();
         let mut claims = doc! {};
         for category in categories {
-            filter.insert(
-                format!("infoRefreshedAt.{category}"),
-                doc! { "$not": { "$gt": not_refreshed_since } },
-            );
-            claims.insert(format!("lastRefreshJob.{category}"), job);
+            let holder = format!("lastRefreshJob.{category}");
+            conditions.push(doc! { "$or": [
+                { &holder: job },
+                {
+                    "refreshInfoNeeded": { "$ne": category.as_str() },
+                    format!("infoRefreshedAt.{category}"): { "$not": { "$gt": not_refreshed_since } },
+                },
+            ] });
+            claims.insert(holder, job);
         }
+        let filter = doc! { "_id": device, "$and": conditions };
         let update = doc! {
             "$addToSet": { "refreshInfoNeeded": { "$each": names } },
             "$set": claims,
@@ -167,6 +231,45 @@ impl Store {
             .update_one(tenant(organization, filter), update)
             .await?;
         Ok(result.matched_count == 1)
+    }
+
+    /// The devices of `organization` that any of `keys` (ids, IMEIs, serials) names.
+    pub async fn devices_by_keys(
+        &self,
+        organization: ObjectId,
+        keys: &[String],
+    ) -> Result<Vec<Device>, StoreError> {
+        let filter = tenant(organization, doc! { "lookupKeys": { "$in": keys } });
+        Ok(self.devices.find(filter).await?.try_collect().await?)
+    }
+
+    /// Up to `limit` devices of `organization` matching `filter` with an id after `after`, in id
+    /// order: a batch walks its devices chunk by chunk and can resume after the last one.
+    pub async fn devices_matching(
+        &self,
+        organization: ObjectId,
+        filter: &DeviceFilter,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<Device>, StoreError> {
+        let query = tenant(organization, device_filter(filter, after));
+        let found = self
+            .devices
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?;
+        Ok(found.try_collect().await?)
+    }
+
+    /// How many devices of `organization` match `filter` now.
+    pub async fn count_devices_matching(
+        &self,
+        organization: ObjectId,
+        filter: &DeviceFilter,
+    ) -> Result<u64, StoreError> {
+        let query = tenant(organization, device_filter(filter, None));
+        Ok(self.devices.count_documents(query).await?)
     }
 
     /// Ends `job`'s claim on `category`: it is no longer outstanding, and `refreshed_at` is
@@ -209,4 +312,18 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+fn device_filter(filter: &DeviceFilter, after: Option<ObjectId>) -> bson::Document {
+    let mut query = doc! {};
+    if let Some(state) = filter.state {
+        query.insert("state", state.as_str());
+    }
+    if !filter.tags.is_empty() {
+        query.insert("tags", doc! { "$all": &filter.tags });
+    }
+    if let Some(after) = after {
+        query.insert("_id", doc! { "$gt": after });
+    }
+    query
 }

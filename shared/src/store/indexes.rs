@@ -42,6 +42,37 @@ impl Store {
                     .build(),
             )
             .await?;
+        // A batch's jobs for a chunk of devices (resuming an expansion), and its outcome counts.
+        self.jobs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "batch": 1, "device": 1 })
+                    .build(),
+            )
+            .await?;
+        self.jobs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "batch": 1, "outcome": 1 })
+                    .build(),
+            )
+            .await?;
+        // Bulk refresh by filter: an organization's devices carrying some tags.
+        self.devices
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "tags": 1, "organization": 1 })
+                    .build(),
+            )
+            .await?;
+        // The audit trail of a tenant, newest first.
+        self.audit_events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "organization": 1, "at": -1 })
+                    .build(),
+            )
+            .await?;
         Ok(())
     }
 }

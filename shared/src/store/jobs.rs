@@ -1,10 +1,13 @@
-use super::{Store, StoreError, tenant};
+use super::{Store, StoreError, rfc3339, tenant};
 use crate::{
     Category,
+    batch::DeviceOutcome,
     device::Gateway,
-    job::{CategoryState, JobState, Lane},
+    job::{CategoryState, JobState, Lane, MESSAGE_VERSION, RefreshJob},
 };
+use time::OffsetDateTime;
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,6 +22,15 @@ pub struct JobRecord {
     pub updated_at: DateTime,
     pub lane: Lane,
     pub categories: BTreeMap<Category, CategoryRecord>,
+    /// The batch this job was expanded from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<ObjectId>,
+    /// The entry of the batch's `deviceIds` (or the device id, for a filter) that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_key: Option<String>,
+    /// Set (batch jobs only) once every category is settled: what the batch counts it as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DeviceOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +58,9 @@ impl JobRecord {
             created_at: now,
             updated_at: now,
             lane,
+            batch: None,
+            batch_key: None,
+            outcome: None,
             categories: categories
                 .iter()
                 .map(|&category| {
@@ -65,12 +80,43 @@ impl JobRecord {
     pub fn state(&self) -> JobState {
         JobState::derive(self.categories.values().map(|c| c.state))
     }
+
+    /// The message that hands this job's `categories` to a worker for the first time.
+    pub fn message(&self, categories: Vec<Category>) -> RefreshJob {
+        RefreshJob {
+            version: MESSAGE_VERSION,
+            job_id: self.id,
+            organization_id: self.organization,
+            device_id: self.device,
+            categories,
+            requested_at: OffsetDateTime::now_utc(),
+            lane: self.lane,
+            attempt: 0,
+        }
+    }
+
+    /// The categories no worker has taken yet.
+    pub fn queued_categories(&self) -> Vec<Category> {
+        self.categories
+            .iter()
+            .filter(|(_, record)| record.state == CategoryState::Queued)
+            .map(|(&category, _)| category)
+            .collect()
+    }
+}
+
+/// A category pushed after the returned instant is not pushed again (the skip window).
+pub fn skip_cutoff(window: std::time::Duration) -> DateTime {
+    let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    DateTime::from_millis(DateTime::now().timestamp_millis().saturating_sub(window))
 }
 
 /// One guarded move of a category's state, with what the attempt learnt.
 #[derive(Debug, Clone)]
 pub struct CategoryUpdate {
     pub to: CategoryState,
+    /// The states the move is allowed from (by default, all of `to`'s allowed sources).
+    pub from: &'static [CategoryState],
     /// Push attempts this write accounts for (added to `attempts`).
     pub attempts: u32,
     pub gateway: Option<Gateway>,
@@ -81,6 +127,7 @@ impl CategoryUpdate {
     pub fn to(to: CategoryState) -> CategoryUpdate {
         CategoryUpdate {
             to,
+            from: to.allowed_sources(),
             attempts: 0,
             gateway: None,
             last_error: None,
@@ -94,10 +141,86 @@ impl Store {
         Ok(())
     }
 
+    pub async fn insert_jobs(&self, jobs: &[JobRecord]) -> Result<(), StoreError> {
+        if !jobs.is_empty() {
+            self.jobs.insert_many(jobs).await?;
+        }
+        Ok(())
+    }
+
     /// Removes a job that was never published.
     pub async fn delete_job(&self, id: ObjectId) -> Result<(), StoreError> {
         self.jobs.delete_one(doc! { "_id": id }).await?;
         Ok(())
+    }
+
+    /// Removes jobs that were never published.
+    pub async fn delete_jobs(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
+        if !ids.is_empty() {
+            self.jobs.delete_many(doc! { "_id": { "$in": ids } }).await?;
+        }
+        Ok(())
+    }
+
+    /// The jobs `batch` already made for any of `devices`.
+    pub async fn batch_jobs_for(
+        &self,
+        organization: ObjectId,
+        batch: ObjectId,
+        devices: &[ObjectId],
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let filter = tenant(
+            organization,
+            doc! { "batch": batch, "device": { "$in": devices } },
+        );
+        Ok(self.jobs.find(filter).await?.try_collect().await?)
+    }
+
+    /// Records a batch job's outcome once every category is settled; a no-op before that (and
+    /// for jobs outside batches). Outcomes never change once every category is terminal, so
+    /// writing it again after a redelivery is harmless.
+    pub async fn record_outcome(&self, id: ObjectId) -> Result<(), StoreError> {
+        let Some(job) = self.job_by_id(id).await? else {
+            return Ok(());
+        };
+        if job.batch.is_none() || job.outcome.is_some() {
+            return Ok(());
+        }
+        if let Some(outcome) = DeviceOutcome::of(job.categories.values().map(|c| c.state)) {
+            self.jobs
+                .update_one(
+                    doc! { "_id": id },
+                    doc! { "$set": { "outcome": outcome.as_str() } },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many of `batch`'s jobs ended each way, and when the last of them was written.
+    pub async fn batch_outcomes(
+        &self,
+        organization: ObjectId,
+        batch: ObjectId,
+    ) -> Result<(BTreeMap<DeviceOutcome, u64>, Option<DateTime>), StoreError> {
+        let pipeline = [
+            doc! { "$match": tenant(organization, doc! { "batch": batch, "outcome": { "$exists": true } }) },
+            doc! { "$group": { "_id": "$outcome", "n": { "$sum": 1 }, "last": { "$max": "$updatedAt" } } },
+        ];
+        #[derive(Deserialize)]
+        struct Group {
+            #[serde(rename = "_id")]
+            outcome: DeviceOutcome,
+            n: i64,
+            last: Option<DateTime>,
+        }
+        let mut groups = self.jobs.aggregate(pipeline).with_type::<Group>().await?;
+        let (mut counts, mut last) = (BTreeMap::new(), None);
+        while let Some(group) = groups.try_next().await? {
+            counts.insert(group.outcome, u64::try_from(group.n).unwrap_or(0));
+            last = last.max(group.last);
+        }
+        Ok((counts, last))
     }
 
     /// Takes still-queued `categories` out of a job that was never published: another job
@@ -144,8 +267,7 @@ impl Store {
         update: &CategoryUpdate,
     ) -> Result<bool, StoreError> {
         let sources: Vec<&str> = update
-            .to
-            .allowed_sources()
+            .from
             .iter()
             .map(|s| s.as_str())
             .collect();
@@ -199,11 +321,6 @@ pub struct CategoryView {
     pub gateway: Option<Gateway>,
     pub last_error: Option<String>,
     pub pushed_at: Option<String>,
-}
-
-fn rfc3339(at: DateTime) -> String {
-    at.try_to_rfc3339_string()
-        .unwrap_or_else(|_| at.timestamp_millis().to_string())
 }
 
 impl From<&JobRecord> for JobView {

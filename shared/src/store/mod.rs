@@ -2,19 +2,27 @@
 //!
 //! Every query for tenant data goes through [`tenant`], so no lookup can leave its organization.
 
+mod audit;
+mod batches;
 mod devices;
+mod idempotency;
 mod indexes;
 mod jobs;
 mod organizations;
 mod tokens;
 
-pub use devices::{Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus};
-pub use jobs::{CategoryRecord, CategoryUpdate, CategoryView, JobRecord, JobView};
+pub use audit::AuditEvent;
+pub use batches::{BatchCounts, BatchRecord, BatchView, ChunkProgress, Expansion, Skipped};
+pub use devices::{
+    Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
+};
+pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation};
+pub use jobs::{CategoryRecord, CategoryUpdate, CategoryView, JobRecord, JobView, skip_cutoff};
 pub use organizations::Organization;
 pub use tokens::ApiToken;
 
 use crate::settings::MongoSettings;
-use bson::{Document, doc, oid::ObjectId};
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use mongodb::{
     Client, Collection, Database,
     error::{ErrorKind, WriteFailure},
@@ -26,6 +34,9 @@ pub const ORGANIZATIONS: &str = "organizations";
 pub const DEVICES: &str = "win_devices";
 pub const TOKENS: &str = "api_tokens";
 pub const JOBS: &str = "refresh_jobs";
+pub const BATCHES: &str = "refresh_batches";
+pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+pub const AUDIT_EVENTS: &str = "audit_events";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +80,12 @@ impl StoreError {
     }
 }
 
+/// A timestamp as the api shows it.
+fn rfc3339(at: DateTime) -> String {
+    at.try_to_rfc3339_string()
+        .unwrap_or_else(|_| at.timestamp_millis().to_string())
+}
+
 /// `filter` restricted to one organization: the only way tenant data is queried.
 pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
     filter.insert("organization", organization);
@@ -82,6 +99,9 @@ pub struct Store {
     pub devices: Collection<Device>,
     pub tokens: Collection<ApiToken>,
     pub jobs: Collection<JobRecord>,
+    pub batches: Collection<BatchRecord>,
+    pub idempotency_keys: Collection<IdempotencyRecord>,
+    pub audit_events: Collection<AuditEvent>,
 }
 
 impl Store {
@@ -109,6 +129,9 @@ impl Store {
             devices: database.collection(DEVICES),
             tokens: database.collection(TOKENS),
             jobs: database.collection(JOBS),
+            batches: database.collection(BATCHES),
+            idempotency_keys: database.collection(IDEMPOTENCY_KEYS),
+            audit_events: database.collection(AUDIT_EVENTS),
             database,
         }
     }

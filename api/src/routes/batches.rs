@@ -1,0 +1,158 @@
+//! `POST …/refresh-batches` and `GET …/refresh-batches/{batchId}`: bulk refresh. The api only
+//! records the batch and queues its expansion; a worker turns it into jobs on the bulk lane.
+
+use crate::{
+    audit::{self, Accepted},
+    auth::Authenticated,
+    error::{ApiError, FieldProblem},
+    idempotency::{self, KeyCheck},
+    routes::{organization_and_id, refresh::body_rejection},
+    state::AppState,
+    validate::{self, BulkTarget},
+};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{
+        ConnectInfo, Path, State,
+        rejection::{BytesRejection, PathRejection},
+    },
+    http::{HeaderMap, Method, StatusCode, Uri},
+};
+use bson::oid::ObjectId;
+use refresh_shared::{
+    batch::ExpandBatch, store::BatchRecord, token::PERMISSION_DEVICE_INFO,
+};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+
+#[allow(clippy::too_many_arguments)] // an axum handler takes what it extracts
+pub async fn create_batch(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    caller: Authenticated,
+    path: Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(PERMISSION_DEVICE_INFO)?;
+    let body = body.map_err(body_rejection)?;
+    let mut problems = Vec::new();
+    let organization = match path {
+        Ok(Path(organization)) => validate::organization_ref(&organization)
+            .map_err(|p| problems.push(p))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("path", rejection.body_text()));
+            None
+        }
+    };
+    let request = match validate::json_content_type(&headers) {
+        Ok(()) => validate::bulk_body(&body)
+            .map_err(|body_problems| problems.extend(body_problems))
+            .ok(),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    let key = validate::idempotency_key(&headers)
+        .map_err(|p| problems.push(p))
+        .ok()
+        .flatten();
+    let (Some(organization), Some(request)) = (organization, request) else {
+        return Err(ApiError::Validation(problems));
+    };
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+
+    let organization = caller.organization(&state, &organization).await?;
+    let (device_ids, filter, total) = match request.target {
+        BulkTarget::DeviceIds(ids) => {
+            let total = ids.len() as u64;
+            (Some(ids), None, total)
+        }
+        BulkTarget::Filter(filter) => {
+            let total = state
+                .store
+                .count_devices_matching(organization.id, &filter)
+                .await?;
+            (None, Some(filter), total)
+        }
+    };
+    let accepted = |result, answer| Accepted {
+        action: "bulk_refresh",
+        caller: &caller,
+        client,
+        device: None,
+        devices: Some(total),
+        categories: &request.categories,
+        result,
+        answer,
+    };
+    let held = match idempotency::check(&state, organization.id, key, &method, &uri, &body).await? {
+        KeyCheck::Replay(batch_id) => {
+            audit::record(&state, accepted("replayed", batch_id)).await;
+            return Ok(batch_answer(batch_id));
+        }
+        KeyCheck::Proceed(held) => held,
+    };
+    let batch = BatchRecord::new(
+        organization.id,
+        caller.token_id,
+        request.categories.clone(),
+        device_ids,
+        filter,
+        total,
+    );
+    let queued = queue(&state, &batch).await;
+    idempotency::finish(&state, held, queued.as_ref().map(|()| batch.id)).await;
+    queued?;
+    audit::record(&state, accepted("accepted", batch.id)).await;
+    metrics::counter!("refresh_batches_accepted_total").increment(1);
+    tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, "batch accepted");
+    Ok(batch_answer(batch.id))
+}
+
+/// Records the batch and has the broker confirm its expansion request; a batch whose request
+/// the broker did not take is marked failed, never left waiting.
+async fn queue(state: &AppState, batch: &BatchRecord) -> Result<(), ApiError> {
+    state.store.insert_batch(batch).await?;
+    if let Err(error) = state
+        .publisher
+        .publish_expansion(&ExpandBatch::new(batch.id))
+        .await
+    {
+        let reason = "not queued: the broker was unavailable";
+        if let Err(store_error) = state.store.fail_batch(batch.id, reason).await {
+            tracing::error!(batch_id = %batch.id, %store_error, "could not mark an unqueued batch failed");
+        }
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+fn batch_answer(batch_id: ObjectId) -> (StatusCode, Json<Value>) {
+    let body = json!({ "status": true, "data": { "batchId": batch_id.to_hex() } });
+    (StatusCode::ACCEPTED, Json(body))
+}
+
+pub async fn get_batch(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(PERMISSION_DEVICE_INFO)?;
+    let (organization, batch) = organization_and_id(path, "batchId")?;
+    let organization = caller.organization(&state, &organization).await?;
+    let batch = state
+        .store
+        .batch(organization.id, batch)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let view = state.store.batch_view(batch).await?;
+    Ok(Json(json!({ "status": true, "data": view })))
+}

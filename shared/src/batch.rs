@@ -1,0 +1,162 @@
+//! Bulk refresh batches: what a batch asks for, the message that has a worker expand it, and how
+//! one device's job counts in the batch's totals.
+
+use crate::{
+    device::DeviceState,
+    job::{CategoryState, hex_object_id},
+};
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+
+/// Most devices one batch may name (`deviceIds`).
+pub const MAX_BATCH_DEVICES: usize = 100_000;
+
+/// Version of [`ExpandBatch`] on the wire.
+pub const EXPAND_MESSAGE_VERSION: u16 = 1;
+
+/// Which devices a batch refreshes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BatchSource {
+    /// Ids, IMEIs or serial numbers, each matched like the single endpoint's `winDeviceId`.
+    DeviceIds(Vec<String>),
+    /// Every device of the organization in `state` (if given) carrying all of `tags`.
+    Filter(DeviceFilter),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<DeviceState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// The message on the batches queue: "expand this batch into jobs". Whoever holds it expands
+/// from the batch's last checkpoint; if it dies, the broker hands the message to the next worker,
+/// which resumes there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExpandBatch {
+    pub version: u16,
+    #[serde(with = "hex_object_id")]
+    pub batch_id: ObjectId,
+}
+
+impl ExpandBatch {
+    pub fn new(batch_id: ObjectId) -> ExpandBatch {
+        ExpandBatch {
+            version: EXPAND_MESSAGE_VERSION,
+            batch_id,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // A number and an id cannot fail to serialise.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<ExpandBatch, String> {
+        let message: ExpandBatch = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        if message.version == EXPAND_MESSAGE_VERSION {
+            Ok(message)
+        } else {
+            Err(format!(
+                "expand message version {} is not supported",
+                message.version
+            ))
+        }
+    }
+}
+
+/// How one device of a batch ended, once every category of its job is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceOutcome {
+    /// Every category pushed.
+    Pushed,
+    /// Some categories pushed, some not.
+    Partial,
+    /// Nothing pushed, and at least one category failed.
+    Failed,
+    /// Nothing pushed, every category expired.
+    Expired,
+}
+
+impl DeviceOutcome {
+    pub const ALL: [DeviceOutcome; 4] = [
+        DeviceOutcome::Pushed,
+        DeviceOutcome::Partial,
+        DeviceOutcome::Failed,
+        DeviceOutcome::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceOutcome::Pushed => "pushed",
+            DeviceOutcome::Partial => "partial",
+            DeviceOutcome::Failed => "failed",
+            DeviceOutcome::Expired => "expired",
+        }
+    }
+
+    /// The outcome of a job whose categories are in `states`; `None` while any is unsettled.
+    pub fn of(states: impl IntoIterator<Item = CategoryState>) -> Option<DeviceOutcome> {
+        let (mut total, mut pushed, mut expired) = (0, 0, 0);
+        for state in states {
+            match state {
+                CategoryState::Pushed => pushed += 1,
+                CategoryState::Expired => expired += 1,
+                CategoryState::Failed => {}
+                CategoryState::Queued | CategoryState::Pushing | CategoryState::Retrying => {
+                    return None;
+                }
+            }
+            total += 1;
+        }
+        Some(match () {
+            () if total == 0 => return None,
+            () if pushed == total => DeviceOutcome::Pushed,
+            () if pushed > 0 => DeviceOutcome::Partial,
+            () if expired == total => DeviceOutcome::Expired,
+            () => DeviceOutcome::Failed,
+        })
+    }
+}
+
+/// Why a device named by a batch got no job of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// No device of the organization has that id, IMEI or serial (or it is deleted).
+    NotFound,
+    /// PROVISIONING or UNKNOWN: it takes no commands.
+    NotActive,
+    /// Every category is already outstanding or freshly pushed for it (another job, or the same
+    /// device named twice in the batch).
+    Coalesced,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CategoryState::*;
+
+    #[test]
+    fn a_device_outcome_exists_only_once_every_category_is_settled() {
+        assert_eq!(DeviceOutcome::of([Pushed, Pushed]), Some(DeviceOutcome::Pushed));
+        assert_eq!(DeviceOutcome::of([Pushed, Failed]), Some(DeviceOutcome::Partial));
+        assert_eq!(DeviceOutcome::of([Expired, Failed]), Some(DeviceOutcome::Failed));
+        assert_eq!(DeviceOutcome::of([Expired, Expired]), Some(DeviceOutcome::Expired));
+        assert_eq!(DeviceOutcome::of([Pushed, Retrying]), None);
+        assert_eq!(DeviceOutcome::of([Queued]), None);
+        assert_eq!(DeviceOutcome::of([]), None);
+    }
+
+    #[test]
+    fn the_expand_message_round_trips() {
+        let message = ExpandBatch::new(ObjectId::new());
+        assert_eq!(ExpandBatch::decode(&message.encode()), Ok(message));
+        assert!(ExpandBatch::decode(br#"{"version":2,"batchId":"65a1b2c3d4e5f6a7b8c9d0e1"}"#).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! `idempotency_keys`: an `Idempotency-Key` header, the request it first came with, and the answer
+//! that request got, so a retried request gets the same answer instead of a second job.
+
+use super::{Store, StoreError};
+use bson::{DateTime, doc, oid::ObjectId};
+use mongodb::error::{ErrorKind, WriteFailure};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How long a key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyRecord {
+    /// `<organization>:<key>`: keys are per organization.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub organization: ObjectId,
+    /// SHA-256 of the method, path and body the key first came with.
+    pub request_hash: String,
+    pub created_at: DateTime,
+    /// The id (job or batch) the first request was answered with, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// What a request carrying a key may do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// The key is new (or its previous use is older than the window): go ahead, then
+    /// [`Store::complete_idempotency_key`] or [`Store::release_idempotency_key`].
+    Granted,
+    /// The same request succeeded before: answer with this id again.
+    Replay(String),
+    /// The key came before with another request.
+    Mismatch,
+    /// The same request is being handled right now.
+    InProgress,
+}
+
+impl Store {
+    pub async fn reserve_idempotency_key(
+        &self,
+        organization: ObjectId,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<Reservation, StoreError> {
+        let record = IdempotencyRecord {
+            id: format!("{}:{key}", organization.to_hex()),
+            organization,
+            request_hash: request_hash.to_owned(),
+            created_at: DateTime::now(),
+            answer: None,
+        };
+        match self.idempotency_keys.insert_one(&record).await {
+            Ok(_) => return Ok(Reservation::Granted),
+            Err(error) if !is_duplicate(&error) => return Err(error.into()),
+            Err(_) => {}
+        }
+        let Some(existing) = self
+            .idempotency_keys
+            .find_one(doc! { "_id": &record.id })
+            .await?
+        else {
+            // Released between our insert and this read: the caller may simply try again.
+            return Ok(Reservation::InProgress);
+        };
+        let window = i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let expired = DateTime::now().timestamp_millis() - existing.created_at.timestamp_millis()
+            > window;
+        if expired {
+            // Take the stale key over, unless another request just did.
+            let taken = self
+                .idempotency_keys
+                .replace_one(
+                    doc! { "_id": &record.id, "createdAt": existing.created_at },
+                    &record,
+                )
+                .await?;
+            return Ok(if taken.matched_count == 1 {
+                Reservation::Granted
+            } else {
+                Reservation::InProgress
+            });
+        }
+        Ok(match existing.answer {
+            _ if existing.request_hash != request_hash => Reservation::Mismatch,
+            Some(answer) => Reservation::Replay(answer),
+            None => Reservation::InProgress,
+        })
+    }
+
+    /// Remembers the answer the key's request got.
+    pub async fn complete_idempotency_key(
+        &self,
+        organization: ObjectId,
+        key: &str,
+        answer: ObjectId,
+    ) -> Result<(), StoreError> {
+        self.idempotency_keys
+            .update_one(
+                doc! { "_id": format!("{}:{key}", organization.to_hex()) },
+                doc! { "$set": { "answer": answer.to_hex() } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a key whose request failed, so a retry with it is handled afresh.
+    pub async fn release_idempotency_key(
+        &self,
+        organization: ObjectId,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        self.idempotency_keys
+            .delete_one(doc! {
+                "_id": format!("{}:{key}", organization.to_hex()),
+                "answer": { "$exists": false },
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn is_duplicate(error: &mongodb::error::Error) -> bool {
+    matches!(&*error.kind, ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == 11000)
+}

@@ -1,0 +1,272 @@
+//! Turns a batch into jobs on the bulk lane, chunk by chunk, resuming from the batch's
+//! checkpoint: whoever holds the batch's expansion message expands it, and if that process dies
+//! the broker hands the message to the next worker, which carries on where the last checkpoint
+//! says.
+//!
+//! Per chunk: look the devices up, record their jobs, claim their categories on the devices (a
+//! category another job holds is left to it), publish the jobs with pipelined confirms, then
+//! checkpoint. A chunk interrupted before its checkpoint is done again: its jobs already recorded
+//! are found by (batch, device) and published again only for categories no worker has taken,
+//! and a second copy of a job never pushes what the first is pushing
+//! (`CategoryState::claimable`).
+
+use crate::dispatch::Halt;
+use bson::oid::ObjectId;
+use futures::{StreamExt, TryStreamExt, future::join_all, stream};
+use refresh_shared::{
+    batch::Skip,
+    broker::Publisher,
+    device::Refreshable,
+    job::{Lane, RefreshJob},
+    store::{
+        BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff,
+    },
+};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Claims made at once while expanding a chunk.
+const CLAIM_CONCURRENCY: usize = 32;
+
+pub struct Expander {
+    pub store: Store,
+    pub publisher: Arc<Publisher>,
+    pub chunk_size: usize,
+    pub refresh_skip_window: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// One entry of a chunk: what the batch named, and the device it found.
+struct Entry {
+    key: String,
+    device: Option<Device>,
+}
+
+/// What to do with one device's job.
+struct Planned {
+    job: JobRecord,
+    categories: Vec<refresh_shared::Category>,
+}
+
+impl Expander {
+    /// Expands `batch_id` from its checkpoint to the end. Safe to call again after a halt.
+    pub async fn expand(&self, batch_id: ObjectId) -> Result<(), Halt> {
+        let Some(batch) = self.store.batch_by_id(batch_id).await? else {
+            tracing::warn!(%batch_id, "batch to expand no longer exists");
+            return Ok(());
+        };
+        if batch.expansion.done || batch.failure.is_some() {
+            return Ok(());
+        }
+        self.store.start_batch(batch.id).await?;
+        let mut expansion = batch.expansion.clone();
+        if expansion.chunks > 0 {
+            tracing::info!(%batch_id, chunks_done = expansion.chunks, "resuming the expansion");
+        }
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(Halt::Shutdown);
+            }
+            let (entries, mut progress, last) = self.next_chunk(&batch, &expansion).await?;
+            self.expand_chunk(&batch, entries, &mut progress).await?;
+            let recorded = self
+                .store
+                .checkpoint_batch(batch.id, expansion.chunks, &progress, last)
+                .await?;
+            if !recorded {
+                tracing::warn!(%batch_id, "another expander checkpointed this batch first; leaving it to that one");
+                return Ok(());
+            }
+            metrics::counter!("refresh_batch_devices_expanded_total")
+                .increment(progress.accepted + progress.skipped.total());
+            expansion.chunks += 1;
+            expansion.next_index = progress.next_index;
+            expansion.after = progress.after.or(expansion.after);
+            if last {
+                if batch.filter.is_some() {
+                    self.store.settle_batch_total(batch.id).await?;
+                }
+                tracing::info!(%batch_id, chunks = expansion.chunks, "batch expanded");
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next chunk after the checkpoint, the checkpoint after it, and whether it is the last.
+    async fn next_chunk(
+        &self,
+        batch: &BatchRecord,
+        expansion: &Expansion,
+    ) -> Result<(Vec<Entry>, ChunkProgress, bool), Halt> {
+        let mut progress = ChunkProgress::default();
+        if let Some(ids) = &batch.device_ids {
+            let start = usize::try_from(expansion.next_index).unwrap_or(usize::MAX).min(ids.len());
+            let end = start.saturating_add(self.chunk_size).min(ids.len());
+            let keys = &ids[start..end];
+            let lookup: Vec<String> = keys.iter().flat_map(|key| key_variants(key)).collect();
+            let devices = self
+                .store
+                .devices_by_keys(batch.organization, &lookup)
+                .await?;
+            let entries = keys
+                .iter()
+                .map(|key| {
+                    let variants = key_variants(key);
+                    let device = devices
+                        .iter()
+                        .find(|device| device.lookup_keys.iter().any(|k| variants.contains(k)));
+                    Entry {
+                        key: key.to_owned(),
+                        device: device.cloned(),
+                    }
+                })
+                .collect();
+            progress.next_index = end as u64;
+            Ok((entries, progress, end == ids.len()))
+        } else {
+            let filter = batch.filter.clone().unwrap_or_default();
+            let limit = i64::try_from(self.chunk_size).unwrap_or(i64::MAX);
+            let devices = self
+                .store
+                .devices_matching(batch.organization, &filter, expansion.after, limit)
+                .await?;
+            let last = devices.len() < self.chunk_size;
+            progress.after = devices.last().map(|device| device.id);
+            let entries = devices
+                .into_iter()
+                .map(|device| Entry {
+                    key: device.id.to_hex(),
+                    device: Some(device),
+                })
+                .collect();
+            Ok((entries, progress, last))
+        }
+    }
+
+    async fn expand_chunk(
+        &self,
+        batch: &BatchRecord,
+        entries: Vec<Entry>,
+        progress: &mut ChunkProgress,
+    ) -> Result<(), Halt> {
+        let store = &self.store;
+        let found: Vec<ObjectId> = entries
+            .iter()
+            .filter_map(|entry| entry.device.as_ref().map(|d| d.id))
+            .collect();
+        let existing: HashMap<ObjectId, JobRecord> = store
+            .batch_jobs_for(batch.organization, batch.id, &found)
+            .await?
+            .into_iter()
+            .map(|job| (job.device, job))
+            .collect();
+
+        let mut seen = HashSet::new();
+        let mut planned = Vec::new();
+        let mut new_jobs = Vec::new();
+        for Entry { key, device } in entries {
+            let Some(device) = device else {
+                progress.skipped.add(Skip::NotFound);
+                continue;
+            };
+            match device.state.refreshable() {
+                Refreshable::Yes => {}
+                Refreshable::NotActive => {
+                    progress.skipped.add(Skip::NotActive);
+                    continue;
+                }
+                Refreshable::Gone => {
+                    progress.skipped.add(Skip::NotFound);
+                    continue;
+                }
+            }
+            if !seen.insert(device.id) {
+                // Named twice in this chunk (by id and by serial, say).
+                progress.skipped.add(Skip::Coalesced);
+                continue;
+            }
+            match existing.get(&device.id) {
+                // This entry's own job, from an interrupted run: only what no worker took yet.
+                Some(job) if job.batch_key.as_deref() == Some(key.as_str()) => {
+                    let categories = job.queued_categories();
+                    if categories.is_empty() {
+                        progress.accepted += 1;
+                    } else {
+                        planned.push(Planned {
+                            job: job.clone(),
+                            categories,
+                        });
+                    }
+                }
+                // Named earlier in the batch under another key.
+                Some(_) => progress.skipped.add(Skip::Coalesced),
+                None => {
+                    let mut job = JobRecord::new(
+                        batch.organization,
+                        device.id,
+                        &batch.categories,
+                        Lane::Bulk,
+                    );
+                    job.batch = Some(batch.id);
+                    job.batch_key = Some(key);
+                    planned.push(Planned {
+                        categories: batch.categories.clone(),
+                        job: job.clone(),
+                    });
+                    new_jobs.push(job);
+                }
+            }
+        }
+        store.insert_jobs(&new_jobs).await?;
+
+        let cutoff = skip_cutoff(self.refresh_skip_window);
+        let claims: Vec<(Planned, Claim)> = stream::iter(planned)
+            .map(|planned| async move {
+                let job = &planned.job;
+                let claim = store
+                    .claim(job.organization, job.device, &planned.categories, job.id, cutoff)
+                    .await?;
+                Ok::<_, Halt>((planned, claim))
+            })
+            .buffer_unordered(CLAIM_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut coalesced = Vec::new();
+        let mut messages: Vec<RefreshJob> = Vec::new();
+        for (Planned { job, .. }, Claim { ours, theirs }) in claims {
+            if ours.is_empty() {
+                coalesced.push(job.id);
+                progress.skipped.add(Skip::Coalesced);
+                continue;
+            }
+            if !theirs.is_empty() {
+                store.drop_categories(job.id, &theirs).await?;
+            }
+            progress.accepted += 1;
+            messages.push(job.message(ours));
+        }
+        store.delete_jobs(&coalesced).await?;
+
+        // All at once on one channel: the confirms are pipelined, never awaited one by one.
+        let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
+        published.into_iter().collect::<Result<Vec<()>, _>>()?;
+        metrics::counter!("refresh_jobs_accepted_total", "lane" => Lane::Bulk.as_str())
+            .increment(messages.len() as u64);
+        Ok(())
+    }
+}
+
+/// What a batch entry may match in `lookupKeys`: itself, and for an id in uppercase hex also its
+/// lowercase form (ids are stored in lowercase).
+fn key_variants(key: &str) -> Vec<String> {
+    let lowercase = key.to_ascii_lowercase();
+    if ObjectId::parse_str(key).is_ok() && lowercase != key {
+        vec![key.to_owned(), lowercase]
+    } else {
+        vec![key.to_owned()]
+    }
+}
