@@ -2,7 +2,7 @@
 //! gets the first answer again; with another request, 409 4091.
 
 use crate::{error::ApiError, state::AppState};
-use axum::http::{Method, Uri};
+use axum::http::Uri;
 use bson::oid::ObjectId;
 use refresh_shared::store::Reservation;
 use sha2::{Digest, Sha256};
@@ -21,12 +21,12 @@ pub enum KeyCheck {
     Replay(ObjectId),
 }
 
-/// Reserves `key` for this request (method, path and body), or says why not.
+/// Reserves `key` for this request (its path and body; both routes take only POST), or says
+/// why not.
 pub async fn check(
     state: &AppState,
     organization: ObjectId,
     key: Option<String>,
-    method: &Method,
     uri: &Uri,
     body: &[u8],
 ) -> Result<KeyCheck, ApiError> {
@@ -34,7 +34,7 @@ pub async fn check(
         return Ok(KeyCheck::Proceed(None));
     };
     let mut request = Sha256::new();
-    for part in [method.as_str().as_bytes(), b" ", uri.path().as_bytes(), b"\n", body] {
+    for part in [uri.path().as_bytes(), b"\n", body] {
         request.update(part);
     }
     let request_hash = hex::encode(request.finalize());

@@ -17,7 +17,7 @@ use axum::{
         ConnectInfo, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, Method, StatusCode, Uri},
+    http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
 use refresh_shared::{
@@ -26,13 +26,11 @@ use refresh_shared::{
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 
-#[allow(clippy::too_many_arguments)] // an axum handler takes what it extracts
 pub async fn create_batch(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     caller: Authenticated,
     path: Result<Path<String>, PathRejection>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -93,7 +91,7 @@ pub async fn create_batch(
         result,
         answer,
     };
-    let held = match idempotency::check(&state, organization.id, key, &method, &uri, &body).await? {
+    let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
         KeyCheck::Replay(batch_id) => {
             audit::record(&state, accepted("replayed", batch_id)).await;
             return Ok(batch_answer(batch_id));

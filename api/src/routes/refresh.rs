@@ -15,7 +15,7 @@ use axum::{
         ConnectInfo, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, Method, StatusCode, Uri},
+    http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
 use futures::future::join_all;
@@ -34,7 +34,6 @@ pub async fn refresh_device_info(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     caller: Authenticated,
     path: Result<Path<(String, String)>, PathRejection>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -66,7 +65,7 @@ pub async fn refresh_device_info(
         result,
         answer,
     };
-    let held = match idempotency::check(&state, organization.id, key, &method, &uri, &body).await? {
+    let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
         KeyCheck::Replay(job_id) => {
             audit::record(&state, accepted("replayed", job_id)).await;
             return Ok(job_answer(job_id));

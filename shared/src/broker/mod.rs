@@ -1,10 +1,12 @@
 //! RabbitMQ: connection, topology and the confirming publisher.
 
 mod connection;
+mod dead_letters;
 mod publisher;
 mod topology;
 
 pub use connection::connect;
+pub use dead_letters::{DeadLetter, Replayed};
 pub use publisher::Publisher;
 pub use topology::{QueueDepth, QueueRole, Topology};
 

@@ -7,7 +7,7 @@
 use super::{BrokerError, QueueDepth, Topology, connect};
 use crate::{
     batch::ExpandBatch,
-    job::{Lane, RefreshJob},
+    job::RefreshJob,
     settings::AmqpSettings,
 };
 use lapin::{
@@ -114,27 +114,29 @@ impl Publisher {
         self.publish_to("", &queue, &message).await
     }
 
-    /// Puts a dead letter's body back on the work queue of `lane`, as a new message.
-    pub async fn republish(
+    /// Puts `body` on `queue` (through the default exchange) as a new message.
+    pub(super) async fn publish_raw(
         &self,
-        lane: Lane,
+        queue: &str,
         id: String,
         body: Vec<u8>,
     ) -> Result<(), BrokerError> {
-        let exchange = self.topology.jobs_exchange();
-        let message = Message { id, body };
-        self.publish_to(&exchange, Topology::routing_key(lane), &message)
-            .await
+        self.publish_to("", queue, &Message { id, body }).await
     }
 
-    /// Every queue's depth now, read on a channel of its own (a failed passive declare closes
-    /// the channel it ran on, and must not take the publishing channel with it).
+    /// Every queue's depth now.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
-        let link = self.link().await?;
-        let channel = link.connection.create_channel().await?;
+        let channel = self.inspection_channel().await?;
         let depths = self.topology.depths(&channel).await;
         let _ = channel.close(200, "bye".into()).await;
         depths
+    }
+
+    /// A channel of its own for reading queues: a failed passive declare or get closes the
+    /// channel it ran on, and must not take the publishing channel with it.
+    pub(super) async fn inspection_channel(&self) -> Result<Channel, BrokerError> {
+        let link = self.link().await?;
+        Ok(link.connection.create_channel().await?)
     }
 
     async fn publish_to(

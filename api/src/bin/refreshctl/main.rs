@@ -7,11 +7,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use refresh_api::validate::{OrganizationRef, organization_ref};
 use refresh_shared::{
     Settings,
+    broker::{DeadLetter, Publisher},
     device::{DeviceState, Gateway},
     store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus},
 };
 use serde_json::{Value, json};
 use std::time::Duration;
+
+mod bulk;
 
 #[derive(Parser)]
 #[command(name = "refreshctl", version, about = "Operate device-refresh")]
@@ -37,6 +40,66 @@ enum Command {
     /// Refresh jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Refresh many devices through the api: submit a batch, then follow it to the end.
+    Bulk(BulkArgs),
+    /// Depth of every queue, read from the broker now.
+    Queues {
+        /// Redraw every 2 seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Messages the workers gave up on.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(clap::Args)]
+struct BulkArgs {
+    /// Organization id or slug.
+    #[arg(long)]
+    org: String,
+    /// Categories to refresh, comma-separated (hardware,applications,…).
+    #[arg(long, value_delimiter = ',', required = true)]
+    info: Vec<String>,
+    /// A file of device ids, IMEIs or serials, one per line.
+    #[arg(long, conflicts_with_all = ["state", "tags"], required_unless_present_any = ["state", "tags"])]
+    file: Option<std::path::PathBuf>,
+    /// Every device in this state (with `--tag`: and carrying the tags).
+    #[arg(long)]
+    state: Option<String>,
+    /// Devices carrying this tag; repeat for more (all must match).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// The api to submit to.
+    #[arg(long, env = "REFRESH_API_URL", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// A token of the organization with mdm.windows.device.info.
+    #[arg(long, env = "REFRESH_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Sent as Idempotency-Key: submitting again with it follows the same batch.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Print the batch id and return without following it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Show dead letters (oldest first) and why they died; they stay where they are.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back on the queue they died in.
+    Replay {
+        /// The message id (job or batch id) to replay; repeat for more.
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,16 +180,128 @@ enum JobCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::from_env().context("reading settings from the environment")?;
+    // The driver connects on first use: commands that never touch the database never do.
     let store = Store::connect(&settings.mongo, "refreshctl")
         .await
         .context("configuring the MongoDB client (MONGODB_URI)")?;
-    let output = run(cli.command, &store).await?;
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&output.json)?);
-    } else {
-        println!("{}", output.text);
+    match run(cli.command, &settings, &store, cli.json).await? {
+        Some(output) => output.print(cli.json),
+        // It printed as it went.
+        None => Ok(()),
     }
-    Ok(())
+}
+
+impl Output {
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json)?);
+        } else {
+            println!("{}", self.text);
+        }
+        Ok(())
+    }
+}
+
+async fn broker(settings: &Settings) -> anyhow::Result<Publisher> {
+    Publisher::connect(&settings.amqp, "refreshctl")
+        .await
+        .context("connecting to RabbitMQ (AMQP_URL)")
+}
+
+/// `queues [--watch]`: a table (or JSON) of every queue's depth, once or every 2 s.
+async fn queues(settings: &Settings, watch: bool, json: bool) -> anyhow::Result<Option<Output>> {
+    let publisher = broker(settings).await?;
+    loop {
+        let depths = publisher.queue_depths().await?;
+        let mut text = format!("{:<48} {:<8} {:>9} {:>9}", "QUEUE", "ROLE", "READY", "CONSUMERS");
+        for depth in &depths {
+            text.push_str(&format!(
+                "\n{:<48} {:<8} {:>9} {:>9}",
+                depth.name,
+                depth.role.as_str(),
+                depth.ready,
+                depth.consumers
+            ));
+        }
+        if watch && !json {
+            // Clear the screen and home the cursor: a live table.
+            print!("\x1b[2J\x1b[H");
+            text.push_str(&format!("\n\n{} (every 2 s; Ctrl-C to stop)", humantime_now()));
+        }
+        let output = Output {
+            json: json!({ "queues": depths }),
+            text,
+        };
+        if !watch {
+            return Ok(Some(output));
+        }
+        if json {
+            // One JSON document per line, for scripts that follow the stream.
+            println!("{}", serde_json::to_string(&output.json)?);
+        } else {
+            output.print(false)?;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+        }
+    }
+}
+
+fn humantime_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<Output> {
+    let publisher = broker(settings).await?;
+    let describe = |letter: &DeadLetter| {
+        format!(
+            "{:<26} {:<16} {:<40} {}",
+            letter.message_id.as_deref().unwrap_or("-"),
+            letter.reason.as_deref().unwrap_or("-"),
+            letter.queue.as_deref().unwrap_or("-"),
+            letter.summary
+        )
+    };
+    match command {
+        DeadLetterCommand::List { limit } => {
+            let letters = publisher.dead_letters(limit).await?;
+            let mut text = format!("{} dead letter(s)", letters.len());
+            for letter in &letters {
+                text.push_str(&format!("\n{}", describe(letter)));
+            }
+            Ok(Output {
+                json: json!({ "deadLetters": letters }),
+                text,
+            })
+        }
+        DeadLetterCommand::Replay { ids, all } => {
+            let report = publisher
+                .replay_dead_letters(|letter| {
+                    all || letter
+                        .message_id
+                        .as_ref()
+                        .is_some_and(|id| ids.contains(id))
+                })
+                .await?;
+            let mut text = format!("{} replayed", report.replayed.len());
+            for letter in &report.replayed {
+                text.push_str(&format!("\n  {}", describe(letter)));
+            }
+            if !report.kept.is_empty() {
+                text.push_str(&format!(
+                    "\n{} kept: no queue recorded to put them back on",
+                    report.kept.len()
+                ));
+            }
+            Ok(Output {
+                json: serde_json::to_value(&report)?,
+                text,
+            })
+        }
+    }
 }
 
 struct Output {
@@ -134,8 +309,17 @@ struct Output {
     text: String,
 }
 
-async fn run(command: Command, store: &Store) -> anyhow::Result<Output> {
-    match command {
+/// Runs `command`; `None` when it printed its output as it went.
+async fn run(
+    command: Command,
+    settings: &Settings,
+    store: &Store,
+    json: bool,
+) -> anyhow::Result<Option<Output>> {
+    let output = match command {
+        Command::Bulk(args) => return bulk::run(args, json).await,
+        Command::Queues { watch } => return queues(settings, watch, json).await,
+        Command::DeadLetters(command) => dead_letters(settings, command).await,
         Command::Org(OrgCommand::Create { slug, name }) => {
             if !matches!(organization_ref(&slug), Ok(OrganizationRef::Slug(_))) {
                 bail!("--slug must be at least 3 letters, digits or '-', and not a 24-hex id");
@@ -260,7 +444,8 @@ async fn run(command: Command, store: &Store) -> anyhow::Result<Output> {
                 text,
             })
         }
-    }
+    };
+    output.map(Some)
 }
 
 async fn organization(store: &Store, reference: &str) -> anyhow::Result<Organization> {

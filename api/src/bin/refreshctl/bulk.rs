@@ -1,0 +1,169 @@
+//! `refreshctl bulk`: submits a batch to the api, then follows it to the end with a progress bar.
+
+use super::{BulkArgs, Output};
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use refresh_shared::store::BatchView;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// How often the batch is read while following it.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long the api may be unreachable while following a batch before giving up.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
+
+pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
+    let body = request_body(&args)?;
+    let http = reqwest::Client::new();
+    let base = format!(
+        "{}/v1/organizations/{}/mdm/windows/enterprise/refresh-batches",
+        args.api.trim_end_matches('/'),
+        args.org
+    );
+    let mut request = http.post(&base).bearer_auth(&args.token).json(&body);
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let answer = call(request).await?;
+    let batch_id = answer["batchId"]
+        .as_str()
+        .context("the api's answer has no batchId")?
+        .to_owned();
+    if args.no_wait {
+        return Ok(Some(Output {
+            text: format!("batch {batch_id} submitted"),
+            json: json!({ "batchId": batch_id }),
+        }));
+    }
+
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} devices ({percent}%) {msg}",
+            )
+            .context("progress bar template")?,
+        )
+    };
+    let url = format!("{base}/{batch_id}");
+    let mut unreachable_since: Option<Instant> = None;
+    let view = loop {
+        match call(http.get(&url).bearer_auth(&args.token)).await {
+            Ok(data) => {
+                unreachable_since = None;
+                let view: BatchView =
+                    serde_json::from_value(data).context("reading the batch status")?;
+                let counts = &view.counts;
+                bar.set_length(view.total);
+                bar.set_position(view.total.saturating_sub(counts.pending + counts.queued));
+                bar.set_message(format!(
+                    "{}: pushed {} failed {} skipped {}",
+                    view.state,
+                    counts.pushed,
+                    counts.failed + counts.partial + counts.expired,
+                    counts.skipped.total()
+                ));
+                if matches!(view.state.as_str(), "completed" | "failed") {
+                    break view;
+                }
+            }
+            Err(error) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > UNREACHABLE_FOR {
+                    return Err(error.context(format!("following batch {batch_id}")));
+                }
+                bar.set_message(format!("retrying: {error:#}"));
+            }
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    bar.finish_and_clear();
+    Ok(Some(Output {
+        text: summary(&view),
+        json: serde_json::to_value(&view)?,
+    }))
+}
+
+/// The body `POST …/refresh-batches` takes, from the arguments.
+fn request_body(args: &BulkArgs) -> anyhow::Result<Value> {
+    let target = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let ids: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .collect();
+            if ids.is_empty() {
+                bail!("{} names no devices", path.display());
+            }
+            json!({ "deviceIds": ids })
+        }
+        None => {
+            let mut filter = serde_json::Map::new();
+            if let Some(state) = &args.state {
+                filter.insert("state".to_owned(), json!(state));
+            }
+            if !args.tags.is_empty() {
+                filter.insert("tags".to_owned(), json!(args.tags));
+            }
+            json!({ "filter": filter })
+        }
+    };
+    let mut body = json!({ "info": args.info });
+    if let (Value::Object(body), Value::Object(target)) = (&mut body, target) {
+        body.extend(target);
+    }
+    Ok(body)
+}
+
+/// Sends `request`; the `data` of a success, or the api's error as an error.
+async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.context("calling the api")?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("the api answered {status} without JSON"))?;
+    if status.is_success() {
+        return Ok(body["data"].clone());
+    }
+    let error = &body["error"];
+    let mut message = format!(
+        "the api answered {status}: {} (code {})",
+        error["message"].as_str().unwrap_or("?"),
+        error["code"]
+    );
+    if let Some(details) = error["details"].as_array() {
+        for detail in details {
+            message.push_str(&format!(
+                "\n  {}: {}",
+                detail["field"].as_str().unwrap_or("?"),
+                detail["problem"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    bail!(message)
+}
+
+fn summary(view: &BatchView) -> String {
+    let c = &view.counts;
+    format!(
+        "batch {} {}: {} devices\n  pushed {}  partial {}  failed {}  expired {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
+        view.id,
+        view.state,
+        view.total,
+        c.pushed,
+        c.partial,
+        c.failed,
+        c.expired,
+        c.skipped.not_found,
+        c.skipped.not_active,
+        c.skipped.coalesced,
+        view.started_at.as_deref().unwrap_or("-"),
+        view.finished_at.as_deref().unwrap_or("-"),
+        view.error.as_deref().map(|e| format!("\n  error: {e}")).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,142 @@
+//! The dead-letter queue, for operators: read what is there and why, and put messages back on the
+//! queue they died in.
+
+use super::{BrokerError, Publisher};
+use crate::{batch::ExpandBatch, job::RefreshJob};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicGetOptions},
+    types::AMQPValue,
+};
+use serde::Serialize;
+
+/// One dead letter, as `refreshctl dead-letters list` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The job or batch id it was published under.
+    pub message_id: Option<String>,
+    /// Why RabbitMQ dead-lettered it: `rejected` (a worker could not process it) or
+    /// `delivery_limit` (it kept failing or killing its consumer).
+    pub reason: Option<String>,
+    /// The queue it died in, where a replay puts it back.
+    pub queue: Option<String>,
+    /// What it is, when it decodes: `job <id> device <id> [categories]` or `batch <id>`.
+    pub summary: String,
+    pub bytes: usize,
+}
+
+impl DeadLetter {
+    fn of(delivery: &Delivery) -> DeadLetter {
+        let header = |name: &str| {
+            delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(name).cloned())
+                .and_then(|value| match value {
+                    AMQPValue::LongString(text) => Some(text.to_string()),
+                    AMQPValue::ShortString(text) => Some(text.to_string()),
+                    _ => None,
+                })
+        };
+        let summary = if let Ok(job) = RefreshJob::decode(&delivery.data) {
+            let categories: Vec<&str> = job.categories.iter().map(|c| c.as_str()).collect();
+            format!(
+                "job {} device {} {} [{}]",
+                job.job_id,
+                job.device_id,
+                job.lane.as_str(),
+                categories.join(",")
+            )
+        } else if let Ok(expand) = ExpandBatch::decode(&delivery.data) {
+            format!("batch {}", expand.batch_id)
+        } else {
+            "undecodable".to_owned()
+        };
+        DeadLetter {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            reason: header("x-first-death-reason"),
+            queue: header("x-first-death-queue"),
+            summary,
+            bytes: delivery.data.len(),
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Serialize)]
+pub struct Replayed {
+    /// Put back on their queues.
+    pub replayed: Vec<DeadLetter>,
+    /// Selected, but with no queue to go back to (they stay dead).
+    pub kept: Vec<DeadLetter>,
+}
+
+impl Publisher {
+    /// Up to `limit` dead letters, oldest first. They stay in the dead queue.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let channel = self.inspection_channel().await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(message) = get(&channel, &self.topology().dead_queue()).await? else {
+                break;
+            };
+            letters.push(DeadLetter::of(&message));
+        }
+        // Closing the channel hands every message taken above back to the queue, unchanged.
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(letters)
+    }
+
+    /// Puts the dead letters `select` picks back on the queue each died in, as new messages
+    /// (delivery count starting afresh), each removed from the dead queue only once the broker
+    /// has confirmed its copy. The others stay.
+    pub async fn replay_dead_letters(
+        &self,
+        select: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<Replayed, BrokerError> {
+        let channel = self.inspection_channel().await?;
+        // Only the letters there now: a replayed message that dies again is not looped over.
+        let waiting = self
+            .topology()
+            .depths(&channel)
+            .await?
+            .into_iter()
+            .find(|depth| depth.name == self.topology().dead_queue())
+            .map_or(0, |depth| depth.ready);
+        let mut report = Replayed::default();
+        for _ in 0..waiting {
+            let Some(message) = get(&channel, &self.topology().dead_queue()).await? else {
+                break;
+            };
+            let letter = DeadLetter::of(&message);
+            if !select(&letter) {
+                continue;
+            }
+            match letter.queue.clone() {
+                Some(queue) => {
+                    let id = letter.message_id.clone().unwrap_or_default();
+                    self.publish_raw(&queue, id, message.data.clone()).await?;
+                    message.ack(BasicAckOptions::default()).await?;
+                    report.replayed.push(letter);
+                }
+                None => report.kept.push(letter),
+            }
+        }
+        let _ = channel.close(200, "bye".into()).await;
+        Ok(report)
+    }
+}
+
+async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerError> {
+    let message = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await?;
+    Ok(message.map(|message| message.delivery))
+}
