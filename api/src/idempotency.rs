@@ -65,7 +65,12 @@ pub async fn finish(state: &AppState, held: Option<HeldKey>, answer: Result<Obje
                 .complete_idempotency_key(organization, &key, id)
                 .await
         }
-        Err(_) => state.store.release_idempotency_key(organization, &key).await,
+        Err(_) => {
+            state
+                .store
+                .release_idempotency_key(organization, &key)
+                .await
+        }
     };
     if let Err(error) = recorded {
         // The key stays "in progress" until its 24 h run out; retries get 409 4092 meanwhile.

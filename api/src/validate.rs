@@ -127,17 +127,26 @@ pub fn bulk_body(body: &[u8]) -> Result<BulkRequest, Vec<FieldProblem>> {
 
 fn device_ids(value: Value, problems: &mut Vec<FieldProblem>) -> Option<Vec<String>> {
     let Value::Array(items) = value else {
-        problems.push(FieldProblem::new("deviceIds", "must be an array of device ids"));
+        problems.push(FieldProblem::new(
+            "deviceIds",
+            "must be an array of device ids",
+        ));
         return None;
     };
     if items.is_empty() {
-        problems.push(FieldProblem::new("deviceIds", "must name at least one device"));
+        problems.push(FieldProblem::new(
+            "deviceIds",
+            "must name at least one device",
+        ));
         return None;
     }
     if items.len() > MAX_BATCH_DEVICES {
         problems.push(FieldProblem::new(
             "deviceIds",
-            format!("names {} devices; at most {MAX_BATCH_DEVICES} per batch", items.len()),
+            format!(
+                "names {} devices; at most {MAX_BATCH_DEVICES} per batch",
+                items.len()
+            ),
         ));
         return None;
     }
@@ -374,7 +383,10 @@ mod tests {
         let body = br#"{"info":["os"],"deviceIds":["a1","SN_2","a1"]}"#;
         assert_eq!(
             bulk_body(body).map(|r| r.target),
-            Ok(BulkTarget::DeviceIds(vec!["a1".to_owned(), "SN_2".to_owned()]))
+            Ok(BulkTarget::DeviceIds(vec![
+                "a1".to_owned(),
+                "SN_2".to_owned()
+            ]))
         );
         let body = br#"{"info":["os"],"filter":{"state":"ACTIVE","tags":["lab"]}}"#;
         assert_eq!(
@@ -392,9 +404,15 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(fields(r#"{"info":["os"]}"#), ["body"]);
-        assert_eq!(fields(r#"{"info":["os"],"deviceIds":[],"filter":{}}"#), ["body"]);
+        assert_eq!(
+            fields(r#"{"info":["os"],"deviceIds":[],"filter":{}}"#),
+            ["body"]
+        );
         assert_eq!(fields(r#"{"info":["os"],"deviceIds":[]}"#), ["deviceIds"]);
-        assert_eq!(fields(r#"{"info":["os"],"deviceIds":["ok","a b",7]}"#), ["deviceIds[1]", "deviceIds[2]"]);
+        assert_eq!(
+            fields(r#"{"info":["os"],"deviceIds":["ok","a b",7]}"#),
+            ["deviceIds[1]", "deviceIds[2]"]
+        );
         assert_eq!(
             fields(r#"{"info":["os"],"filter":{"state":"ON","tags":[""],"os":1}}"#),
             ["filter.os", "filter.state", "filter.tags[0]"]
@@ -405,7 +423,10 @@ mod tests {
             vec!["\"x\""; MAX_BATCH_DEVICES + 1].join(",")
         );
         assert_eq!(fields(&too_many), ["deviceIds"]);
-        let all_bad = format!(r#"{{"info":["os"],"deviceIds":[{}]}}"#, vec!["1"; 100].join(","));
+        let all_bad = format!(
+            r#"{{"info":["os"],"deviceIds":[{}]}}"#,
+            vec!["1"; 100].join(",")
+        );
         assert_eq!(fields(&all_bad).len(), MAX_LISTED_PROBLEMS + 1);
     }
 

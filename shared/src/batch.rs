@@ -144,10 +144,22 @@ mod tests {
 
     #[test]
     fn a_device_outcome_exists_only_once_every_category_is_settled() {
-        assert_eq!(DeviceOutcome::of([Pushed, Pushed]), Some(DeviceOutcome::Pushed));
-        assert_eq!(DeviceOutcome::of([Pushed, Failed]), Some(DeviceOutcome::Partial));
-        assert_eq!(DeviceOutcome::of([Expired, Failed]), Some(DeviceOutcome::Failed));
-        assert_eq!(DeviceOutcome::of([Expired, Expired]), Some(DeviceOutcome::Expired));
+        assert_eq!(
+            DeviceOutcome::of([Pushed, Pushed]),
+            Some(DeviceOutcome::Pushed)
+        );
+        assert_eq!(
+            DeviceOutcome::of([Pushed, Failed]),
+            Some(DeviceOutcome::Partial)
+        );
+        assert_eq!(
+            DeviceOutcome::of([Expired, Failed]),
+            Some(DeviceOutcome::Failed)
+        );
+        assert_eq!(
+            DeviceOutcome::of([Expired, Expired]),
+            Some(DeviceOutcome::Expired)
+        );
         assert_eq!(DeviceOutcome::of([Pushed, Retrying]), None);
         assert_eq!(DeviceOutcome::of([Queued]), None);
         assert_eq!(DeviceOutcome::of([]), None);
@@ -157,6 +169,8 @@ mod tests {
     fn the_expand_message_round_trips() {
         let message = ExpandBatch::new(ObjectId::new());
         assert_eq!(ExpandBatch::decode(&message.encode()), Ok(message));
-        assert!(ExpandBatch::decode(br#"{"version":2,"batchId":"65a1b2c3d4e5f6a7b8c9d0e1"}"#).is_err());
+        assert!(
+            ExpandBatch::decode(br#"{"version":2,"batchId":"65a1b2c3d4e5f6a7b8c9d0e1"}"#).is_err()
+        );
     }
 }

@@ -64,10 +64,34 @@ pub struct WorkerSettings {
     pub bulk_concurrency: usize,
     /// Devices a batch expander looks up, records and publishes per checkpoint.
     pub batch_chunk_size: usize,
+    /// The queues this worker consumes: all by default; a deployment can dedicate workers to
+    /// the interactive lane, the bulk lane or batch expansion.
+    pub queues: Vec<WorkQueue>,
     pub push_timeout: Duration,
     pub push_retry: RetryPolicy,
     /// A category not pushed this long after the request ends `expired`.
     pub job_max_age: Duration,
+}
+
+/// A queue a worker can consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueue {
+    Interactive,
+    Bulk,
+    Batches,
+}
+
+impl FromStr for WorkQueue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "interactive" => Ok(WorkQueue::Interactive),
+            "bulk" => Ok(WorkQueue::Bulk),
+            "batches" => Ok(WorkQueue::Batches),
+            other => Err(format!("'{other}' is not interactive, bulk or batches")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +166,7 @@ impl Settings {
             concurrency: env.parse("WORKER_CONCURRENCY", "32"),
             bulk_concurrency: env.parse("WORKER_BULK_CONCURRENCY", "8"),
             batch_chunk_size: env.parse("BATCH_CHUNK_SIZE", "500"),
+            queues: env.list("WORKER_QUEUES", "interactive,bulk,batches"),
             push_timeout: env.millis("PUSH_TIMEOUT_MS", 5_000),
             push_retry: RetryPolicy {
                 initial: env.millis("PUSH_RETRY_INITIAL_MS", 500),
@@ -231,6 +256,26 @@ impl Env<'_> {
                     Ok(value) => value,
                     Err(_) => unreachable!("default of {name} does not parse"),
                 }
+            }
+        }
+    }
+
+    /// A non-empty comma-separated list.
+    fn list<T: FromStr>(&mut self, name: &str, default: &str) -> Vec<T>
+    where
+        T::Err: Display,
+    {
+        let raw = self.string(name, default);
+        let parsed: Result<Vec<T>, _> = raw.split(',').map(str::parse).collect();
+        match parsed {
+            Ok(items) if !items.is_empty() => items,
+            Ok(_) => {
+                self.errors.push(format!("{name}: must not be empty"));
+                Vec::new()
+            }
+            Err(error) => {
+                self.errors.push(format!("{name}: {error}"));
+                Vec::new()
             }
         }
     }

@@ -34,8 +34,12 @@ pub async fn render_with_queue_depths(publisher: &Publisher) -> String {
     match publisher.queue_depths().await {
         Ok(depths) => {
             for depth in depths {
-                let labels = [("queue", depth.name), ("role", depth.role.as_str().to_owned())];
-                metrics::gauge!("refresh_queue_messages_ready", &labels).set(f64::from(depth.ready));
+                let labels = [
+                    ("queue", depth.name),
+                    ("role", depth.role.as_str().to_owned()),
+                ];
+                metrics::gauge!("refresh_queue_messages_ready", &labels)
+                    .set(f64::from(depth.ready));
                 metrics::gauge!("refresh_queue_consumers", &labels).set(f64::from(depth.consumers));
             }
             metrics::gauge!("refresh_queue_depth_readable").set(1.0);

@@ -14,7 +14,8 @@ use refresh_shared::{
     device::DeviceState,
     settings::MongoSettings,
     store::{
-        Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus,
+        BatchView, Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel,
+        WnsChannelStatus,
     },
     token::PERMISSION_DEVICE_INFO,
 };
@@ -269,26 +270,54 @@ impl TestStack {
         agent: bool,
         wns: bool,
     ) -> Device {
+        let new = self.new_device(organization, state, agent, wns, &[]);
+        self.store.create_device(new).await.expect("create device")
+    }
+
+    /// `count` devices of the stack's organization in `state`, reachable through the agent,
+    /// carrying `tags`, created in a few writes.
+    pub async fn devices(&self, count: usize, state: DeviceState, tags: &[&str]) -> Vec<Device> {
+        let mut devices = Vec::with_capacity(count);
+        for chunk in (0..count).collect::<Vec<_>>().chunks(1_000) {
+            let new = chunk
+                .iter()
+                .map(|_| self.new_device(self.organization.id, state, true, false, tags))
+                .collect();
+            devices.extend(
+                self.store
+                    .create_devices(new)
+                    .await
+                    .expect("create devices"),
+            );
+        }
+        devices
+    }
+
+    fn new_device(
+        &self,
+        organization: ObjectId,
+        state: DeviceState,
+        agent: bool,
+        wns: bool,
+        tags: &[&str],
+    ) -> NewDevice {
         let unique = ObjectId::new().to_hex();
         let wns = wns.then(|| WnsChannel {
             channel_uri: format!("{}/wns/channels/{unique}", self.sim.url()),
             status: WnsChannelStatus::Active,
             dead_since: None,
         });
-        self.store
-            .create_device(NewDevice {
-                organization,
-                state,
-                serial_number: Some(format!("SN{}", &unique[12..])),
-                imei: Some(format!(
-                    "35{}",
-                    u64::from_str_radix(&unique[14..], 16).unwrap() % 10_u64.pow(13)
-                )),
-                tags: Vec::new(),
-                push: PushRoutes { agent, wns },
-            })
-            .await
-            .expect("create device")
+        NewDevice {
+            organization,
+            state,
+            serial_number: Some(format!("SN{}", &unique[12..])),
+            imei: Some(format!(
+                "35{}",
+                u64::from_str_radix(&unique[14..], 16).unwrap() % 10_u64.pow(13)
+            )),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            push: PushRoutes { agent, wns },
+        }
     }
 
     /// A token of this stack's organization with the given permissions.
@@ -313,6 +342,49 @@ impl TestStack {
             "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-jobs/{job}",
             self.api
         )
+    }
+
+    pub fn batches_url(&self, organization: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-batches",
+            self.api
+        )
+    }
+
+    /// `POST …/refresh-batches` in the stack's organization with the stack's token.
+    pub async fn bulk(&self, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(self.batches_url(&self.org_id()))
+            .bearer_auth(&self.token)
+            .json(body);
+        Answer::of(request).await
+    }
+
+    /// `GET …/refresh-batches/{id}`, which must succeed.
+    pub async fn batch(&self, id: &str) -> BatchView {
+        let url = format!("{}/{id}", self.batches_url(&self.org_id()));
+        let answer = Answer::of(self.http.get(url).bearer_auth(&self.token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        serde_json::from_value(answer.body["data"].clone()).expect("a batch view")
+    }
+
+    /// Waits until the batch is completed (or failed), checking on the way that its counts
+    /// always add up to its total.
+    pub async fn wait_for_batch(&self, id: &str, deadline: Duration) -> BatchView {
+        let started = Instant::now();
+        loop {
+            let view = self.batch(id).await;
+            assert_eq!(view.counts.sum(), view.total, "counts add up: {view:?}");
+            if matches!(view.state.as_str(), "completed" | "failed") {
+                return view;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "batch {id} not finished after {deadline:?}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// `POST …/info` with a JSON body and the stack's token.
@@ -390,6 +462,39 @@ impl TestStack {
         (job_id, job)
     }
 
+    /// Runs `refreshctl --json ARGS` against this stack (its database, broker prefix, api and
+    /// token); panics unless it succeeds, and returns the JSON it printed.
+    pub async fn refreshctl(&self, args: &[&str]) -> Value {
+        let output = self.refreshctl_output(args).await;
+        assert!(
+            output.status.success(),
+            "refreshctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("refreshctl prints JSON with --json")
+    }
+
+    /// Runs `refreshctl --json ARGS` against this stack, whatever its outcome.
+    pub async fn refreshctl_output(&self, args: &[&str]) -> std::process::Output {
+        // Not std's Command: `refreshctl bulk` follows a batch this test's runtime is serving.
+        tokio::process::Command::new(binary("refreshctl"))
+            .arg("--json")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MONGODB_URI", self.settings.mongo.uri.expose_secret())
+            .env("MONGODB_DB", &self.settings.mongo.database)
+            .env("AMQP_URL", self.settings.amqp.url.expose_secret())
+            .env("AMQP_PREFIX", &self.settings.amqp.prefix)
+            .env("RETRY_TIERS_SECS", retry_tiers(&self.settings))
+            .env("REFRESH_API_URL", &self.api)
+            .env("REFRESH_TOKEN", &self.token)
+            .env("SIM_ADDR", self.sim.addr.to_string())
+            .output()
+            .await
+            .expect("run refreshctl")
+    }
+
     pub async fn pushes(&self) -> Vec<PushRecord> {
         serde_json::from_value(self.sim("/_sim/pushes", None).await).expect("push records")
     }
@@ -453,6 +558,17 @@ impl Drop for TestStack {
     }
 }
 
+/// `RETRY_TIERS_SECS` as `settings` has it: tools must declare the same topology.
+fn retry_tiers(settings: &Settings) -> String {
+    let tiers: Vec<String> = settings
+        .amqp
+        .retry_tiers
+        .iter()
+        .map(|tier| tier.as_secs().to_string())
+        .collect();
+    tiers.join(",")
+}
+
 async fn start_sim() -> SimServer {
     if std::env::var_os("TEST_LOG").is_some() {
         refresh_shared::telemetry::init_tracing(refresh_shared::settings::LogFormat::Pretty);
@@ -514,6 +630,14 @@ impl Answer {
         assert_eq!(self.body["status"], Value::Bool(false), "{:?}", self.body);
         assert!(self.body["error"]["message"].is_string(), "{:?}", self.body);
         self.body["error"]["code"].as_u64().expect("error.code")
+    }
+
+    pub fn batch_id(&self) -> String {
+        assert_eq!(self.status, StatusCode::ACCEPTED, "{:?}", self.body);
+        self.body["data"]["batchId"]
+            .as_str()
+            .expect("batchId")
+            .to_owned()
     }
 
     pub fn job_id(&self) -> String {

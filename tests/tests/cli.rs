@@ -1,42 +1,21 @@
 //! `refreshctl`, the real binary, against the same MongoDB the api of a running stack uses.
 
-use refresh_tests::{Answer, TestStack, binary};
+use refresh_tests::{Answer, TestStack};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
-use serde_json::{Value, json};
-
-/// Runs `refreshctl --json ARGS` with the stack's database; returns its JSON output.
-fn refreshctl(stack: &TestStack, args: &[&str]) -> Value {
-    let output = std::process::Command::new(binary("refreshctl"))
-        .arg("--json")
-        .args(args)
-        .env("MONGODB_URI", stack.settings.mongo.uri.expose_secret())
-        .env("MONGODB_DB", &stack.settings.mongo.database)
-        .env("SIM_ADDR", stack.sim.addr.to_string())
-        .output()
-        .expect("run refreshctl");
-    assert!(
-        output.status.success(),
-        "refreshctl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("refreshctl prints JSON with --json")
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
     let stack = TestStack::start().await;
     let slug = format!("cli-{}", bson::oid::ObjectId::new());
-    let org = refreshctl(
-        &stack,
-        &["org", "create", "--slug", &slug, "--name", "CLI Org"],
-    );
+    let org = stack
+        .refreshctl(&["org", "create", "--slug", &slug, "--name", "CLI Org"])
+        .await;
     assert_eq!(org["slug"], json!(slug));
     let org_id = org["id"].as_str().unwrap().to_owned();
 
-    let device = refreshctl(
-        &stack,
-        &[
+    let device = stack
+        .refreshctl(&[
             "device",
             "create",
             "--org",
@@ -47,8 +26,8 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
             "agent",
             "--push",
             "wns",
-        ],
-    );
+        ])
+        .await;
     assert_eq!(device["organizationId"], json!(org_id));
     assert_eq!(device["state"], json!("ACTIVE"));
     assert_eq!(device["push"], json!(["agent", "wns"]));
@@ -59,17 +38,16 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
             .starts_with(&stack.sim.url())
     );
 
-    let token = refreshctl(
-        &stack,
-        &[
+    let token = stack
+        .refreshctl(&[
             "token",
             "create",
             "--org",
             &org_id,
             "--permission",
             "mdm.windows.device.info",
-        ],
-    );
+        ])
+        .await;
     let plaintext = token["token"].as_str().unwrap().to_owned();
     let stored = stack
         .store
@@ -92,20 +70,19 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
     };
     let job_id = refresh(plaintext.clone()).await.job_id();
     stack.wait_for_settled_job(&job_id).await;
-    let job = refreshctl(&stack, &["job", "get", &job_id]);
+    let job = stack.refreshctl(&["job", "get", &job_id]).await;
     assert_eq!(job["state"], json!("completed"));
     assert_eq!(job["categories"]["certificates"]["state"], json!("pushed"));
 
-    let revoked = refreshctl(
-        &stack,
-        &[
+    let revoked = stack
+        .refreshctl(&[
             "token",
             "revoke",
             "--org",
             &slug,
             token["id"].as_str().unwrap(),
-        ],
-    );
+        ])
+        .await;
     assert_eq!(revoked["revoked"], json!(true));
     let answer = refresh(plaintext).await;
     assert_eq!(
@@ -117,28 +94,23 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
 #[tokio::test]
 async fn refreshctl_refuses_bad_input_with_a_clear_message() {
     let stack = TestStack::start().await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(binary("refreshctl"))
-            .args(args)
-            .env("MONGODB_URI", stack.settings.mongo.uri.expose_secret())
-            .env("MONGODB_DB", &stack.settings.mongo.database)
-            .output()
-            .expect("run refreshctl")
-    };
-    let bad_slug = run(&["org", "create", "--slug", "a b"]);
+    let run = |args: &'static [&'static str]| stack.refreshctl_output(args);
+    let bad_slug = run(&["org", "create", "--slug", "a b"]).await;
     assert!(!bad_slug.status.success());
     assert!(String::from_utf8_lossy(&bad_slug.stderr).contains("--slug"));
-    let unknown_org = run(&["device", "create", "--org", "no-such-org"]);
+    let unknown_org = run(&["device", "create", "--org", "no-such-org"]).await;
     assert!(!unknown_org.status.success());
     assert!(String::from_utf8_lossy(&unknown_org.stderr).contains("no organization 'no-such-org'"));
-    let bad_state = run(&[
-        "device",
-        "create",
-        "--org",
-        &stack.organization.slug,
-        "--state",
-        "ON",
-    ]);
+    let bad_state = stack
+        .refreshctl_output(&[
+            "device",
+            "create",
+            "--org",
+            &stack.organization.slug,
+            "--state",
+            "ON",
+        ])
+        .await;
     assert!(!bad_state.status.success());
     assert!(String::from_utf8_lossy(&bad_state.stderr).contains("unknown device state"));
 }

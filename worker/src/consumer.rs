@@ -23,7 +23,7 @@ use refresh_shared::{
     broker::{BrokerError, Topology, connect},
     job::{Lane, RefreshJob},
     retry::RetryPolicy,
-    settings::{AmqpSettings, WorkerSettings},
+    settings::{AmqpSettings, WorkQueue, WorkerSettings},
 };
 use std::{
     future::Future,
@@ -53,6 +53,16 @@ pub struct Consumer {
 enum Work {
     Jobs(Lane),
     Batches,
+}
+
+impl Work {
+    fn queue(self) -> WorkQueue {
+        match self {
+            Work::Jobs(Lane::Interactive) => WorkQueue::Interactive,
+            Work::Jobs(Lane::Bulk) => WorkQueue::Bulk,
+            Work::Batches => WorkQueue::Batches,
+        }
+    }
 }
 
 /// One queue consumed on its own channel.
@@ -87,9 +97,10 @@ impl Consumer {
         }
     }
 
-    fn streams(&self, topology: &Topology) -> [Stream; 3] {
+    /// The streams of the queues this worker is configured to consume.
+    fn streams(&self, topology: &Topology) -> Vec<Stream> {
         let bulk = self.worker.bulk_concurrency;
-        [
+        let all = [
             Stream {
                 queue: topology.jobs_queue(Lane::Interactive),
                 work: Work::Jobs(Lane::Interactive),
@@ -112,14 +123,19 @@ impl Consumer {
                 prefetch: 1,
                 slots: 1,
             },
-        ]
+        ];
+        all.into_iter()
+            .filter(|stream| self.worker.queues.contains(&stream.work.queue()))
+            .collect()
     }
 
     /// One connection's life: returns `Ok` on shutdown, `Err` when the connection is lost.
     async fn consume_once(&self) -> Result<(), BrokerError> {
         let connection = connect(&self.amqp.url, "refresh-worker").await?;
         let topology = Topology::new(&self.amqp);
-        topology.declare(&connection.create_channel().await?).await?;
+        topology
+            .declare(&connection.create_channel().await?)
+            .await?;
         // Any stream that loses its channel stops the others: the supervisor reconnects all.
         let lost = CancellationToken::new();
         let streams = self.streams(&topology);
@@ -140,7 +156,9 @@ impl Consumer {
         stream: Stream,
         lost: CancellationToken,
     ) -> Result<(), BrokerError> {
-        let result = self.consume_stream_until_lost(connection, &stream, &lost).await;
+        let result = self
+            .consume_stream_until_lost(connection, &stream, &lost)
+            .await;
         if result.is_err() {
             lost.cancel();
         }
@@ -167,14 +185,13 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        if let Work::Jobs(Lane::Interactive) = stream.work {
-            self.connected.store(true, Ordering::Relaxed);
-        }
+        self.connected.store(true, Ordering::Relaxed);
         tracing::info!(queue = %stream.queue, slots = stream.slots, "consuming");
 
         let shutdown = self.dispatcher.shutdown.clone();
         let slots = Arc::new(Semaphore::new(stream.slots));
-        let unacked = metrics::gauge!("refresh_worker_unacked_deliveries", "queue" => stream.queue.clone());
+        let unacked =
+            metrics::gauge!("refresh_worker_unacked_deliveries", "queue" => stream.queue.clone());
         let mut in_flight = JoinSet::new();
         let ended = loop {
             while in_flight.try_join_next().is_some() {}
@@ -254,11 +271,12 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     };
     if job.attempt == 0 {
         // How long it queued: a first delivery's age is its wait in the work queue.
-        let waited = (OffsetDateTime::now_utc() - job.requested_at).as_seconds_f64().max(0.0);
+        let waited = (OffsetDateTime::now_utc() - job.requested_at)
+            .as_seconds_f64()
+            .max(0.0);
         metrics::histogram!("refresh_job_queue_wait_seconds", "lane" => lane.as_str())
             .record(waited);
-        metrics::gauge!("refresh_job_last_queue_wait_seconds", "lane" => lane.as_str())
-            .set(waited);
+        metrics::gauge!("refresh_job_last_queue_wait_seconds", "lane" => lane.as_str()).set(waited);
     }
     let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
     let redelivered = delivery.redelivered;

@@ -18,9 +18,7 @@ use refresh_shared::{
     broker::Publisher,
     device::Refreshable,
     job::{Lane, RefreshJob},
-    store::{
-        BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff,
-    },
+    store::{BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff},
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -62,17 +60,22 @@ impl Expander {
         if batch.expansion.done || batch.failure.is_some() {
             return Ok(());
         }
+        // Started before: the first chunk may have been half done by a process that died.
+        let mut resuming = batch.started_at.is_some();
         self.store.start_batch(batch.id).await?;
         let mut expansion = batch.expansion.clone();
-        if expansion.chunks > 0 {
-            tracing::info!(%batch_id, chunks_done = expansion.chunks, "resuming the expansion");
-        }
+        tracing::info!(%batch_id, chunks_done = expansion.chunks, total = batch.total, "expanding");
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(Halt::Shutdown);
             }
+            let chunk_started = std::time::Instant::now();
             let (entries, mut progress, last) = self.next_chunk(&batch, &expansion).await?;
-            self.expand_chunk(&batch, entries, &mut progress).await?;
+            let looked_up = chunk_started.elapsed();
+            self.expand_chunk(&batch, entries, resuming, &mut progress)
+                .await?;
+            resuming = false;
+            tracing::debug!(?looked_up, took = ?chunk_started.elapsed(), "chunk expanded");
             let recorded = self
                 .store
                 .checkpoint_batch(batch.id, expansion.chunks, &progress, last)
@@ -103,10 +106,11 @@ impl Expander {
         expansion: &Expansion,
     ) -> Result<(Vec<Entry>, ChunkProgress, bool), Halt> {
         let mut progress = ChunkProgress::default();
-        if let Some(ids) = &batch.device_ids {
-            let start = usize::try_from(expansion.next_index).unwrap_or(usize::MAX).min(ids.len());
-            let end = start.saturating_add(self.chunk_size).min(ids.len());
-            let keys = &ids[start..end];
+        if batch.filter.is_none() {
+            let keys = self
+                .store
+                .batch_device_ids(batch.id, expansion.next_index, self.chunk_size)
+                .await?;
             let lookup: Vec<String> = keys.iter().flat_map(|key| key_variants(key)).collect();
             let devices = self
                 .store
@@ -125,8 +129,9 @@ impl Expander {
                     }
                 })
                 .collect();
-            progress.next_index = end as u64;
-            Ok((entries, progress, end == ids.len()))
+            progress.next_index = expansion.next_index + keys.len() as u64;
+            let last = keys.is_empty() || progress.next_index >= batch.total;
+            Ok((entries, progress, last))
         } else {
             let filter = batch.filter.clone().unwrap_or_default();
             let limit = i64::try_from(self.chunk_size).unwrap_or(i64::MAX);
@@ -147,23 +152,32 @@ impl Expander {
         }
     }
 
+    /// Records, claims and publishes one chunk's jobs. `resuming`: the chunk may have been
+    /// half done before, so jobs it already made are looked for. (A device named again in a
+    /// later chunk needs no such search: its categories are held by its first job, so the claim
+    /// fails and it counts as coalesced.)
     async fn expand_chunk(
         &self,
         batch: &BatchRecord,
         entries: Vec<Entry>,
+        resuming: bool,
         progress: &mut ChunkProgress,
     ) -> Result<(), Halt> {
         let store = &self.store;
-        let found: Vec<ObjectId> = entries
-            .iter()
-            .filter_map(|entry| entry.device.as_ref().map(|d| d.id))
-            .collect();
-        let existing: HashMap<ObjectId, JobRecord> = store
-            .batch_jobs_for(batch.organization, batch.id, &found)
-            .await?
-            .into_iter()
-            .map(|job| (job.device, job))
-            .collect();
+        let existing: HashMap<ObjectId, JobRecord> = if resuming {
+            let found: Vec<ObjectId> = entries
+                .iter()
+                .filter_map(|entry| entry.device.as_ref().map(|d| d.id))
+                .collect();
+            store
+                .batch_jobs_for(batch.organization, batch.id, &found)
+                .await?
+                .into_iter()
+                .map(|job| (job.device, job))
+                .collect()
+        } else {
+            HashMap::new()
+        };
 
         let mut seen = HashSet::new();
         let mut planned = Vec::new();
@@ -227,8 +241,16 @@ impl Expander {
         let claims: Vec<(Planned, Claim)> = stream::iter(planned)
             .map(|planned| async move {
                 let job = &planned.job;
+                // `again`: a job found from an interrupted run may hold its claims already.
                 let claim = store
-                    .claim(job.organization, job.device, &planned.categories, job.id, cutoff)
+                    .claim(
+                        job.organization,
+                        job.device,
+                        &planned.categories,
+                        job.id,
+                        cutoff,
+                        true,
+                    )
                     .await?;
                 Ok::<_, Halt>((planned, claim))
             })

@@ -20,9 +20,7 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
-use refresh_shared::{
-    batch::ExpandBatch, store::BatchRecord, token::PERMISSION_DEVICE_INFO,
-};
+use refresh_shared::{batch::ExpandBatch, store::BatchRecord, token::PERMISSION_DEVICE_INFO};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 
@@ -71,14 +69,14 @@ pub async fn create_batch(
     let (device_ids, filter, total) = match request.target {
         BulkTarget::DeviceIds(ids) => {
             let total = ids.len() as u64;
-            (Some(ids), None, total)
+            (ids, None, total)
         }
         BulkTarget::Filter(filter) => {
             let total = state
                 .store
                 .count_devices_matching(organization.id, &filter)
                 .await?;
-            (None, Some(filter), total)
+            (Vec::new(), Some(filter), total)
         }
     };
     let accepted = |result, answer| Accepted {
@@ -102,11 +100,10 @@ pub async fn create_batch(
         organization.id,
         caller.token_id,
         request.categories.clone(),
-        device_ids,
         filter,
         total,
     );
-    let queued = queue(&state, &batch).await;
+    let queued = queue(&state, &batch, &device_ids).await;
     idempotency::finish(&state, held, queued.as_ref().map(|()| batch.id)).await;
     queued?;
     audit::record(&state, accepted("accepted", batch.id)).await;
@@ -117,8 +114,12 @@ pub async fn create_batch(
 
 /// Records the batch and has the broker confirm its expansion request; a batch whose request
 /// the broker did not take is marked failed, never left waiting.
-async fn queue(state: &AppState, batch: &BatchRecord) -> Result<(), ApiError> {
-    state.store.insert_batch(batch).await?;
+async fn queue(
+    state: &AppState,
+    batch: &BatchRecord,
+    device_ids: &[String],
+) -> Result<(), ApiError> {
+    state.store.insert_batch(batch, device_ids).await?;
     if let Err(error) = state
         .publisher
         .publish_expansion(&ExpandBatch::new(batch.id))

@@ -66,7 +66,10 @@ fn organization_and_id(
     ) {
         (Ok(organization), Ok(id)) => Ok((organization, id)),
         (organization, id) => {
-            let problems = [organization.err(), id.err()].into_iter().flatten().collect();
+            let problems = [organization.err(), id.err()]
+                .into_iter()
+                .flatten()
+                .collect();
             Err(ApiError::Validation(problems))
         }
     }

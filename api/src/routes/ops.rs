@@ -11,5 +11,7 @@ pub async fn queues(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(PERMISSION_OPS_QUEUES)?;
     let depths = state.publisher.queue_depths().await?;
-    Ok(Json(json!({ "status": true, "data": { "queues": depths } })))
+    Ok(Json(
+        json!({ "status": true, "data": { "queues": depths } }),
+    ))
 }

@@ -166,8 +166,18 @@ async fn enqueue(
 ) -> Result<ObjectId, ApiError> {
     let store = &state.store;
     let cutoff = skip_cutoff(state.refresh_skip_window);
-    let Claim { mut ours, mut theirs } = store
-        .claim(job.organization, job.device, categories, job.id, cutoff)
+    let Claim {
+        mut ours,
+        mut theirs,
+    } = store
+        .claim(
+            job.organization,
+            job.device,
+            categories,
+            job.id,
+            cutoff,
+            false,
+        )
         .await?;
     if ours.is_empty() {
         let device = store.device(job.organization, job.device).await?;

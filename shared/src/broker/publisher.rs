@@ -5,11 +5,7 @@
 //! another request's confirm. A dead connection is replaced on the next publish.
 
 use super::{BrokerError, QueueDepth, Topology, connect};
-use crate::{
-    batch::ExpandBatch,
-    job::RefreshJob,
-    settings::AmqpSettings,
-};
+use crate::{batch::ExpandBatch, job::RefreshJob, settings::AmqpSettings};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},

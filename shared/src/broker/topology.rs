@@ -82,7 +82,8 @@ impl Topology {
             (self.batches_queue(), QueueRole::Batches),
         ];
         for lane in Lane::ALL {
-            let retries = (0..self.retry_rounds()).filter_map(|round| self.retry_queue(lane, round));
+            let retries =
+                (0..self.retry_rounds()).filter_map(|round| self.retry_queue(lane, round));
             queues.extend(retries.map(|queue| (queue, QueueRole::Retry)));
         }
         queues.push((self.dead_queue(), QueueRole::Dead));
@@ -222,7 +223,11 @@ impl Topology {
     fn work_queue_arguments(&self) -> FieldTable {
         let mut arguments = quorum_arguments();
         // Rejected (poison) and over-delivered messages go to the dead queue, not away.
-        insert_str(&mut arguments, "x-dead-letter-exchange", &self.dead_exchange());
+        insert_str(
+            &mut arguments,
+            "x-dead-letter-exchange",
+            &self.dead_exchange(),
+        );
         // At-least-once dead-lettering: a dead letter is never dropped on the way to the dead
         // queue. RabbitMQ requires reject-publish overflow with it.
         insert_str(&mut arguments, "x-dead-letter-strategy", "at-least-once");

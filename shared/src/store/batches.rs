@@ -6,6 +6,7 @@ use crate::{
     batch::{DeviceFilter, DeviceOutcome, Skip},
 };
 use bson::{DateTime, doc, oid::ObjectId};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -18,10 +19,9 @@ pub struct BatchRecord {
     /// The token that submitted it.
     pub token: ObjectId,
     pub categories: Vec<Category>,
-    /// The devices named, de-duplicated, in the order given (absent for a filter batch, and in
-    /// reads that leave the list out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_ids: Option<Vec<String>>,
+    /// The devices matching this are refreshed; without it, the devices named, kept in pages in
+    /// `refresh_batch_devices` (a list in this document would make every count update rewrite
+    /// megabytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<DeviceFilter>,
     /// Devices the batch covers: the ids named, or the filter's matches (counted at submission,
@@ -42,9 +42,12 @@ pub struct BatchRecord {
     pub accepted: u64,
     #[serde(default)]
     pub skipped: Skipped,
-    /// The outcome counts, frozen once the batch finished.
+    /// How many devices' jobs ended each way, counted as each job settles.
+    #[serde(default)]
+    pub outcomes: BTreeMap<DeviceOutcome, u64>,
+    /// When the last of its jobs settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcomes: Option<BTreeMap<DeviceOutcome, u64>>,
+    pub last_settled_at: Option<DateTime>,
 }
 
 /// Where the expansion is: everything before the checkpoint has its jobs recorded and published.
@@ -98,7 +101,6 @@ impl BatchRecord {
         organization: ObjectId,
         token: ObjectId,
         categories: Vec<Category>,
-        device_ids: Option<Vec<String>>,
         filter: Option<DeviceFilter>,
         total: u64,
     ) -> BatchRecord {
@@ -107,7 +109,6 @@ impl BatchRecord {
             organization,
             token,
             categories,
-            device_ids,
             filter,
             total,
             created_at: DateTime::now(),
@@ -117,23 +118,83 @@ impl BatchRecord {
             expansion: Expansion::default(),
             accepted: 0,
             skipped: Skipped::default(),
-            outcomes: None,
+            outcomes: BTreeMap::new(),
+            last_settled_at: None,
         }
     }
 }
 
+/// One page of the devices a batch names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicePage {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub batch: ObjectId,
+    pub page: u64,
+    pub keys: Vec<String>,
+}
+
+/// Device ids per page of `refresh_batch_devices`.
+const DEVICE_PAGE_SIZE: usize = 1_000;
+
 impl Store {
-    pub async fn insert_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+    /// Records a batch and, for a batch of named devices, their ids (first, so that a batch that
+    /// exists always has its whole list).
+    pub async fn insert_batch(
+        &self,
+        batch: &BatchRecord,
+        device_ids: &[String],
+    ) -> Result<(), StoreError> {
+        let pages: Vec<DevicePage> = device_ids
+            .chunks(DEVICE_PAGE_SIZE)
+            .zip(0..)
+            .map(|(keys, page)| DevicePage {
+                id: ObjectId::new(),
+                batch: batch.id,
+                page,
+                keys: keys.to_vec(),
+            })
+            .collect();
+        if !pages.is_empty() {
+            self.batch_devices.insert_many(&pages).await?;
+        }
         self.batches.insert_one(batch).await?;
         Ok(())
     }
 
-    /// The whole batch, device list included: for its expander.
+    /// Up to `count` of the devices `batch` names, from the `from`-th on.
+    pub async fn batch_device_ids(
+        &self,
+        batch: ObjectId,
+        from: u64,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let page_size = DEVICE_PAGE_SIZE as u64;
+        let first = from / page_size;
+        let last = (from + count as u64).div_ceil(page_size);
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let pages: Vec<DevicePage> = self
+            .batch_devices
+            .find(doc! { "batch": batch, "page": { "$gte": to_i64(first), "$lt": to_i64(last) } })
+            .sort(doc! { "page": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let skip = usize::try_from(from - first * page_size).unwrap_or(usize::MAX);
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.keys)
+            .skip(skip)
+            .take(count)
+            .collect())
+    }
+
+    /// The batch by id: for its expander.
     pub async fn batch_by_id(&self, id: ObjectId) -> Result<Option<BatchRecord>, StoreError> {
         Ok(self.batches.find_one(doc! { "_id": id }).await?)
     }
 
-    /// A batch of `organization` without its device list: for the status call.
+    /// A batch of `organization`: for the status call.
     pub async fn batch(
         &self,
         organization: ObjectId,
@@ -142,7 +203,6 @@ impl Store {
         Ok(self
             .batches
             .find_one(tenant(organization, doc! { "_id": id }))
-            .projection(doc! { "deviceIds": 0 })
             .await?)
     }
 
@@ -211,36 +271,77 @@ impl Store {
         Ok(())
     }
 
-    /// The batch as the status call shows it; freezes its counts the first time it reads as
-    /// finished, so later reads need no aggregation.
-    pub async fn batch_view(&self, batch: BatchRecord) -> Result<BatchView, StoreError> {
-        let (outcomes, finished_at) = match (&batch.outcomes, batch.finished_at) {
-            (Some(outcomes), finished_at) => (outcomes.clone(), finished_at),
-            (None, _) => {
-                let (outcomes, last) = self.batch_outcomes(batch.organization, batch.id).await?;
-                let settled: u64 = outcomes.values().sum();
-                let finished = batch.expansion.done && settled >= batch.accepted;
-                let finished_at = finished.then(|| last.unwrap_or_else(DateTime::now));
-                if let Some(at) = finished_at {
-                    let frozen: bson::Document = outcomes
-                        .iter()
-                        .map(|(outcome, n)| {
-                            (outcome.as_str().to_owned(), i64::try_from(*n).unwrap_or(0).into())
-                        })
-                        .collect();
-                    self.batches
-                        .update_one(
-                            doc! { "_id": batch.id },
-                            doc! { "$set": { "outcomes": frozen, "finishedAt": at } },
-                        )
-                        .await?;
-                }
-                (outcomes, finished_at)
+    /// Counts one settled job of `batch`: called once per job, by whoever recorded its outcome.
+    pub async fn count_outcome(
+        &self,
+        batch: ObjectId,
+        outcome: DeviceOutcome,
+    ) -> Result<(), StoreError> {
+        self.batches
+            .update_one(
+                doc! { "_id": batch },
+                doc! {
+                    "$inc": { format!("outcomes.{}", outcome.as_str()): 1_i64 },
+                    "$max": { "lastSettledAt": DateTime::now() },
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The batch as the status call shows it. Its counts are kept as jobs settle; if a batch
+    /// looks stuck (every job expanded, fewer settled than accepted, nothing settled for a
+    /// while) they are recounted from the jobs, in case a worker died between recording a job's
+    /// outcome and counting it.
+    pub async fn batch_view(&self, mut batch: BatchRecord) -> Result<BatchView, StoreError> {
+        let settled: u64 = batch.outcomes.values().sum();
+        let quiet_since = batch
+            .last_settled_at
+            .or(batch.started_at)
+            .unwrap_or(batch.created_at);
+        let quiet_for = DateTime::now().timestamp_millis() - quiet_since.timestamp_millis();
+        let stuck = batch.finished_at.is_none()
+            && batch.expansion.done
+            && settled < batch.accepted
+            && quiet_for > RECOUNT_AFTER_QUIET_MS;
+        if stuck {
+            let (outcomes, last) = self.batch_outcomes(batch.organization, batch.id).await?;
+            let counts: bson::Document = outcomes
+                .iter()
+                .map(|(outcome, n)| {
+                    (
+                        outcome.as_str().to_owned(),
+                        i64::try_from(*n).unwrap_or(0).into(),
+                    )
+                })
+                .collect();
+            let mut set = doc! { "outcomes": counts };
+            if let Some(last) = last {
+                set.insert("lastSettledAt", last);
             }
-        };
-        Ok(BatchView::new(&batch, &outcomes, finished_at))
+            self.batches
+                .update_one(doc! { "_id": batch.id }, doc! { "$set": set })
+                .await?;
+            batch.outcomes = outcomes;
+            batch.last_settled_at = last.or(batch.last_settled_at);
+        }
+        let settled: u64 = batch.outcomes.values().sum();
+        if batch.finished_at.is_none() && batch.expansion.done && settled >= batch.accepted {
+            let at = batch.last_settled_at.unwrap_or_else(DateTime::now);
+            self.batches
+                .update_one(
+                    doc! { "_id": batch.id, "finishedAt": { "$exists": false } },
+                    doc! { "$set": { "finishedAt": at } },
+                )
+                .await?;
+            batch.finished_at = Some(at);
+        }
+        Ok(BatchView::new(&batch))
     }
 }
+
+/// How long a batch with unsettled jobs may see none settle before its counts are recounted.
+const RECOUNT_AFTER_QUIET_MS: i64 = 60_000;
 
 /// A batch as `GET …/refresh-batches/{batchId}` and `refreshctl bulk` show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,18 +391,15 @@ impl BatchCounts {
 }
 
 impl BatchView {
-    fn new(
-        batch: &BatchRecord,
-        outcomes: &BTreeMap<DeviceOutcome, u64>,
-        finished_at: Option<DateTime>,
-    ) -> BatchView {
-        let outcome = |o| outcomes.get(&o).copied().unwrap_or(0);
-        let settled: u64 = outcomes.values().sum();
+    fn new(batch: &BatchRecord) -> BatchView {
+        let outcome = |o| batch.outcomes.get(&o).copied().unwrap_or(0);
+        let settled: u64 = batch.outcomes.values().sum();
+        // A chunk's jobs may settle before the chunk's checkpoint counts them accepted: a
+        // settled device was accepted, whatever the checkpoint says yet.
+        let accepted = batch.accepted.max(settled);
         let counts = BatchCounts {
-            pending: batch
-                .total
-                .saturating_sub(batch.accepted + batch.skipped.total()),
-            queued: batch.accepted.saturating_sub(settled),
+            pending: batch.total.saturating_sub(accepted + batch.skipped.total()),
+            queued: accepted - settled,
             pushed: outcome(DeviceOutcome::Pushed),
             partial: outcome(DeviceOutcome::Partial),
             failed: outcome(DeviceOutcome::Failed),
@@ -311,7 +409,7 @@ impl BatchView {
         let done = settled + batch.skipped.total();
         let state = if batch.failure.is_some() {
             "failed"
-        } else if finished_at.is_some() {
+        } else if batch.finished_at.is_some() {
             "completed"
         } else if batch.expansion.done {
             "running"
@@ -332,7 +430,7 @@ impl BatchView {
             counts,
             created_at: rfc3339(batch.created_at),
             started_at: batch.started_at.map(rfc3339),
-            finished_at: finished_at.map(rfc3339),
+            finished_at: batch.finished_at.map(rfc3339),
             error: batch.failure.clone(),
         }
     }

@@ -1,7 +1,7 @@
 use super::{Store, StoreError, tenant};
 use crate::{Category, batch::DeviceFilter, device::DeviceState};
-use futures::{TryStreamExt, future::join_all};
 use bson::{DateTime, doc, oid::ObjectId};
+use futures::{TryStreamExt, future::join_all};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -86,23 +86,14 @@ pub struct NewDevice {
     pub push: PushRoutes,
 }
 
-/// Which of a request's categories a job got to refresh.
-#[derive(Debug, Default)]
-pub struct Claim {
-    /// Claimed by the job: it pushes these.
-    pub ours: Vec<Category>,
-    /// Left to the job already holding them (outstanding, or pushed within the skip window).
-    pub theirs: Vec<Category>,
-}
-
-impl Store {
-    pub async fn create_device(&self, new: NewDevice) -> Result<Device, StoreError> {
+impl Device {
+    fn new(new: NewDevice) -> Device {
         let id = ObjectId::new();
         let lookup_keys = std::iter::once(id.to_hex())
             .chain(new.imei.clone())
             .chain(new.serial_number.clone())
             .collect();
-        let device = Device {
+        Device {
             id,
             organization: new.organization,
             state: new.state,
@@ -116,9 +107,33 @@ impl Store {
             refresh_info_needed: Vec::new(),
             info_refreshed_at: BTreeMap::new(),
             last_refresh_job: BTreeMap::new(),
-        };
+        }
+    }
+}
+
+/// Which of a request's categories a job got to refresh.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Claimed by the job: it pushes these.
+    pub ours: Vec<Category>,
+    /// Left to the job already holding them (outstanding, or pushed within the skip window).
+    pub theirs: Vec<Category>,
+}
+
+impl Store {
+    pub async fn create_device(&self, new: NewDevice) -> Result<Device, StoreError> {
+        let device = Device::new(new);
         self.devices.insert_one(&device).await?;
         Ok(device)
+    }
+
+    /// Creates many devices with one write (seeding, imports, tests).
+    pub async fn create_devices(&self, new: Vec<NewDevice>) -> Result<Vec<Device>, StoreError> {
+        let devices: Vec<Device> = new.into_iter().map(Device::new).collect();
+        if !devices.is_empty() {
+            self.devices.insert_many(&devices).await?;
+        }
+        Ok(devices)
     }
 
     /// A device of `organization` whose id, IMEI or serial number is `key`.
@@ -153,7 +168,8 @@ impl Store {
 
     /// Claims `categories` of a device for `job`. All at once first: of identical concurrent
     /// requests exactly one wins, and it wins every category, so they all name one job. Only on
-    /// overlap is each category claimed alone.
+    /// overlap is each category claimed alone. `again`: the job may hold some of them already
+    /// (a batch resuming its expansion); those count as claimed.
     pub async fn claim(
         &self,
         organization: ObjectId,
@@ -161,10 +177,11 @@ impl Store {
         categories: &[Category],
         job: ObjectId,
         not_refreshed_since: DateTime,
+        again: bool,
     ) -> Result<Claim, StoreError> {
         let since = not_refreshed_since;
         if self
-            .claim_all(organization, device, categories, job, since)
+            .claim_free(organization, device, categories, job, since)
             .await?
         {
             return Ok(Claim {
@@ -172,15 +189,13 @@ impl Store {
                 theirs: Vec::new(),
             });
         }
-        if let [_] = categories {
-            return Ok(Claim {
-                ours: Vec::new(),
-                theirs: categories.to_vec(),
-            });
-        }
-        let singles = join_all(categories.iter().map(|category| {
-            let single = std::slice::from_ref(category);
-            self.claim_all(organization, device, single, job, since)
+        let singles = join_all(categories.iter().map(|&category| async move {
+            let single = std::slice::from_ref(&category);
+            let claimed = self
+                .claim_free(organization, device, single, job, since)
+                .await?
+                || (again && self.reclaim(organization, device, category, job).await?);
+            Ok::<_, StoreError>(claimed)
         }))
         .await;
         let mut split = Claim::default();
@@ -194,12 +209,12 @@ impl Store {
         Ok(split)
     }
 
-    /// Claims all of `categories` for `job` in one atomic update, or none: only if each is
-    /// already `job`'s, or no other job has it outstanding and it was not pushed after
-    /// `not_refreshed_since`. The device document is the lock, so concurrent requests for the
-    /// same (device, category) yield one claim, and claiming again for the same job (a batch
-    /// resuming its expansion) is a no-op that succeeds.
-    async fn claim_all(
+    /// Claims all of `categories` for `job` in one atomic update, or none: only if no job has
+    /// any of them outstanding and none was pushed after `not_refreshed_since`. The device
+    /// document is the lock, so concurrent requests for the same (device, category) yield one
+    /// claim. (No `$or` in the filter: some servers then scan the collection instead of using
+    /// `_id`.)
+    async fn claim_free(
         &self,
         organization: ObjectId,
         device: ObjectId,
@@ -208,24 +223,37 @@ impl Store {
         not_refreshed_since: DateTime,
     ) -> Result<bool, StoreError> {
         let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-        let mut conditions = Vec::new();
+        let mut filter = doc! { "_id": device, "refreshInfoNeeded": { "$nin": &names } };
         let mut claims = doc! {};
         for category in categories {
-            let holder = format!("lastRefreshJob.{category}");
-            conditions.push(doc! { "$or": [
-                { &holder: job },
-                {
-                    "refreshInfoNeeded": { "$ne": category.as_str() },
-                    format!("infoRefreshedAt.{category}"): { "$not": { "$gt": not_refreshed_since } },
-                },
-            ] });
-            claims.insert(holder, job);
+            filter.insert(
+                format!("infoRefreshedAt.{category}"),
+                doc! { "$not": { "$gt": not_refreshed_since } },
+            );
+            claims.insert(format!("lastRefreshJob.{category}"), job);
         }
-        let filter = doc! { "_id": device, "$and": conditions };
         let update = doc! {
             "$addToSet": { "refreshInfoNeeded": { "$each": names } },
             "$set": claims,
         };
+        let result = self
+            .devices
+            .update_one(tenant(organization, filter), update)
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Whether `job` already holds its claim on `category` (making sure it is listed as
+    /// outstanding, in case the claim was interrupted half-way).
+    async fn reclaim(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        category: Category,
+        job: ObjectId,
+    ) -> Result<bool, StoreError> {
+        let filter = doc! { "_id": device, format!("lastRefreshJob.{category}"): job };
+        let update = doc! { "$addToSet": { "refreshInfoNeeded": category.as_str() } };
         let result = self
             .devices
             .update_one(tenant(organization, filter), update)

@@ -67,8 +67,8 @@ impl Store {
             return Ok(Reservation::InProgress);
         };
         let window = i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        let expired = DateTime::now().timestamp_millis() - existing.created_at.timestamp_millis()
-            > window;
+        let expired =
+            DateTime::now().timestamp_millis() - existing.created_at.timestamp_millis() > window;
         if expired {
             // Take the stale key over, unless another request just did.
             let taken = self

@@ -57,6 +57,15 @@ impl Store {
                     .build(),
             )
             .await?;
+        // A batch's device list, page by page.
+        self.batch_devices
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "batch": 1, "page": 1 })
+                    .options(unique())
+                    .build(),
+            )
+            .await?;
         // Bulk refresh by filter: an organization's devices carrying some tags.
         self.devices
             .create_index(

@@ -5,11 +5,11 @@ use crate::{
     device::Gateway,
     job::{CategoryState, JobState, Lane, MESSAGE_VERSION, RefreshJob},
 };
-use time::OffsetDateTime;
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use time::OffsetDateTime;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,7 +157,9 @@ impl Store {
     /// Removes jobs that were never published.
     pub async fn delete_jobs(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
         if !ids.is_empty() {
-            self.jobs.delete_many(doc! { "_id": { "$in": ids } }).await?;
+            self.jobs
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .await?;
         }
         Ok(())
     }
@@ -176,28 +178,34 @@ impl Store {
         Ok(self.jobs.find(filter).await?.try_collect().await?)
     }
 
-    /// Records a batch job's outcome once every category is settled; a no-op before that (and
-    /// for jobs outside batches). Outcomes never change once every category is terminal, so
-    /// writing it again after a redelivery is harmless.
+    /// Records a batch job's outcome once every category is settled, and counts it in its
+    /// batch; a no-op before that, for jobs outside batches, and when already recorded (the
+    /// write is conditional, so a redelivery never counts a job twice).
     pub async fn record_outcome(&self, id: ObjectId) -> Result<(), StoreError> {
         let Some(job) = self.job_by_id(id).await? else {
             return Ok(());
         };
-        if job.batch.is_none() || job.outcome.is_some() {
+        let (Some(batch), None) = (job.batch, job.outcome) else {
             return Ok(());
-        }
-        if let Some(outcome) = DeviceOutcome::of(job.categories.values().map(|c| c.state)) {
-            self.jobs
-                .update_one(
-                    doc! { "_id": id },
-                    doc! { "$set": { "outcome": outcome.as_str() } },
-                )
-                .await?;
+        };
+        let Some(outcome) = DeviceOutcome::of(job.categories.values().map(|c| c.state)) else {
+            return Ok(());
+        };
+        let recorded = self
+            .jobs
+            .update_one(
+                doc! { "_id": id, "outcome": { "$exists": false } },
+                doc! { "$set": { "outcome": outcome.as_str() } },
+            )
+            .await?;
+        if recorded.modified_count == 1 {
+            self.count_outcome(batch, outcome).await?;
         }
         Ok(())
     }
 
-    /// How many of `batch`'s jobs ended each way, and when the last of them was written.
+    /// How many of `batch`'s jobs ended each way, and when the last of them was written, counted
+    /// from the jobs themselves.
     pub async fn batch_outcomes(
         &self,
         organization: ObjectId,
@@ -266,11 +274,7 @@ impl Store {
         categories: &[Category],
         update: &CategoryUpdate,
     ) -> Result<bool, StoreError> {
-        let sources: Vec<&str> = update
-            .from
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
+        let sources: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
         let mut filter = doc! { "_id": job };
         let mut set = doc! { "updatedAt": DateTime::now() };
         let mut inc = Document::new();

@@ -12,7 +12,9 @@ mod organizations;
 mod tokens;
 
 pub use audit::AuditEvent;
-pub use batches::{BatchCounts, BatchRecord, BatchView, ChunkProgress, Expansion, Skipped};
+pub use batches::{
+    BatchCounts, BatchRecord, BatchView, ChunkProgress, DevicePage, Expansion, Skipped,
+};
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
 };
@@ -35,6 +37,7 @@ pub const DEVICES: &str = "win_devices";
 pub const TOKENS: &str = "api_tokens";
 pub const JOBS: &str = "refresh_jobs";
 pub const BATCHES: &str = "refresh_batches";
+pub const BATCH_DEVICES: &str = "refresh_batch_devices";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const AUDIT_EVENTS: &str = "audit_events";
 
@@ -100,6 +103,7 @@ pub struct Store {
     pub tokens: Collection<ApiToken>,
     pub jobs: Collection<JobRecord>,
     pub batches: Collection<BatchRecord>,
+    pub batch_devices: Collection<DevicePage>,
     pub idempotency_keys: Collection<IdempotencyRecord>,
     pub audit_events: Collection<AuditEvent>,
 }
@@ -130,6 +134,7 @@ impl Store {
             tokens: database.collection(TOKENS),
             jobs: database.collection(JOBS),
             batches: database.collection(BATCHES),
+            batch_devices: database.collection(BATCH_DEVICES),
             idempotency_keys: database.collection(IDEMPOTENCY_KEYS),
             audit_events: database.collection(AUDIT_EVENTS),
             database,

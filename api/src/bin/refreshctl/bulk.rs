@@ -164,6 +164,9 @@ fn summary(view: &BatchView) -> String {
         c.skipped.coalesced,
         view.started_at.as_deref().unwrap_or("-"),
         view.finished_at.as_deref().unwrap_or("-"),
-        view.error.as_deref().map(|e| format!("\n  error: {e}")).unwrap_or_default(),
+        view.error
+            .as_deref()
+            .map(|e| format!("\n  error: {e}"))
+            .unwrap_or_default(),
     )
 }

@@ -213,7 +213,10 @@ async fn queues(settings: &Settings, watch: bool, json: bool) -> anyhow::Result<
     let publisher = broker(settings).await?;
     loop {
         let depths = publisher.queue_depths().await?;
-        let mut text = format!("{:<48} {:<8} {:>9} {:>9}", "QUEUE", "ROLE", "READY", "CONSUMERS");
+        let mut text = format!(
+            "{:<48} {:<8} {:>9} {:>9}",
+            "QUEUE", "ROLE", "READY", "CONSUMERS"
+        );
         for depth in &depths {
             text.push_str(&format!(
                 "\n{:<48} {:<8} {:>9} {:>9}",
@@ -226,7 +229,10 @@ async fn queues(settings: &Settings, watch: bool, json: bool) -> anyhow::Result<
         if watch && !json {
             // Clear the screen and home the cursor: a live table.
             print!("\x1b[2J\x1b[H");
-            text.push_str(&format!("\n\n{} (every 2 s; Ctrl-C to stop)", humantime_now()));
+            text.push_str(&format!(
+                "\n\n{} (every 2 s; Ctrl-C to stop)",
+                humantime_now()
+            ));
         }
         let output = Output {
             json: json!({ "queues": depths }),
