@@ -80,12 +80,19 @@ ensure_mongodb() {
     export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
 }
 
-# Stops what this script started.
-stop_started() {
+# Stops the processes this script started (SecantusDB among them), and forgets MONGODB_URI.
+stop_started_processes() {
     if [ "${#STARTED_PIDS[@]}" -gt 0 ]; then
         kill "${STARTED_PIDS[@]}" 2>/dev/null || true
         wait "${STARTED_PIDS[@]}" 2>/dev/null || true
     fi
+    STARTED_PIDS=()
+    unset MONGODB_URI
+}
+
+# Stops what this script started.
+stop_started() {
+    stop_started_processes
     if [ -n "$STARTED_RABBITMQ" ]; then
         log "stopping the RabbitMQ this script started"
         rabbitmqctl stop >/dev/null 2>&1 || true
