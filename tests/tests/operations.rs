@@ -87,8 +87,17 @@ async fn metrics_show_the_brokers_queue_depths() {
     dead_letters(&stack, 7).await;
     let topology = Topology::new(&stack.settings.amqp);
     let dead = topology.dead_queue();
-    let broker_count = rabbitmqctl_messages(&dead);
-    assert_eq!(broker_count, 7);
+    // rabbitmqctl reports quorum queue counts from statistics a few seconds old: the quiet
+    // moment is when it has caught up.
+    let broker_count = wait_until(
+        "rabbitmqctl to count the dead letters",
+        DEADLINE,
+        || async {
+            let count = rabbitmqctl_messages(&dead);
+            (count == 7).then_some(count)
+        },
+    )
+    .await;
     for base in [&stack.api, &stack.worker] {
         let page = stack
             .http
