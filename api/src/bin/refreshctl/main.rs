@@ -1,5 +1,7 @@
-//! `refreshctl`: the operator's CLI. Talks to MongoDB directly (MONGODB_URI, MONGODB_DB), so it
-//! works while the api is down. Every subcommand prints JSON with `--json`.
+//! `refreshctl`: the operator's CLI. Tenants, devices, tokens and jobs go straight to MongoDB
+//! (MONGODB_URI, MONGODB_DB) and queues and dead letters straight to RabbitMQ (AMQP_URL), so they
+//! work while the api is down; `bulk` goes through the api (REFRESH_API_URL, REFRESH_TOKEN),
+//! which checks the caller like any other. Every subcommand prints JSON with `--json`.
 
 use anyhow::{Context, bail};
 use bson::{DateTime, oid::ObjectId};
