@@ -121,35 +121,6 @@ impl Dispatcher {
         }
     }
 
-    /// A category this job has settled is not outstanding for it on the device, whatever
-    /// happened meanwhile (a resumed batch expansion re-claims the categories of the jobs it
-    /// republishes, and may do so just as a worker settles one): release its claim again.
-    async fn release_if_settled(&self, job: &RefreshJob, category: Category) -> Result<(), Halt> {
-        let settled = self
-            .store
-            .job_by_id(job.job_id)
-            .await?
-            .and_then(|record| {
-                record
-                    .categories
-                    .get(&category)
-                    .map(|c| c.state.is_terminal())
-            })
-            .unwrap_or(false);
-        if settled {
-            self.store
-                .settle_refresh(
-                    job.organization_id,
-                    job.device_id,
-                    category,
-                    job.job_id,
-                    None,
-                )
-                .await?;
-        }
-        Ok(())
-    }
-
     async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
         let results = join_all(job.categories.iter().map(|&category| async move {
             let mut attempt = Attempt::new(self, job, category);
@@ -171,7 +142,6 @@ impl Dispatcher {
         let mut attempt = Attempt::new(self, job, category);
         if !attempt.claim(CategoryState::claimable(redelivered)).await? {
             tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
-            self.release_if_settled(job, category).await?;
             return Ok(Ended::Settled);
         }
         let age = OffsetDateTime::now_utc() - job.requested_at;

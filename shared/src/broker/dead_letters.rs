@@ -1,7 +1,7 @@
 //! The dead-letter queue, for operators: read what is there and why, and put messages back on the
 //! queue they died in.
 
-use super::{BrokerError, Publisher};
+use super::{BrokerError, Publisher, QueueRole, topology::depth};
 use crate::{batch::ExpandBatch, job::RefreshJob};
 use lapin::{
     Channel,
@@ -103,13 +103,8 @@ impl Publisher {
     ) -> Result<Replayed, BrokerError> {
         let channel = self.inspection_channel().await?;
         // Only the letters there now: a replayed message that dies again is not looped over.
-        let waiting = self
-            .topology()
-            .depths(&channel)
-            .await?
-            .into_iter()
-            .find(|depth| depth.name == self.topology().dead_queue())
-            .map_or(0, |depth| depth.ready);
+        let dead_queue = self.topology().dead_queue();
+        let waiting = depth(&channel, dead_queue, QueueRole::Dead).await?.ready;
         let mut report = Replayed::default();
         for _ in 0..waiting {
             let Some(message) = get(&channel, &self.topology().dead_queue()).await? else {

@@ -100,21 +100,9 @@ impl Topology {
     /// Ready messages only: deliveries a consumer holds unacked are not counted by the broker's
     /// answer (each worker reports its own as `refresh_worker_unacked_deliveries`).
     pub async fn depths(&self, channel: &Channel) -> Result<Vec<QueueDepth>, BrokerError> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         let mut depths = Vec::new();
         for (name, role) in self.queues() {
-            let queue = channel
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                .await?;
-            depths.push(QueueDepth {
-                name,
-                role,
-                ready: queue.message_count(),
-                consumers: queue.consumer_count(),
-            });
+            depths.push(depth(channel, name, role).await?);
         }
         Ok(depths)
     }
@@ -274,6 +262,27 @@ pub struct QueueDepth {
     /// Messages waiting to be delivered.
     pub ready: u32,
     pub consumers: u32,
+}
+
+/// One queue's depth, by passive declare (which fails, closing the channel, if it is missing).
+pub(super) async fn depth(
+    channel: &Channel,
+    name: String,
+    role: QueueRole,
+) -> Result<QueueDepth, BrokerError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        .await?;
+    Ok(QueueDepth {
+        name,
+        role,
+        ready: queue.message_count(),
+        consumers: queue.consumer_count(),
+    })
 }
 
 /// Quorum queues: replicated, and faster than durable classic queues with confirms on RabbitMQ

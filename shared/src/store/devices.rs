@@ -194,7 +194,10 @@ impl Store {
             let claimed = self
                 .claim_free(organization, device, single, job, since)
                 .await?
-                || (again && self.reclaim(organization, device, category, job).await?);
+                || (again
+                    && self
+                        .holds_claim(organization, device, category, job)
+                        .await?);
             Ok::<_, StoreError>(claimed)
         }))
         .await;
@@ -243,9 +246,10 @@ impl Store {
         Ok(result.matched_count == 1)
     }
 
-    /// Whether `job` already holds its claim on `category` (making sure it is listed as
-    /// outstanding, in case the claim was interrupted half-way).
-    async fn reclaim(
+    /// Whether `job` already holds its claim on `category`. A read, not a write: a claim is
+    /// made in one atomic update, so holding it means it was made whole; and should a worker
+    /// have settled the category since, the claim must stay released.
+    async fn holds_claim(
         &self,
         organization: ObjectId,
         device: ObjectId,
@@ -253,12 +257,11 @@ impl Store {
         job: ObjectId,
     ) -> Result<bool, StoreError> {
         let filter = doc! { "_id": device, format!("lastRefreshJob.{category}"): job };
-        let update = doc! { "$addToSet": { "refreshInfoNeeded": category.as_str() } };
-        let result = self
+        let held = self
             .devices
-            .update_one(tenant(organization, filter), update)
+            .count_documents(tenant(organization, filter))
             .await?;
-        Ok(result.matched_count == 1)
+        Ok(held == 1)
     }
 
     /// The devices of `organization` that any of `keys` (ids, IMEIs, serials) names.
