@@ -5,6 +5,7 @@
 SECANTUS_VERSION=0.7.0b3
 LOCAL_DIR="${LOCAL_DIR:-$PWD/.local}"
 STARTED_PIDS=()
+STARTED_DIRS=()
 STARTED_RABBITMQ=
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -80,6 +81,24 @@ ensure_mongodb() {
     export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
 }
 
+# Starts secantusd-rs (the Rust SecantusDB, what benchmarks run on) on 127.0.0.1:$1 with a
+# fresh storage folder, and exports MONGODB_URI. Does nothing when MONGODB_URI is already set.
+ensure_mongodb_rs() {
+    if [ -n "${MONGODB_URI:-}" ]; then
+        log "using the database at MONGODB_URI"
+        return
+    fi
+    local port=$1 storage="$LOCAL_DIR/secantus-rs-$1"
+    rm -rf "$storage" && mkdir -p "$storage" "$LOCAL_DIR/logs"
+    local logfile="$LOCAL_DIR/logs/secantus-rs-$port.log"
+    log "starting secantusd-rs on 127.0.0.1:$port (storage $storage)"
+    secantusd-rs --host 127.0.0.1 --port "$port" --storage-path "$storage" --cache-size 256M >"$logfile" 2>&1 &
+    STARTED_PIDS+=($!)
+    STARTED_DIRS+=("$storage")
+    wait_for_port 127.0.0.1 "$port" 60 || { cat "$logfile" >&2; return 1; }
+    export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
+}
+
 # Stops the processes this script started (SecantusDB among them), and forgets MONGODB_URI.
 stop_started_processes() {
     if [ "${#STARTED_PIDS[@]}" -gt 0 ]; then
@@ -87,6 +106,10 @@ stop_started_processes() {
         wait "${STARTED_PIDS[@]}" 2>/dev/null || true
     fi
     STARTED_PIDS=()
+    if [ "${#STARTED_DIRS[@]}" -gt 0 ]; then
+        rm -rf "${STARTED_DIRS[@]}"
+    fi
+    STARTED_DIRS=()
     unset MONGODB_URI
 }
 

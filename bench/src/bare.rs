@@ -1,0 +1,243 @@
+//! The ceilings: what RabbitMQ and axum cost with nothing of device-refresh around them. Each
+//! uses a quorum queue of its own, as the product does, and the product's own message size.
+
+use anyhow::Context;
+use axum::{Router, extract::State, http::StatusCode, routing::post};
+use bson::{Document, doc};
+use futures::{StreamExt, stream::FuturesUnordered};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use mongodb::IndexModel;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Persistent delivery, as every job message is published.
+const PERSISTENT: u8 = 2;
+/// Confirms outstanding at once in a pipelined publish: enough to keep the broker busy, few
+/// enough that a million messages do not hold a million confirm futures.
+const CONFIRM_WINDOW: usize = 10_000;
+
+/// Opens a channel in confirm mode, with `declare` (if any) declared as a durable quorum queue.
+pub async fn confirm_channel(
+    connection: &Connection,
+    declare: Option<&str>,
+) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    if let Some(queue) = declare {
+        declare_quorum(&channel, queue).await?;
+    }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+async fn declare_quorum(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .with_context(|| format!("declaring {queue}"))?;
+    Ok(())
+}
+
+pub async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(())
+}
+
+/// Publishes one persistent message to `queue` through the default exchange and waits for its
+/// confirm.
+async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(PERSISTENT),
+        )
+        .await?;
+    match confirm.await? {
+        Confirmation::Ack(_) => Ok(()),
+        other => anyhow::bail!("the broker did not take the message: {other:?}"),
+    }
+}
+
+/// Ceiling 1, served by `refresh-bench bare-server` in a process of its own (as the api is):
+/// `POST /publish` publishes one message on a shared confirm channel and answers 200 once the
+/// broker confirms it.
+pub async fn serve_bare_route(
+    addr: SocketAddr,
+    connection: Connection,
+    queue: String,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    let channel = confirm_channel(&connection, Some(&queue)).await?;
+    let state = Arc::new((channel, queue, body));
+    let app = Router::new()
+        .route(
+            "/publish",
+            post(
+                |State(state): State<Arc<(Channel, String, Vec<u8>)>>| async move {
+                    let (channel, queue, body) = &*state;
+                    match publish_confirmed(channel, queue, body).await {
+                        Ok(()) => (StatusCode::OK, r#"{"status":true}"#),
+                        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":false}"#),
+                    }
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Ceiling 3: publishes `count` persistent messages to `queue` on `channel` (in confirm mode)
+/// without waiting for one confirm before sending the next; returns messages per second once
+/// every confirm is in.
+pub async fn pipelined_publish(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    count: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut confirms = FuturesUnordered::new();
+    for _ in 0..count {
+        if confirms.len() >= CONFIRM_WINDOW {
+            confirmed(confirms.next().await)?;
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(PERSISTENT),
+            )
+            .await?;
+        confirms.push(confirm);
+    }
+    while let Some(confirmation) = confirms.next().await {
+        confirmed(Some(confirmation))?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn confirmed(confirmation: Option<lapin::Result<Confirmation>>) -> anyhow::Result<()> {
+    match confirmation {
+        Some(Ok(Confirmation::Ack(_))) | None => Ok(()),
+        Some(Ok(other)) => anyhow::bail!("the broker did not take a message: {other:?}"),
+        Some(Err(error)) => Err(error.into()),
+    }
+}
+
+/// Ceiling 2: consumes `count` messages from `queue` at `prefetch`, acking each one without
+/// waiting for one ack to be written before taking the next delivery; returns messages per
+/// second.
+pub async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    let mut received = 0;
+    while received < count {
+        tokio::select! {
+            delivery = deliveries.next() => {
+                let delivery = delivery.context("the consumer was cancelled")??;
+                received += 1;
+                acks.push(async move { delivery.ack(BasicAckOptions::default()).await });
+            }
+            Some(acked) = acks.next() => { acked?; }
+        }
+    }
+    while let Some(acked) = acks.next().await {
+        acked?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    channel.close(200, "done".into()).await?;
+    Ok(rate)
+}
+
+/// Ceiling 0: what the database does for the requests' kind of work with nothing around it —
+/// an indexed lookup then an insert, `connections` at a time, for `duration`, through the same
+/// driver with the same defaults. Returns pairs per second.
+pub async fn lookup_insert_pairs(
+    uri: &str,
+    database: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    const KEYS: u64 = 10_000;
+    let client = mongodb::Client::with_uri_str(uri).await?;
+    let database = client.database(database);
+    let collection = database.collection::<Document>("pairs");
+    collection
+        .create_index(IndexModel::builder().keys(doc! { "key": 1 }).build())
+        .await?;
+    let seed: Vec<Document> = (0..KEYS).map(|key| doc! { "key": key as i64 }).collect();
+    collection.insert_many(seed).await?;
+    let pairs = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections as u64)
+        .map(|task| {
+            let (collection, pairs) = (collection.clone(), pairs.clone());
+            tokio::spawn(async move {
+                let mut key = task;
+                while started.elapsed() < duration {
+                    key = (key * 7_919 + 1) % KEYS;
+                    collection.find_one(doc! { "key": key as i64 }).await?;
+                    collection
+                        .insert_one(
+                            doc! { "key": (KEYS + key) as i64, "at": bson::DateTime::now() },
+                        )
+                        .await?;
+                    pairs.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let rate = pairs.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    database.drop().await?;
+    Ok(rate)
+}

@@ -1,0 +1,565 @@
+//! `refresh-bench`: measures device-refresh against the bare cost of its own design — RabbitMQ,
+//! axum and the database with nothing of ours around them — in one run, and prints the ratios.
+//! Only ratios measured in the same run mean anything on shared, noisy machines.
+
+mod bare;
+mod load;
+mod report;
+mod stack;
+
+use anyhow::{Context, bail};
+use bson::oid::ObjectId;
+use clap::{Parser, Subcommand, ValueEnum};
+use refresh_shared::{Category, Settings, job::Lane, store::JobRecord};
+use report::{Bulk, Ceilings, Endpoint, Interference, Memory, Report, WorkerRun};
+use serde_json::{Value, json};
+use stack::{Process, Stack};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Callers and connections of the endpoint measurement.
+const CONNECTIONS: usize = 64;
+/// What every refresh asks for: three categories, so one job makes three pushes.
+const CATEGORIES: [Category; 3] = [
+    Category::Hardware,
+    Category::Applications,
+    Category::Certificates,
+];
+/// How long any one wait of the run may take before the run fails.
+const DEADLINE: Duration = Duration::from_secs(900);
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every measurement, prints the table and writes it as JSON.
+    Run(RunArgs),
+    /// Ceiling 1's server; `run` starts it in a process of its own.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        queue: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// `smoke` checks the harness in seconds; `full` is the measurement.
+    #[arg(long, value_enum, default_value_t = Size::Full)]
+    size: Size,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// Devices in the batch (and messages in ceilings 2 and 3), instead of the size's.
+    #[arg(long)]
+    devices: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Size {
+    Smoke,
+    Full,
+}
+
+/// How much each measurement does.
+struct Plan {
+    endpoint: Duration,
+    devices: usize,
+    slow_jobs: u64,
+    waiting: usize,
+    quiet: Duration,
+    watch: Duration,
+}
+
+impl Size {
+    fn plan(self) -> Plan {
+        match self {
+            Size::Smoke => Plan {
+                endpoint: Duration::from_secs(2),
+                devices: 600,
+                slow_jobs: 200,
+                waiting: 10_000,
+                quiet: Duration::from_secs(1),
+                watch: Duration::from_secs(2),
+            },
+            Size::Full => Plan {
+                endpoint: Duration::from_secs(15),
+                devices: 100_000,
+                slow_jobs: 10_000,
+                waiting: 1_000_000,
+                quiet: Duration::from_secs(5),
+                watch: Duration::from_secs(10),
+            },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Size::Smoke => "smoke",
+            Size::Full => "full",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::BareServer { addr, queue } => {
+            let connection = amqp_connect("refresh-bench bare route").await?;
+            bare::serve_bare_route(addr, connection, queue, sample_message()).await
+        }
+    }
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn amqp_connect(name: &str) -> anyhow::Result<lapin::Connection> {
+    Ok(refresh_shared::broker::connect(&amqp_url().into(), name).await?)
+}
+
+/// A job message of the product's own size.
+fn sample_message() -> Vec<u8> {
+    JobRecord::new(
+        ObjectId::new(),
+        ObjectId::new(),
+        &CATEGORIES,
+        Lane::Interactive,
+    )
+    .message(CATEGORIES.to_vec())
+    .encode()
+}
+
+fn refresh_body() -> Value {
+    json!({ "info": CATEGORIES.iter().map(|c| c.as_str()).collect::<Vec<_>>() })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut plan = args.size.plan();
+    plan.devices = args.devices.unwrap_or(plan.devices);
+    let started_at = time_now();
+    let logs = args
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let connection = amqp_connect("refresh-bench").await?;
+    let unique = ObjectId::new().to_hex();
+    // Ceiling 2 consumes at the prefetch the worker will run with (its default, or the
+    // environment's WORKER_PREFETCH).
+    let prefetch = Settings::from_lookup(|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("settings: {e}"))?
+        .worker
+        .prefetch;
+
+    eprintln!("ceilings…");
+    let bare_route = bare_route_ceiling(&plan, &logs, &unique).await?;
+    let bare_queue = format!("refresh.bench.{unique}.bare");
+    let channel = bare::confirm_channel(&connection, Some(&bare_queue)).await?;
+    let bare_publish_per_second =
+        bare::pipelined_publish(&channel, &bare_queue, &sample_message(), plan.devices).await?;
+    let bare_consume_per_second =
+        bare::consume(&connection, &bare_queue, prefetch, plan.devices).await?;
+    bare::delete_queue(&connection, &bare_queue).await?;
+    let database_pairs_per_second = bare::lookup_insert_pairs(
+        &std::env::var("MONGODB_URI").context("MONGODB_URI names the database to measure")?,
+        &format!("bench_bare_{unique}"),
+        CONNECTIONS,
+        plan.endpoint,
+    )
+    .await?;
+    let ceilings = Ceilings {
+        database_pairs_per_second,
+        bare_route,
+        bare_consume_per_second,
+        prefetch,
+        bare_publish_per_second,
+    };
+
+    let base: HashMap<String, String> = std::env::vars().collect();
+    let overrides = [
+        // One bench organization calls far above a tenant's default limit: measure the
+        // service, not the limiter.
+        ("RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+        ("RATE_LIMIT_BURST", "1000000".to_owned()),
+        // Every request does the whole work (claim, job, publish) instead of being answered
+        // with an earlier job of the same device.
+        ("REFRESH_SKIP_WINDOW_SECS", "0".to_owned()),
+        // The sim is the only gateway: no pacing in front of it.
+        ("AGENT_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+    ];
+    let mut stack = Stack::start(&base, &overrides, &logs).await?;
+    // Torn down whatever happened, so a failed run leaves no processes, queues or database.
+    let measured = measure(&mut stack, &plan, &ceilings, &connection).await;
+    let api_peak_kib = stack.teardown(&connection).await?;
+    let Measured {
+        endpoint,
+        worker,
+        bulk,
+        interference,
+        worker_peak_kib,
+        waiting_peak_kib,
+    } = measured?;
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut report = Report {
+        size: args.size.name().to_owned(),
+        started_at,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        ceilings,
+        endpoint,
+        worker,
+        bulk,
+        interference,
+        memory: Memory {
+            api_peak_mib: mib(api_peak_kib),
+            worker_peak_mib: mib(worker_peak_kib),
+            waiting_messages: plan.waiting as u64,
+            worker_with_waiting_mib: mib(waiting_peak_kib),
+            watched_seconds: plan.watch.as_secs_f64(),
+        },
+        targets: Vec::new(),
+    };
+    report.targets();
+    report.print();
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("\nwritten to {}", args.out.display());
+    Ok(())
+}
+
+/// What the product's measurements found.
+struct Measured {
+    endpoint: Endpoint,
+    worker: Vec<WorkerRun>,
+    bulk: Bulk,
+    interference: Interference,
+    worker_peak_kib: u64,
+    waiting_peak_kib: u64,
+}
+
+/// Measurements 2 to 6, on the running stack.
+async fn measure(
+    stack: &mut Stack,
+    plan: &Plan,
+    ceilings: &Ceilings,
+    connection: &lapin::Connection,
+) -> anyhow::Result<Measured> {
+    let (bare_consume_per_second, bare_publish_per_second) = (
+        ceilings.bare_consume_per_second,
+        ceilings.bare_publish_per_second,
+    );
+    let (organization, tokens) = stack.organization(CONNECTIONS).await?;
+    eprintln!("seeding {} devices…", plan.devices);
+    let fleet = stack
+        .devices(organization.id, plan.devices, "fleet")
+        .await?;
+    let solo = stack.devices(organization.id, 1_000, "solo").await?;
+    let org = organization.id.to_hex();
+    let refresh_url = |device: &ObjectId| {
+        format!(
+            "{}/v1/organizations/{org}/mdm/windows/enterprise/devices/{}/info",
+            stack.api_url,
+            device.to_hex()
+        )
+    };
+    let fleet_urls: Vec<String> = fleet.iter().map(|d| refresh_url(&d.id)).collect();
+    let solo_urls: Vec<String> = solo.iter().map(|d| refresh_url(&d.id)).collect();
+
+    // The endpoint, with the worker stopped: its jobs wait in the queue for the worker run.
+    eprintln!("endpoint…");
+    let endpoint = refreshes(
+        &fleet_urls,
+        &tokens,
+        CONNECTIONS,
+        load::Until {
+            elapsed: Some(plan.endpoint),
+            requests: Some(fleet_urls.len() as u64),
+            stop: None,
+        },
+    )
+    .await;
+    let endpoint_jobs = endpoint.requests - endpoint.not_ok.values().sum::<u64>();
+    let endpoint = Endpoint {
+        ratio: endpoint.per_second / ceilings.bare_route.per_second,
+        database_ratio: endpoint.per_second / ceilings.database_pairs_per_second,
+        load: endpoint,
+    };
+
+    eprintln!("worker, 0 ms sim…");
+    let mut worker = vec![drain(stack, 0, endpoint_jobs, bare_consume_per_second).await?];
+    stack.stop_worker().await?;
+    eprintln!("worker, 100 ms sim…");
+    let slow = refreshes(
+        &fleet_urls,
+        &tokens,
+        CONNECTIONS,
+        load::Until {
+            requests: Some(plan.slow_jobs.min(fleet_urls.len() as u64)),
+            ..load::Until::default()
+        },
+    )
+    .await;
+    let slow_jobs = slow.requests - slow.not_ok.values().sum::<u64>();
+    stack
+        .sim_plan(json!({"mode": "fault", "latencyMs": 100}))
+        .await?;
+    worker.push(drain(stack, 100, slow_jobs, bare_consume_per_second).await?);
+    stack.sim_plan(json!({"mode": "ok"})).await?;
+
+    eprintln!("batch of {} devices…", plan.devices);
+    let quiet = refreshes(
+        &solo_urls,
+        &tokens,
+        1,
+        load::Until {
+            elapsed: Some(plan.quiet),
+            ..load::Until::default()
+        },
+    )
+    .await;
+    let (bulk, draining) =
+        batch(stack, &org, &tokens[0], &solo_urls, &tokens, plan.devices).await?;
+    let bulk = Bulk {
+        ratio: bulk.queued_per_second / bare_publish_per_second,
+        ..bulk
+    };
+
+    eprintln!("memory with {} messages waiting…", plan.waiting);
+    stack.stop_worker().await?;
+    let jobs_queue = stack.topology().jobs_queue(Lane::Interactive);
+    // The product declared its queue: publish to it as it is.
+    let channel = bare::confirm_channel(connection, None).await?;
+    bare::pipelined_publish(&channel, &jobs_queue, &sample_message(), plan.waiting).await?;
+    stack.start_worker().await?;
+    let watch_started = Instant::now();
+    let mut waiting_peak_kib = 0;
+    while watch_started.elapsed() < plan.watch {
+        if let Some(worker) = &stack.worker {
+            waiting_peak_kib = waiting_peak_kib.max(worker.rss().current_kib);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Measured {
+        endpoint,
+        worker,
+        bulk,
+        interference: Interference { quiet, draining },
+        worker_peak_kib: stack.worker_peak_kib,
+        waiting_peak_kib,
+    })
+}
+
+/// Ceiling 1: the bare route in a process of its own, loaded like the endpoint.
+async fn bare_route_ceiling(
+    plan: &Plan,
+    logs: &std::path::Path,
+    unique: &str,
+) -> anyhow::Result<load::LoadFigures> {
+    let addr = stack::free_addr()?;
+    let queue = format!("refresh.bench.{unique}.route");
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    env.insert("AMQP_URL".into(), amqp_url());
+    let server = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bare-server",
+            "--addr",
+            &addr.to_string(),
+            "--queue",
+            &queue,
+        ])
+        .stdout(std::fs::File::create(logs.join("bare-server.log"))?)
+        .stderr(std::fs::File::create(logs.join("bare-server.err"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let server = Process::adopt("bare-server", server);
+    let url = format!("http://{addr}/publish");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http
+        .post(&url)
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the bare route did not answer within 30 s: see {}",
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let figures = load::run(
+        CONNECTIONS,
+        load::Until {
+            elapsed: Some(plan.endpoint),
+            ..load::Until::default()
+        },
+        move |client, _| client.post(&url).body(refresh_body().to_string()),
+    )
+    .await;
+    server.stop().await?;
+    let connection = amqp_connect("refresh-bench cleanup").await?;
+    bare::delete_queue(&connection, &queue).await?;
+    Ok(figures)
+}
+
+/// Refresh requests over `urls` in turn, each connection with its own token.
+fn refreshes(
+    urls: &[String],
+    tokens: &[String],
+    connections: usize,
+    until: load::Until,
+) -> impl Future<Output = load::LoadFigures> + Send + 'static {
+    let (urls, tokens) = (urls.to_vec(), tokens.to_vec());
+    let body = refresh_body().to_string();
+    load::run(connections, until, move |client, n| {
+        let n = usize::try_from(n).unwrap_or(0);
+        client
+            .post(&urls[n % urls.len()])
+            .bearer_auth(&tokens[n % tokens.len()])
+            .header("content-type", "application/json")
+            .body(body.clone())
+    })
+}
+
+/// Starts the worker on `jobs` waiting jobs and times it until all their categories are
+/// recorded pushed.
+async fn drain(
+    stack: &mut Stack,
+    sim_latency_ms: u64,
+    jobs: u64,
+    bare_consume_per_second: f64,
+) -> anyhow::Result<WorkerRun> {
+    let categories = jobs * CATEGORIES.len() as u64;
+    stack.start_worker().await?;
+    let started = Instant::now();
+    loop {
+        let pushed = stack.categories_pushed().await?;
+        if pushed >= categories {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("the worker recorded {pushed} of {categories} categories in {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let categories_per_second = categories as f64 / seconds;
+    Ok(WorkerRun {
+        sim_latency_ms,
+        jobs,
+        categories,
+        seconds,
+        categories_per_second,
+        ratio: categories_per_second / bare_consume_per_second,
+    })
+}
+
+/// Submits a batch of every fleet device and times it to queued and to completed, while one
+/// caller refreshes solo devices one after another.
+async fn batch(
+    stack: &Stack,
+    organization: &str,
+    token: &str,
+    solo_urls: &[String],
+    tokens: &[String],
+    devices: usize,
+) -> anyhow::Result<(Bulk, load::LoadFigures)> {
+    let batches = format!(
+        "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-batches",
+        stack.api_url
+    );
+    let mut body = refresh_body();
+    body["filter"] = json!({ "state": "ACTIVE", "tags": ["fleet"] });
+    let stop = CancellationToken::new();
+    let single = tokio::spawn(refreshes(
+        solo_urls,
+        tokens,
+        1,
+        load::Until {
+            stop: Some(stop.clone()),
+            ..load::Until::default()
+        },
+    ));
+    let started = Instant::now();
+    let answer: Value = stack
+        .http
+        .post(&batches)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = answer["data"]["batchId"]
+        .as_str()
+        .context("no batchId in the answer")?
+        .to_owned();
+    let mut queued_seconds = None;
+    let view = loop {
+        let view: Value = stack
+            .http
+            .get(format!("{batches}/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let data = &view["data"];
+        if queued_seconds.is_none()
+            && data["counts"]["pending"] == 0
+            && data["state"] != "expanding"
+        {
+            queued_seconds = Some(started.elapsed().as_secs_f64());
+        }
+        if data["state"] == "completed" || data["state"] == "failed" {
+            break data.clone();
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("the batch did not finish within {DEADLINE:?}: {data}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let finished_seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let draining = single.await?;
+    if view["state"] != "completed" {
+        bail!("the batch failed: {view}");
+    }
+    let queued_seconds = queued_seconds.unwrap_or(finished_seconds);
+    Ok((
+        Bulk {
+            devices: devices as u64,
+            queued_seconds,
+            queued_per_second: devices as f64 / queued_seconds,
+            ratio: 0.0,
+            finished_seconds,
+            pushed: view["counts"]["pushed"].as_u64().unwrap_or(0),
+        },
+        draining,
+    ))
+}
+
+fn time_now() -> String {
+    bson::DateTime::now()
+        .try_to_rfc3339_string()
+        .unwrap_or_default()
+}

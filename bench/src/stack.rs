@@ -1,0 +1,317 @@
+//! The product under measurement: `push-gateway-sim`, `refresh-api` and `refresh-worker` as the
+//! real binaries (built next to this one, same profile), against the real RabbitMQ and MongoDB,
+//! with a database and queue prefix of their own; and the data they need.
+
+use anyhow::{Context, bail};
+use bson::oid::ObjectId;
+use refresh_shared::{
+    Settings,
+    broker::Topology,
+    device::DeviceState,
+    store::{Device, NewDevice, Organization, PushRoutes, Store},
+    token::PERMISSION_DEVICE_INFO,
+};
+use serde_json::Value;
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use tokio::process::{Child, Command};
+
+/// How long a service may take to answer `/readyz`, or to exit after SIGTERM.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A binary built next to this one.
+pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built: build the workspace's binaries in the same profile (scripts/bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP address on 127.0.0.1.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`: now, and the peak so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rss {
+    pub current_kib: u64,
+    pub peak_kib: u64,
+}
+
+pub fn rss(pid: u32) -> Option<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Rss {
+        current_kib: field("VmRSS:")?,
+        peak_kib: field("VmHWM:")?,
+    })
+}
+
+/// A service process, its output in a log file.
+pub struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(
+        name: &'static str,
+        env: &HashMap<String, String>,
+        logs: &Path,
+    ) -> anyhow::Result<Process> {
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let child = Command::new(sibling(name)?)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process::adopt(name, child))
+    }
+
+    pub fn adopt(name: &'static str, child: Child) -> Process {
+        Process { name, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub fn rss(&self) -> Rss {
+        rss(self.pid()).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for the exit; returns the peak RSS it reached.
+    pub async fn stop(mut self) -> anyhow::Result<Rss> {
+        let rss = self.rss();
+        let pid = self.pid().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .context("running kill")?;
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {PATIENCE:?}", self.name))??;
+        Ok(rss)
+    }
+}
+
+/// Polls `url` until it answers 200.
+pub async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > PATIENCE {
+            bail!("{url} did not answer 200 within {PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The running product.
+pub struct Stack {
+    pub env: HashMap<String, String>,
+    pub settings: Settings,
+    pub store: Store,
+    pub http: reqwest::Client,
+    pub api_url: String,
+    pub worker_url: String,
+    pub sim_url: String,
+    pub logs: PathBuf,
+    pub sim: Process,
+    pub api: Process,
+    /// Started and stopped by the measurements that need it.
+    pub worker: Option<Process>,
+    /// The highest peak RSS of the worker processes that have stopped.
+    pub worker_peak_kib: u64,
+}
+
+impl Stack {
+    /// Starts the sim and the api (not the worker) with `overrides` on top of the bench's
+    /// environment.
+    pub async fn start(
+        base: &HashMap<String, String>,
+        overrides: &[(&str, String)],
+        logs: &Path,
+    ) -> anyhow::Result<Stack> {
+        let unique = ObjectId::new().to_hex();
+        let (api_addr, worker_addr, sim_addr) = (free_addr()?, free_addr()?, free_addr()?);
+        let sim_url = format!("http://{sim_addr}");
+        let mut env = base.clone();
+        for (name, value) in [
+            ("MONGODB_DB", format!("bench_{unique}")),
+            ("AMQP_PREFIX", format!("refresh.bench.{unique}")),
+            ("API_ADDR", api_addr.to_string()),
+            ("WORKER_ADDR", worker_addr.to_string()),
+            ("SIM_ADDR", sim_addr.to_string()),
+            ("AGENT_GATEWAY_URL", sim_url.clone()),
+            ("WNS_TOKEN_URL", format!("{sim_url}/wns/token")),
+            ("WNS_CLIENT_ID", "device-refresh-bench".to_owned()),
+            ("WNS_CLIENT_SECRET", "not-a-real-secret".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+        ] {
+            env.insert(name.to_owned(), value);
+        }
+        for (name, value) in overrides {
+            env.insert((*name).to_owned(), value.clone());
+        }
+        let settings = Settings::from_lookup(|name| env.get(name).cloned())
+            .map_err(|e| anyhow::anyhow!("bench settings: {e}"))?;
+        let store = Store::connect(&settings.mongo, "refresh-bench").await?;
+        store.ensure_indexes().await?;
+        let http = reqwest::Client::new();
+        let sim = Process::spawn("push-gateway-sim", &env, logs)?;
+        let api = Process::spawn("refresh-api", &env, logs)?;
+        let api_url = format!("http://{api_addr}");
+        wait_ready(&http, &format!("{sim_url}/_sim/pushes")).await?;
+        wait_ready(&http, &format!("{api_url}/readyz")).await?;
+        Ok(Stack {
+            env,
+            settings,
+            store,
+            http,
+            api_url,
+            worker_url: format!("http://{worker_addr}"),
+            sim_url,
+            logs: logs.to_owned(),
+            sim,
+            api,
+            worker: None,
+            worker_peak_kib: 0,
+        })
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.settings.amqp)
+    }
+
+    pub async fn start_worker(&mut self) -> anyhow::Result<()> {
+        self.worker = Some(Process::spawn("refresh-worker", &self.env, &self.logs)?);
+        wait_ready(&self.http, &format!("{}/readyz", self.worker_url)).await
+    }
+
+    pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
+        if let Some(worker) = self.worker.take() {
+            let rss = worker.stop().await?;
+            self.worker_peak_kib = self.worker_peak_kib.max(rss.peak_kib);
+        }
+        Ok(())
+    }
+
+    /// Categories the running worker has recorded `pushed` (its `refresh_categories_total`).
+    pub async fn categories_pushed(&self) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.worker_url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| {
+                line.starts_with("refresh_categories_total{")
+                    && line.contains(r#"outcome="pushed""#)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// Sets the sim's answers (`{"mode":"ok"}` resets).
+    pub async fn sim_plan(&self, plan: Value) -> anyhow::Result<()> {
+        self.http
+            .post(format!("{}/_sim/faults", self.sim_url))
+            .json(&plan)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// An organization with `tokens` refresh tokens.
+    pub async fn organization(&self, tokens: usize) -> anyhow::Result<(Organization, Vec<String>)> {
+        let slug = format!("bench-{}", ObjectId::new().to_hex());
+        let organization = self.store.create_organization(&slug, "Bench").await?;
+        let mut plaintexts = Vec::with_capacity(tokens);
+        for _ in 0..tokens {
+            let (_, token) = self
+                .store
+                .create_token(
+                    organization.id,
+                    vec![PERMISSION_DEVICE_INFO.to_owned()],
+                    None,
+                )
+                .await?;
+            plaintexts.push(token);
+        }
+        Ok((organization, plaintexts))
+    }
+
+    /// `count` active devices of `organization` reachable through the agent, tagged `tag`.
+    pub async fn devices(
+        &self,
+        organization: ObjectId,
+        count: usize,
+        tag: &str,
+    ) -> anyhow::Result<Vec<Device>> {
+        let mut devices = Vec::with_capacity(count);
+        while devices.len() < count {
+            let chunk = (count - devices.len()).min(1_000);
+            let new = (0..chunk)
+                .map(|n| {
+                    let number = devices.len() + n;
+                    NewDevice {
+                        organization,
+                        state: DeviceState::Active,
+                        serial_number: Some(format!("BENCH-{tag}-{number:07}")),
+                        imei: None,
+                        tags: vec![tag.to_owned()],
+                        push: PushRoutes {
+                            agent: true,
+                            wns: None,
+                        },
+                    }
+                })
+                .collect();
+            devices.extend(self.store.create_devices(new).await?);
+        }
+        Ok(devices)
+    }
+
+    /// Stops every process, then drops the database and deletes the queues the run made.
+    pub async fn teardown(mut self, connection: &lapin::Connection) -> anyhow::Result<u64> {
+        self.stop_worker().await?;
+        let queues = self.topology().queues();
+        let api = self.api.stop().await?;
+        self.sim.stop().await?;
+        self.store.database().drop().await?;
+        for (queue, _) in queues {
+            crate::bare::delete_queue(connection, &queue).await?;
+        }
+        Ok(api.peak_kib)
+    }
+}

@@ -1,0 +1,94 @@
+//! The benchmark harness (`refresh-bench`, run in full by `scripts/bench`) at its smoke size:
+//! every measurement runs end to end against the real services and reports figures that add
+//! up. Speed is not judged here — debug builds on a shared machine — only that the harness
+//! works and that the product did all the work it was given.
+
+use refresh_tests::binary;
+use serde_json::Value;
+use std::process::Stdio;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_smoke_run_measures_every_row() {
+    let out = std::env::temp_dir().join(format!("refresh-bench-{}", std::process::id()));
+    let results = out.join("results.json");
+    let run = tokio::process::Command::new(binary("refresh-bench"))
+        .args(["run", "--size", "smoke", "--out"])
+        .arg(&results)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("run refresh-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(
+        run.status.success(),
+        "refresh-bench failed: {}\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&results).expect("the JSON report")).expect("JSON");
+    for row in [
+        "ceiling 1: bare route",
+        "ceiling 2: bare consume",
+        "ceiling 3: bare pipelined publish",
+        "endpoint @64 connections",
+        "worker categories, sim 0 ms",
+        "worker categories, sim 100 ms",
+        "batch of 600 devices queued",
+        "single device, batch draining",
+        "worker RSS, 10000 messages waiting",
+    ] {
+        assert!(stdout.contains(row), "the table has no row {row:?}");
+    }
+
+    let positive = |pointer: &str| {
+        let value = report.pointer(pointer).and_then(Value::as_f64);
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{pointer} = {value:?} in {report:#}"
+        );
+    };
+    for pointer in [
+        "/ceilings/bare_route/per_second",
+        "/ceilings/bare_consume_per_second",
+        "/ceilings/bare_publish_per_second",
+        "/endpoint/ratio",
+        "/bulk/ratio",
+        "/memory/api_peak_mib",
+        "/memory/worker_peak_mib",
+        "/memory/worker_with_waiting_mib",
+    ] {
+        positive(pointer);
+    }
+    for load in [
+        "/ceilings/bare_route",
+        "/endpoint/load",
+        "/interference/quiet",
+        "/interference/draining",
+    ] {
+        let figures = &report.pointer(load).expect(load);
+        assert!(figures["requests"].as_u64() > Some(0), "{load}: {figures}");
+        assert_eq!(
+            figures["not_ok"],
+            serde_json::json!({}),
+            "{load}: {figures}"
+        );
+    }
+
+    // The worker pushed every category of every job it was given, at both sim latencies.
+    let runs = report["worker"].as_array().expect("worker runs");
+    assert_eq!(runs.len(), 2);
+    for worker in runs {
+        let jobs = worker["jobs"].as_u64().expect("jobs");
+        assert!(jobs > 0, "{worker}");
+        assert_eq!(worker["categories"].as_u64(), Some(jobs * 3), "{worker}");
+    }
+    // Every device of the batch was pushed.
+    assert_eq!(report["bulk"]["devices"].as_u64(), Some(600));
+    assert_eq!(report["bulk"]["pushed"].as_u64(), Some(600));
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 8);
+    std::fs::remove_dir_all(&out).ok();
+}
