@@ -34,8 +34,8 @@ impl Authenticated {
         reference: &OrganizationRef,
     ) -> Result<Organization, ApiError> {
         let organization = state
-            .store
-            .organization(self.organization)
+            .auth_cache
+            .organization(&state.store, self.organization)
             .await?
             .ok_or(ApiError::NotFound)?;
         let named = match reference {
@@ -74,8 +74,8 @@ impl FromRequestParts<AppState> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer_token(parts)?;
         let record = state
-            .store
-            .token_by_hash(&token::hash(presented))
+            .auth_cache
+            .token(&state.store, &token::hash(presented))
             .await?
             .filter(|t| t.is_usable(DateTime::now()))
             .ok_or(ApiError::Unauthorized)?;

@@ -2,6 +2,7 @@
 
 mod audit;
 mod auth;
+mod auth_cache;
 mod error;
 mod idempotency;
 mod routes;
@@ -11,7 +12,13 @@ pub mod validate;
 pub use error::{ApiError, FieldProblem};
 
 use anyhow::Context;
-use refresh_shared::{Settings, broker::Publisher, store::Store};
+use audit::{AuditLog, AuditWriter};
+use refresh_shared::{
+    Settings,
+    broker::{Publisher, invalidations},
+    settings::AmqpSettings,
+    store::Store,
+};
 use state::AppState;
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::TcpListener;
@@ -28,6 +35,8 @@ pub struct App {
     shutdown_grace: std::time::Duration,
     router: axum::Router,
     state: AppState,
+    amqp: AmqpSettings,
+    audit_writer: AuditWriter,
 }
 
 impl App {
@@ -46,7 +55,8 @@ impl App {
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let state = AppState::new(&settings, store, publisher);
+        let (audit, audit_writer) = AuditLog::start(store.clone());
+        let state = AppState::new(&settings, store, publisher, audit);
         let router = routes::router(
             state.clone(),
             settings.api.body_limit_bytes,
@@ -58,6 +68,8 @@ impl App {
             shutdown_grace: settings.shutdown_grace,
             router,
             state,
+            amqp: settings.amqp,
+            audit_writer,
         })
     }
 
@@ -82,6 +94,11 @@ impl App {
         tracing::info!(addr = %self.local_addr(), "refresh-api listening");
         let stop = CancellationToken::new();
         refresh_shared::shutdown::cancel_on(shutdown, stop.clone());
+        let (state, amqp, followed) = (self.state.clone(), self.amqp.clone(), stop.clone());
+        let invalidations = tokio::spawn(async move {
+            let invalidate = |what| state.auth_cache.invalidate(what);
+            invalidations::follow(&amqp, "refresh-api invalidations", invalidate, followed).await;
+        });
         let server = axum::serve(
             self.listener,
             self.router
@@ -97,6 +114,8 @@ impl App {
             }
         };
         sweeper.abort();
+        invalidations.abort();
+        self.audit_writer.finish().await;
         served
     }
 }

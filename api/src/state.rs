@@ -1,3 +1,4 @@
+use crate::{audit::AuditLog, auth_cache::AuthCache};
 use bson::oid::ObjectId;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use refresh_shared::{Settings, broker::Publisher, store::Store};
@@ -13,10 +14,17 @@ pub struct Inner {
     /// Requests per token, refilled continuously.
     pub rate_limiter: DefaultKeyedRateLimiter<ObjectId>,
     pub refresh_skip_window: std::time::Duration,
+    pub auth_cache: AuthCache,
+    pub audit: AuditLog,
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, store: Store, publisher: Publisher) -> AppState {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        publisher: Publisher,
+        audit: AuditLog,
+    ) -> AppState {
         let quota = Quota::per_second(settings.api.rate_limit_per_second)
             .allow_burst(settings.api.rate_limit_burst);
         AppState(Arc::new(Inner {
@@ -24,6 +32,8 @@ impl AppState {
             publisher,
             rate_limiter: RateLimiter::keyed(quota),
             refresh_skip_window: settings.api.refresh_skip_window,
+            auth_cache: AuthCache::new(settings.api.auth_cache_ttl),
+            audit,
         }))
     }
 }

@@ -50,6 +50,10 @@ pub struct ApiSettings {
     /// A category pushed this recently is not pushed again: the request is answered with the
     /// job that pushed it.
     pub refresh_skip_window: Duration,
+    /// How long a token or organization read from MongoDB is reused (0: read every time). A
+    /// revocation reaches running apis at once through the invalidations exchange; this bounds
+    /// how stale a cache can be when that announcement is missed.
+    pub auth_cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -159,11 +163,12 @@ impl Settings {
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
+            auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 5_000),
         };
         let worker = WorkerSettings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
-            prefetch: env.parse("WORKER_PREFETCH", "64"),
-            concurrency: env.parse("WORKER_CONCURRENCY", "32"),
+            prefetch: env.parse("WORKER_PREFETCH", "512"),
+            concurrency: env.parse("WORKER_CONCURRENCY", "256"),
             bulk_concurrency: env.parse("WORKER_BULK_CONCURRENCY", "8"),
             batch_chunk_size: env.parse("BATCH_CHUNK_SIZE", "500"),
             queues: env.list("WORKER_QUEUES", "interactive,bulk,batches"),

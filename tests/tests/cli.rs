@@ -1,12 +1,15 @@
 //! `refreshctl`, the real binary, against the same MongoDB the api of a running stack uses.
 
-use refresh_tests::{Answer, TestStack};
+use refresh_tests::{Answer, TestStack, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
-    let stack = TestStack::start().await;
+    // A cache that would hold the token for ten minutes: only the revocation's announcement
+    // can make the running api refuse it within the seconds this test allows.
+    let stack = TestStack::start_with(&[("AUTH_CACHE_TTL_MS", "600000".to_owned())]).await;
     let slug = format!("cli-{}", bson::oid::ObjectId::new());
     let org = stack
         .refreshctl(&["org", "create", "--slug", &slug, "--name", "CLI Org"])
@@ -84,9 +87,18 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
         ])
         .await;
     assert_eq!(revoked["revoked"], json!(true));
-    let answer = refresh(plaintext).await;
+    assert_eq!(revoked["apisTold"], json!(true));
+    let refused = wait_until(
+        "the running api to refuse the revoked token",
+        Duration::from_secs(5),
+        || async {
+            let answer = refresh(plaintext.clone()).await;
+            (answer.status != StatusCode::OK).then_some(answer)
+        },
+    )
+    .await;
     assert_eq!(
-        (answer.status, answer.error_code()),
+        (refused.status, refused.error_code()),
         (StatusCode::UNAUTHORIZED, 4001)
     );
 }

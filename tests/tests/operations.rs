@@ -302,6 +302,16 @@ async fn every_accepted_refresh_and_batch_is_audited() {
     let refused = stack.refresh_device(&device, &["bios"]).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 
+    // Records are written off the request path, a moment after the answer.
+    wait_until("two audit records", DEADLINE, || async {
+        let stored = stack
+            .store
+            .audit_events
+            .count_documents(bson::doc! {})
+            .await;
+        (stored.unwrap() >= 2).then_some(())
+    })
+    .await;
     let events: Vec<AuditEvent> = futures::TryStreamExt::try_collect(
         stack
             .store

@@ -2,11 +2,13 @@
 
 mod connection;
 mod dead_letters;
+pub mod invalidations;
 mod publisher;
 mod topology;
 
 pub use connection::connect;
 pub use dead_letters::{DeadLetter, Replayed};
+pub use invalidations::Invalidation;
 pub use publisher::Publisher;
 pub use topology::{QueueDepth, QueueRole, Topology};
 

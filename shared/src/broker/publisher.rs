@@ -36,12 +36,19 @@ struct Link {
 }
 
 /// A body and the id it is published under.
-struct Message {
+pub(super) struct Message {
     id: String,
     body: Vec<u8>,
 }
 
 impl Message {
+    pub(super) fn new(id: &str, body: Vec<u8>) -> Message {
+        Message {
+            id: id.to_owned(),
+            body,
+        }
+    }
+
     fn job(job: &RefreshJob) -> Message {
         Message {
             id: job.job_id.to_hex(),
@@ -135,7 +142,7 @@ impl Publisher {
         Ok(link.connection.create_channel().await?)
     }
 
-    async fn publish_to(
+    pub(super) async fn publish_to(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -66,6 +66,11 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Fanout of cache invalidations to every running api (see `invalidations`).
+    pub fn invalidations_exchange(&self) -> String {
+        format!("{}.invalidations", self.prefix)
+    }
+
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.prefix)
     }
@@ -92,7 +97,11 @@ impl Topology {
 
     /// Every exchange this topology declares.
     pub fn exchanges(&self) -> Vec<String> {
-        vec![self.jobs_exchange(), self.dead_exchange()]
+        vec![
+            self.jobs_exchange(),
+            self.dead_exchange(),
+            self.invalidations_exchange(),
+        ]
     }
 
     /// How many messages wait in each queue right now and how many consumers it has, read with
@@ -135,6 +144,16 @@ impl Topology {
                 self.dead_exchange().into(),
                 "".into(),
                 QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        // Fanout: every api's own queue gets every invalidation.
+        channel
+            .exchange_declare(
+                self.invalidations_exchange().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
                 FieldTable::default(),
             )
             .await?;

@@ -31,8 +31,9 @@ pub struct AuditEvent {
 }
 
 impl Store {
-    pub async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.audit_events.insert_one(event).await?;
+    /// Stores `events` in one write.
+    pub async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        self.audit_events.insert_many(events).await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use refresh_api::validate::{OrganizationRef, organization_ref};
 use refresh_shared::{
     Settings,
-    broker::{DeadLetter, Publisher},
+    broker::{DeadLetter, Invalidation, Publisher},
     device::{DeviceState, Gateway},
     store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus},
 };
@@ -423,9 +423,24 @@ async fn run(
             if !store.revoke_token(org.id, id).await? {
                 bail!("no active token {id} in organization {}", org.slug);
             }
+            // Running apis cache tokens for AUTH_CACHE_TTL_MS: tell them now.
+            let announced = match broker(settings).await {
+                Ok(publisher) => publisher
+                    .announce(Invalidation::Tokens)
+                    .await
+                    .map_err(Into::into),
+                Err(error) => Err(error),
+            };
+            let mut text = format!("token {id} revoked");
+            if let Err(error) = &announced {
+                text.push_str(&format!(
+                    "\nwarning: running apis were not told ({error:#}); they stop accepting it within AUTH_CACHE_TTL_MS ({} ms)",
+                    settings.api.auth_cache_ttl.as_millis()
+                ));
+            }
             Ok(Output {
-                text: format!("token {id} revoked"),
-                json: json!({ "id": id.to_hex(), "revoked": true }),
+                text,
+                json: json!({ "id": id.to_hex(), "revoked": true, "apisTold": announced.is_ok() }),
             })
         }
         Command::Job(JobCommand::Get { id }) => {

@@ -1,0 +1,87 @@
+//! Tokens and organizations in memory for `AUTH_CACHE_TTL_MS`: every request needs both, and
+//! both change rarely. Revocations are announced on the invalidations exchange
+//! (`refresh_shared::broker::invalidations`) and drop the cache at once; the TTL bounds
+//! staleness when an announcement is missed. Unknown tokens are never cached, so a new token
+//! works at once.
+
+use bson::oid::ObjectId;
+use moka::future::Cache;
+use refresh_shared::{
+    broker::Invalidation,
+    store::{ApiToken, Organization, Store, StoreError},
+};
+use std::time::Duration;
+
+/// Entries per cache: far above the tokens and organizations one api serves in a TTL.
+const CAPACITY: u64 = 100_000;
+
+pub struct AuthCache {
+    /// By token hash (the key is a SHA-256 of the secret, never the secret itself).
+    tokens: Option<Cache<String, ApiToken>>,
+    organizations: Option<Cache<ObjectId, Organization>>,
+}
+
+impl AuthCache {
+    pub fn new(ttl: Duration) -> AuthCache {
+        AuthCache {
+            tokens: cache(ttl),
+            organizations: cache(ttl),
+        }
+    }
+
+    pub async fn token(&self, store: &Store, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        if let Some(cache) = &self.tokens
+            && let Some(cached) = cache.get(hash).await
+        {
+            return Ok(Some(cached));
+        }
+        let found = store.token_by_hash(hash).await?;
+        if let (Some(cache), Some(token)) = (&self.tokens, &found) {
+            cache.insert(hash.to_owned(), token.clone()).await;
+        }
+        Ok(found)
+    }
+
+    pub async fn organization(
+        &self,
+        store: &Store,
+        id: ObjectId,
+    ) -> Result<Option<Organization>, StoreError> {
+        if let Some(cache) = &self.organizations
+            && let Some(cached) = cache.get(&id).await
+        {
+            return Ok(Some(cached));
+        }
+        let found = store.organization(id).await?;
+        if let (Some(cache), Some(organization)) = (&self.organizations, &found) {
+            cache.insert(id, organization.clone()).await;
+        }
+        Ok(found)
+    }
+
+    pub fn invalidate(&self, what: Invalidation) {
+        if matches!(what, Invalidation::Tokens | Invalidation::Everything)
+            && let Some(cache) = &self.tokens
+        {
+            cache.invalidate_all();
+        }
+        if matches!(what, Invalidation::Organizations | Invalidation::Everything)
+            && let Some(cache) = &self.organizations
+        {
+            cache.invalidate_all();
+        }
+    }
+}
+
+fn cache<K, V>(ttl: Duration) -> Option<Cache<K, V>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    (!ttl.is_zero()).then(|| {
+        Cache::builder()
+            .max_capacity(CAPACITY)
+            .time_to_live(ttl)
+            .build()
+    })
+}
