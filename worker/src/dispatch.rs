@@ -3,7 +3,7 @@
 
 use crate::gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict};
 use bson::DateTime;
-use futures::future::join_all;
+use futures::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
@@ -29,7 +29,10 @@ pub enum Halt {
 
 /// How one category's processing in this delivery ended.
 enum Ended {
-    /// Pushed, failed, expired, or already settled by someone else.
+    /// Pushed through this gateway with this many pushes, not yet recorded: recorded together
+    /// with the job's other categories that finish at the same time.
+    Pushed(Gateway, u32),
+    /// Failed, expired, or already settled by someone else.
     Settled,
     /// In-process retries are spent: the category waits in the next retry queue.
     Deferred,
@@ -72,17 +75,51 @@ impl Dispatcher {
             }
             None => return self.fail_all(job, "device no longer exists").await,
         };
-        let results = join_all(
-            job.categories
-                .iter()
-                .map(|&category| self.refresh_category(job, redelivered, &device, category)),
-        )
-        .await;
-        let mut deferred = Vec::new();
-        for (&category, ended) in job.categories.iter().zip(results) {
-            if let Ended::Deferred = ended? {
-                deferred.push(category);
+        // One write claims every category when none is settled or taken elsewhere (the usual
+        // case); otherwise each category claims its own.
+        let claim = CategoryUpdate {
+            from: CategoryState::claimable(redelivered),
+            ..CategoryUpdate::to(CategoryState::Pushing)
+        };
+        let claimed = self
+            .store
+            .transition(job.job_id, &job.categories, &claim)
+            .await?;
+        let device = &device;
+        let mut running: FuturesUnordered<_> = job
+            .categories
+            .iter()
+            .map(|&category| async move {
+                let ended = self
+                    .refresh_category(job, redelivered, device, category, claimed)
+                    .await;
+                (category, ended)
+            })
+            .collect();
+        let (mut deferred, mut halted) = (Vec::new(), None);
+        while let Some(first) = running.next().await {
+            // Record together the pushes that have finished by now, never waiting for a slower
+            // sibling; a halted category does not stop the others from being recorded.
+            let mut pushed = Vec::new();
+            let ready = std::iter::once(first).chain(std::iter::from_fn(|| {
+                running.next().now_or_never().flatten()
+            }));
+            for (category, ended) in ready.collect::<Vec<_>>() {
+                match ended {
+                    Ok(Ended::Pushed(gateway, attempts)) => {
+                        pushed.push((category, gateway, attempts));
+                    }
+                    Ok(Ended::Deferred) => deferred.push(category),
+                    Ok(Ended::Settled) => {}
+                    Err(halt) => halted = halted.or(Some(halt)),
+                }
             }
+            if let Err(halt) = self.record_pushed(job, &pushed).await {
+                halted = halted.or(Some(halt));
+            }
+        }
+        if let Some(halt) = halted {
+            return Err(halt);
         }
         if deferred.is_empty() {
             return Ok(());
@@ -132,15 +169,105 @@ impl Dispatcher {
         results.into_iter().try_for_each(|ended| ended.map(drop))
     }
 
+    /// Records `categories` of `job` as ended by `outcome`: each write covers them all, and
+    /// falls back to one category at a time when some were settled or claimed elsewhere.
+    async fn settle(
+        &self,
+        job: &RefreshJob,
+        categories: &[Category],
+        outcome: &Outcome<'_>,
+    ) -> Result<(), Halt> {
+        // The device first: whoever sees the job settled also sees the device up to date.
+        // Both writes outlast a database outage: giving up here would forget an outcome (a
+        // push already made) and redo it.
+        let store = &self.store;
+        let refreshed_at = (outcome.to == CategoryState::Pushed).then(DateTime::now);
+        let (organization, device, job_id) = (job.organization_id, job.device_id, job.job_id);
+        let released = self
+            .durably(|| {
+                store.settle_refreshes(organization, device, categories, job_id, refreshed_at)
+            })
+            .await?;
+        if !released && categories.len() > 1 {
+            for &category in categories {
+                self.durably(|| {
+                    store.settle_refresh(organization, device, category, job_id, refreshed_at)
+                })
+                .await?;
+            }
+        }
+        let update = CategoryUpdate {
+            attempts: outcome.attempts,
+            gateway: outcome.gateway,
+            last_error: outcome.error.map(str::to_owned),
+            ..CategoryUpdate::to(outcome.to)
+        };
+        let applied = self
+            .durably(|| store.transition(job_id, categories, &update))
+            .await?;
+        let recorded: Vec<Category> = match (applied, categories) {
+            (true, _) => categories.to_vec(),
+            (false, [_]) => Vec::new(),
+            (false, _) => {
+                let mut recorded = Vec::new();
+                for category in categories {
+                    if self
+                        .durably(|| {
+                            store.transition(job_id, std::slice::from_ref(category), &update)
+                        })
+                        .await?
+                    {
+                        recorded.push(*category);
+                    }
+                }
+                recorded
+            }
+        };
+        for category in recorded {
+            settled(job, category, outcome);
+        }
+        Ok(())
+    }
+
+    /// Records pushes that finished together: one settle per gateway and attempt count, so the
+    /// usual job (every category pushed at the first try) costs one write per collection.
+    async fn record_pushed(
+        &self,
+        job: &RefreshJob,
+        pushed: &[(Category, Gateway, u32)],
+    ) -> Result<(), Halt> {
+        let mut groups: Vec<((Gateway, u32), Vec<Category>)> = Vec::new();
+        for &(category, gateway, attempts) in pushed {
+            match groups
+                .iter_mut()
+                .find(|(key, _)| *key == (gateway, attempts))
+            {
+                Some((_, categories)) => categories.push(category),
+                None => groups.push(((gateway, attempts), vec![category])),
+            }
+        }
+        for ((gateway, attempts), categories) in groups {
+            let outcome = Outcome {
+                to: CategoryState::Pushed,
+                gateway: Some(gateway),
+                attempts,
+                error: None,
+            };
+            self.settle(job, &categories, &outcome).await?;
+        }
+        Ok(())
+    }
+
     async fn refresh_category(
         &self,
         job: &RefreshJob,
         redelivered: bool,
         device: &Device,
         category: Category,
+        claimed: bool,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
-        if !attempt.claim(CategoryState::claimable(redelivered)).await? {
+        if !claimed && !attempt.claim(CategoryState::claimable(redelivered)).await? {
             tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
             return Ok(Ended::Settled);
         }
@@ -186,9 +313,7 @@ impl Dispatcher {
             attempt.made += 1;
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
-                Verdict::Pushed => {
-                    return attempt.settle(CategoryState::Pushed, gateway, None).await;
-                }
+                Verdict::Pushed => return Ok(Ended::Pushed(route.gateway(), attempt.made)),
                 Verdict::DeviceUnreachable => match next_routes.next() {
                     Some(next) => {
                         tracing::info!(job_id = %job.job_id, %category, %detail, "falling back to the next route");
@@ -298,51 +423,42 @@ impl<'a> Attempt<'a> {
         gateway: Option<Gateway>,
         error: Option<&str>,
     ) -> Result<Ended, Halt> {
-        // The device first: whoever sees the job settled also sees the device up to date.
-        // Both writes outlast a database outage: giving up here would forget an outcome (a
-        // push already made) and redo it.
-        let store = &self.dispatcher.store;
-        let refreshed_at = (to == CategoryState::Pushed).then(DateTime::now);
-        self.dispatcher
-            .durably(|| {
-                store.settle_refresh(
-                    self.job.organization_id,
-                    self.job.device_id,
-                    self.category,
-                    self.job.job_id,
-                    refreshed_at,
-                )
-            })
-            .await?;
-        let update = CategoryUpdate {
-            attempts: self.made,
+        let outcome = Outcome {
+            to,
             gateway,
-            last_error: error.map(str::to_owned),
-            ..CategoryUpdate::to(to)
+            attempts: self.made,
+            error,
         };
-        let categories = [self.category];
-        let applied = self
-            .dispatcher
-            .durably(|| store.transition(self.job.job_id, &categories, &update))
+        self.dispatcher
+            .settle(self.job, &[self.category], &outcome)
             .await?;
         self.made = 0;
-        if !applied {
-            return Ok(Ended::Settled);
-        }
-        metrics::counter!(
-            "refresh_categories_total",
-            "outcome" => to.as_str(),
-            "gateway" => gateway.map_or("none", Gateway::as_str),
-        )
-        .increment(1);
-        match error {
-            Some(error) => {
-                tracing::warn!(job_id = %self.job.job_id, category = %self.category, state = to.as_str(), %error, "category settled")
-            }
-            None => {
-                tracing::info!(job_id = %self.job.job_id, category = %self.category, state = to.as_str(), "category settled")
-            }
-        }
         Ok(Ended::Settled)
+    }
+}
+
+/// How categories ended, to be recorded.
+struct Outcome<'a> {
+    to: CategoryState,
+    gateway: Option<Gateway>,
+    /// Pushes not yet added to the stored `attempts`.
+    attempts: u32,
+    error: Option<&'a str>,
+}
+
+/// Counts and logs a category's recorded end.
+fn settled(job: &RefreshJob, category: Category, outcome: &Outcome<'_>) {
+    let state = outcome.to.as_str();
+    metrics::counter!(
+        "refresh_categories_total",
+        "outcome" => state,
+        "gateway" => outcome.gateway.map_or("none", Gateway::as_str),
+    )
+    .increment(1);
+    match outcome.error {
+        Some(error) => {
+            tracing::warn!(job_id = %job.job_id, %category, state, %error, "category settled")
+        }
+        None => tracing::info!(job_id = %job.job_id, %category, state, "category settled"),
     }
 }

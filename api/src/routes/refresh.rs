@@ -44,11 +44,28 @@ pub async fn refresh_device_info(
     let key = validate::idempotency_key(&headers).map_err(|p| ApiError::Validation(vec![p]))?;
 
     let organization = caller.organization(&state, &organization_ref).await?;
-    let device = state
-        .store
-        .device_by_key(organization.id, &device_key)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let job_id = ObjectId::new();
+    let cutoff = skip_cutoff(state.refresh_skip_window);
+    // Usually one write finds the device and claims every category for the new job. Not with
+    // an Idempotency-Key: a replay must claim nothing.
+    let claimed_with_lookup = match key {
+        None => {
+            state
+                .store
+                .claim_by_key(organization.id, &device_key, &categories, job_id, cutoff)
+                .await?
+        }
+        Some(_) => None,
+    };
+    let claimed_already = claimed_with_lookup.is_some();
+    let device = match claimed_with_lookup {
+        Some(device) => device,
+        None => state
+            .store
+            .device_by_key(organization.id, &device_key)
+            .await?
+            .ok_or(ApiError::NotFound)?,
+    };
     match device.state.refreshable() {
         Refreshable::Yes => {}
         Refreshable::NotActive => return Err(ApiError::DeviceNotActive),
@@ -72,17 +89,33 @@ pub async fn refresh_device_info(
         }
         KeyCheck::Proceed(held) => held,
     };
-    let job = JobRecord::new(organization.id, device.id, &categories, Lane::Interactive);
-    let enqueued = match state.store.insert_job(&job).await {
-        Ok(()) => {
-            let enqueued = enqueue(&state, &job, &categories).await;
-            if enqueued.is_err() {
-                abandon(&state, &job, &categories).await;
-            }
-            enqueued
-        }
-        Err(error) => Err(error.into()),
+    let job = JobRecord {
+        id: job_id,
+        ..JobRecord::new(organization.id, device.id, &categories, Lane::Interactive)
     };
+    let claim = async {
+        if claimed_already {
+            Ok(Claim {
+                ours: categories.clone(),
+                theirs: Vec::new(),
+            })
+        } else {
+            let (organization, device) = (job.organization, job.device);
+            (state.store)
+                .claim(organization, device, &categories, job.id, cutoff, false)
+                .await
+        }
+    };
+    // The record and the claim do not depend on each other: one round trip's wait, not two.
+    let (inserted, claimed) = tokio::join!(state.store.insert_job(&job), claim);
+    let enqueued = match (inserted, claimed) {
+        (Ok(()), Ok(claim)) => enqueue(&state, &job, &categories, claim).await,
+        (Err(error), _) | (_, Err(error)) => Err(error.into()),
+    };
+    if enqueued.is_err() {
+        // Whichever half succeeded is undone: the job reads failed, its claims are released.
+        abandon(&state, &job, &categories).await;
+    }
     idempotency::finish(&state, held, enqueued.as_ref().copied()).await;
     let job_id = enqueued?;
     let coalesced = job_id != job.id;
@@ -156,29 +189,20 @@ fn validate_request(
     }
 }
 
-/// Claims the job's categories on the device and publishes the job with those it got. A
-/// category another job has outstanding, or pushed within the skip window, is left to that job;
-/// when that leaves nothing, the answer is that job. Returns the id the caller should follow.
+/// Publishes the job with the categories it claimed on the device. A category another job has
+/// outstanding, or pushed within the skip window, is left to that job; when that leaves
+/// nothing, the answer is that job. Returns the id the caller should follow.
 async fn enqueue(
     state: &AppState,
     job: &JobRecord,
     categories: &[Category],
+    claim: Claim,
 ) -> Result<ObjectId, ApiError> {
     let store = &state.store;
-    let cutoff = skip_cutoff(state.refresh_skip_window);
     let Claim {
         mut ours,
         mut theirs,
-    } = store
-        .claim(
-            job.organization,
-            job.device,
-            categories,
-            job.id,
-            cutoff,
-            false,
-        )
-        .await?;
+    } = claim;
     if ours.is_empty() {
         let device = store.device(job.organization, job.device).await?;
         let holder = device.and_then(|device| {

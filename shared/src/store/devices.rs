@@ -1,6 +1,6 @@
 use super::{Store, StoreError, tenant};
 use crate::{Category, batch::DeviceFilter, device::DeviceState};
-use bson::{DateTime, doc, oid::ObjectId};
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::{TryStreamExt, future::join_all};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -142,16 +142,35 @@ impl Store {
         organization: ObjectId,
         key: &str,
     ) -> Result<Option<Device>, StoreError> {
-        // Ids are stored in lowercase hex; a caller may send them in uppercase.
-        let lowercase = key.to_ascii_lowercase();
-        let keys = if ObjectId::parse_str(key).is_ok() && lowercase != key {
-            doc! { "$in": [key, lowercase] }
-        } else {
-            doc! { "$eq": key }
-        };
         Ok(self
             .devices
-            .find_one(tenant(organization, doc! { "lookupKeys": keys }))
+            .find_one(tenant(
+                organization,
+                doc! { "lookupKeys": lookup_keys(key) },
+            ))
+            .await?)
+    }
+
+    /// The active device `key` names, with every one of `categories` claimed for `job` in the
+    /// same write: the usual refresh, in one round trip. `None` when there is no such active
+    /// device or the claim cannot be had whole (see [`Store::claim`]); the caller then looks
+    /// the device up and claims category by category.
+    pub async fn claim_by_key(
+        &self,
+        organization: ObjectId,
+        key: &str,
+        categories: &[Category],
+        job: ObjectId,
+        not_refreshed_since: DateTime,
+    ) -> Result<Option<Device>, StoreError> {
+        let mut filter = doc! {
+            "lookupKeys": lookup_keys(key),
+            "state": DeviceState::Active.as_str(),
+        };
+        let update = claim_all(&mut filter, categories, job, not_refreshed_since);
+        Ok(self
+            .devices
+            .find_one_and_update(tenant(organization, filter), update)
             .await?)
     }
 
@@ -225,20 +244,8 @@ impl Store {
         job: ObjectId,
         not_refreshed_since: DateTime,
     ) -> Result<bool, StoreError> {
-        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-        let mut filter = doc! { "_id": device, "refreshInfoNeeded": { "$nin": &names } };
-        let mut claims = doc! {};
-        for category in categories {
-            filter.insert(
-                format!("infoRefreshedAt.{category}"),
-                doc! { "$not": { "$gt": not_refreshed_since } },
-            );
-            claims.insert(format!("lastRefreshJob.{category}"), job);
-        }
-        let update = doc! {
-            "$addToSet": { "refreshInfoNeeded": { "$each": names } },
-            "$set": claims,
-        };
+        let mut filter = doc! { "_id": device };
+        let update = claim_all(&mut filter, categories, job, not_refreshed_since);
         let result = self
             .devices
             .update_one(tenant(organization, filter), update)
@@ -313,15 +320,39 @@ impl Store {
         job: ObjectId,
         refreshed_at: Option<DateTime>,
     ) -> Result<(), StoreError> {
-        let mut update = doc! { "$pull": { "refreshInfoNeeded": category.as_str() } };
-        if let Some(at) = refreshed_at {
-            update.insert("$set", doc! { format!("infoRefreshedAt.{category}"): at });
+        self.settle_refreshes(organization, device, &[category], job, refreshed_at)
+            .await
+            .map(drop)
+    }
+
+    /// [`Store::settle_refresh`] for several categories in one write, applied only when `job`
+    /// holds the claim on every one of them; false (nothing changed) otherwise.
+    pub async fn settle_refreshes(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        job: ObjectId,
+        refreshed_at: Option<DateTime>,
+    ) -> Result<bool, StoreError> {
+        let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+        let mut filter = doc! { "_id": device };
+        let mut refreshed = Document::new();
+        for category in categories {
+            filter.insert(format!("lastRefreshJob.{category}"), job);
+            if let Some(at) = refreshed_at {
+                refreshed.insert(format!("infoRefreshedAt.{category}"), at);
+            }
         }
-        let filter = doc! { "_id": device, format!("lastRefreshJob.{category}"): job };
-        self.devices
+        let mut update = doc! { "$pull": { "refreshInfoNeeded": { "$in": names } } };
+        if !refreshed.is_empty() {
+            update.insert("$set", refreshed);
+        }
+        let result = self
+            .devices
             .update_one(tenant(organization, filter), update)
             .await?;
-        Ok(())
+        Ok(result.matched_count == 1)
     }
 
     pub async fn mark_wns_channel_dead(
@@ -342,6 +373,41 @@ impl Store {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// What `lookupKeys` must hold for `key`. Ids are stored in lowercase hex; a caller may send
+/// them in uppercase.
+fn lookup_keys(key: &str) -> Document {
+    let lowercase = key.to_ascii_lowercase();
+    if ObjectId::parse_str(key).is_ok() && lowercase != key {
+        doc! { "$in": [key, lowercase] }
+    } else {
+        doc! { "$eq": key }
+    }
+}
+
+/// Adds to `filter` the conditions of claiming all of `categories` (none outstanding, none
+/// pushed after `not_refreshed_since`) and returns the update that claims them for `job`.
+fn claim_all(
+    filter: &mut Document,
+    categories: &[Category],
+    job: ObjectId,
+    not_refreshed_since: DateTime,
+) -> Document {
+    let names: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+    filter.insert("refreshInfoNeeded", doc! { "$nin": &names });
+    let mut claims = doc! {};
+    for category in categories {
+        filter.insert(
+            format!("infoRefreshedAt.{category}"),
+            doc! { "$not": { "$gt": not_refreshed_since } },
+        );
+        claims.insert(format!("lastRefreshJob.{category}"), job);
+    }
+    doc! {
+        "$addToSet": { "refreshInfoNeeded": { "$each": names } },
+        "$set": claims,
     }
 }
 
