@@ -6,7 +6,7 @@ use axum::{Router, extract::State, http::StatusCode, routing::post};
 use bson::{Document, doc};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -65,10 +65,10 @@ pub async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Publishes one persistent message to `queue` through the default exchange and waits for its
-/// confirm.
-async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
-    let confirm = channel
+/// Sends one persistent message to `queue` through the default exchange; the confirm it returns
+/// resolves once the broker has the message.
+async fn send(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
+    channel
         .basic_publish(
             "".into(),
             queue.into(),
@@ -76,11 +76,13 @@ async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> anyho
             body,
             BasicProperties::default().with_delivery_mode(PERSISTENT),
         )
-        .await?;
-    match confirm.await? {
-        Confirmation::Ack(_) => Ok(()),
-        other => anyhow::bail!("the broker did not take the message: {other:?}"),
-    }
+        .await
+}
+
+/// Publishes one message and waits for its confirm.
+async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> anyhow::Result<()> {
+    let confirm = send(channel, queue, body).await?;
+    confirmed(Some(confirm.await))
 }
 
 /// Ceiling 1, served by `refresh-bench bare-server` in a process of its own (as the api is):
@@ -128,16 +130,7 @@ pub async fn pipelined_publish(
         if confirms.len() >= CONFIRM_WINDOW {
             confirmed(confirms.next().await)?;
         }
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(PERSISTENT),
-            )
-            .await?;
-        confirms.push(confirm);
+        confirms.push(send(channel, queue, body).await?);
     }
     while let Some(confirmation) = confirms.next().await {
         confirmed(Some(confirmation))?;

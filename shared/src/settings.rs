@@ -163,7 +163,7 @@ impl Settings {
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
-            auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 5_000),
+            auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 1_000),
         };
         let worker = WorkerSettings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
