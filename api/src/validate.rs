@@ -454,4 +454,114 @@ mod tests {
         );
         assert!(json_content_type(&headers).is_ok());
     }
+
+    /// Property tests: the validators against the upstream patterns, and the body parsers
+    /// against arbitrary input.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$`, written out.
+        fn upstream_organization(raw: &str) -> bool {
+            let hex = raw.len() == 24 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+            let slug =
+                raw.len() >= 3 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            hex || slug
+        }
+
+        /// `^(([a-fA-F0-9]{24})|(\w{1,}))$`, `\w` as ASCII word characters.
+        fn upstream_device(raw: &str) -> bool {
+            !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }
+
+        // Strings at the patterns' edges (allowed characters with at most one a caller might
+        // try instead, ids one character short or long), and any text at all.
+        const ORGANIZATIONS: &str =
+            "[a-fA-F0-9]{22,26}|[a-zA-Z0-9-]{0,12}[_./ %é]?[a-zA-Z0-9-]{0,12}|\\PC{0,26}";
+        const DEVICES: &str = "[a-zA-Z0-9_]{0,12}[-./ %é]?[a-zA-Z0-9_]{0,12}|\\PC{0,26}";
+
+        fn category_names() -> impl Strategy<Value = Vec<&'static str>> {
+            let names: Vec<&'static str> = Category::ALL.iter().map(|c| c.as_str()).collect();
+            proptest::collection::vec(proptest::sample::select(names), 1..12)
+        }
+
+        proptest! {
+            #[test]
+            fn organization_refs_are_exactly_the_upstream_pattern(raw in ORGANIZATIONS) {
+                prop_assert_eq!(organization_ref(&raw).is_ok(), upstream_organization(&raw));
+            }
+
+            #[test]
+            fn device_keys_are_exactly_the_upstream_pattern(raw in DEVICES) {
+                prop_assert_eq!(device_key(&raw).is_ok(), upstream_device(&raw));
+            }
+
+            #[test]
+            fn any_bytes_get_an_answer_never_a_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let _ = refresh_body(&body);
+                let _ = bulk_body(&body);
+            }
+
+            #[test]
+            fn any_json_gets_an_answer_and_accepted_bodies_name_known_categories_once(
+                body in any_json(),
+            ) {
+                let bytes = body.to_string().into_bytes();
+                if let Ok(categories) = refresh_body(&bytes) {
+                    let mut unique = categories.clone();
+                    unique.sort_by_key(|c| c.as_str());
+                    unique.dedup();
+                    prop_assert!(!categories.is_empty());
+                    prop_assert_eq!(unique.len(), categories.len());
+                }
+                let _ = bulk_body(&bytes);
+            }
+
+            #[test]
+            fn known_categories_are_taken_once_each_in_the_order_first_named(
+                names in category_names(),
+            ) {
+                let body = serde_json::json!({ "info": names }).to_string();
+                let mut expected: Vec<Category> = Vec::new();
+                for name in &names {
+                    let category = Category::ALL.iter().copied().find(|c| c.as_str() == *name);
+                    if let Some(category) = category.filter(|c| !expected.contains(c)) {
+                        expected.push(category);
+                    }
+                }
+                prop_assert_eq!(refresh_body(body.as_bytes()), Ok(expected));
+            }
+        }
+
+        /// JSON of any shape, a few levels deep, with the keys the parsers look for among
+        /// random ones.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("info".to_owned()),
+                Just("deviceIds".to_owned()),
+                Just("filter".to_owned()),
+                Just("state".to_owned()),
+                Just("tags".to_owned()),
+                "[a-z]{1,8}",
+            ];
+            let category = proptest::sample::select(Category::ALL.to_vec());
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "\\PC{0,12}".prop_map(Value::from),
+                category.prop_map(|c| Value::from(c.as_str())),
+            ];
+            leaf.prop_recursive(3, 48, 8, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                    proptest::collection::btree_map(key.clone(), inner, 0..6)
+                        .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+    }
 }

@@ -255,4 +255,64 @@ mod tests {
         assert_eq!(JobState::derive([Pushed, Failed]), JobState::Partial);
         assert_eq!(JobState::derive([Expired, Failed]), JobState::Failed);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_job() -> impl Strategy<Value = RefreshJob> {
+            (
+                any::<[[u8; 12]; 3]>(),
+                proptest::sample::subsequence(Category::ALL.to_vec(), 1..=Category::ALL.len()),
+                0_i64..4_102_444_800,
+                any::<bool>(),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |([job, organization, device], categories, at, bulk, attempt)| RefreshJob {
+                        version: MESSAGE_VERSION,
+                        job_id: ObjectId::from_bytes(job),
+                        organization_id: ObjectId::from_bytes(organization),
+                        device_id: ObjectId::from_bytes(device),
+                        categories,
+                        requested_at: OffsetDateTime::from_unix_timestamp(at)
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                        lane: if bulk { Lane::Bulk } else { Lane::Interactive },
+                        attempt,
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn every_job_round_trips(job in any_job()) {
+                prop_assert_eq!(RefreshJob::decode(&job.encode()).ok(), Some(job));
+            }
+
+            #[test]
+            fn any_bytes_decode_to_a_job_or_an_error_never_a_panic(
+                payload in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let _ = RefreshJob::decode(&payload);
+                let _ = crate::batch::ExpandBatch::decode(&payload);
+            }
+
+            #[test]
+            fn a_job_with_a_field_changed_to_any_json_never_panics(
+                job in any_job(),
+                field in proptest::sample::select(vec!["version", "jobId", "organizationId", "deviceId", "categories", "requestedAt", "lane", "attempt"]),
+                value in prop_oneof![
+                    Just(serde_json::Value::Null),
+                    any::<i64>().prop_map(serde_json::Value::from),
+                    "\\PC{0,30}".prop_map(serde_json::Value::from),
+                    Just(serde_json::json!([])),
+                    Just(serde_json::json!({})),
+                ],
+            ) {
+                let mut message: serde_json::Value = serde_json::from_slice(&job.encode()).expect("JSON");
+                message[field] = value;
+                let _ = RefreshJob::decode(message.to_string().as_bytes());
+            }
+        }
+    }
 }
