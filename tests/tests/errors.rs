@@ -6,6 +6,7 @@ use refresh_shared::{device::DeviceState, token::PERMISSION_DEVICE_INFO};
 use refresh_tests::{Answer, TestStack};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 fn hardware() -> Value {
     json!({ "info": ["hardware"] })
@@ -43,6 +44,79 @@ async fn no_token_is_401_4002() {
         let answer = Answer::of(request).await;
         assert_error(&answer, StatusCode::UNAUTHORIZED, 4002, "No auth token");
     }
+}
+
+/// Sends refreshes with `token` until one is refused; returns when the last accepted one was
+/// sent. Fails if the token is still accepted 5 s after `since`.
+async fn last_accepted(stack: &TestStack, url: &str, token: &str, since: Instant) -> Instant {
+    let mut last = since;
+    loop {
+        let sent = Instant::now();
+        let request = stack.http.post(url).bearer_auth(token).json(&hardware());
+        let answer = Answer::of(request).await;
+        if answer.status == StatusCode::UNAUTHORIZED {
+            assert_error(&answer, StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+            return last;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        last = sent;
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still accepted after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The api caches tokens; expiry and revocation must still bite within a second. The revocation
+/// here is written straight to the database, announcing nothing, so only the cache's own
+/// bound can end it.
+#[tokio::test]
+async fn expiry_and_an_unannounced_revocation_bite_within_a_second_despite_the_cache() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
+    let permissions = || vec![PERMISSION_DEVICE_INFO.to_owned()];
+    let expiry = Duration::from_millis(2_500);
+    let expires_at = DateTime::from_millis(DateTime::now().timestamp_millis() + 2_500);
+    let issued = Instant::now();
+    let organization = stack.organization.id;
+    let (_, expiring) = stack
+        .store
+        .create_token(organization, permissions(), Some(expires_at))
+        .await
+        .unwrap();
+    let (revoked, revoked_token) = stack
+        .store
+        .create_token(organization, permissions(), None)
+        .await
+        .unwrap();
+    for token in [&expiring, &revoked_token] {
+        let answer = Answer::of(stack.http.post(&url).bearer_auth(token).json(&hardware())).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    }
+
+    let revoked_at = Instant::now();
+    assert!(
+        stack
+            .store
+            .revoke_token(organization, revoked.id)
+            .await
+            .unwrap()
+    );
+    let last = last_accepted(&stack, &url, &revoked_token, revoked_at).await;
+    let accepted_for = last - revoked_at;
+    assert!(
+        accepted_for < Duration::from_secs(1),
+        "accepted {accepted_for:?} after its revocation"
+    );
+
+    let last = last_accepted(&stack, &url, &expiring, issued).await;
+    let past_expiry = last.saturating_duration_since(issued + expiry);
+    assert!(
+        past_expiry < Duration::from_secs(1),
+        "accepted {past_expiry:?} past its expiry"
+    );
 }
 
 #[tokio::test]
