@@ -585,13 +585,19 @@ fn free_addr() -> SocketAddr {
 }
 
 /// Runs a workspace binary with exactly `env`; its output shows only with `TEST_LOG` set.
+/// Runs a binary of this workspace with `env`. Its output goes to `<TEST_LOG_DIR>/<name>.log`
+/// when the environment names such a folder (a test that reads the logs), to the test's own
+/// output with `TEST_LOG` set, and nowhere otherwise.
 fn spawn_binary(name: &str, env: &HashMap<String, String>) -> Child {
-    let output = || {
-        if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        }
+    let output = || match env.get("TEST_LOG_DIR") {
+        Some(dir) => std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(dir).join(format!("{name}.log")))
+            .map(Stdio::from)
+            .expect("open the log file"),
+        None if std::env::var_os("TEST_LOG").is_some() => Stdio::inherit(),
+        None => Stdio::null(),
     };
     std::process::Command::new(binary(name))
         .env_clear()
