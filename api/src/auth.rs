@@ -1,12 +1,13 @@
 //! Who is calling: the bearer token, its organization and its permissions.
 
-use crate::{error::ApiError, state::AppState, validate::OrganizationRef};
+use crate::{
+    error::ApiError, rate_limit::StandingSlot, state::AppState, validate::OrganizationRef,
+};
 use axum::{
     extract::FromRequestParts,
     http::{header, request::Parts},
 };
 use bson::{DateTime, oid::ObjectId};
-use governor::clock::{Clock, DefaultClock};
 use refresh_shared::{store::Organization, token};
 
 /// A caller whose token is known, unexpired, unrevoked and within its rate limit.
@@ -79,10 +80,15 @@ impl FromRequestParts<AppState> for Authenticated {
             .await?
             .filter(|t| t.is_usable(DateTime::now()))
             .ok_or(ApiError::Unauthorized)?;
-        if let Err(not_until) = state.rate_limiter.check_key(&record.id) {
-            return Err(ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-            });
+        let checked = state.rate_limits.check(record.id, record.organization);
+        let standing = match checked {
+            Ok(standing) | Err((_, standing)) => standing,
+        };
+        if let Some(slot) = parts.extensions.get::<StandingSlot>() {
+            slot.set(standing);
+        }
+        if let Err((retry_after, _)) = checked {
+            return Err(ApiError::RateLimited { retry_after });
         }
         Ok(Authenticated {
             token_id: record.id,

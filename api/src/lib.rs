@@ -5,6 +5,7 @@ mod auth;
 mod auth_cache;
 mod error;
 mod idempotency;
+mod rate_limit;
 mod routes;
 mod state;
 pub mod validate;
@@ -88,7 +89,7 @@ impl App {
             let mut every = tokio::time::interval(RATE_LIMIT_SWEEP);
             loop {
                 every.tick().await;
-                state.rate_limiter.retain_recent();
+                state.rate_limits.retain_recent();
             }
         });
         tracing::info!(addr = %self.local_addr(), "refresh-api listening");

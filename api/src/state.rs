@@ -1,6 +1,4 @@
-use crate::{audit::AuditLog, auth_cache::AuthCache};
-use bson::oid::ObjectId;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use crate::{audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits};
 use refresh_shared::{Settings, broker::Publisher, store::Store};
 use std::sync::Arc;
 
@@ -11,8 +9,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub store: Store,
     pub publisher: Publisher,
-    /// Requests per token, refilled continuously.
-    pub rate_limiter: DefaultKeyedRateLimiter<ObjectId>,
+    /// Requests per token and per organization, refilled continuously.
+    pub rate_limits: RateLimits,
     pub refresh_skip_window: std::time::Duration,
     pub auth_cache: AuthCache,
     pub audit: AuditLog,
@@ -25,12 +23,10 @@ impl AppState {
         publisher: Publisher,
         audit: AuditLog,
     ) -> AppState {
-        let quota = Quota::per_second(settings.api.rate_limit_per_second)
-            .allow_burst(settings.api.rate_limit_burst);
         AppState(Arc::new(Inner {
             store,
             publisher,
-            rate_limiter: RateLimiter::keyed(quota),
+            rate_limits: RateLimits::new(&settings.api),
             refresh_skip_window: settings.api.refresh_skip_window,
             auth_cache: AuthCache::new(settings.api.auth_cache_ttl),
             audit,

@@ -197,6 +197,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // service, not the limiter.
         ("RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
         ("RATE_LIMIT_BURST", "1000000".to_owned()),
+        ("ORG_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+        ("ORG_RATE_LIMIT_BURST", "1000000".to_owned()),
         // Every request does the whole work (claim, job, publish) instead of being answered
         // with an earlier job of the same device.
         ("REFRESH_SKIP_WINDOW_SECS", "0".to_owned()),

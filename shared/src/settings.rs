@@ -45,8 +45,13 @@ pub struct ApiSettings {
     pub body_limit_bytes: usize,
     /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
     pub bulk_body_limit_bytes: usize,
+    /// Requests per token.
     pub rate_limit_per_second: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
+    /// Requests per organization, all its tokens together: one tenant cannot take the api
+    /// from the others by spreading its load over many tokens.
+    pub organization_rate_limit_per_second: NonZeroU32,
+    pub organization_rate_limit_burst: NonZeroU32,
     /// A category pushed this recently is not pushed again: the request is answered with the
     /// job that pushed it.
     pub refresh_skip_window: Duration,
@@ -162,6 +167,8 @@ impl Settings {
             bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
+            organization_rate_limit_per_second: env.parse("ORG_RATE_LIMIT_PER_SECOND", "500"),
+            organization_rate_limit_burst: env.parse("ORG_RATE_LIMIT_BURST", "1000"),
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
             auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 1_000),
         };

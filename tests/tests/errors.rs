@@ -424,7 +424,21 @@ async fn too_many_requests_per_token_are_429_4290_with_retry_after() {
     };
     assert_eq!(statuses[0].status, StatusCode::OK);
     assert_eq!(statuses[1].status, StatusCode::OK);
+    let rate_headers = |answer: &Answer| -> [u64; 3] {
+        ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map(|name| {
+            answer.headers[name]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}"))
+        })
+    };
+    assert_eq!(rate_headers(&statuses[0])[..2], [2, 1]);
+    assert_eq!(rate_headers(&statuses[1])[..2], [2, 0]);
     let limited = &statuses[2];
+    let [limit, remaining, reset] = rate_headers(limited);
+    assert_eq!((limit, remaining), (2, 0));
+    assert!((1..=2).contains(&reset), "{reset}");
     assert_error(
         limited,
         StatusCode::TOO_MANY_REQUESTS,
@@ -446,6 +460,110 @@ async fn too_many_requests_per_token_are_429_4290_with_retry_after() {
         .bearer_auth(other)
         .json(&hardware());
     assert_eq!(Answer::of(request).await.status, StatusCode::OK);
+}
+
+/// The organization's limit counts all its tokens together, and a tenant held at its limit
+/// does not hold back another tenant.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_tenant_is_limited_as_a_whole_and_another_tenant_is_served() {
+    let stack = TestStack::start_with(&[
+        ("RATE_LIMIT_PER_SECOND", "1000".to_owned()),
+        ("RATE_LIMIT_BURST", "1000".to_owned()),
+        ("ORG_RATE_LIMIT_PER_SECOND", "20".to_owned()),
+        ("ORG_RATE_LIMIT_BURST", "20".to_owned()),
+    ])
+    .await;
+    let flooded_device = stack.device().await;
+    let flood_url = stack.refresh_url(&stack.org_id(), &flooded_device.id.to_hex());
+    let mut flood_tokens = Vec::new();
+    for _ in 0..8 {
+        flood_tokens.push(stack.token_with(&[PERMISSION_DEVICE_INFO]).await);
+    }
+    let other = stack
+        .store
+        .create_organization(&format!("other-{}", bson::oid::ObjectId::new()), "Other")
+        .await
+        .unwrap();
+    let (_, other_token) = stack
+        .store
+        .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
+        .await
+        .unwrap();
+    let other_device = stack
+        .device_in(other.id, DeviceState::Active, true, false)
+        .await;
+    let other_url = stack.refresh_url(&other.id.to_hex(), &other_device.id.to_hex());
+
+    let flooding = Duration::from_secs(2);
+    let started = Instant::now();
+    let floods = flood_tokens.into_iter().map(|token| {
+        let (http, url) = (stack.http.clone(), flood_url.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while started.elapsed() < flooding {
+                let request = http.post(&url).bearer_auth(&token).json(&hardware());
+                answers.push(Answer::of(request).await);
+            }
+            answers
+        })
+    });
+    let floods: Vec<_> = floods.collect();
+    let mut served = Vec::new();
+    while started.elapsed() < flooding {
+        let sent = Instant::now();
+        let request = stack
+            .http
+            .post(&other_url)
+            .bearer_auth(&other_token)
+            .json(&hardware());
+        let answer = Answer::of(request).await;
+        served.push((answer.status, sent.elapsed()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut flood_answers = Vec::new();
+    for flood in floods {
+        flood_answers.extend(flood.await.unwrap());
+    }
+
+    let accepted = flood_answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let limited: Vec<&Answer> = flood_answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(
+        accepted + limited.len(),
+        flood_answers.len(),
+        "only 200 or 429"
+    );
+    // 20 at once plus 20 a second over 2 s, whatever the number of tokens (and some slack for
+    // the refill while the first requests were in flight).
+    assert!(accepted <= 20 + 2 * 20 + 5, "{accepted} accepted");
+    assert!(!limited.is_empty(), "the flood was never limited");
+    for answer in &limited {
+        assert_error(
+            answer,
+            StatusCode::TOO_MANY_REQUESTS,
+            4290,
+            "Too many requests",
+        );
+        assert_eq!(answer.headers["ratelimit-limit"], "20");
+        assert_eq!(answer.headers["ratelimit-remaining"], "0");
+    }
+    assert!(served.len() >= 10, "{served:?}");
+    for (status, took) in &served {
+        assert_eq!(
+            *status,
+            StatusCode::OK,
+            "the other tenant was refused: {served:?}"
+        );
+        assert!(
+            *took < Duration::from_secs(1),
+            "the other tenant waited {took:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod refresh;
 
 use crate::{
     error::{ApiError, FieldProblem},
+    rate_limit,
     state::AppState,
     validate::{self, OrganizationRef},
 };
@@ -48,6 +49,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, bulk_body_limit_bytes: u
                 "handler panicked".to_owned(),
             ))
         }))
+        .layer(axum::middleware::from_fn(rate_limit::headers))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

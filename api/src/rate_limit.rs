@@ -1,0 +1,215 @@
+//! Request rates per token and per organization (GCRA, `governor`), and the `RateLimit-*`
+//! headers that tell a caller where it stands: on every authenticated answer, 429 included.
+
+use axum::{
+    extract::Request,
+    http::{HeaderMap, HeaderValue},
+    middleware::Next,
+    response::Response,
+};
+use bson::oid::ObjectId;
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::{StateInformationMiddleware, StateSnapshot},
+    state::keyed::DefaultKeyedStateStore,
+};
+use refresh_shared::settings::ApiSettings;
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+type Limiter = RateLimiter<
+    ObjectId,
+    DefaultKeyedStateStore<ObjectId>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+pub struct RateLimits {
+    tokens: Limiter,
+    organizations: Limiter,
+}
+
+/// Where a caller stands: the tighter of its token's and its organization's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Requests that may come at once (the burst).
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the allowance is whole again (for a refused request: until the next one may come).
+    pub reset: Duration,
+}
+
+impl RateLimits {
+    pub fn new(settings: &ApiSettings) -> RateLimits {
+        let limiter = |rate: NonZeroU32, burst: NonZeroU32| {
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+                .with_middleware::<StateInformationMiddleware>()
+        };
+        RateLimits {
+            tokens: limiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            organizations: limiter(
+                settings.organization_rate_limit_per_second,
+                settings.organization_rate_limit_burst,
+            ),
+        }
+    }
+
+    /// Counts one request of `token` of `organization`: its standing, or (refused) how long
+    /// until it may retry and its standing.
+    pub fn check(
+        &self,
+        token: ObjectId,
+        organization: ObjectId,
+    ) -> Result<Standing, (Duration, Standing)> {
+        let of_token = check(&self.tokens, token)?;
+        let of_organization = check(&self.organizations, organization)?;
+        Ok(if of_organization.remaining < of_token.remaining {
+            of_organization
+        } else {
+            of_token
+        })
+    }
+
+    /// Drops the state of keys not seen for a while, so it does not grow with every token.
+    pub fn retain_recent(&self) {
+        self.tokens.retain_recent();
+        self.organizations.retain_recent();
+    }
+}
+
+fn check(limiter: &Limiter, key: ObjectId) -> Result<Standing, (Duration, Standing)> {
+    match limiter.check_key(&key) {
+        Ok(snapshot) => Ok(standing(&snapshot)),
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let limit = not_until.quota().burst_size().get();
+            Err((
+                wait,
+                Standing {
+                    limit,
+                    remaining: 0,
+                    reset: wait,
+                },
+            ))
+        }
+    }
+}
+
+fn standing(snapshot: &StateSnapshot) -> Standing {
+    let quota = snapshot.quota();
+    let limit = quota.burst_size().get();
+    let remaining = snapshot.remaining_burst_capacity();
+    Standing {
+        limit,
+        remaining,
+        reset: quota.replenish_interval() * (limit - remaining.min(limit)),
+    }
+}
+
+/// Where the authenticating extractor leaves the caller's standing for [`headers`].
+#[derive(Clone, Default)]
+pub struct StandingSlot(Arc<Mutex<Option<Standing>>>);
+
+impl StandingSlot {
+    pub fn set(&self, standing: Standing) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(standing);
+        }
+    }
+
+    fn take(&self) -> Option<Standing> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// Middleware: gives the handler a [`StandingSlot`] and turns what it holds afterwards into
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds, rounded up).
+pub async fn headers(mut request: Request, next: Next) -> Response {
+    let slot = StandingSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let mut response = next.run(request).await;
+    if let Some(standing) = slot.take() {
+        write_headers(response.headers_mut(), standing);
+    }
+    response
+}
+
+fn write_headers(headers: &mut HeaderMap, standing: Standing) {
+    let reset = standing.reset.as_secs() + u64::from(standing.reset.subsec_nanos() > 0);
+    headers.insert("ratelimit-limit", HeaderValue::from(standing.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(standing.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(token_burst: u32, organization_burst: u32) -> RateLimits {
+        let mut settings = refresh_shared::Settings::from_lookup(|_| None)
+            .expect("defaults are valid")
+            .api;
+        settings.rate_limit_per_second = NonZeroU32::MIN;
+        settings.rate_limit_burst = NonZeroU32::new(token_burst).expect("burst");
+        settings.organization_rate_limit_per_second = NonZeroU32::MIN;
+        settings.organization_rate_limit_burst =
+            NonZeroU32::new(organization_burst).expect("burst");
+        RateLimits::new(&settings)
+    }
+
+    #[test]
+    fn a_token_spends_its_burst_then_waits() {
+        let limits = limits(3, 100);
+        let (token, organization) = (ObjectId::new(), ObjectId::new());
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| {
+                limits
+                    .check(token, organization)
+                    .expect("within the burst")
+                    .remaining
+            })
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let (wait, standing) = limits.check(token, organization).expect_err("over");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!((standing.limit, standing.remaining), (3, 0));
+        // Another token of the same organization is not held back by the first.
+        assert!(limits.check(ObjectId::new(), organization).is_ok());
+    }
+
+    #[test]
+    fn an_organization_is_limited_across_its_tokens_and_alone() {
+        let limits = limits(100, 4);
+        let (flooding, other) = (ObjectId::new(), ObjectId::new());
+        for _ in 0..4 {
+            assert!(limits.check(ObjectId::new(), flooding).is_ok());
+        }
+        let (_, standing) = limits.check(ObjectId::new(), flooding).expect_err("over");
+        assert_eq!((standing.limit, standing.remaining), (4, 0));
+        let standing = limits
+            .check(ObjectId::new(), other)
+            .expect("another tenant");
+        assert_eq!((standing.limit, standing.remaining), (4, 3));
+    }
+
+    #[test]
+    fn headers_say_seconds_rounded_up() {
+        let mut headers = HeaderMap::new();
+        let standing = Standing {
+            limit: 100,
+            remaining: 7,
+            reset: Duration::from_millis(1_200),
+        };
+        write_headers(&mut headers, standing);
+        assert_eq!(headers["ratelimit-limit"], "100");
+        assert_eq!(headers["ratelimit-remaining"], "7");
+        assert_eq!(headers["ratelimit-reset"], "2");
+    }
+}
