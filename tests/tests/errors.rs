@@ -3,7 +3,7 @@
 
 use bson::{DateTime, doc};
 use refresh_shared::{device::DeviceState, token::PERMISSION_DEVICE_INFO};
-use refresh_tests::{Answer, TestStack};
+use refresh_tests::{Answer, DEADLINE, TestStack, wait_until};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -726,6 +726,62 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
             3001,
             "Entity not found",
         );
+    }
+
+    // The batch routes: this organization's batch cannot be read, and a batch of the other
+    // organization naming this one's device (by id, IMEI or serial) or matching its tags
+    // finds nothing.
+    let batch_id = stack
+        .bulk(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }))
+        .await
+        .batch_id();
+    stack.wait_for_batch(&batch_id, DEADLINE).await;
+    let pushes_before = stack.pushes().await.len();
+    for organization in &organizations {
+        let url = format!("{}/{batch_id}", stack.batches_url(organization));
+        let answer = Answer::of(stack.http.get(url).bearer_auth(&other_token)).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+    }
+    for organization in [stack.org_id(), stack.organization.slug.clone()] {
+        let request = stack
+            .http
+            .post(stack.batches_url(&organization))
+            .bearer_auth(&other_token)
+            .json(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }));
+        let answer = Answer::of(request).await;
+        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+    }
+    let foreign_bodies = [
+        json!({ "info": ["os"], "deviceIds": device_keys }),
+        json!({ "info": ["os"], "filter": { "state": "ACTIVE" } }),
+    ];
+    for body in foreign_bodies {
+        let request = stack
+            .http
+            .post(stack.batches_url(&other.id.to_hex()))
+            .bearer_auth(&other_token)
+            .json(&body);
+        let answer = Answer::of(request).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
+        let url = format!(
+            "{}/{}",
+            stack.batches_url(&other.id.to_hex()),
+            answer.batch_id()
+        );
+        let view = wait_until("the other tenant's batch to finish", DEADLINE, || async {
+            let answer = Answer::of(stack.http.get(&url).bearer_auth(&other_token)).await;
+            let data = answer.body["data"].clone();
+            (data["state"] == json!("completed")).then_some(data)
+        })
+        .await;
+        let expected = if body.get("filter").is_some() { 0 } else { 3 };
+        assert_eq!(view["total"], json!(expected), "{view}");
+        assert_eq!(
+            view["counts"]["skipped"]["notFound"],
+            json!(expected),
+            "{view}"
+        );
+        assert_eq!(view["counts"]["pushed"], json!(0), "{view}");
     }
     assert_eq!(
         stack.pushes().await.len(),
