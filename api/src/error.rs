@@ -54,6 +54,14 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The client stopped sending its body for longer than `BODY_READ_TIMEOUT_MS`.
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// `MAX_IN_FLIGHT_REQUESTS` are being served already.
+    #[error("too many requests in flight")]
+    Overloaded,
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
     /// `/readyz`: which dependencies are down, as details.
@@ -93,6 +101,17 @@ impl ApiError {
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, 4050, "Method not allowed")
             }
+            ApiError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                4310,
+                "Request headers too large",
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                4080,
+                "Request body not received in time",
+            ),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy"),
             ApiError::Unavailable(_) | ApiError::NotReady(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 5003, "Service unavailable")
             }
@@ -103,7 +122,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::IdempotencyInProgress => Some(Duration::from_secs(1)),
+            ApiError::IdempotencyInProgress | ApiError::Overloaded => Some(Duration::from_secs(1)),
             ApiError::Unavailable(_) | ApiError::NotReady(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }

@@ -5,6 +5,7 @@ mod auth;
 mod auth_cache;
 mod error;
 mod idempotency;
+mod limits;
 mod rate_limit;
 mod routes;
 mod state;
@@ -58,11 +59,7 @@ impl App {
         let addr = listener.local_addr().context("reading the bound address")?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
         let state = AppState::new(&settings, store, publisher, audit);
-        let router = routes::router(
-            state.clone(),
-            settings.api.body_limit_bytes,
-            settings.api.bulk_body_limit_bytes,
-        );
+        let router = routes::router(state.clone(), &settings.api);
         Ok(App {
             listener,
             addr,

@@ -43,6 +43,13 @@ pub struct MongoSettings {
 pub struct ApiSettings {
     pub addr: SocketAddr,
     pub body_limit_bytes: usize,
+    /// Bytes of request headers (names and values) a request may carry.
+    pub header_limit_bytes: usize,
+    /// Longest wait for the next piece of a request body: a slow client cannot hold a
+    /// connection and a request slot by trickling its body.
+    pub body_read_timeout: Duration,
+    /// Requests served at once; the next is answered 503 at once rather than queued.
+    pub max_in_flight_requests: usize,
     /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
     pub bulk_body_limit_bytes: usize,
     /// Requests per token.
@@ -164,6 +171,9 @@ impl Settings {
         let api = ApiSettings {
             addr: env.parse("API_ADDR", "127.0.0.1:8080"),
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
+            header_limit_bytes: env.parse("HEADER_LIMIT_BYTES", "16384"),
+            body_read_timeout: env.millis("BODY_READ_TIMEOUT_MS", 10_000),
+            max_in_flight_requests: env.parse("MAX_IN_FLIGHT_REQUESTS", "1024"),
             bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
@@ -209,6 +219,10 @@ impl Settings {
         } else if worker.concurrency > usize::from(worker.prefetch) {
             env.errors
                 .push("WORKER_CONCURRENCY: must not exceed WORKER_PREFETCH".to_owned());
+        }
+        if api.max_in_flight_requests == 0 {
+            env.errors
+                .push("MAX_IN_FLIGHT_REQUESTS: must be at least 1".to_owned());
         }
         if worker.bulk_concurrency == 0 || worker.bulk_concurrency > usize::from(u16::MAX / 2) {
             env.errors

@@ -567,6 +567,127 @@ async fn a_flooding_tenant_is_limited_as_a_whole_and_another_tenant_is_served() 
 }
 
 #[tokio::test]
+async fn oversized_headers_are_431_4310() {
+    let stack = TestStack::start_with(&[("HEADER_LIMIT_BYTES", "4096".to_owned())]).await;
+    let device = stack.device().await;
+    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
+    let with_filler = |bytes: usize| {
+        let request = stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.token)
+            .header("x-filler", "a".repeat(bytes))
+            .json(&hardware());
+        Answer::of(request)
+    };
+    let answer = with_filler(5_000).await;
+    assert_error(
+        &answer,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        4310,
+        "Request headers too large",
+    );
+    assert_eq!(with_filler(2_000).await.status, StatusCode::OK);
+}
+
+/// Sends a refresh whose body stops after its first bytes, and reads the answer: status, JSON
+/// body, and how long after sending it came.
+async fn stalled_refresh(url: String, token: String) -> (u16, Value, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = url::Url::parse(&url).unwrap();
+    let mut socket = tokio::net::TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"info\":",
+        url.path(),
+        token
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    let (status, body) = loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(
+            read > 0,
+            "closed without an answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                break (status, serde_json::from_str(&body[..length]).unwrap());
+            }
+        }
+    };
+    (status, body, sent.elapsed())
+}
+
+/// A client that stops sending its body is answered 408 once `BODY_READ_TIMEOUT_MS` passes, and
+/// while it holds the only request slot the next request is refused at once with 503 5030.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_is_408_4080_and_requests_over_the_in_flight_limit_are_503_5030() {
+    let stack = TestStack::start_with(&[
+        ("BODY_READ_TIMEOUT_MS", "1500".to_owned()),
+        ("MAX_IN_FLIGHT_REQUESTS", "1".to_owned()),
+    ])
+    .await;
+    let device = stack.device().await;
+    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
+    let stalling = tokio::spawn(stalled_refresh(url.clone(), stack.token.clone()));
+    // While the stalled request holds the only slot, the next is refused at once.
+    let busy = wait_until(
+        "a request refused for want of a slot",
+        Duration::from_secs(1),
+        || async {
+            let request = stack
+                .http
+                .post(&url)
+                .bearer_auth(&stack.token)
+                .json(&hardware());
+            let answer = Answer::of(request).await;
+            (answer.status == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+        },
+    )
+    .await;
+    let (status, body, took) = stalling.await.unwrap();
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"]["code"], json!(4080), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        json!("Request body not received in time")
+    );
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert_error(&busy, StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy");
+    assert!(busy.headers.contains_key(header::RETRY_AFTER));
+    // The slot is free again.
+    let request = stack
+        .http
+        .post(&url)
+        .bearer_auth(&stack.token)
+        .json(&hardware());
+    assert_eq!(Answer::of(request).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_unexpected_failure_is_500_5000_without_internals() {
     let stack = TestStack::start().await;
     let device = stack.device().await;
@@ -727,6 +848,11 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
             "Entity not found",
         );
     }
+    assert_eq!(
+        stack.pushes().await.len(),
+        pushes_before,
+        "nothing reached the device"
+    );
 
     // The batch routes: this organization's batch cannot be read, and a batch of the other
     // organization naming this one's device (by id, IMEI or serial) or matching its tags

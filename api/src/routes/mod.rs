@@ -6,6 +6,7 @@ mod refresh;
 
 use crate::{
     error::{ApiError, FieldProblem},
+    limits::{self, Limits},
     rate_limit,
     state::AppState,
     validate::{self, OrganizationRef},
@@ -16,9 +17,10 @@ use axum::{
     routing::{get, post},
 };
 use bson::oid::ObjectId;
+use refresh_shared::settings::ApiSettings;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-pub fn router(state: AppState, body_limit_bytes: usize, bulk_body_limit_bytes: usize) -> Router {
+pub fn router(state: AppState, settings: &ApiSettings) -> Router {
     Router::new()
         .route(
             "/v1/organizations/{organization_id}/mdm/windows/enterprise/devices/{win_device_id}/info",
@@ -31,7 +33,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, bulk_body_limit_bytes: u
         .route(
             "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches",
             // A 100,000-id list is megabytes: this route has its own, larger limit.
-            post(batches::create_batch).layer(DefaultBodyLimit::max(bulk_body_limit_bytes)),
+            post(batches::create_batch).layer(DefaultBodyLimit::max(settings.bulk_body_limit_bytes)),
         )
         .route(
             "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches/{batch_id}",
@@ -43,13 +45,17 @@ pub fn router(state: AppState, body_limit_bytes: usize, bulk_body_limit_bytes: u
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
                 "handler panicked".to_owned(),
             ))
         }))
         .layer(axum::middleware::from_fn(rate_limit::headers))
+        .layer(axum::middleware::from_fn_with_state(
+            Limits::new(settings),
+            limits::enforce,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -5,6 +5,7 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
+    limits,
     state::AppState,
     validate,
 };
@@ -144,6 +145,9 @@ fn job_answer(job_id: ObjectId) -> Json<Value> {
 
 /// A body that could not be read: too large, or not a body at all.
 pub fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if limits::body_timed_out(&rejection) {
+        return ApiError::BodyTimeout;
+    }
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         _ => ApiError::Validation(vec![FieldProblem::new("body", rejection.body_text())]),
