@@ -320,6 +320,22 @@ impl TestStack {
         }
     }
 
+    /// Another tenant: a new organization and a refresh token of its own.
+    pub async fn other_tenant(&self) -> (Organization, String) {
+        let slug = format!("other-{}", ObjectId::new().to_hex());
+        let other = self
+            .store
+            .create_organization(&slug, "Other")
+            .await
+            .expect("org");
+        let (_, token) = self
+            .store
+            .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
+            .await
+            .expect("token");
+        (other, token)
+    }
+
     /// A token of this stack's organization with the given permissions.
     pub async fn token_with(&self, permissions: &[&str]) -> String {
         let permissions = permissions.iter().map(|p| (*p).to_owned()).collect();

@@ -1,7 +1,7 @@
 //! Bulk refresh batches (issue 4), end to end: HTTP → RabbitMQ (batches queue, bulk lane) →
 //! worker → push-gateway-sim → MongoDB.
 
-use refresh_shared::{device::DeviceState, store::BatchView, token::PERMISSION_DEVICE_INFO};
+use refresh_shared::{device::DeviceState, store::BatchView};
 use refresh_tests::{Answer, DEADLINE, TestStack};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -169,16 +169,7 @@ async fn the_bulk_endpoints_follow_the_single_endpoints_rules() {
     // Another organization's batch is not found, by its id or through another org's path.
     let batch_id = stack.bulk(&body).await.batch_id();
     stack.wait_for_batch(&batch_id, DEADLINE).await;
-    let other = stack
-        .store
-        .create_organization("other-org-bulk", "Other")
-        .await
-        .unwrap();
-    let (_, other_token) = stack
-        .store
-        .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
-        .await
-        .unwrap();
+    let (other, other_token) = stack.other_tenant().await;
     for url in [
         format!("{}/{batch_id}", stack.batches_url(&other.id.to_hex())),
         format!("{}/{batch_id}", stack.batches_url(&stack.org_id())),

@@ -479,16 +479,7 @@ async fn a_flooding_tenant_is_limited_as_a_whole_and_another_tenant_is_served() 
     for _ in 0..8 {
         flood_tokens.push(stack.token_with(&[PERMISSION_DEVICE_INFO]).await);
     }
-    let other = stack
-        .store
-        .create_organization(&format!("other-{}", bson::oid::ObjectId::new()), "Other")
-        .await
-        .unwrap();
-    let (_, other_token) = stack
-        .store
-        .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
-        .await
-        .unwrap();
+    let (other, other_token) = stack.other_tenant().await;
     let other_device = stack
         .device_in(other.id, DeviceState::Active, true, false)
         .await;
@@ -806,16 +797,7 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
     stack.wait_for_settled_job(&job_id).await;
     let pushes_before = stack.pushes().await.len();
 
-    let other = stack
-        .store
-        .create_organization(&format!("other-{}", bson::oid::ObjectId::new()), "Other")
-        .await
-        .unwrap();
-    let (_, other_token) = stack
-        .store
-        .create_token(other.id, vec![PERMISSION_DEVICE_INFO.to_owned()], None)
-        .await
-        .unwrap();
+    let (other, other_token) = stack.other_tenant().await;
     let organizations = [
         stack.org_id(),
         stack.organization.slug.clone(),
