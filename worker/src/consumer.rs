@@ -38,6 +38,9 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// How long closing the broker connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub struct Consumer {
     pub amqp: AmqpSettings,
     pub worker: WorkerSettings,
@@ -145,7 +148,12 @@ impl Consumer {
                 .map(|stream| self.consume_stream(&connection, stream, lost.clone())),
         )
         .await;
-        let _ = connection.close(200, "bye".into()).await;
+        // Bounded: a close the broker never answers must not hold the worker (what is unacked
+        // is redelivered when the socket goes).
+        let closing = connection.close(200, "bye".into());
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            tracing::warn!(timeout = ?CLOSE_TIMEOUT, "the broker did not answer the connection close");
+        }
         results.into_iter().collect()
     }
 

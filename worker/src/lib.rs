@@ -16,11 +16,15 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
+    time::Duration,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The worker, with its probe server bound; it connects to the broker when it runs.
+/// Past the grace period, how long closing the broker connection and the probes may take.
+const CLOSE_MARGIN: Duration = Duration::from_secs(2);
+
 pub struct Worker {
     consumer: Consumer,
     listener: TcpListener,
@@ -95,7 +99,20 @@ impl Worker {
         tracing::info!(addr = %self.local_addr(), "refresh-worker probes listening");
         let server = axum::serve(self.listener, health::router(self.probes))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let (served, ()) = tokio::join!(server, self.consumer.run());
-        served.context("serving the probe endpoints")
+        let grace = self.consumer.shutdown_grace;
+        let stopped = async { tokio::join!(server, self.consumer.run()) };
+        // A stop is bounded whatever hangs (a broker that never answers the close, a probe
+        // connection that stays open): deliveries still unacked go back to the queue anyway.
+        let deadline = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace + CLOSE_MARGIN).await;
+        };
+        tokio::select! {
+            (served, ()) = stopped => served.context("serving the probe endpoints"),
+            () = deadline => {
+                tracing::warn!(?grace, "shutdown overran the grace period: exiting anyway");
+                Ok(())
+            }
+        }
     }
 }
