@@ -47,6 +47,15 @@ ensure_rabbitmq() {
     rabbitmqctl await_startup >/dev/null
 }
 
+# cargo-deny, for the supply-chain checks (deny.toml).
+CARGO_DENY_VERSION=0.20.2
+ensure_cargo_deny() {
+    if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+        log "installing cargo-deny $CARGO_DENY_VERSION (cargo install)"
+        cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+    fi
+}
+
 # A venv with SecantusDB (a MongoDB-compatible server) under .local; prints secantusd-py's path.
 secantus_binary() {
     local venv="$LOCAL_DIR/secantus-venv"
