@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 use bson::oid::ObjectId;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use refresh_shared::{
     Settings,
     broker::Topology,
@@ -302,15 +303,24 @@ impl Stack {
         Ok(devices)
     }
 
-    /// Stops every process, then drops the database and deletes the queues the run made.
+    /// Stops every process, then drops the database and deletes the queues and exchanges the run
+    /// made.
     pub async fn teardown(mut self, connection: &lapin::Connection) -> anyhow::Result<u64> {
         self.stop_worker().await?;
-        let queues = self.topology().queues();
+        let topology = self.topology();
         let api = self.api.stop().await?;
         self.sim.stop().await?;
         self.store.database().drop().await?;
-        for (queue, _) in queues {
-            crate::bare::delete_queue(connection, &queue).await?;
+        let channel = connection.create_channel().await?;
+        for (queue, _) in topology.queues() {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in topology.exchanges() {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
         }
         Ok(api.peak_kib)
     }
