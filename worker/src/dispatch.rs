@@ -3,7 +3,11 @@
 
 use crate::gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict};
 use bson::DateTime;
-use futures::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, join_all},
+    stream::FuturesUnordered,
+};
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
@@ -25,6 +29,12 @@ pub enum Halt {
     Broker(#[from] BrokerError),
     #[error("worker is shutting down")]
     Shutdown,
+}
+
+/// What finished in a job's set of concurrent work.
+enum Step {
+    Ended(Category, Result<Ended, Halt>),
+    Recorded(Result<(), Halt>),
 }
 
 /// How one category's processing in this delivery ended.
@@ -86,36 +96,40 @@ impl Dispatcher {
             .transition(job.job_id, &job.categories, &claim)
             .await?;
         let device = &device;
-        let mut running: FuturesUnordered<_> = job
+        // Every category, and every recording of pushes, is polled in one set: a future that
+        // holds a pooled database connection must never sit unpolled while its job awaits
+        // another connection (with every job doing so, the pool deadlocks).
+        let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = job
             .categories
             .iter()
-            .map(|&category| async move {
-                let ended = self
-                    .refresh_category(job, redelivered, device, category, claimed)
-                    .await;
-                (category, ended)
+            .map(|&category| {
+                let ended = self.refresh_category(job, redelivered, device, category, claimed);
+                async move { Step::Ended(category, ended.await) }.boxed()
             })
             .collect();
         let (mut deferred, mut halted) = (Vec::new(), None);
-        while let Some(first) = running.next().await {
+        while let Some(first) = steps.next().await {
             // Record together the pushes that have finished by now, never waiting for a slower
             // sibling; a halted category does not stop the others from being recorded.
             let mut pushed = Vec::new();
-            let ready = std::iter::once(first).chain(std::iter::from_fn(|| {
-                running.next().now_or_never().flatten()
-            }));
-            for (category, ended) in ready.collect::<Vec<_>>() {
-                match ended {
-                    Ok(Ended::Pushed(gateway, attempts)) => {
+            let ready = std::iter::once(first)
+                .chain(std::iter::from_fn(|| steps.next().now_or_never().flatten()));
+            for step in ready.collect::<Vec<_>>() {
+                match step {
+                    Step::Ended(category, Ok(Ended::Pushed(gateway, attempts))) => {
                         pushed.push((category, gateway, attempts));
                     }
-                    Ok(Ended::Deferred) => deferred.push(category),
-                    Ok(Ended::Settled) => {}
-                    Err(halt) => halted = halted.or(Some(halt)),
+                    Step::Ended(category, Ok(Ended::Deferred)) => deferred.push(category),
+                    Step::Ended(_, Ok(Ended::Settled)) | Step::Recorded(Ok(())) => {}
+                    Step::Ended(_, Err(halt)) | Step::Recorded(Err(halt)) => {
+                        halted = halted.or(Some(halt));
+                    }
                 }
             }
-            if let Err(halt) = self.record_pushed(job, &pushed).await {
-                halted = halted.or(Some(halt));
+            if !pushed.is_empty() {
+                steps.push(
+                    async move { Step::Recorded(self.record_pushed(job, &pushed).await) }.boxed(),
+                );
             }
         }
         if let Some(halt) = halted {
