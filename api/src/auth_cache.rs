@@ -10,7 +10,7 @@ use refresh_shared::{
     broker::Invalidation,
     store::{ApiToken, Organization, Store, StoreError},
 };
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 /// Entries per cache: far above the tokens and organizations one api serves in a TTL.
 const CAPACITY: u64 = 100_000;
@@ -30,16 +30,12 @@ impl AuthCache {
     }
 
     pub async fn token(&self, store: &Store, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        if let Some(cache) = &self.tokens
-            && let Some(cached) = cache.get(hash).await
-        {
-            return Ok(Some(cached));
-        }
-        let found = store.token_by_hash(hash).await?;
-        if let (Some(cache), Some(token)) = (&self.tokens, &found) {
-            cache.insert(hash.to_owned(), token.clone()).await;
-        }
-        Ok(found)
+        read_through(
+            self.tokens.as_ref(),
+            hash.to_owned(),
+            store.token_by_hash(hash),
+        )
+        .await
     }
 
     pub async fn organization(
@@ -47,16 +43,7 @@ impl AuthCache {
         store: &Store,
         id: ObjectId,
     ) -> Result<Option<Organization>, StoreError> {
-        if let Some(cache) = &self.organizations
-            && let Some(cached) = cache.get(&id).await
-        {
-            return Ok(Some(cached));
-        }
-        let found = store.organization(id).await?;
-        if let (Some(cache), Some(organization)) = (&self.organizations, &found) {
-            cache.insert(id, organization.clone()).await;
-        }
-        Ok(found)
+        read_through(self.organizations.as_ref(), id, store.organization(id)).await
     }
 
     pub fn invalidate(&self, what: Invalidation) {
@@ -71,6 +58,28 @@ impl AuthCache {
             cache.invalidate_all();
         }
     }
+}
+
+/// The cached value of `key`, else what `load` finds (cached when found).
+async fn read_through<K, V>(
+    cache: Option<&Cache<K, V>>,
+    key: K,
+    load: impl Future<Output = Result<Option<V>, StoreError>>,
+) -> Result<Option<V>, StoreError>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    if let Some(cache) = cache
+        && let Some(cached) = cache.get(&key).await
+    {
+        return Ok(Some(cached));
+    }
+    let found = load.await?;
+    if let (Some(cache), Some(value)) = (cache, &found) {
+        cache.insert(key, value.clone()).await;
+    }
+    Ok(found)
 }
 
 fn cache<K, V>(ttl: Duration) -> Option<Cache<K, V>>

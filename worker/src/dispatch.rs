@@ -87,10 +87,7 @@ impl Dispatcher {
         };
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
-        let claim = CategoryUpdate {
-            from: CategoryState::claimable(redelivered),
-            ..CategoryUpdate::to(CategoryState::Pushing)
-        };
+        let claim = claim_update(CategoryState::claimable(redelivered));
         let claimed = self
             .store
             .transition(job.job_id, &job.categories, &claim)
@@ -408,11 +405,7 @@ impl<'a> Attempt<'a> {
     /// Moves the category to `pushing` if it is in one of the `from` states; false when it is
     /// settled, or another copy of the job is pushing it.
     async fn claim(&mut self, from: &'static [CategoryState]) -> Result<bool, StoreError> {
-        let update = CategoryUpdate {
-            from,
-            ..CategoryUpdate::to(CategoryState::Pushing)
-        };
-        self.write(update).await
+        self.write(claim_update(from)).await
     }
 
     async fn record_retry(
@@ -458,6 +451,14 @@ struct Outcome<'a> {
     /// Pushes not yet added to the stored `attempts`.
     attempts: u32,
     error: Option<&'a str>,
+}
+
+/// Moves categories to `pushing` if each is in one of the `from` states.
+fn claim_update(from: &'static [CategoryState]) -> CategoryUpdate {
+    CategoryUpdate {
+        from,
+        ..CategoryUpdate::to(CategoryState::Pushing)
+    }
 }
 
 /// Counts and logs a category's recorded end.

@@ -58,14 +58,16 @@ pub async fn refresh_device_info(
         }
         Some(_) => None,
     };
-    let claimed_already = claimed_with_lookup.is_some();
-    let device = match claimed_with_lookup {
-        Some(device) => device,
-        None => state
-            .store
-            .device_by_key(organization.id, &device_key)
-            .await?
-            .ok_or(ApiError::NotFound)?,
+    // The claim the lookup already made (every category), if it made one.
+    let (device, claimed_whole) = match claimed_with_lookup {
+        Some(device) => (device, Some(Claim::whole(&categories))),
+        None => {
+            let device = state
+                .store
+                .device_by_key(organization.id, &device_key)
+                .await?;
+            (device.ok_or(ApiError::NotFound)?, None)
+        }
     };
     match device.state.refreshable() {
         Refreshable::Yes => {}
@@ -95,16 +97,14 @@ pub async fn refresh_device_info(
         ..JobRecord::new(organization.id, device.id, &categories, Lane::Interactive)
     };
     let claim = async {
-        if claimed_already {
-            Ok(Claim {
-                ours: categories.clone(),
-                theirs: Vec::new(),
-            })
-        } else {
-            let (organization, device) = (job.organization, job.device);
-            (state.store)
-                .claim(organization, device, &categories, job.id, cutoff, false)
-                .await
+        match claimed_whole {
+            Some(claim) => Ok(claim),
+            None => {
+                let (organization, device) = (job.organization, job.device);
+                (state.store)
+                    .claim(organization, device, &categories, job.id, cutoff, false)
+                    .await
+            }
         }
     };
     // The record and the claim do not depend on each other: one round trip's wait, not two.

@@ -120,6 +120,16 @@ pub struct Claim {
     pub theirs: Vec<Category>,
 }
 
+impl Claim {
+    /// Every one of `categories` claimed.
+    pub fn whole(categories: &[Category]) -> Claim {
+        Claim {
+            ours: categories.to_vec(),
+            theirs: Vec::new(),
+        }
+    }
+}
+
 impl Store {
     pub async fn create_device(&self, new: NewDevice) -> Result<Device, StoreError> {
         let device = Device::new(new);
@@ -203,10 +213,7 @@ impl Store {
             .claim_free(organization, device, categories, job, since)
             .await?
         {
-            return Ok(Claim {
-                ours: categories.to_vec(),
-                theirs: Vec::new(),
-            });
+            return Ok(Claim::whole(categories));
         }
         let singles = join_all(categories.iter().map(|&category| async move {
             let single = std::slice::from_ref(&category);
