@@ -56,15 +56,29 @@ ensure_cargo_deny() {
     fi
 }
 
-# A venv with SecantusDB (a MongoDB-compatible server) under .local; prints secantusd-py's path.
-secantus_binary() {
-    local venv="$LOCAL_DIR/secantus-venv"
-    if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('SecantusDB') == '$SECANTUS_VERSION'" 2>/dev/null; then
-        log "installing SecantusDB $SECANTUS_VERSION into $venv"
+# A venv $1 under .local holding Python package $2 at version $3; prints the path of its
+# command $4.
+python_tool() {
+    local venv="$LOCAL_DIR/$1" package=$2 version=$3
+    if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('$package') == '$version'" 2>/dev/null; then
+        log "installing $package $version into $venv"
         python3 -m venv "$venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version" >&2
     fi
-    echo "$venv/bin/secantusd-py"
+    echo "$venv/bin/$4"
+}
+
+# SecantusDB (a MongoDB-compatible server); prints secantusd-py's path.
+secantus_binary() { python_tool secantus-venv SecantusDB "$SECANTUS_VERSION" secantusd-py; }
+
+# schemathesis, the HTTP fuzzer tests/tests/openapi.rs runs against /openapi.json; exports
+# SCHEMATHESIS (unless already set) as the test expects.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    if [ -z "${SCHEMATHESIS:-}" ]; then
+        SCHEMATHESIS=$(python_tool schemathesis-venv schemathesis "$SCHEMATHESIS_VERSION" schemathesis)
+        export SCHEMATHESIS
+    fi
 }
 
 # Starts SecantusDB on 127.0.0.1:$1 with storage $2 (a folder, or :memory:) and exports

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// One reason a request was invalid, as `error.details` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     pub field: String,
     pub problem: String,
@@ -26,7 +26,10 @@ impl FieldProblem {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Every answer other than success. `ErrorKind` (derived) names the variants without their data:
+/// it carries the contract's error table, which the OpenAPI document is built from.
+#[derive(Debug, thiserror::Error, strum::EnumDiscriminants)]
+#[strum_discriminants(name(ErrorKind), derive(strum::EnumIter))]
 pub enum ApiError {
     #[error("no auth token")]
     NoToken,
@@ -74,56 +77,75 @@ pub enum ApiError {
 /// What a caller should wait before trying again after a 503.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-impl ApiError {
-    fn parts(&self) -> (StatusCode, u16, &'static str) {
+impl ErrorKind {
+    /// The contract's error table: HTTP status, `error.code` and `error.message`.
+    pub fn parts(self) -> (StatusCode, u16, &'static str) {
         match self {
-            ApiError::NoToken => (StatusCode::UNAUTHORIZED, 4002, "No auth token"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 4001, "Unauthorized"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, 4003, "Forbidden"),
-            ApiError::Validation(_) => (StatusCode::BAD_REQUEST, 1001, "Validation failed"),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 1002, "Payload too large"),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, 3001, "Entity not found"),
-            ApiError::DeviceNotActive => (StatusCode::CONFLICT, 3002, "Device not active"),
-            ApiError::RateLimited { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests")
+            ErrorKind::NoToken => (StatusCode::UNAUTHORIZED, 4002, "No auth token"),
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, 4001, "Unauthorized"),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, 4003, "Forbidden"),
+            ErrorKind::Validation => (StatusCode::BAD_REQUEST, 1001, "Validation failed"),
+            ErrorKind::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, 1002, "Payload too large")
             }
-            ApiError::IdempotencyMismatch => (
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, 3001, "Entity not found"),
+            ErrorKind::DeviceNotActive => (StatusCode::CONFLICT, 3002, "Device not active"),
+            ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests"),
+            ErrorKind::IdempotencyMismatch => (
                 StatusCode::CONFLICT,
                 4091,
                 "Idempotency key already used with a different request",
             ),
-            ApiError::IdempotencyInProgress => (
+            ErrorKind::IdempotencyInProgress => (
                 StatusCode::CONFLICT,
                 4092,
                 "A request with this idempotency key is still in progress",
             ),
-            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, 4040, "Route not found"),
-            ApiError::MethodNotAllowed => {
+            ErrorKind::RouteNotFound => (StatusCode::NOT_FOUND, 4040, "Route not found"),
+            ErrorKind::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, 4050, "Method not allowed")
             }
-            ApiError::HeadersTooLarge => (
+            ErrorKind::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 4310,
                 "Request headers too large",
             ),
-            ApiError::BodyTimeout => (
+            ErrorKind::BodyTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 4080,
                 "Request body not received in time",
             ),
-            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy"),
-            ApiError::Unavailable(_) | ApiError::NotReady(_) => {
+            ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy"),
+            ErrorKind::Unavailable | ErrorKind::NotReady => {
                 (StatusCode::SERVICE_UNAVAILABLE, 5003, "Service unavailable")
             }
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 5000, "Internal error"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, 5000, "Internal error"),
         }
+    }
+
+    /// The answers that carry `Retry-After`.
+    pub fn has_retry_after(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RateLimited
+                | ErrorKind::IdempotencyInProgress
+                | ErrorKind::Overloaded
+                | ErrorKind::Unavailable
+                | ErrorKind::NotReady
+        )
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, u16, &'static str) {
+        ErrorKind::from(self).parts()
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::IdempotencyInProgress | ApiError::Overloaded => Some(Duration::from_secs(1)),
             ApiError::Unavailable(_) | ApiError::NotReady(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            other if ErrorKind::from(other).has_retry_after() => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

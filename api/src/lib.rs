@@ -6,6 +6,7 @@ mod auth_cache;
 mod error;
 mod idempotency;
 mod limits;
+mod openapi;
 mod rate_limit;
 mod routes;
 mod state;

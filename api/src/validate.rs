@@ -10,7 +10,18 @@ use refresh_shared::{
 };
 use serde_json::Value;
 
-/// `organizationId`: `^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$` (upstream page).
+/// `organizationId`, as the upstream page gives it.
+pub const ORGANIZATION_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$";
+/// `winDeviceId`: the upstream page's `^(([a-fA-F0-9]{24})|(\w{1,}))$` with `\w` written out as
+/// the ASCII word characters it means in ECMA-262, the regex dialect of OpenAPI 3.1 (a reader in
+/// another dialect, such as Python's, would take `\w` to include every Unicode letter).
+pub const DEVICE_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9_]{1,}))$";
+/// `jobId`, `batchId`: an ObjectId in hex.
+pub const OBJECT_ID_PATTERN: &str = "^[a-fA-F0-9]{24}$";
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
+
+/// `organizationId` ([`ORGANIZATION_PATTERN`]): an id or a slug.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrganizationRef {
     Id(ObjectId),
@@ -31,7 +42,7 @@ pub fn organization_ref(raw: &str) -> Result<OrganizationRef, FieldProblem> {
     }
 }
 
-/// `winDeviceId`: `^(([a-fA-F0-9]{24})|(\w{1,}))$` (upstream page): an id, IMEI or serial.
+/// `winDeviceId` ([`DEVICE_PATTERN`]): an id, IMEI or serial.
 pub fn device_key(raw: &str) -> Result<&str, FieldProblem> {
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         Ok(raw)
@@ -95,7 +106,9 @@ pub enum BulkTarget {
 /// produce a 100,000-line answer.
 const MAX_LISTED_PROBLEMS: usize = 20;
 /// Most tags a filter may require.
-const MAX_FILTER_TAGS: usize = 50;
+pub const MAX_FILTER_TAGS: usize = 50;
+/// Longest tag a filter may name, in characters (as JSON Schema's `maxLength` counts).
+pub const MAX_TAG_CHARS: usize = 128;
 
 /// Parses `{"info": [...], "deviceIds": [...]}` or `{"info": [...], "filter": {...}}`.
 pub fn bulk_body(body: &[u8]) -> Result<BulkRequest, Vec<FieldProblem>> {
@@ -211,14 +224,16 @@ fn device_filter(value: Value, problems: &mut Vec<FieldProblem>) -> Option<Devic
             let mut tags = Vec::new();
             for (index, item) in items.into_iter().enumerate() {
                 match item {
-                    Value::String(tag) if !tag.is_empty() && tag.len() <= 128 => {
+                    Value::String(tag)
+                        if !tag.is_empty() && tag.chars().count() <= MAX_TAG_CHARS =>
+                    {
                         if !tags.contains(&tag) {
                             tags.push(tag);
                         }
                     }
                     _ => problems.push(FieldProblem::new(
                         format!("filter.tags[{index}]"),
-                        "must be a non-empty string of at most 128 bytes",
+                        format!("must be a non-empty string of at most {MAX_TAG_CHARS} characters"),
                     )),
                 }
             }
@@ -461,24 +476,24 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// `^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$`, written out.
-        fn upstream_organization(raw: &str) -> bool {
-            let hex = raw.len() == 24 && raw.bytes().all(|b| b.is_ascii_hexdigit());
-            let slug =
-                raw.len() >= 3 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            hex || slug
-        }
-
-        /// `^(([a-fA-F0-9]{24})|(\w{1,}))$`, `\w` as ASCII word characters.
-        fn upstream_device(raw: &str) -> bool {
-            !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        /// Whether `raw` matches `pattern`, one of the patterns the OpenAPI document publishes.
+        fn documented(pattern: &str, raw: &str) -> bool {
+            regex::Regex::new(pattern)
+                .expect("a valid pattern")
+                .is_match(raw)
         }
 
         // Strings at the patterns' edges (allowed characters with at most one a caller might
-        // try instead, ids one character short or long), and any text at all.
-        const ORGANIZATIONS: &str =
-            "[a-fA-F0-9]{22,26}|[a-zA-Z0-9-]{0,12}[_./ %é]?[a-zA-Z0-9-]{0,12}|\\PC{0,26}";
+        // try instead, ids one character short or long, long slugs), and any text at all.
+        const ORGANIZATIONS: &str = concat!(
+            "[a-fA-F0-9]{22,26}",
+            "|[a-zA-Z0-9-]{0,12}[_./ %é]?[a-zA-Z0-9-]{0,12}",
+            "|[a-zA-Z0-9-]{20,80}",
+            "|\\PC{0,26}",
+        );
         const DEVICES: &str = "[a-zA-Z0-9_]{0,12}[-./ %é]?[a-zA-Z0-9_]{0,12}|\\PC{0,26}";
+        const OBJECT_IDS: &str = "[a-fA-F0-9]{22,26}|[a-fA-F0-9]{0,12}[g-zG-Z ]?[a-fA-F0-9]{0,12}";
+        const IDEMPOTENCY_KEYS: &str = "[!-~]{0,12}[ \t\u{80}é]?[!-~]{0,12}|[!-~]{250,260}";
 
         fn category_names() -> impl Strategy<Value = Vec<&'static str>> {
             let names: Vec<&'static str> = Category::ALL.iter().map(|c| c.as_str()).collect();
@@ -488,12 +503,37 @@ mod tests {
         proptest! {
             #[test]
             fn organization_refs_are_exactly_the_upstream_pattern(raw in ORGANIZATIONS) {
-                prop_assert_eq!(organization_ref(&raw).is_ok(), upstream_organization(&raw));
+                prop_assert_eq!(
+                    organization_ref(&raw).is_ok(),
+                    documented(ORGANIZATION_PATTERN, &raw)
+                );
             }
 
             #[test]
             fn device_keys_are_exactly_the_upstream_pattern(raw in DEVICES) {
-                prop_assert_eq!(device_key(&raw).is_ok(), upstream_device(&raw));
+                prop_assert_eq!(device_key(&raw).is_ok(), documented(DEVICE_PATTERN, &raw));
+            }
+
+            #[test]
+            fn object_ids_are_exactly_their_pattern(raw in OBJECT_IDS) {
+                prop_assert_eq!(
+                    object_id("jobId", &raw).is_ok(),
+                    documented(OBJECT_ID_PATTERN, &raw)
+                );
+            }
+
+            #[test]
+            fn idempotency_keys_are_exactly_their_pattern(raw in IDEMPOTENCY_KEYS) {
+                let mut headers = HeaderMap::new();
+                let Ok(value) = header::HeaderValue::from_str(&raw) else {
+                    // Not sendable as a header at all.
+                    return Ok(());
+                };
+                headers.insert("idempotency-key", value);
+                prop_assert_eq!(
+                    idempotency_key(&headers).is_ok(),
+                    documented(IDEMPOTENCY_KEY_PATTERN, &raw)
+                );
             }
 
             #[test]

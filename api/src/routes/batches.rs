@@ -6,7 +6,8 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
-    routes::{organization_and_id, refresh::body_rejection},
+    openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors},
+    routes::{Success, organization_and_id, refresh::body_rejection, success},
     state::AppState,
     validate::{self, BulkTarget},
 };
@@ -20,10 +21,37 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
-use refresh_shared::{batch::ExpandBatch, store::BatchRecord, token::PERMISSION_DEVICE_INFO};
-use serde_json::{Value, json};
+use refresh_shared::{
+    batch::ExpandBatch,
+    store::{BatchRecord, BatchView},
+    token::PERMISSION_DEVICE_INFO,
+};
+use serde::Serialize;
 use std::net::SocketAddr;
+use utoipa::ToSchema;
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAccepted {
+    /// The batch to follow at `…/refresh-batches/{batchId}`.
+    #[schema(pattern = "^[a-f0-9]{24}$")]
+    batch_id: String,
+}
+
+/// Refresh up to 100,000 devices, named or matched by a filter. Answers once the batch is
+/// recorded and its expansion queued; a worker turns it into jobs on the bulk lane.
+#[utoipa::path(
+    post,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-batches",
+    tag = "refresh",
+    params(CreateBatchParams),
+    request_body(content = BulkBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded and queued", body = Success<BatchAccepted>),
+        CreateBatchErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_batch(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -32,7 +60,7 @@ pub async fn create_batch(
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Success<BatchAccepted>>), ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let body = body.map_err(body_rejection)?;
     let mut problems = Vec::new();
@@ -134,16 +162,27 @@ async fn queue(
     Ok(())
 }
 
-fn batch_answer(batch_id: ObjectId) -> (StatusCode, Json<Value>) {
-    let body = json!({ "status": true, "data": { "batchId": batch_id.to_hex() } });
-    (StatusCode::ACCEPTED, Json(body))
+fn batch_answer(batch_id: ObjectId) -> (StatusCode, Json<Success<BatchAccepted>>) {
+    let accepted = BatchAccepted {
+        batch_id: batch_id.to_hex(),
+    };
+    (StatusCode::ACCEPTED, success(accepted))
 }
 
+/// A batch's progress: where each of its devices is.
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-batches/{batchId}",
+    tag = "refresh",
+    params(BatchParams),
+    responses((status = 200, description = "The batch", body = Success<BatchView>), StatusErrors),
+    security(("bearer" = [])),
+)]
 pub async fn get_batch(
     State(state): State<AppState>,
     caller: Authenticated,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success<BatchView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let (organization, batch) = organization_and_id(path, "batchId")?;
     let organization = caller.organization(&state, &organization).await?;
@@ -153,5 +192,5 @@ pub async fn get_batch(
         .await?
         .ok_or(ApiError::NotFound)?;
     let view = state.store.batch_view(batch).await?;
-    Ok(Json(json!({ "status": true, "data": view })))
+    Ok(success(view))
 }

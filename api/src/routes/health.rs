@@ -1,17 +1,30 @@
 use crate::{
     error::{ApiError, FieldProblem},
+    openapi::{AnyRouteErrors, ReadinessErrors},
+    routes::{UP, Up},
     state::AppState,
 };
 use axum::{Json, extract::State};
-use serde_json::{Value, json};
 
 /// The process is up.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": true }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = Up), AnyRouteErrors)
+)]
+pub async fn healthz() -> Json<Up> {
+    Json(UP)
 }
 
 /// The process can take requests: the database answers and the broker link is up.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "Ready", body = Up), ReadinessErrors)
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Up>, ApiError> {
     let mut down = Vec::new();
     if let Err(error) = state.store.ping().await {
         down.push(FieldProblem::new("database", error.to_string()));
@@ -20,12 +33,22 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         down.push(FieldProblem::new("broker", "not connected"));
     }
     if down.is_empty() {
-        Ok(Json(json!({ "status": true })))
+        Ok(Json(UP))
     } else {
         Err(ApiError::NotReady(down))
     }
 }
 
+/// Prometheus metrics, queue depths included.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        AnyRouteErrors,
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> String {
     refresh_shared::telemetry::render_with_queue_depths(&state.publisher).await
 }

@@ -7,44 +7,45 @@ mod refresh;
 use crate::{
     error::{ApiError, FieldProblem},
     limits::{self, Limits},
+    openapi::{self, ApiDoc, Document},
     rate_limit,
     state::AppState,
     validate::{self, OrganizationRef},
 };
 use axum::{
-    Router,
+    Extension, Json, Router,
     extract::{DefaultBodyLimit, Path, rejection::PathRejection},
-    routing::{get, post},
 };
 use bson::oid::ObjectId;
 use refresh_shared::settings::ApiSettings;
+use serde::Serialize;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// Every route, each with its entry in the OpenAPI document.
+pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
+    let (schemas, paths, create_batch) = routes!(batches::create_batch);
+    // A 100,000-id list is megabytes: this route has its own, larger limit.
+    let create_batch = create_batch.layer(DefaultBodyLimit::max(settings.bulk_body_limit_bytes));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(refresh::refresh_device_info))
+        .routes(routes!(jobs::get_job))
+        .routes((schemas, paths, create_batch))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(ops::queues))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+}
 
 pub fn router(state: AppState, settings: &ApiSettings) -> Router {
-    Router::new()
-        .route(
-            "/v1/organizations/{organization_id}/mdm/windows/enterprise/devices/{win_device_id}/info",
-            post(refresh::refresh_device_info),
-        )
-        .route(
-            "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-jobs/{job_id}",
-            get(jobs::get_job),
-        )
-        .route(
-            "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches",
-            // A 100,000-id list is megabytes: this route has its own, larger limit.
-            post(batches::create_batch).layer(DefaultBodyLimit::max(settings.bulk_body_limit_bytes)),
-        )
-        .route(
-            "/v1/organizations/{organization_id}/mdm/windows/enterprise/refresh-batches/{batch_id}",
-            get(batches::get_batch),
-        )
-        .route("/v1/ops/queues", get(ops::queues))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (router, document) = documented(settings).split_for_parts();
+    router
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(Document::new(&document)))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
@@ -59,6 +60,27 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
+
+/// `{"status": true, "data": …}`: every success answer that carries data.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Success<T> {
+    /// Always `true`.
+    status: bool,
+    data: T,
+}
+
+pub fn success<T>(data: T) -> Json<Success<T>> {
+    Json(Success { status: true, data })
+}
+
+/// `{"status": true}`: the process is up, or ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Up {
+    /// Always `true`.
+    status: bool,
+}
+
+pub const UP: Up = Up { status: true };
 
 /// The `{organizationId}` and 24-hex `{<id_field>}` of a status route, or every problem with them.
 fn organization_and_id(

@@ -1,17 +1,35 @@
 //! `GET /v1/ops/queues`: every queue's depth, for operators and their dashboards.
 
-use crate::{auth::Authenticated, error::ApiError, state::AppState};
+use crate::{
+    auth::Authenticated,
+    error::ApiError,
+    openapi::OperatorErrors,
+    routes::{Success, success},
+    state::AppState,
+};
 use axum::{Json, extract::State};
-use refresh_shared::token::PERMISSION_OPS_QUEUES;
-use serde_json::{Value, json};
+use refresh_shared::{broker::QueueDepth, token::PERMISSION_OPS_QUEUES};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Queues {
+    queues: Vec<QueueDepth>,
+}
+
+/// Every queue's depth and consumers (permission `ops.queues`).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/queues",
+    tag = "operations",
+    responses((status = 200, description = "Every queue", body = Success<Queues>), OperatorErrors),
+    security(("bearer" = [])),
+)]
 pub async fn queues(
     State(state): State<AppState>,
     caller: Authenticated,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success<Queues>>, ApiError> {
     caller.require(PERMISSION_OPS_QUEUES)?;
-    let depths = state.publisher.queue_depths().await?;
-    Ok(Json(
-        json!({ "status": true, "data": { "queues": depths } }),
-    ))
+    let queues = state.publisher.queue_depths().await?;
+    Ok(success(Queues { queues }))
 }

@@ -6,6 +6,8 @@ use crate::{
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
     limits,
+    openapi::{RefreshBody, RefreshErrors, RefreshParams},
+    routes::{Success, success},
     state::AppState,
     validate,
 };
@@ -27,9 +29,36 @@ use refresh_shared::{
     store::{CategoryUpdate, Claim, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::net::SocketAddr;
+use utoipa::ToSchema;
 
+/// The upstream answer plus the job to follow.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshAccepted {
+    /// Always `true`: the request was recorded and queued.
+    status: bool,
+    /// The job to follow at `…/refresh-jobs/{jobId}`; an earlier job's when it already covers
+    /// every category named.
+    #[schema(pattern = "^[a-f0-9]{24}$")]
+    job_id: String,
+}
+
+/// Ask a device to re-report the categories named (upstream: "Request selective device
+/// information refresh"). Answers once the job is recorded and the broker has confirmed it.
+#[utoipa::path(
+    post,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/devices/{winDeviceId}/info",
+    tag = "refresh",
+    params(RefreshParams),
+    request_body(content = RefreshBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded and queued", body = Success<RefreshAccepted>),
+        RefreshErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn refresh_device_info(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -38,7 +67,7 @@ pub async fn refresh_device_info(
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Success<RefreshAccepted>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let body = body.map_err(body_rejection)?;
     let (organization_ref, device_key, categories) = validate_request(path, &headers, &body)?;
@@ -136,11 +165,11 @@ pub async fn refresh_device_info(
     Ok(job_answer(job_id))
 }
 
-fn job_answer(job_id: ObjectId) -> Json<Value> {
-    Json(json!({
-        "status": true,
-        "data": { "status": true, "jobId": job_id.to_hex() },
-    }))
+fn job_answer(job_id: ObjectId) -> Json<Success<RefreshAccepted>> {
+    success(RefreshAccepted {
+        status: true,
+        job_id: job_id.to_hex(),
+    })
 }
 
 /// A body that could not be read: too large, or not a body at all.

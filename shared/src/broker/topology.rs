@@ -9,6 +9,7 @@ use lapin::{
 };
 use serde::Serialize;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 /// Redeliveries after which a message that keeps killing or failing its consumer is dead-lettered
 /// instead of looping forever (counted by quorum queues themselves).
@@ -248,7 +249,7 @@ impl Topology {
 }
 
 /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueRole {
     /// Jobs waiting for a worker (one per lane).
@@ -273,7 +274,7 @@ impl QueueRole {
 }
 
 /// One queue's depth at one instant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueDepth {
     pub name: String,

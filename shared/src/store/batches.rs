@@ -9,6 +9,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,7 +66,7 @@ pub struct Expansion {
     pub done: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Skipped {
     pub not_found: u64,
@@ -344,7 +345,7 @@ impl Store {
 const RECOUNT_AFTER_QUIET_MS: i64 = 60_000;
 
 /// A batch as `GET …/refresh-batches/{batchId}` and `refreshctl bulk` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchView {
     pub id: String,
@@ -364,7 +365,7 @@ pub struct BatchView {
 }
 
 /// Where each of a batch's devices is; the numbers add up to `total`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchCounts {
     /// Not yet expanded into a job.

@@ -1,0 +1,451 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`. Each route is registered together with its
+//! `#[utoipa::path]` (utoipa-axum's `routes!`), so no route is served undocumented; the error
+//! answers are built from `ErrorKind`'s table and the parameter patterns are `validate`'s own, so
+//! the document says what the code does.
+
+use crate::{
+    error::{ErrorKind, FieldProblem},
+    validate,
+};
+use axum::{
+    Extension,
+    body::Bytes,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use refresh_shared::{Category, batch::MAX_BATCH_DEVICES, device::DeviceState};
+use serde_json::json;
+use std::collections::BTreeMap;
+use utoipa::{
+    IntoParams, IntoResponses, Modify, OpenApi, PartialSchema, ToSchema,
+    openapi::{
+        self, ArrayBuilder, ContentBuilder, HeaderBuilder, ObjectBuilder, RefOr, Required,
+        Response as ApiResponse, ResponseBuilder, Schema, Type,
+        path::{Parameter, ParameterBuilder, ParameterIn},
+        schema::AdditionalProperties,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+/// The name the operations' `security` refers to.
+pub const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "device-refresh",
+        description = "Asks Windows devices to re-report selected inventory categories without a full sync."
+    ),
+    components(schemas(FieldProblem, Category, DeviceState)),
+    modifiers(&Conventions),
+    tags(
+        (name = "refresh", description = "Refreshing devices, one or in bulk, and following the work"),
+        (name = "operations", description = "Health, metrics, queue depths and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// What every operation shares: the bearer scheme, and the answers to a request no operation
+/// matches (an unknown path, or a method the path does not serve).
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, document: &mut openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for kind in [ErrorKind::RouteNotFound, ErrorKind::MethodNotAllowed] {
+            let (_, code, _) = kind.parts();
+            components
+                .responses
+                .insert(format!("Error{code}"), error_response(&[kind]).into());
+        }
+    }
+}
+
+/// The document, rendered once at start.
+#[derive(Clone)]
+pub struct Document(Bytes);
+
+impl Document {
+    pub fn new(document: &openapi::OpenApi) -> Document {
+        let json = serde_json::to_vec(document).expect("an OpenAPI document always serializes");
+        Document(Bytes::from(json))
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json"),
+        AnyRouteErrors,
+    )
+)]
+pub async fn document(Extension(document): Extension<Document>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document.0).into_response()
+}
+
+/// Answers any route may give before its handler runs: headers over `HEADER_LIMIT_BYTES`,
+/// `MAX_IN_FLIGHT_REQUESTS` reached, and the catch-all for a bug.
+const ANY_ROUTE: &[ErrorKind] = &[
+    ErrorKind::HeadersTooLarge,
+    ErrorKind::Overloaded,
+    ErrorKind::Internal,
+];
+/// Answers of a route that takes a bearer token (the token lookup may find the database down).
+const AUTHENTICATED: &[ErrorKind] = &[
+    ErrorKind::NoToken,
+    ErrorKind::Unauthorized,
+    ErrorKind::Forbidden,
+    ErrorKind::RateLimited,
+    ErrorKind::Unavailable,
+];
+/// Answers of a route that reads a JSON body.
+const WITH_BODY: &[ErrorKind] = &[
+    ErrorKind::Validation,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::BodyTimeout,
+];
+/// Answers of a route that takes an `Idempotency-Key`.
+const IDEMPOTENT: &[ErrorKind] = &[
+    ErrorKind::IdempotencyMismatch,
+    ErrorKind::IdempotencyInProgress,
+];
+
+/// Declares a type whose `IntoResponses` documents the error answers of one kind of route.
+macro_rules! error_answers {
+    ($($(#[$doc:meta])* $name:ident = [$($group:expr),* $(,)?];)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+                error_responses(&[$($group),*].concat())
+            }
+        }
+    )*};
+}
+
+error_answers! {
+    /// `POST …/devices/{winDeviceId}/info`.
+    RefreshErrors = [
+        ANY_ROUTE,
+        AUTHENTICATED,
+        WITH_BODY,
+        IDEMPOTENT,
+        &[ErrorKind::NotFound, ErrorKind::DeviceNotActive],
+    ];
+    /// `POST …/refresh-batches`.
+    CreateBatchErrors = [ANY_ROUTE, AUTHENTICATED, WITH_BODY, IDEMPOTENT, &[ErrorKind::NotFound]];
+    /// A status read by id: `…/refresh-jobs/{jobId}`, `…/refresh-batches/{batchId}`.
+    StatusErrors = [ANY_ROUTE, AUTHENTICATED, &[ErrorKind::Validation, ErrorKind::NotFound]];
+    /// `GET /v1/ops/queues`.
+    OperatorErrors = [ANY_ROUTE, AUTHENTICATED];
+    /// `GET /readyz`.
+    ReadinessErrors = [ANY_ROUTE, &[ErrorKind::NotReady]];
+    /// Routes without a token: `/healthz`, `/metrics`, `/openapi.json`.
+    AnyRouteErrors = [ANY_ROUTE];
+}
+
+/// One response per HTTP status, its `error.code` and `error.message` limited to the kinds given.
+fn error_responses(kinds: &[ErrorKind]) -> BTreeMap<String, RefOr<ApiResponse>> {
+    let mut by_status: BTreeMap<u16, Vec<ErrorKind>> = BTreeMap::new();
+    for &kind in kinds {
+        let (status, _, _) = kind.parts();
+        let same_status = by_status.entry(status.as_u16()).or_default();
+        if !same_status.contains(&kind) {
+            same_status.push(kind);
+        }
+    }
+    by_status
+        .into_iter()
+        .map(|(status, kinds)| (status.to_string(), error_response(&kinds).into()))
+        .collect()
+}
+
+/// The envelope `{"status":false,"error":{"code","message","details"?}}` for kinds of one status.
+fn error_response(kinds: &[ErrorKind]) -> ApiResponse {
+    let mut codes: Vec<u16> = Vec::new();
+    let mut messages: Vec<&str> = Vec::new();
+    for kind in kinds {
+        let (_, code, message) = kind.parts();
+        if !codes.contains(&code) {
+            codes.push(code);
+            messages.push(message);
+        }
+    }
+    let description = codes
+        .iter()
+        .zip(&messages)
+        .map(|(code, message)| format!("{code} {message}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let error = ObjectBuilder::new()
+        .property(
+            "code",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some(codes)),
+        )
+        .required("code")
+        .property(
+            "message",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(messages)),
+        )
+        .required("message")
+        .property(
+            "details",
+            ArrayBuilder::new().items(reference::<FieldProblem>()),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let envelope = ObjectBuilder::new()
+        .property("status", false_value())
+        .required("status")
+        .property("error", error)
+        .required("error")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new().schema(Some(envelope)).build(),
+    );
+    if kinds.iter().any(|kind| kind.has_retry_after()) {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                )
+                .description(Some("Seconds to wait before trying again"))
+                .build(),
+        );
+    }
+    response.build()
+}
+
+fn false_value() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([false]))
+}
+
+/// A reference to `T`'s schema, which `ApiDoc` lists among its components.
+fn reference<T: ToSchema>() -> RefOr<Schema> {
+    RefOr::Ref(openapi::Ref::from_schema_name(T::name()))
+}
+
+/// A required path parameter matching `pattern`.
+fn path_parameter(name: &str, pattern: &str, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(description))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern)),
+        ))
+        .build()
+}
+
+fn organization_id() -> Parameter {
+    path_parameter(
+        "organizationId",
+        validate::ORGANIZATION_PATTERN,
+        "The organization's 24-hex id or its slug",
+    )
+}
+
+fn idempotency_key() -> Parameter {
+    ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Makes a retried request answer what the first one did instead of acting twice",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(validate::IDEMPOTENCY_KEY_PATTERN)),
+        ))
+        .build()
+}
+
+/// Declares a type whose `IntoParams` lists the given parameters.
+macro_rules! parameters {
+    ($($(#[$doc:meta])* $name:ident = [$($parameter:expr),* $(,)?];)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl IntoParams for $name {
+            fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+                vec![$($parameter),*]
+            }
+        }
+    )*};
+}
+
+parameters! {
+    /// `POST …/devices/{winDeviceId}/info`.
+    RefreshParams = [
+        organization_id(),
+        path_parameter(
+            "winDeviceId",
+            validate::DEVICE_PATTERN,
+            "The device's 24-hex id, IMEI or serial number, looked up inside the organization",
+        ),
+        idempotency_key(),
+    ];
+    /// `POST …/refresh-batches`.
+    CreateBatchParams = [organization_id(), idempotency_key()];
+    /// `GET …/refresh-jobs/{jobId}`.
+    JobParams = [
+        organization_id(),
+        path_parameter("jobId", validate::OBJECT_ID_PATTERN, "The id a refresh answered"),
+    ];
+    /// `GET …/refresh-batches/{batchId}`.
+    BatchParams = [
+        organization_id(),
+        path_parameter("batchId", validate::OBJECT_ID_PATTERN, "The id a bulk refresh answered"),
+    ];
+}
+
+fn categories() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .items(reference::<Category>())
+        .min_items(Some(1))
+}
+
+/// The body `validate::refresh_body` accepts: `{"info": [category, …]}`, duplicates merged.
+pub struct RefreshBody;
+
+impl ToSchema for RefreshBody {}
+
+impl PartialSchema for RefreshBody {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property("info", categories())
+            .required("info")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .examples([json!({ "info": ["hardware", "applications", "certificates"] })])
+            .into()
+    }
+}
+
+/// The body `validate::bulk_body` accepts: the categories and either the devices (ids, IMEIs or
+/// serials) or a filter over the organization's devices.
+pub struct BulkBody;
+
+impl ToSchema for BulkBody {}
+
+impl PartialSchema for BulkBody {
+    fn schema() -> RefOr<Schema> {
+        let device_ids = ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(validate::DEVICE_PATTERN)),
+            )
+            .min_items(Some(1))
+            .max_items(Some(MAX_BATCH_DEVICES));
+        let tag = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(validate::MAX_TAG_CHARS));
+        let filter = ObjectBuilder::new()
+            .property("state", reference::<DeviceState>())
+            .property(
+                "tags",
+                ArrayBuilder::new()
+                    .items(tag)
+                    .max_items(Some(validate::MAX_FILTER_TAGS)),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let by_ids = ObjectBuilder::new()
+            .property("info", categories())
+            .required("info")
+            .property("deviceIds", device_ids)
+            .required("deviceIds")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let by_filter = ObjectBuilder::new()
+            .property("info", categories())
+            .required("info")
+            .property("filter", filter)
+            .required("filter")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        openapi::schema::OneOfBuilder::new()
+            .item(by_ids)
+            .item(by_filter)
+            .examples([
+                json!({ "info": ["hardware"], "deviceIds": ["356938035643809", "SN_123"] }),
+                json!({ "info": ["applications"], "filter": { "state": "ACTIVE", "tags": ["kiosk"] } }),
+            ])
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+    use strum::IntoEnumIterator;
+
+    fn document() -> Value {
+        let settings = refresh_shared::Settings::from_lookup(|_| None).expect("defaults are valid");
+        let (_, document) = routes::documented(&settings.api).split_for_parts();
+        serde_json::to_value(&document).expect("serializes")
+    }
+
+    /// Every `error.code` a response of the document allows.
+    fn documented_codes(document: &Value) -> BTreeSet<u64> {
+        let mut responses: Vec<&Value> = document["components"]["responses"]
+            .as_object()
+            .into_iter()
+            .flat_map(|responses| responses.values())
+            .collect();
+        for item in document["paths"].as_object().expect("paths").values() {
+            for operation in item.as_object().expect("path item").values() {
+                responses.extend(
+                    operation["responses"]
+                        .as_object()
+                        .expect("responses")
+                        .values(),
+                );
+            }
+        }
+        responses
+            .into_iter()
+            .filter_map(|response| {
+                let schema = &response["content"]["application/json"]["schema"];
+                schema["properties"]["error"]["properties"]["code"]["enum"].as_array()
+            })
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect()
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_every_error_of_the_table() {
+        let document = document();
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
+        let table: BTreeSet<u64> = ErrorKind::iter()
+            .map(|kind| u64::from(kind.parts().1))
+            .collect();
+        assert_eq!(documented_codes(&document), table);
+    }
+}
