@@ -62,9 +62,12 @@ pub enum ApiError {
     /// The client stopped sending its body for longer than `BODY_READ_TIMEOUT_MS`.
     #[error("request body not received in time")]
     BodyTimeout,
-    /// `MAX_IN_FLIGHT_REQUESTS` are being served already.
+    /// `MAX_IN_FLIGHT_REQUESTS` are being served already, or `MAX_CONNECTIONS` are open.
     #[error("too many requests in flight")]
     Overloaded,
+    /// No answer within `REQUEST_TIMEOUT_MS`; the request's work goes on.
+    #[error("request timed out")]
+    RequestTimeout,
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
     /// `/readyz`: which dependencies are down, as details.
@@ -116,6 +119,9 @@ impl ErrorKind {
                 "Request body not received in time",
             ),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy"),
+            ErrorKind::RequestTimeout => {
+                (StatusCode::SERVICE_UNAVAILABLE, 5040, "Request timed out")
+            }
             ErrorKind::Unavailable | ErrorKind::NotReady => {
                 (StatusCode::SERVICE_UNAVAILABLE, 5003, "Service unavailable")
             }
@@ -130,6 +136,7 @@ impl ErrorKind {
             ErrorKind::RateLimited
                 | ErrorKind::IdempotencyInProgress
                 | ErrorKind::Overloaded
+                | ErrorKind::RequestTimeout
                 | ErrorKind::Unavailable
                 | ErrorKind::NotReady
         )

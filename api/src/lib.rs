@@ -9,6 +9,7 @@ mod limits;
 mod openapi;
 mod rate_limit;
 mod routes;
+mod server;
 mod state;
 pub mod validate;
 
@@ -22,6 +23,7 @@ use refresh_shared::{
     settings::AmqpSettings,
     store::Store,
 };
+use server::Server;
 use state::AppState;
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::TcpListener;
@@ -33,10 +35,9 @@ const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
 
 /// The api, bound and connected, not yet serving.
 pub struct App {
-    listener: TcpListener,
+    server: Server,
     addr: SocketAddr,
     shutdown_grace: std::time::Duration,
-    router: axum::Router,
     state: AppState,
     amqp: AmqpSettings,
     audit_writer: AuditWriter,
@@ -62,10 +63,9 @@ impl App {
         let state = AppState::new(&settings, store, publisher, audit);
         let router = routes::router(state.clone(), &settings.api);
         Ok(App {
-            listener,
+            server: Server::new(listener, router, &settings.api),
             addr,
             shutdown_grace: settings.shutdown_grace,
-            router,
             state,
             amqp: settings.amqp,
             audit_writer,
@@ -78,10 +78,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let state = self.state.clone();
         let sweeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(RATE_LIMIT_SWEEP);
@@ -98,23 +95,9 @@ impl App {
             let invalidate = |what| state.auth_cache.invalidate(what);
             invalidations::follow(&amqp, "refresh-api invalidations", invalidate, followed).await;
         });
-        let server = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let grace = self.shutdown_grace;
-        let served = tokio::select! {
-            served = server => served.context("serving HTTP"),
-            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "requests still in flight at the shutdown deadline are dropped");
-                Ok(())
-            }
-        };
+        self.server.run(stop, self.shutdown_grace).await;
         sweeper.abort();
         invalidations.abort();
         self.audit_writer.finish().await;
-        served
     }
 }

@@ -6,5 +6,6 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env().context("reading settings from the environment")?;
     telemetry::init_tracing(settings.log_format);
     let app = refresh_api::App::build(settings).await?;
-    app.run_until_stopped(shutdown::signal()).await
+    app.run_until_stopped(shutdown::signal()).await;
+    Ok(())
 }

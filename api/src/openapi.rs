@@ -89,11 +89,12 @@ pub async fn document(Extension(document): Extension<Document>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document.0).into_response()
 }
 
-/// Answers any route may give before its handler runs: headers over `HEADER_LIMIT_BYTES`,
-/// `MAX_IN_FLIGHT_REQUESTS` reached, and the catch-all for a bug.
+/// Answers any route may give: headers over `HEADER_LIMIT_BYTES`, `MAX_IN_FLIGHT_REQUESTS` or
+/// `MAX_CONNECTIONS` reached, no answer within `REQUEST_TIMEOUT_MS`, and the catch-all for a bug.
 const ANY_ROUTE: &[ErrorKind] = &[
     ErrorKind::HeadersTooLarge,
     ErrorKind::Overloaded,
+    ErrorKind::RequestTimeout,
     ErrorKind::Internal,
 ];
 /// Answers of a route that takes a bearer token (the token lookup may find the database down).

@@ -50,6 +50,16 @@ pub struct ApiSettings {
     pub body_read_timeout: Duration,
     /// Requests served at once; the next is answered 503 at once rather than queued.
     pub max_in_flight_requests: usize,
+    /// Longest wait for a request's headers, counted from when the connection is ready for
+    /// one (so also how long an idle keep-alive connection is kept): a client trickling its
+    /// headers cannot hold a connection.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; the next is answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest a caller waits for an answer. Past it the answer is 503 5040, and the request's
+    /// work still runs to its end: cutting it between the claim and the publish would strand
+    /// the device's categories.
+    pub request_timeout: Duration,
     /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
     pub bulk_body_limit_bytes: usize,
     /// Requests per token.
@@ -174,6 +184,9 @@ impl Settings {
             header_limit_bytes: env.parse("HEADER_LIMIT_BYTES", "16384"),
             body_read_timeout: env.millis("BODY_READ_TIMEOUT_MS", 10_000),
             max_in_flight_requests: env.parse("MAX_IN_FLIGHT_REQUESTS", "1024"),
+            header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000),
+            max_connections: env.parse("MAX_CONNECTIONS", "4096"),
+            request_timeout: env.millis("REQUEST_TIMEOUT_MS", 15_000),
             bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
@@ -223,6 +236,15 @@ impl Settings {
         if api.max_in_flight_requests == 0 {
             env.errors
                 .push("MAX_IN_FLIGHT_REQUESTS: must be at least 1".to_owned());
+        }
+        if api.max_connections == 0 {
+            env.errors
+                .push("MAX_CONNECTIONS: must be at least 1".to_owned());
+        }
+        if api.header_read_timeout.is_zero() || api.request_timeout.is_zero() {
+            env.errors.push(
+                "HEADER_READ_TIMEOUT_MS and REQUEST_TIMEOUT_MS: must be at least 1".to_owned(),
+            );
         }
         if worker.bulk_concurrency == 0 || worker.bulk_concurrency > usize::from(u16::MAX / 2) {
             env.errors

@@ -5,6 +5,7 @@
 //! fresh database and queue prefix per test.
 
 pub mod proxy;
+pub mod raw;
 pub mod sim;
 
 use bson::oid::ObjectId;
@@ -647,6 +648,26 @@ impl Answer {
         }
     }
 
+    /// Checks the answer is exactly the envelope with this status, code and message.
+    pub fn assert_error(&self, status: StatusCode, code: u64, message: &str) {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(self.error_code(), code, "{:?}", self.body);
+        assert_eq!(
+            self.body["error"]["message"],
+            Value::from(message),
+            "{:?}",
+            self.body
+        );
+        let mut keys: Vec<&String> = self.body.as_object().expect("an object").keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["error", "status"],
+            "nothing but the envelope: {:?}",
+            self.body
+        );
+    }
+
     /// The error code of an envelope answer, checking the envelope's shape on the way.
     pub fn error_code(&self) -> u64 {
         assert_eq!(self.body["status"], Value::Bool(false), "{:?}", self.body);
@@ -669,27 +690,6 @@ impl Answer {
             .expect("jobId")
             .to_owned()
     }
-}
-
-/// Where RabbitMQ and MongoDB listen, for tests that put a [`proxy::Proxy`] in between.
-pub fn dependency_addr(url: &str, default_port: u16) -> SocketAddr {
-    let parsed = url::Url::parse(url).expect("service URL");
-    let host = parsed.host_str().unwrap_or("127.0.0.1");
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    let port = parsed.port().unwrap_or(default_port);
-    format!("{host}:{port}").parse().expect("host:port")
-}
-
-/// `url` with its host and port replaced by `addr`.
-pub fn via(url: &str, addr: SocketAddr) -> String {
-    let mut parsed = url::Url::parse(url).expect("service URL");
-    parsed.set_ip_host(addr.ip()).expect("ip host");
-    parsed.set_port(Some(addr.port())).expect("port");
-    parsed.to_string()
 }
 
 /// A binary of this workspace, built next to the test executables (`cargo build --bins`, which

@@ -12,25 +12,6 @@ fn hardware() -> Value {
     json!({ "info": ["hardware"] })
 }
 
-fn assert_error(answer: &Answer, status: StatusCode, code: u64, message: &str) {
-    assert_eq!(answer.status, status, "{:?}", answer.body);
-    assert_eq!(answer.error_code(), code, "{:?}", answer.body);
-    assert_eq!(
-        answer.body["error"]["message"],
-        json!(message),
-        "{:?}",
-        answer.body
-    );
-    let mut keys: Vec<&String> = answer.body.as_object().unwrap().keys().collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        ["error", "status"],
-        "nothing but the envelope: {:?}",
-        answer.body
-    );
-}
-
 #[tokio::test]
 async fn no_token_is_401_4002() {
     let stack = TestStack::start().await;
@@ -42,7 +23,7 @@ async fn no_token_is_401_4002() {
             request = request.header(header::AUTHORIZATION, value);
         }
         let answer = Answer::of(request).await;
-        assert_error(&answer, StatusCode::UNAUTHORIZED, 4002, "No auth token");
+        answer.assert_error(StatusCode::UNAUTHORIZED, 4002, "No auth token");
     }
 }
 
@@ -55,7 +36,7 @@ async fn last_accepted(stack: &TestStack, url: &str, token: &str, since: Instant
         let request = stack.http.post(url).bearer_auth(token).json(&hardware());
         let answer = Answer::of(request).await;
         if answer.status == StatusCode::UNAUTHORIZED {
-            assert_error(&answer, StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+            answer.assert_error(StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
             return last;
         }
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
@@ -167,7 +148,7 @@ async fn unknown_revoked_expired_or_malformed_tokens_are_401_4001() {
             .header(header::AUTHORIZATION, &authorization)
             .json(&hardware());
         let answer = Answer::of(request).await;
-        assert_error(&answer, StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+        answer.assert_error(StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
     }
 }
 
@@ -181,22 +162,16 @@ async fn a_token_without_the_permission_is_403_4003() {
         .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
         .bearer_auth(&token)
         .json(&hardware());
-    assert_error(
-        &Answer::of(request).await,
-        StatusCode::FORBIDDEN,
-        4003,
-        "Forbidden",
-    );
+    Answer::of(request)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, 4003, "Forbidden");
     let request = stack
         .http
         .get(stack.job_url(&stack.org_id(), &device.id.to_hex()))
         .bearer_auth(&token);
-    assert_error(
-        &Answer::of(request).await,
-        StatusCode::FORBIDDEN,
-        4003,
-        "Forbidden",
-    );
+    Answer::of(request)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, 4003, "Forbidden");
 }
 
 #[tokio::test]
@@ -324,8 +299,7 @@ async fn a_body_over_the_limit_is_413_1002() {
         .bearer_auth(&stack.token)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body);
-    assert_error(
-        &Answer::of(request).await,
+    Answer::of(request).await.assert_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         1002,
         "Payload too large",
@@ -373,7 +347,7 @@ async fn unknown_foreign_or_deleted_entities_are_404_3001() {
     ];
     for (organization, device) in cases {
         let answer = stack.refresh(&organization, &device, &hardware()).await;
-        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+        answer.assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     }
     let unknown_job = Answer::of(
         stack
@@ -382,12 +356,7 @@ async fn unknown_foreign_or_deleted_entities_are_404_3001() {
             .bearer_auth(&stack.token),
     )
     .await;
-    assert_error(
-        &unknown_job,
-        StatusCode::NOT_FOUND,
-        3001,
-        "Entity not found",
-    );
+    unknown_job.assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     assert!(stack.pushes().await.is_empty());
 }
 
@@ -399,7 +368,7 @@ async fn devices_not_yet_active_are_409_3002() {
         let answer = stack
             .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
             .await;
-        assert_error(&answer, StatusCode::CONFLICT, 3002, "Device not active");
+        answer.assert_error(StatusCode::CONFLICT, 3002, "Device not active");
     }
 }
 
@@ -439,12 +408,7 @@ async fn too_many_requests_per_token_are_429_4290_with_retry_after() {
     let [limit, remaining, reset] = rate_headers(limited);
     assert_eq!((limit, remaining), (2, 0));
     assert!((1..=2).contains(&reset), "{reset}");
-    assert_error(
-        limited,
-        StatusCode::TOO_MANY_REQUESTS,
-        4290,
-        "Too many requests",
-    );
+    limited.assert_error(StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests");
     let retry_after: u64 = limited.headers[header::RETRY_AFTER]
         .to_str()
         .unwrap()
@@ -534,12 +498,7 @@ async fn a_flooding_tenant_is_limited_as_a_whole_and_another_tenant_is_served() 
     assert!(accepted <= 20 + 2 * 20 + 5, "{accepted} accepted");
     assert!(!limited.is_empty(), "the flood was never limited");
     for answer in &limited {
-        assert_error(
-            answer,
-            StatusCode::TOO_MANY_REQUESTS,
-            4290,
-            "Too many requests",
-        );
+        answer.assert_error(StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests");
         assert_eq!(answer.headers["ratelimit-limit"], "20");
         assert_eq!(answer.headers["ratelimit-remaining"], "0");
     }
@@ -558,127 +517,6 @@ async fn a_flooding_tenant_is_limited_as_a_whole_and_another_tenant_is_served() 
 }
 
 #[tokio::test]
-async fn oversized_headers_are_431_4310() {
-    let stack = TestStack::start_with(&[("HEADER_LIMIT_BYTES", "4096".to_owned())]).await;
-    let device = stack.device().await;
-    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
-    let with_filler = |bytes: usize| {
-        let request = stack
-            .http
-            .post(&url)
-            .bearer_auth(&stack.token)
-            .header("x-filler", "a".repeat(bytes))
-            .json(&hardware());
-        Answer::of(request)
-    };
-    let answer = with_filler(5_000).await;
-    assert_error(
-        &answer,
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        4310,
-        "Request headers too large",
-    );
-    assert_eq!(with_filler(2_000).await.status, StatusCode::OK);
-}
-
-/// Sends a refresh whose body stops after its first bytes, and reads the answer: status, JSON
-/// body, and how long after sending it came.
-async fn stalled_refresh(url: String, token: String) -> (u16, Value, Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = url::Url::parse(&url).unwrap();
-    let mut socket = tokio::net::TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"info\":",
-        url.path(),
-        token
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    let sent = Instant::now();
-    let mut answer = Vec::new();
-    let mut chunk = [0_u8; 4096];
-    let (status, body) = loop {
-        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        assert!(
-            read > 0,
-            "closed without an answer: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
-        answer.extend_from_slice(&chunk[..read]);
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|line| {
-                    line.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("content-length");
-            if body.len() >= length {
-                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                break (status, serde_json::from_str(&body[..length]).unwrap());
-            }
-        }
-    };
-    (status, body, sent.elapsed())
-}
-
-/// A client that stops sending its body is answered 408 once `BODY_READ_TIMEOUT_MS` passes, and
-/// while it holds the only request slot the next request is refused at once with 503 5030.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_body_is_408_4080_and_requests_over_the_in_flight_limit_are_503_5030() {
-    let stack = TestStack::start_with(&[
-        ("BODY_READ_TIMEOUT_MS", "1500".to_owned()),
-        ("MAX_IN_FLIGHT_REQUESTS", "1".to_owned()),
-    ])
-    .await;
-    let device = stack.device().await;
-    let url = stack.refresh_url(&stack.org_id(), &device.id.to_hex());
-    let stalling = tokio::spawn(stalled_refresh(url.clone(), stack.token.clone()));
-    // While the stalled request holds the only slot, the next is refused at once.
-    let busy = wait_until(
-        "a request refused for want of a slot",
-        Duration::from_secs(1),
-        || async {
-            let request = stack
-                .http
-                .post(&url)
-                .bearer_auth(&stack.token)
-                .json(&hardware());
-            let answer = Answer::of(request).await;
-            (answer.status == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
-        },
-    )
-    .await;
-    let (status, body, took) = stalling.await.unwrap();
-    assert_eq!(status, 408, "{body}");
-    assert_eq!(body["error"]["code"], json!(4080), "{body}");
-    assert_eq!(
-        body["error"]["message"],
-        json!("Request body not received in time")
-    );
-    assert!(
-        took >= Duration::from_millis(1_500) && took < Duration::from_secs(5),
-        "answered after {took:?}"
-    );
-    assert_error(&busy, StatusCode::SERVICE_UNAVAILABLE, 5030, "Server busy");
-    assert!(busy.headers.contains_key(header::RETRY_AFTER));
-    // The slot is free again.
-    let request = stack
-        .http
-        .post(&url)
-        .bearer_auth(&stack.token)
-        .json(&hardware());
-    assert_eq!(Answer::of(request).await.status, StatusCode::OK);
-}
-
-#[tokio::test]
 async fn an_unexpected_failure_is_500_5000_without_internals() {
     let stack = TestStack::start().await;
     let device = stack.device().await;
@@ -693,12 +531,7 @@ async fn an_unexpected_failure_is_500_5000_without_internals() {
     let answer = stack
         .refresh(&stack.org_id(), &device.id.to_hex(), &hardware())
         .await;
-    assert_error(
-        &answer,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        5000,
-        "Internal error",
-    );
+    answer.assert_error(StatusCode::INTERNAL_SERVER_ERROR, 5000, "Internal error");
     let text = answer.body.to_string();
     for internal in ["state", "bson", "mongo", "invalid type"] {
         assert!(!text.to_lowercase().contains(internal), "{text}");
@@ -710,7 +543,7 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_envelope() {
     let stack = TestStack::start().await;
     let device = stack.device().await;
     let unknown = Answer::of(stack.http.get(format!("{}/v2/nothing", stack.api))).await;
-    assert_error(&unknown, StatusCode::NOT_FOUND, 4040, "Route not found");
+    unknown.assert_error(StatusCode::NOT_FOUND, 4040, "Route not found");
     let wrong_method = Answer::of(
         stack
             .http
@@ -718,12 +551,7 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_envelope() {
             .bearer_auth(&stack.token),
     )
     .await;
-    assert_error(
-        &wrong_method,
-        StatusCode::METHOD_NOT_ALLOWED,
-        4050,
-        "Method not allowed",
-    );
+    wrong_method.assert_error(StatusCode::METHOD_NOT_ALLOWED, 4050, "Method not allowed");
 }
 
 #[tokio::test]
@@ -817,18 +645,15 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
                 .bearer_auth(&other_token)
                 .json(&hardware());
             let answer = Answer::of(request).await;
-            assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+            answer.assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
         }
         let request = stack
             .http
             .get(stack.job_url(organization, &job_id))
             .bearer_auth(&other_token);
-        assert_error(
-            &Answer::of(request).await,
-            StatusCode::NOT_FOUND,
-            3001,
-            "Entity not found",
-        );
+        Answer::of(request)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     }
     assert_eq!(
         stack.pushes().await.len(),
@@ -848,7 +673,7 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
     for organization in &organizations {
         let url = format!("{}/{batch_id}", stack.batches_url(organization));
         let answer = Answer::of(stack.http.get(url).bearer_auth(&other_token)).await;
-        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+        answer.assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     }
     for organization in [stack.org_id(), stack.organization.slug.clone()] {
         let request = stack
@@ -857,7 +682,7 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
             .bearer_auth(&other_token)
             .json(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }));
         let answer = Answer::of(request).await;
-        assert_error(&answer, StatusCode::NOT_FOUND, 3001, "Entity not found");
+        answer.assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     }
     let foreign_bodies = [
         json!({ "info": ["os"], "deviceIds": device_keys }),

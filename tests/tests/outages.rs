@@ -3,14 +3,10 @@
 
 use futures::TryStreamExt;
 use refresh_shared::{Category, job::CategoryState};
-use refresh_tests::{Answer, DEADLINE, TestStack, dependency_addr, proxy::Proxy, via, wait_until};
+use refresh_tests::{Answer, DEADLINE, TestStack, proxy::Proxy, wait_until};
 use reqwest::{StatusCode, header};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
 
 fn assert_unavailable(answer: &Answer, took: Duration) {
     assert_eq!(
@@ -30,9 +26,8 @@ fn assert_unavailable(answer: &Answer, took: Duration) {
 
 #[tokio::test]
 async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_queued() {
-    let amqp_url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    let proxy = Proxy::start(dependency_addr(&amqp_url, 5672)).await;
-    let stack = TestStack::start_with(&[("AMQP_URL", via(&amqp_url, proxy.addr))]).await;
+    let (proxy, amqp_url) = Proxy::rabbitmq().await;
+    let stack = TestStack::start_with(&[("AMQP_URL", amqp_url)]).await;
     let device = stack.device().await;
     let body = json!({ "info": ["hardware", "os"] });
     let accepted = stack
@@ -116,27 +111,10 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
     );
 }
 
-/// A stack whose api and worker reach MongoDB through `proxy`.
-async fn behind_mongodb_proxy(proxy: &Proxy, mongodb_uri: &str) -> TestStack {
-    // Direct: a server that announces replica-set hosts would otherwise be reached around the
-    // proxy.
-    let mut proxied = url::Url::parse(&via(mongodb_uri, proxy.addr)).unwrap();
-    if !proxied
-        .query_pairs()
-        .any(|(key, _)| key == "directConnection")
-    {
-        proxied
-            .query_pairs_mut()
-            .append_pair("directConnection", "true");
-    }
-    TestStack::start_with(&[("MONGODB_URI", proxied.to_string())]).await
-}
-
 #[tokio::test]
 async fn with_mongodb_unreachable_the_endpoint_answers_503() {
-    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
-    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
-    let stack = behind_mongodb_proxy(&proxy, &mongodb_uri).await;
+    let (proxy, mongodb_uri) = Proxy::mongodb().await;
+    let stack = TestStack::start_with(&[("MONGODB_URI", mongodb_uri)]).await;
     let device = stack.device().await;
     let body = json!({ "info": ["applications"] });
 
@@ -160,9 +138,8 @@ async fn with_mongodb_unreachable_the_endpoint_answers_503() {
 
 #[tokio::test]
 async fn a_worker_mid_job_holds_it_through_a_mongodb_outage_and_finishes_it() {
-    let mongodb_uri = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017");
-    let proxy = Proxy::start(dependency_addr(&mongodb_uri, 27017)).await;
-    let stack = behind_mongodb_proxy(&proxy, &mongodb_uri).await;
+    let (proxy, mongodb_uri) = Proxy::mongodb().await;
+    let stack = TestStack::start_with(&[("MONGODB_URI", mongodb_uri)]).await;
     let device = stack.device().await;
     // A slow gateway: the database goes away while the push is under way.
     stack
