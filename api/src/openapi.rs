@@ -45,8 +45,9 @@ pub const BEARER: &str = "bearer";
 )]
 pub struct ApiDoc;
 
-/// What every operation shares: the bearer scheme, and the answers to a request no operation
-/// matches (an unknown path, or a method the path does not serve).
+/// What every operation shares: the bearer scheme, the error answers the operations refer to,
+/// and the answers to a request no operation matches (an unknown path, or a method the path
+/// does not serve).
 struct Conventions;
 
 impl Modify for Conventions {
@@ -56,11 +57,10 @@ impl Modify for Conventions {
             BEARER,
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        for kind in [ErrorKind::RouteNotFound, ErrorKind::MethodNotAllowed] {
-            let (_, code, _) = kind.parts();
-            components
-                .responses
-                .insert(format!("Error{code}"), error_response(&[kind]).into());
+        let route_level = [[ErrorKind::RouteNotFound], [ErrorKind::MethodNotAllowed]]
+            .map(|kinds| (response_name(&kinds), error_response(&kinds)));
+        for (name, response) in shared_error_responses().into_iter().chain(route_level) {
+            components.responses.insert(name, response.into());
         }
     }
 }
@@ -117,18 +117,38 @@ const IDEMPOTENT: &[ErrorKind] = &[
     ErrorKind::IdempotencyInProgress,
 ];
 
-/// Declares a type whose `IntoResponses` documents the error answers of one kind of route.
+/// Declares, for each kind of route, a type whose `IntoResponses` refers to its error answers
+/// (one per HTTP status) in `components.responses`, and `shared_error_responses`, which writes
+/// each of those answers there once.
 macro_rules! error_answers {
-    ($($(#[$doc:meta])* $name:ident = [$($group:expr),* $(,)?];)*) => {$(
-        $(#[$doc])*
-        pub struct $name;
+    ($($(#[$doc:meta])* $name:ident = [$($group:expr),* $(,)?];)*) => {
+        $(
+            $(#[$doc])*
+            pub struct $name;
 
-        impl IntoResponses for $name {
-            fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
-                error_responses(&[$($group),*].concat())
+            impl IntoResponses for $name {
+                fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+                    by_status(&[$($group),*].concat())
+                        .into_iter()
+                        .map(|(status, kinds)| {
+                            let shared = openapi::Ref::from_response_name(response_name(&kinds));
+                            (status.to_string(), RefOr::Ref(shared))
+                        })
+                        .collect()
+                }
             }
+        )*
+
+        /// Every error answer an operation refers to, by name.
+        fn shared_error_responses() -> BTreeMap<String, ApiResponse> {
+            let routes: Vec<Vec<ErrorKind>> = vec![$([$($group),*].concat()),*];
+            routes
+                .iter()
+                .flat_map(|kinds| by_status(kinds).into_values())
+                .map(|kinds| (response_name(&kinds), error_response(&kinds)))
+                .collect()
         }
-    )*};
+    };
 }
 
 error_answers! {
@@ -152,8 +172,8 @@ error_answers! {
     AnyRouteErrors = [ANY_ROUTE];
 }
 
-/// One response per HTTP status, its `error.code` and `error.message` limited to the kinds given.
-fn error_responses(kinds: &[ErrorKind]) -> BTreeMap<String, RefOr<ApiResponse>> {
+/// `kinds` grouped by HTTP status, each once, in the order given.
+fn by_status(kinds: &[ErrorKind]) -> BTreeMap<u16, Vec<ErrorKind>> {
     let mut by_status: BTreeMap<u16, Vec<ErrorKind>> = BTreeMap::new();
     for &kind in kinds {
         let (status, _, _) = kind.parts();
@@ -163,22 +183,32 @@ fn error_responses(kinds: &[ErrorKind]) -> BTreeMap<String, RefOr<ApiResponse>> 
         }
     }
     by_status
+}
+
+/// The distinct `error.code`s of `kinds`, with their messages, in the order given.
+fn codes(kinds: &[ErrorKind]) -> Vec<(u16, &'static str)> {
+    let mut codes: Vec<(u16, &'static str)> = Vec::new();
+    for kind in kinds {
+        let (_, code, message) = kind.parts();
+        if !codes.iter().any(|(known, _)| *known == code) {
+            codes.push((code, message));
+        }
+    }
+    codes
+}
+
+/// `Error4002_4001`: the name of the shared answer allowing exactly these codes.
+fn response_name(kinds: &[ErrorKind]) -> String {
+    let codes: Vec<String> = codes(kinds)
         .into_iter()
-        .map(|(status, kinds)| (status.to_string(), error_response(&kinds).into()))
-        .collect()
+        .map(|(code, _)| code.to_string())
+        .collect();
+    format!("Error{}", codes.join("_"))
 }
 
 /// The envelope `{"status":false,"error":{"code","message","details"?}}` for kinds of one status.
 fn error_response(kinds: &[ErrorKind]) -> ApiResponse {
-    let mut codes: Vec<u16> = Vec::new();
-    let mut messages: Vec<&str> = Vec::new();
-    for kind in kinds {
-        let (_, code, message) = kind.parts();
-        if !codes.contains(&code) {
-            codes.push(code);
-            messages.push(message);
-        }
-    }
+    let (codes, messages): (Vec<u16>, Vec<&str>) = codes(kinds).into_iter().unzip();
     let description = codes
         .iter()
         .zip(&messages)
@@ -434,6 +464,31 @@ mod tests {
             .flatten()
             .filter_map(Value::as_u64)
             .collect()
+    }
+
+    fn references(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => {
+                if let Some(Value::String(reference)) = fields.get("$ref") {
+                    found.push(reference.clone());
+                }
+                fields.values().for_each(|field| references(field, found));
+            }
+            Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let document = document();
+        let mut found = Vec::new();
+        references(&document, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for reference in found {
+            let pointer = reference.strip_prefix('#').expect("a local reference");
+            assert!(document.pointer(pointer).is_some(), "{reference} resolves");
+        }
     }
 
     #[test]
