@@ -2,7 +2,10 @@
 //! generating requests from the document (valid and invalid), finds no 5xx and no answer the
 //! document does not describe.
 
-use refresh_shared::token::{PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES};
+use refresh_shared::{
+    store::Device,
+    token::{PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES},
+};
 use refresh_tests::{Answer, TestStack};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -67,6 +70,34 @@ fn operations(document: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// What the requests name: a token for every route, a device, one of its jobs and a batch.
+struct Seeded {
+    token: String,
+    device: Device,
+    job: String,
+    batch: String,
+}
+
+impl Seeded {
+    async fn in_stack(stack: &TestStack) -> Seeded {
+        let token = stack
+            .token_with(&[PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES])
+            .await;
+        let device = stack.device().await;
+        let job = stack.refresh_device(&device, &["hardware"]).await.job_id();
+        let batch = stack
+            .bulk(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }))
+            .await
+            .batch_id();
+        Seeded {
+            token,
+            device,
+            job,
+            batch,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_document_and_the_router_agree() {
     let stack = TestStack::start().await;
@@ -88,15 +119,12 @@ async fn the_document_and_the_router_agree() {
 
     // Every documented operation is served: real ids in the path, the document's own example as
     // the body, and the answer is the operation's documented success.
-    let token = stack
-        .token_with(&[PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES])
-        .await;
-    let device = stack.device().await;
-    let job = stack.refresh_device(&device, &["hardware"]).await.job_id();
-    let batch = stack
-        .bulk(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }))
-        .await
-        .batch_id();
+    let Seeded {
+        token,
+        device,
+        job,
+        batch,
+    } = Seeded::in_stack(&stack).await;
     for (method, path) in operations(&document) {
         let operation = &document["paths"][&path][&method];
         let url = path
@@ -217,15 +245,12 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
         ("RATE_LIMIT_BURST", "10000".to_owned()),
     ])
     .await;
-    let token = stack
-        .token_with(&[PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES])
-        .await;
-    let device = stack.device().await;
-    let job = stack.refresh_device(&device, &["hardware"]).await.job_id();
-    let batch = stack
-        .bulk(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }))
-        .await
-        .batch_id();
+    let Seeded {
+        token,
+        device,
+        job,
+        batch,
+    } = Seeded::in_stack(&stack).await;
 
     // Half of the generated values for each path parameter are ids that exist, so requests get
     // past the lookups into the handlers' deeper answers (200, 202, 409…).
