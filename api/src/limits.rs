@@ -67,7 +67,7 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
             ApiError::Internal(format!("request task failed: {failed}")).into_response()
         }
         Err(_) => {
-            metrics::counter!("http_requests_timed_out_total").increment(1);
+            metrics::counter!("refresh_http_requests_timed_out_total").increment(1);
             ApiError::RequestTimeout.into_response()
         }
     }

@@ -63,7 +63,7 @@ impl Server {
             }
             let io = TokioIo::new(stream);
             let Ok(open) = self.connections.clone().try_acquire_owned() else {
-                metrics::counter!("http_connections_refused_total").increment(1);
+                metrics::counter!("refresh_http_connections_refused_total").increment(1);
                 tokio::spawn(refuse(self.http.clone(), io));
                 continue;
             };
