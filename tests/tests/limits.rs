@@ -26,6 +26,22 @@ fn post_head(url: &str, token: &str, length: usize) -> String {
     )
 }
 
+/// The value of an api counter on `/metrics` (0 when it was never counted).
+async fn counter(stack: &TestStack, name: &str) -> f64 {
+    let page = stack
+        .http
+        .get(format!("{}/metrics", stack.api))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("a page");
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn assert_answered(outcome: &Outcome, status: u16, code: u64, message: &str) {
     let Outcome::Answered {
         status: answered,
@@ -235,8 +251,16 @@ async fn connections_over_the_limit_are_answered_503_5030_and_closed() {
     assert!(head.contains("\r\nconnection: close"), "{head}");
     let after = fourth.outcome(Duration::from_secs(5)).await;
     assert!(matches!(after, Outcome::Closed), "{after:?}");
+    // Operators see it (one of the three open connections is dropped first, to ask).
+    drop(open.pop());
+    let refused = wait_until("the metrics page served", DEADLINE, || async {
+        let refused = counter(&stack, "refresh_http_connections_refused_total").await;
+        (refused > 0.0).then_some(refused)
+    })
+    .await;
+    assert!(refused >= 1.0);
 
-    // One connection ends: the next is served.
+    // Connections end: the next is served.
     drop(open.pop());
     wait_until("a connection served again", DEADLINE, || async {
         let mut connection = RawConnection::open(&health).await;
@@ -276,6 +300,7 @@ async fn a_request_past_the_deadline_is_503_5040_and_its_work_still_completes() 
         took >= Duration::from_millis(1_000) && took < Duration::from_millis(2_500),
         "answered after {took:?}"
     );
+    assert!(counter(&stack, "refresh_http_requests_timed_out_total").await >= 1.0);
 
     database.resume();
     let target = device.id.to_hex();
