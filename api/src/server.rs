@@ -95,6 +95,7 @@ impl Server {
 }
 
 /// A connection over `MAX_CONNECTIONS`: its first request is answered 503 5030, then it closes.
+/// It costs a task only until that request's head is read, `HEADER_READ_TIMEOUT_MS` at most.
 async fn refuse(mut http: http1::Builder, io: TokioIo<tokio::net::TcpStream>) {
     http.keep_alive(false);
     let busy = service_fn(|_| async { Ok::<_, Infallible>(ApiError::Overloaded.into_response()) });
