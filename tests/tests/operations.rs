@@ -3,7 +3,7 @@
 
 use lapin::{
     BasicProperties, Connection,
-    options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions},
+    options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions},
 };
 use refresh_shared::{
     broker::Topology,
@@ -25,13 +25,18 @@ async fn broker(stack: &TestStack) -> Connection {
         .expect("connect to RabbitMQ")
 }
 
-/// Puts `count` messages in the dead queue, as a worker's rejections would.
+/// Puts `count` messages in the dead queue, as a worker's rejections would, and returns once the
+/// broker has confirmed each (without confirms a count read at once may miss the last ones).
 async fn dead_letters(stack: &TestStack, count: usize) {
     let connection = broker(stack).await;
     let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let topology = Topology::new(&stack.settings.amqp);
     for n in 0..count {
-        channel
+        let confirmation = channel
             .basic_publish(
                 topology.dead_exchange().into(),
                 "".into(),
@@ -43,6 +48,7 @@ async fn dead_letters(stack: &TestStack, count: usize) {
             .unwrap()
             .await
             .unwrap();
+        assert!(confirmation.is_ack(), "{confirmation:?}");
     }
     connection.close(200, "bye".into()).await.unwrap();
 }
