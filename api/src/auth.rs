@@ -81,14 +81,14 @@ impl FromRequestParts<AppState> for Authenticated {
             .filter(|t| t.is_usable(DateTime::now()))
             .ok_or(ApiError::Unauthorized)?;
         let checked = state.rate_limits.check(record.id, record.organization);
-        let standing = match checked {
-            Ok(standing) | Err((_, standing)) => standing,
-        };
+        let (Ok(standing) | Err(standing)) = checked;
         if let Some(slot) = parts.extensions.get::<StandingSlot>() {
             slot.set(standing);
         }
-        if let Err((retry_after, _)) = checked {
-            return Err(ApiError::RateLimited { retry_after });
+        if checked.is_err() {
+            return Err(ApiError::RateLimited {
+                retry_after: standing.reset,
+            });
         }
         Ok(Authenticated {
             token_id: record.id,

@@ -196,14 +196,19 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = self.retry_after() {
-            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            // `Retry-After: 0` would invite an immediate retry.
+            let seconds = seconds_rounded_up(after).max(1);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
+}
+
+/// Whole seconds, rounded up, as `Retry-After` and `RateLimit-Reset` give them.
+pub fn seconds_rounded_up(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 impl From<StoreError> for ApiError {

@@ -1,6 +1,7 @@
 //! Request rates per token and per organization (GCRA, `governor`), and the `RateLimit-*`
 //! headers that tell a caller where it stands: on every authenticated answer, 429 included.
 
+use crate::error::seconds_rounded_up;
 use axum::{
     extract::Request,
     http::{HeaderMap, HeaderValue},
@@ -39,7 +40,8 @@ pub struct Standing {
     /// Requests that may come at once (the burst).
     pub limit: u32,
     pub remaining: u32,
-    /// Until the allowance is whole again (for a refused request: until the next one may come).
+    /// Until the allowance is whole again; for a refused request, until the next one may come
+    /// (its `Retry-After`).
     pub reset: Duration,
 }
 
@@ -58,13 +60,8 @@ impl RateLimits {
         }
     }
 
-    /// Counts one request of `token` of `organization`: its standing, or (refused) how long
-    /// until it may retry and its standing.
-    pub fn check(
-        &self,
-        token: ObjectId,
-        organization: ObjectId,
-    ) -> Result<Standing, (Duration, Standing)> {
+    /// Counts one request of `token` of `organization`: its standing, `Err` when refused.
+    pub fn check(&self, token: ObjectId, organization: ObjectId) -> Result<Standing, Standing> {
         let of_token = check(&self.tokens, token)?;
         let of_organization = check(&self.organizations, organization)?;
         Ok(if of_organization.remaining < of_token.remaining {
@@ -81,21 +78,14 @@ impl RateLimits {
     }
 }
 
-fn check(limiter: &Limiter, key: ObjectId) -> Result<Standing, (Duration, Standing)> {
+fn check(limiter: &Limiter, key: ObjectId) -> Result<Standing, Standing> {
     match limiter.check_key(&key) {
         Ok(snapshot) => Ok(standing(&snapshot)),
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let limit = not_until.quota().burst_size().get();
-            Err((
-                wait,
-                Standing {
-                    limit,
-                    remaining: 0,
-                    reset: wait,
-                },
-            ))
-        }
+        Err(not_until) => Err(Standing {
+            limit: not_until.quota().burst_size().get(),
+            remaining: 0,
+            reset: not_until.wait_time_from(DefaultClock::default().now()),
+        }),
     }
 }
 
@@ -139,10 +129,12 @@ pub async fn headers(mut request: Request, next: Next) -> Response {
 }
 
 fn write_headers(headers: &mut HeaderMap, standing: Standing) {
-    let reset = standing.reset.as_secs() + u64::from(standing.reset.subsec_nanos() > 0);
     headers.insert("ratelimit-limit", HeaderValue::from(standing.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(standing.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+    headers.insert(
+        "ratelimit-reset",
+        HeaderValue::from(seconds_rounded_up(standing.reset)),
+    );
 }
 
 #[cfg(test)]
@@ -174,7 +166,8 @@ mod tests {
             })
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
-        let (wait, standing) = limits.check(token, organization).expect_err("over");
+        let standing = limits.check(token, organization).expect_err("over");
+        let wait = standing.reset;
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
@@ -191,7 +184,7 @@ mod tests {
         for _ in 0..4 {
             assert!(limits.check(ObjectId::new(), flooding).is_ok());
         }
-        let (_, standing) = limits.check(ObjectId::new(), flooding).expect_err("over");
+        let standing = limits.check(ObjectId::new(), flooding).expect_err("over");
         assert_eq!((standing.limit, standing.remaining), (4, 0));
         let standing = limits
             .check(ObjectId::new(), other)
