@@ -235,8 +235,11 @@ fn error_response(kinds: &[ErrorKind]) -> ApiResponse {
             ArrayBuilder::new().items(reference::<FieldProblem>()),
         )
         .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let always_false = ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([false]));
     let envelope = ObjectBuilder::new()
-        .property("status", false_value())
+        .property("status", always_false)
         .required("status")
         .property("error", error)
         .required("error")
@@ -261,23 +264,21 @@ fn error_response(kinds: &[ErrorKind]) -> ApiResponse {
     response.build()
 }
 
-fn false_value() -> ObjectBuilder {
-    ObjectBuilder::new()
-        .schema_type(Type::Boolean)
-        .enum_values(Some([false]))
-}
-
 /// A reference to `T`'s schema, which `ApiDoc` lists among its components.
 fn reference<T: ToSchema>() -> RefOr<Schema> {
     RefOr::Ref(openapi::Ref::from_schema_name(T::name()))
 }
 
-/// A required path parameter matching `pattern`.
-fn path_parameter(name: &str, pattern: &str, description: &str) -> Parameter {
+/// A string parameter matching `pattern`: required in the path, optional in a header.
+fn parameter(name: &str, location: ParameterIn, pattern: &str, description: &str) -> Parameter {
+    let required = match location {
+        ParameterIn::Path => Required::True,
+        _ => Required::False,
+    };
     ParameterBuilder::new()
         .name(name)
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
+        .parameter_in(location)
+        .required(required)
         .description(Some(description))
         .schema(Some(
             ObjectBuilder::new()
@@ -288,27 +289,21 @@ fn path_parameter(name: &str, pattern: &str, description: &str) -> Parameter {
 }
 
 fn organization_id() -> Parameter {
-    path_parameter(
+    parameter(
         "organizationId",
+        ParameterIn::Path,
         validate::ORGANIZATION_PATTERN,
         "The organization's 24-hex id or its slug",
     )
 }
 
 fn idempotency_key() -> Parameter {
-    ParameterBuilder::new()
-        .name("Idempotency-Key")
-        .parameter_in(ParameterIn::Header)
-        .required(Required::False)
-        .description(Some(
-            "Makes a retried request answer what the first one did instead of acting twice",
-        ))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some(validate::IDEMPOTENCY_KEY_PATTERN)),
-        ))
-        .build()
+    parameter(
+        "Idempotency-Key",
+        ParameterIn::Header,
+        validate::IDEMPOTENCY_KEY_PATTERN,
+        "Makes a retried request answer what the first one did instead of acting twice",
+    )
 }
 
 /// Declares a type whose `IntoParams` lists the given parameters.
@@ -329,8 +324,9 @@ parameters! {
     /// `POST …/devices/{winDeviceId}/info`.
     RefreshParams = [
         organization_id(),
-        path_parameter(
+        parameter(
             "winDeviceId",
+            ParameterIn::Path,
             validate::DEVICE_PATTERN,
             "The device's 24-hex id, IMEI or serial number, looked up inside the organization",
         ),
@@ -341,12 +337,22 @@ parameters! {
     /// `GET …/refresh-jobs/{jobId}`.
     JobParams = [
         organization_id(),
-        path_parameter("jobId", validate::OBJECT_ID_PATTERN, "The id a refresh answered"),
+        parameter(
+            "jobId",
+            ParameterIn::Path,
+            validate::OBJECT_ID_PATTERN,
+            "The id a refresh answered",
+        ),
     ];
     /// `GET …/refresh-batches/{batchId}`.
     BatchParams = [
         organization_id(),
-        path_parameter("batchId", validate::OBJECT_ID_PATTERN, "The id a bulk refresh answered"),
+        parameter(
+            "batchId",
+            ParameterIn::Path,
+            validate::OBJECT_ID_PATTERN,
+            "The id a bulk refresh answered",
+        ),
     ];
 }
 
