@@ -404,6 +404,16 @@ impl TestStack {
         }
     }
 
+    /// The Prometheus page of the api or the worker (`base` is `self.api` or `self.worker`).
+    pub async fn metrics(&self, base: &str) -> String {
+        let response = self.http.get(format!("{base}/metrics")).send().await;
+        response
+            .expect("metrics")
+            .text()
+            .await
+            .expect("a metrics page")
+    }
+
     /// `POST …/info` with a JSON body and the stack's token.
     pub async fn refresh(&self, organization: &str, device: &str, body: &Value) -> Answer {
         let request = self

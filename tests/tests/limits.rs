@@ -28,15 +28,7 @@ fn post_head(url: &str, token: &str, length: usize) -> String {
 
 /// The value of an api counter on `/metrics` (0 when it was never counted).
 async fn counter(stack: &TestStack, name: &str) -> f64 {
-    let page = stack
-        .http
-        .get(format!("{}/metrics", stack.api))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("a page");
+    let page = stack.metrics(&stack.api).await;
     page.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)

@@ -105,15 +105,7 @@ async fn metrics_show_the_brokers_queue_depths() {
     )
     .await;
     for base in [&stack.api, &stack.worker] {
-        let page = stack
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = stack.metrics(base).await;
         assert_eq!(
             gauge(&page, "refresh_queue_messages_ready", &dead),
             Some(broker_count as f64),
