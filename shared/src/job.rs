@@ -22,6 +22,9 @@ pub struct RefreshJob {
     pub organization_id: ObjectId,
     #[serde(with = "hex_object_id")]
     pub device_id: ObjectId,
+    /// Each at most once, never more entries than there are categories: a message naming one
+    /// 10,000 times would otherwise cost 10,000 writes.
+    #[serde(deserialize_with = "distinct_categories")]
     pub categories: Vec<Category>,
     #[serde(with = "time::serde::rfc3339")]
     pub requested_at: OffsetDateTime,
@@ -38,6 +41,40 @@ pub enum DecodeError {
     UnsupportedVersion(u16),
     #[error("job message has no categories")]
     NoCategories,
+}
+
+/// A list of categories from outside: more entries than there are categories is refused before
+/// anything is kept; repeats are merged, in the order first named.
+fn distinct_categories<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Category>, D::Error> {
+    struct Distinct;
+    impl<'de> serde::de::Visitor<'de> for Distinct {
+        type Value = Vec<Category>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {} categories", Category::ALL.len())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut categories = Vec::with_capacity(Category::ALL.len());
+            let mut named = 0;
+            while let Some(category) = seq.next_element::<Category>()? {
+                named += 1;
+                if named > Category::ALL.len() {
+                    return Err(serde::de::Error::invalid_length(named, &self));
+                }
+                if !categories.contains(&category) {
+                    categories.push(category);
+                }
+            }
+            Ok(categories)
+        }
+    }
+    deserializer.deserialize_seq(Distinct)
 }
 
 impl RefreshJob {
@@ -232,6 +269,27 @@ mod tests {
             RefreshJob::decode(b"{not json"),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn categories_are_taken_once_and_never_more_than_all_of_them() {
+        let with = |names: &[&str]| {
+            let mut message: serde_json::Value =
+                serde_json::from_slice(&job().encode()).expect("json");
+            message["categories"] = serde_json::json!(names);
+            RefreshJob::decode(message.to_string().as_bytes())
+        };
+        let merged = with(&["os", "hardware", "os"]).expect("repeats merge");
+        assert_eq!(merged.categories, [Category::Os, Category::Hardware]);
+        let every = Category::ALL.map(|c| c.as_str());
+        assert_eq!(with(&every).expect("all six").categories, Category::ALL);
+        let flood = vec!["hardware"; 10_000];
+        let refused = with(&flood).expect_err("10,000 names");
+        assert!(
+            refused.to_string().contains("at most 6 categories"),
+            "{refused}"
+        );
+        assert!(with(&["hardware"; 7]).is_err());
     }
 
     #[test]

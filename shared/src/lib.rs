@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod broker;
 pub mod category;
+pub mod channel;
 pub mod device;
 pub mod job;
 pub mod retry;

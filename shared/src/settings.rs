@@ -1,9 +1,12 @@
 //! The one `Settings` every binary reads from the environment (contract §4), validated at start.
 
-use crate::retry::RetryPolicy;
+use crate::{channel::ChannelPolicy, retry::RetryPolicy};
 use secrecy::SecretString;
 use std::{fmt::Display, net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
 use url::Url;
+
+/// The longest `WORKER_HOLD_LIMIT_MS` may be.
+const MAX_HOLD_LIMIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -97,6 +100,10 @@ pub struct WorkerSettings {
     pub push_retry: RetryPolicy,
     /// A category not pushed this long after the request ends `expired`.
     pub job_max_age: Duration,
+    /// Longest a delivery is held while the database (or, for an expansion, the broker) is
+    /// away before it is handed back to the queue: RabbitMQ closes the channel of a consumer
+    /// that holds a delivery past its consumer timeout (30 minutes by default).
+    pub hold_limit: Duration,
 }
 
 /// A queue a worker can consume.
@@ -130,6 +137,8 @@ pub struct GatewaySettings {
     pub wns_token_url: Url,
     pub wns_client_id: String,
     pub wns_client_secret: SecretString,
+    /// The WNS channel URIs a device may be given and the worker may push to.
+    pub wns_channels: ChannelPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +219,7 @@ impl Settings {
                 max_attempts: env.parse("PUSH_MAX_ATTEMPTS", "5"),
             },
             job_max_age: env.secs("JOB_MAX_AGE_SECS", 3_600),
+            hold_limit: env.millis("WORKER_HOLD_LIMIT_MS", 300_000),
         };
         let gateways = GatewaySettings {
             agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
@@ -218,6 +228,7 @@ impl Settings {
             wns_token_url: env.parse("WNS_TOKEN_URL", "http://127.0.0.1:8090/wns/token"),
             wns_client_id: env.string("WNS_CLIENT_ID", ""),
             wns_client_secret: env.secret("WNS_CLIENT_SECRET", ""),
+            wns_channels: env.parse("WNS_CHANNEL_HOST_SUFFIXES", ".notify.windows.com"),
         };
         let log_format = env.parse("LOG_FORMAT", "pretty");
         let shutdown_grace = env.millis("SHUTDOWN_GRACE_MS", 10_000);
@@ -253,6 +264,12 @@ impl Settings {
         if !(1..=10_000).contains(&worker.batch_chunk_size) {
             env.errors
                 .push("BATCH_CHUNK_SIZE: must be between 1 and 10000".to_owned());
+        }
+        // Nested holds (a result being written, then the job tried again) can add up to twice
+        // the limit; twice the cap stays below RabbitMQ's default 30-minute consumer timeout.
+        if worker.hold_limit.is_zero() || worker.hold_limit > MAX_HOLD_LIMIT {
+            env.errors
+                .push("WORKER_HOLD_LIMIT_MS: must be between 1 and 600000 (10 minutes)".to_owned());
         }
         if worker.push_retry.max_attempts == 0 {
             env.errors

@@ -14,10 +14,7 @@ use refresh_shared::{
     broker::Topology,
     device::DeviceState,
     settings::MongoSettings,
-    store::{
-        BatchView, Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel,
-        WnsChannelStatus,
-    },
+    store::{BatchView, Device, JobRecord, NewDevice, Organization, PushRoutes, Store, WnsChannel},
     token::PERMISSION_DEVICE_INFO,
 };
 use reqwest::StatusCode;
@@ -69,6 +66,11 @@ pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String
         ("WNS_TOKEN_URL", format!("{}/wns/token", sim.url())),
         ("WNS_CLIENT_ID", "device-refresh-tests".to_owned()),
         ("WNS_CLIENT_SECRET", "not-a-real-secret".to_owned()),
+        // The sim serves WNS channels over plain http on loopback.
+        (
+            "WNS_CHANNEL_HOST_SUFFIXES",
+            format!(".notify.windows.com,{}", sim.url()),
+        ),
         ("PUSH_RETRY_INITIAL_MS", "50".to_owned()),
         ("PUSH_RETRY_MAX_INTERVAL_MS", "200".to_owned()),
         ("PUSH_TIMEOUT_MS", "2000".to_owned()),
@@ -303,10 +305,10 @@ impl TestStack {
         tags: &[&str],
     ) -> NewDevice {
         let unique = ObjectId::new().to_hex();
-        let wns = wns.then(|| WnsChannel {
-            channel_uri: format!("{}/wns/channels/{unique}", self.sim.url()),
-            status: WnsChannelStatus::Active,
-            dead_since: None,
+        let wns = wns.then(|| {
+            let uri = format!("{}/wns/channels/{unique}", self.sim.url());
+            WnsChannel::new(&uri, &self.settings.gateways.wns_channels)
+                .expect("the sim's channels are admitted")
         });
         NewDevice {
             organization,
@@ -517,6 +519,10 @@ impl TestStack {
             .env("REFRESH_API_URL", &self.api)
             .env("REFRESH_TOKEN", &self.token)
             .env("SIM_ADDR", self.sim.addr.to_string())
+            .env(
+                "WNS_CHANNEL_HOST_SUFFIXES",
+                self.settings.gateways.wns_channels.to_string(),
+            )
             .output()
             .await
             .expect("run refreshctl")
@@ -633,6 +639,14 @@ fn spawn_binary(name: &str, env: &HashMap<String, String>) -> Child {
         .stderr(output())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+}
+
+/// The value of `metric` on the line of a Prometheus text page that also carries `label`
+/// (such as `queue="…"`; an empty `label` takes the first line of `metric`).
+pub fn sample(page: &str, metric: &str, label: &str) -> Option<f64> {
+    page.lines()
+        .find(|line| line.split(['{', ' ']).next() == Some(metric) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 /// An HTTP answer: status, headers and JSON body.

@@ -126,7 +126,7 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
     let throttled = stack.device_with(DeviceState::Active, agent, wns).await;
     let other = stack.device_with(DeviceState::Active, agent, wns).await;
     let target = |device: &refresh_shared::store::Device| match &device.push.wns {
-        Some(channel) => channel.channel_uri.rsplit('/').next().unwrap().to_owned(),
+        Some(channel) => channel.uri().rsplit('/').next().unwrap().to_owned(),
         None => device.id.to_hex(),
     };
     stack

@@ -13,7 +13,7 @@ use refresh_shared::{
     store::AuditEvent,
     token::{PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES},
 };
-use refresh_tests::{Answer, DEADLINE, TestStack, wait_until};
+use refresh_tests::{Answer, DEADLINE, TestStack, sample, wait_until};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -81,10 +81,7 @@ fn rabbitmqctl_messages(queue: &str) -> u64 {
 
 /// The value of `metric` with `queue="…"` in a Prometheus text page.
 fn gauge(page: &str, metric: &str, queue: &str) -> Option<f64> {
-    let label = format!("queue=\"{queue}\"");
-    page.lines()
-        .find(|line| line.starts_with(metric) && line.contains(&label))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    sample(page, metric, &format!("queue=\"{queue}\""))
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use crate::{
     dispatch::{Dispatcher, Halt},
     expander::Expander,
 };
-use futures::{StreamExt, future::join_all};
+use futures::{FutureExt, StreamExt, future::join_all};
 use lapin::{
     Connection,
     message::Delivery,
@@ -22,11 +22,13 @@ use refresh_shared::{
     batch::ExpandBatch,
     broker::{BrokerError, Topology, connect},
     job::{Lane, RefreshJob},
-    retry::RetryPolicy,
+    retry::{RetryPolicy, WaitEnd},
     settings::{AmqpSettings, WorkQueue, WorkerSettings},
 };
 use std::{
+    any::Any,
     future::Future,
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -90,12 +92,9 @@ impl Consumer {
                 schedule = RetryPolicy::RECONNECT.schedule();
             }
             if let Err(error) = result {
-                let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
-                tracing::warn!(%error, retry_in = ?delay, "broker connection lost");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => {}
-                }
+                tracing::warn!(%error, "broker connection lost, reconnecting");
+                // RECONNECT is never spent: this ends early only on shutdown.
+                let _ = schedule.wait(None, &shutdown).await;
             }
         }
     }
@@ -240,7 +239,8 @@ impl Consumer {
         match ended {
             Some(error) => {
                 // Their acks can no longer reach the broker, but their pushes and write-backs
-                // still count: the redelivered copies will find those categories settled.
+                // still count. A redelivered copy that reaches this process waits for its job's
+                // first delivery to finish (`InFlight`), then finds those categories settled.
                 in_flight.detach_all();
                 Err(error)
             }
@@ -288,10 +288,35 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     }
     let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
     let redelivered = delivery.redelivered;
-    let verdict = until_answered(dispatcher, false, || dispatcher.process(&job, redelivered))
-        .instrument(span)
-        .await;
+    let verdict = async {
+        let processed = until_answered(dispatcher, false, || dispatcher.process(&job, redelivered));
+        match AssertUnwindSafe(processed).catch_unwind().await {
+            Ok(verdict) => verdict,
+            Err(panic) => {
+                // A bug, not the message's fault, but the same message would hit it again: end
+                // its categories (releasing the device's claims), dead-letter it, and go on.
+                let reason = format!("the worker failed on this job: {}", panic_text(&*panic));
+                tracing::error!(%reason, "job processing panicked; dead-lettered");
+                let failed = AssertUnwindSafe(dispatcher.fail_all(&job, &reason)).catch_unwind();
+                if !matches!(failed.await, Ok(Ok(()))) {
+                    tracing::error!("the categories of the panicked job could not be ended");
+                }
+                Answer::DeadLetter
+            }
+        }
+    }
+    .instrument(span)
+    .await;
     answer(&delivery, verdict).await;
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// Expands one batch and answers its delivery exactly once.
@@ -311,18 +336,20 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
 }
 
 /// Runs `work` to an answer, holding on (and trying again from the last recorded point) while
-/// the database is away. A broker failure is held on too when `hold_on_broker` (an expansion
+/// the database is away, for up to `WORKER_HOLD_LIMIT_MS` from the first failure; then the
+/// delivery is handed back. A broker failure is held on too when `hold_on_broker` (an expansion
 /// resumes from its checkpoint); a job that could not be parked in a retry queue is handed back.
 async fn until_answered<F, Fut>(dispatcher: &Dispatcher, hold_on_broker: bool, work: F) -> Answer
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), Halt>>,
 {
-    let mut schedule = RetryPolicy::RECONNECT.schedule();
+    let mut schedule = None;
     loop {
         let why = match work().await {
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
+            Err(held @ Halt::HeldTooLong(_)) => return handed_back(&held),
             Err(Halt::Broker(error)) if !hold_on_broker => {
                 tracing::warn!(%error, "handed back");
                 return Answer::Requeue;
@@ -335,13 +362,23 @@ where
             // through the queue (and towards the delivery limit) until it is back.
             Err(halt) => halt.to_string(),
         };
-        let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
-        tracing::warn!(error = %why, retry_in = ?delay, "dependency unavailable, holding the delivery");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = dispatcher.shutdown.cancelled() => return Answer::Requeue,
+        tracing::warn!(error = %why, "dependency unavailable, holding the delivery");
+        let schedule =
+            schedule.get_or_insert_with(|| RetryPolicy::hold(dispatcher.hold_limit).schedule());
+        match schedule.wait(None, &dispatcher.shutdown).await {
+            Ok(_) => {}
+            Err(WaitEnd::Spent) => return handed_back(&why),
+            Err(WaitEnd::Cancelled) => return Answer::Requeue,
         }
     }
+}
+
+/// A delivery held as long as it may be goes back to its queue (towards the queue's delivery
+/// limit), before the broker's consumer timeout would close the channel.
+fn handed_back(why: &dyn std::fmt::Display) -> Answer {
+    tracing::warn!(error = %why, "held for WORKER_HOLD_LIMIT_MS; handed back to the queue");
+    metrics::counter!("refresh_worker_deliveries_handed_back_total").increment(1);
+    Answer::Requeue
 }
 
 enum Answer {

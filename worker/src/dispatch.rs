@@ -1,7 +1,10 @@
 //! One job → one push per category, each through the device's routes in order (agent, then
 //! WNS), retried by the policy, and every step recorded with a guarded write-back.
 
-use crate::gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict};
+use crate::{
+    gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
+    in_flight::InFlight,
+};
 use bson::DateTime;
 use futures::{
     FutureExt, StreamExt,
@@ -13,7 +16,7 @@ use refresh_shared::{
     broker::{BrokerError, Publisher},
     device::{Gateway, Refreshable},
     job::{CategoryState, Lane, RefreshJob},
-    retry::RetryPolicy,
+    retry::{RetryPolicy, WaitEnd},
     store::{CategoryUpdate, Device, Store, StoreError},
 };
 use std::{sync::Arc, time::Duration};
@@ -29,6 +32,9 @@ pub enum Halt {
     Broker(#[from] BrokerError),
     #[error("worker is shutting down")]
     Shutdown,
+    /// A dependency stayed away for longer than a delivery may be held.
+    #[error("held for WORKER_HOLD_LIMIT_MS while the database was unavailable: {0}")]
+    HeldTooLong(StoreError),
 }
 
 /// What finished in a job's set of concurrent work.
@@ -55,7 +61,11 @@ pub struct Dispatcher {
     /// Parks jobs in the retry queues.
     pub retry_publisher: Arc<Publisher>,
     pub job_max_age: Duration,
+    /// Longest a delivery waits out a database outage before it is handed back.
+    pub hold_limit: Duration,
     pub shutdown: CancellationToken,
+    /// One delivery at a time per job in this process.
+    pub in_flight: InFlight,
 }
 
 impl Dispatcher {
@@ -64,6 +74,7 @@ impl Dispatcher {
     /// nothing is pushed twice once recorded `pushed`. `redelivered`: the broker hands this
     /// message out again because its consumer died, so a push it left `pushing` is taken over.
     pub async fn process(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
+        let _turn = self.in_flight.turn(job.job_id).await;
         self.push_all(job, redelivered).await?;
         if job.lane == Lane::Bulk {
             self.durably(|| self.store.record_outcome(job.job_id))
@@ -146,22 +157,22 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Runs a store write until it succeeds, waiting out database outages; fails only on
-    /// other store errors or shutdown.
+    /// Runs a store write until it succeeds, waiting out database outages for up to
+    /// `WORKER_HOLD_LIMIT_MS`; fails on other store errors, a longer outage, or shutdown.
     async fn durably<T, F, Fut>(&self, write: F) -> Result<T, Halt>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut schedule = RetryPolicy::RECONNECT.schedule();
+        let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
         loop {
             match write().await {
                 Err(error) if error.is_unavailable() => {
-                    let delay = schedule.next_delay(None).unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, retry_in = ?delay, "database unavailable, holding a result");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+                    tracing::warn!(%error, "database unavailable, holding a result");
+                    match schedule.wait(None, &self.shutdown).await {
+                        Ok(_) => {}
+                        Err(WaitEnd::Spent) => return Err(Halt::HeldTooLong(error)),
+                        Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
                     }
                 }
                 result => return Ok(result?),
@@ -169,7 +180,8 @@ impl Dispatcher {
         }
     }
 
-    async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
+    /// Ends every category of `job` not ended yet as failed, for `reason`.
+    pub async fn fail_all(&self, job: &RefreshJob, reason: &str) -> Result<(), Halt> {
         let results = join_all(job.categories.iter().map(|&category| async move {
             let mut attempt = Attempt::new(self, job, category);
             attempt
@@ -315,6 +327,18 @@ impl Dispatcher {
         let mut schedule = self.push_retry.schedule();
         loop {
             if let Some(pause) = self.gateways.hold(route, &payload) {
+                // A pause longer than this delivery's in-process budget is waited out in the
+                // retry queues, never in a worker slot.
+                if !schedule.fits(pause) {
+                    let detail = format!(
+                        "the {} gateway asked for a pause of {} s for this device",
+                        route.gateway(),
+                        pause.as_secs()
+                    );
+                    return self
+                        .out_of_time(&mut attempt, route.gateway(), &detail)
+                        .await;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
@@ -350,17 +374,13 @@ impl Dispatcher {
                         .await;
                 }
             };
+            // Never a wait past the in-process budget, whatever the gateway asked for.
             let Some(delay) = schedule.next_delay(retry_after) else {
-                let round = usize::try_from(job.attempt).unwrap_or(usize::MAX);
-                if round < self.retry_publisher.topology().retry_rounds() {
-                    attempt.record_retry(gateway, &detail).await?;
-                    return Ok(Ended::Deferred);
-                }
-                let reason = format!("gave up after {} rounds of retries: {detail}", round + 1);
-                return attempt
-                    .settle(CategoryState::Failed, gateway, Some(&reason))
+                return self
+                    .out_of_time(&mut attempt, route.gateway(), &detail)
                     .await;
             };
+            // Recorded before the wait, so the job shows why it waits.
             attempt.record_retry(gateway, &detail).await?;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -370,6 +390,25 @@ impl Dispatcher {
                 return Ok(Ended::Settled);
             }
         }
+    }
+
+    /// The in-process retries of a category are spent: it waits in the next retry queue, or,
+    /// after the last one, fails.
+    async fn out_of_time(
+        &self,
+        attempt: &mut Attempt<'_>,
+        gateway: Gateway,
+        detail: &str,
+    ) -> Result<Ended, Halt> {
+        let round = usize::try_from(attempt.job.attempt).unwrap_or(usize::MAX);
+        if round < self.retry_publisher.topology().retry_rounds() {
+            attempt.record_retry(Some(gateway), detail).await?;
+            return Ok(Ended::Deferred);
+        }
+        let reason = format!("gave up after {} rounds of retries: {detail}", round + 1);
+        attempt
+            .settle(CategoryState::Failed, Some(gateway), Some(&reason))
+            .await
     }
 }
 

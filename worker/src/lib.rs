@@ -6,6 +6,7 @@ mod dispatch;
 mod expander;
 pub mod gateway;
 mod health;
+mod in_flight;
 
 use anyhow::Context;
 use consumer::Consumer;
@@ -55,7 +56,9 @@ impl Worker {
             push_retry: settings.worker.push_retry,
             retry_publisher: Arc::clone(&publisher),
             job_max_age: settings.worker.job_max_age,
+            hold_limit: settings.worker.hold_limit,
             shutdown: shutdown.clone(),
+            in_flight: in_flight::InFlight::default(),
         });
         let expander = Arc::new(Expander {
             store: store.clone(),

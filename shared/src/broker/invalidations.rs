@@ -64,12 +64,9 @@ pub async fn follow(
         if let Err(error) = followed {
             tracing::warn!(%error, "cache invalidations not followed; cached tokens expire by their TTL meanwhile");
         }
-        let delay = schedule
-            .next_delay(None)
-            .unwrap_or(std::time::Duration::from_secs(5));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop.cancelled() => return,
+        // RECONNECT is never spent: this ends only when stopped.
+        if schedule.wait(None, &stop).await.is_err() {
+            return;
         }
     }
 }

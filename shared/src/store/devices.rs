@@ -1,5 +1,10 @@
 use super::{Store, StoreError, tenant};
-use crate::{Category, batch::DeviceFilter, device::DeviceState};
+use crate::{
+    Category,
+    batch::DeviceFilter,
+    channel::{ChannelPolicy, ChannelRefused},
+    device::DeviceState,
+};
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::{TryStreamExt, future::join_all};
 use serde::{Deserialize, Serialize};
@@ -50,10 +55,13 @@ pub struct PushRoutes {
     pub wns: Option<WnsChannel>,
 }
 
+/// A device's WNS channel. Made only through [`WnsChannel::new`], which admits no URI the
+/// deployment's [`ChannelPolicy`] refuses (one read back from the database is checked again
+/// before every push).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WnsChannel {
-    pub channel_uri: String,
+    channel_uri: String,
     pub status: WnsChannelStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_since: Option<DateTime>,
@@ -65,6 +73,22 @@ pub enum WnsChannelStatus {
     Active,
     /// WNS answered 404/410: the channel expired and only a new enrolment brings a new one.
     Dead,
+}
+
+impl WnsChannel {
+    /// An active channel at `uri`, if `policy` admits it.
+    pub fn new(uri: &str, policy: &ChannelPolicy) -> Result<WnsChannel, ChannelRefused> {
+        policy.check(uri)?;
+        Ok(WnsChannel {
+            channel_uri: uri.to_owned(),
+            status: WnsChannelStatus::Active,
+            dead_since: None,
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.channel_uri
+    }
 }
 
 impl PushRoutes {

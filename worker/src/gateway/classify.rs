@@ -4,6 +4,10 @@
 use reqwest::{StatusCode, header::HeaderMap};
 use std::time::Duration;
 
+/// The longest wait a gateway can ask for. Its `Retry-After` is outside input: a year, or
+/// 2^64 seconds, must neither overflow an `Instant` nor hold anything that long.
+pub const MAX_REQUESTED_WAIT: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// The gateway took the push.
@@ -56,16 +60,16 @@ pub fn wns(status: StatusCode, headers: &HeaderMap) -> Verdict {
     }
 }
 
-/// A header holding a delay in whole seconds.
+/// A header holding a delay in whole seconds, at most [`MAX_REQUESTED_WAIT`].
 fn retry_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let seconds = headers.get(name)?.to_str().ok()?.trim();
+    // All digits but too many for a u64 is still a (very long) wait, not garbage.
+    let seconds = match seconds.parse::<u64>() {
+        Ok(seconds) => seconds,
+        Err(_) if !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+        Err(_) => return None,
+    };
+    Some(Duration::from_secs(seconds).min(MAX_REQUESTED_WAIT))
 }
 
 #[cfg(test)]
@@ -117,6 +121,29 @@ mod tests {
                 after: Some(Duration::from_secs(2))
             }
         );
+    }
+
+    #[test]
+    fn requested_waits_are_clamped() {
+        for (value, wait) in [
+            ("0", Some(0)),
+            ("30", Some(30)),
+            ("31536000", Some(3600)),
+            ("18446744073709551615", Some(3600)),
+            ("99999999999999999999999", Some(3600)),
+            ("-1", None),
+            ("soon", None),
+            ("", None),
+        ] {
+            let verdict = agent(status(429), &headers(&[("retry-after", value)]));
+            assert_eq!(
+                verdict,
+                Verdict::Retry {
+                    after: wait.map(Duration::from_secs)
+                },
+                "Retry-After: {value:?}"
+            );
+        }
     }
 
     #[test]

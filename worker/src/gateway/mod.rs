@@ -7,7 +7,9 @@ mod wns;
 
 use bson::oid::ObjectId;
 use classify::Verdict;
-use refresh_shared::{Category, device::Gateway, settings::GatewaySettings};
+use refresh_shared::{
+    Category, channel::ChannelPolicy, device::Gateway, settings::GatewaySettings,
+};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -76,6 +78,8 @@ pub struct Gateways {
     agent: agent::AgentGateway,
     wns: wns::WnsGateway,
     pacing: pacing::Pacing,
+    /// Checked before every WNS push: a channel URI read from the database is never trusted.
+    channels: ChannelPolicy,
 }
 
 impl Gateways {
@@ -84,12 +88,18 @@ impl Gateways {
         let http = reqwest::Client::builder()
             .timeout(push_timeout)
             .connect_timeout(push_timeout)
+            // A redirect would carry the push (and WNS's bearer token) to a URL nobody checked.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("device-refresh/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        for origin in settings.wns_channels.insecure_origins() {
+            tracing::warn!(%origin, "WNS channels admitted over plain http (WNS_CHANNEL_HOST_SUFFIXES): for local use only");
+        }
         Ok(Gateways {
             agent: agent::AgentGateway::new(http.clone(), settings.agent_url.clone()),
             wns: wns::WnsGateway::new(http, settings),
             pacing,
+            channels: settings.wns_channels.clone(),
         })
     }
 
@@ -106,7 +116,13 @@ impl Gateways {
         let started = std::time::Instant::now();
         let result = match route {
             Route::Agent => self.agent.push(payload).await,
-            Route::Wns { channel_uri } => self.wns.push(channel_uri, payload).await,
+            Route::Wns { channel_uri } => match self.channels.check(channel_uri) {
+                Ok(channel) => self.wns.push(channel, payload).await,
+                Err(refused) => PushResult {
+                    verdict: Verdict::Permanent,
+                    detail: refused.to_string(),
+                },
+            },
         };
         metrics::histogram!("refresh_push_duration_seconds", "gateway" => route.gateway().as_str())
             .record(started.elapsed().as_secs_f64());

@@ -38,7 +38,11 @@ impl Pacing {
 
     /// Puts `route` to `device` on hold for `duration` (never shortening a longer hold).
     pub fn hold_for(&self, route: Route<'_>, device: &str, duration: Duration) {
-        let until = Instant::now() + duration;
+        // The gateway chose `duration`: a wait past what an `Instant` can hold is ignored rather
+        // than allowed to panic (classify clamps it long before that).
+        let Some(until) = Instant::now().checked_add(duration) else {
+            return;
+        };
         let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
         let entry = holds.entry(target(route, device)).or_insert(until);
         *entry = (*entry).max(until);

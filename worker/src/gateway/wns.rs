@@ -11,6 +11,8 @@ use url::Url;
 
 /// Renew a token this long before WNS would expire it, so no push carries a dying token.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// The longest a token is reused, whatever `expires_in` says (WNS issues them for a day).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 pub struct WnsGateway {
     http: reqwest::Client,
@@ -43,7 +45,8 @@ impl WnsGateway {
         }
     }
 
-    pub async fn push(&self, channel_uri: &str, payload: &PushPayload) -> PushResult {
+    /// Pushes to `channel`, which the caller checked against the channel policy.
+    pub async fn push(&self, channel: Url, payload: &PushPayload) -> PushResult {
         let body = match serde_json::to_vec(payload) {
             Ok(body) => body,
             Err(error) => return permanent(format!("payload could not be encoded: {error}")),
@@ -52,7 +55,7 @@ impl WnsGateway {
             Ok(token) => token,
             Err(result) => return result,
         };
-        let result = self.send(channel_uri, &token, &body, &payload.job_id).await;
+        let result = self.send(&channel, &token, &body, &payload.job_id).await;
         if result.verdict != Verdict::RenewToken {
             return result;
         }
@@ -61,7 +64,7 @@ impl WnsGateway {
             Ok(token) => token,
             Err(result) => return result,
         };
-        let result = self.send(channel_uri, &token, &body, &payload.job_id).await;
+        let result = self.send(&channel, &token, &body, &payload.job_id).await;
         match result.verdict {
             Verdict::RenewToken => {
                 permanent("WNS rejected a freshly issued token (401)".to_owned())
@@ -72,14 +75,14 @@ impl WnsGateway {
 
     async fn send(
         &self,
-        channel_uri: &str,
+        channel: &Url,
         token: &SecretString,
         body: &[u8],
         job_id: &str,
     ) -> PushResult {
         let request = self
             .http
-            .post(channel_uri)
+            .post(channel.clone())
             .bearer_auth(token.expose_secret())
             // A raw notification: delivered to the app's background task, never shown.
             .header("X-WNS-Type", "wns/raw")
@@ -150,7 +153,9 @@ impl WnsGateway {
             verdict: Verdict::Retry { after: None },
             detail: format!("WNS token response unreadable: {}", without_url(&error)),
         })?;
-        let lifetime = Duration::from_secs(token.expires_in).saturating_sub(EXPIRY_MARGIN);
+        let lifetime = Duration::from_secs(token.expires_in)
+            .min(MAX_TOKEN_LIFETIME)
+            .saturating_sub(EXPIRY_MARGIN);
         Ok(AccessToken {
             value: SecretString::from(token.access_token),
             renew_at: Instant::now() + lifetime,

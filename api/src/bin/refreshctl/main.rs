@@ -11,7 +11,7 @@ use refresh_shared::{
     Settings,
     broker::{DeadLetter, Invalidation, Publisher},
     device::{DeviceState, Gateway},
-    store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel, WnsChannelStatus},
+    store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel},
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -132,8 +132,8 @@ enum DeviceCommand {
         /// How the device is reached; repeat for both (agent first, WNS as fallback).
         #[arg(long = "push", value_enum, default_values_t = [PushArg::Agent])]
         push: Vec<PushArg>,
-        /// The WNS channel URI (with `--push wns`); default: a channel on push-gateway-sim at
-        /// SIM_ADDR.
+        /// The WNS channel URI (with `--push wns`), which WNS_CHANNEL_HOST_SUFFIXES must admit;
+        /// default: a channel on push-gateway-sim at SIM_ADDR.
         #[arg(long)]
         channel_uri: Option<String>,
         /// A tag bulk refreshes can select the device by; repeat for more.
@@ -350,11 +350,18 @@ async fn run(
             tags,
         }) => {
             let org = organization(store, &org).await?;
-            let wns = push.contains(&PushArg::Wns).then(|| WnsChannel {
-                channel_uri: channel_uri.unwrap_or_else(default_channel_uri),
-                status: WnsChannelStatus::Active,
-                dead_since: None,
-            });
+            let wns = push
+                .contains(&PushArg::Wns)
+                .then(|| {
+                    let uri = channel_uri.unwrap_or_else(default_channel_uri);
+                    WnsChannel::new(&uri, &settings.gateways.wns_channels).with_context(|| {
+                        format!(
+                            "--channel-uri {uri}: WNS_CHANNEL_HOST_SUFFIXES is {}",
+                            settings.gateways.wns_channels
+                        )
+                    })
+                })
+                .transpose()?;
             let device = store
                 .create_device(NewDevice {
                     organization: org.id,
@@ -388,7 +395,7 @@ async fn run(
                     "imei": device.summary.imei,
                     "push": routes,
                     "tags": device.tags,
-                    "wnsChannelUri": device.push.wns.map(|w| w.channel_uri),
+                    "wnsChannelUri": device.push.wns.as_ref().map(WnsChannel::uri),
                 }),
             })
         }
