@@ -1,14 +1,18 @@
 //! Who is calling: the bearer token, its organization and its permissions.
 
 use crate::{
-    error::ApiError, rate_limit::StandingSlot, state::AppState, validate::OrganizationRef,
+    error::ApiError,
+    rate_limit::StandingSlot,
+    state::AppState,
+    validate::{self, OrganizationRef},
 };
 use axum::{
-    extract::FromRequestParts,
+    extract::{ConnectInfo, FromRequestParts},
     http::{header, request::Parts},
 };
 use bson::{DateTime, oid::ObjectId};
 use refresh_shared::{store::Organization, token};
+use std::net::SocketAddr;
 
 /// A caller whose token is known, unexpired, unrevoked and within its rate limit.
 #[derive(Debug, Clone)]
@@ -54,7 +58,9 @@ impl Authenticated {
 /// The token of `Authorization: Bearer <token>`, telling "no token" apart from "not a bearer
 /// token at all".
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+    let value = validate::single(&parts.headers, header::AUTHORIZATION.as_str())
+        .map_err(|problem| ApiError::Validation(vec![problem]))?;
+    let Some(value) = value else {
         return Err(ApiError::NoToken);
     };
     let value = value.to_str().map_err(|_| ApiError::Unauthorized)?.trim();
@@ -73,13 +79,34 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = bearer_token(parts)?;
-        let record = state
-            .auth_cache
-            .token(&state.store, &token::hash(presented))
-            .await?
-            .filter(|t| t.is_usable(DateTime::now()))
-            .ok_or(ApiError::Unauthorized)?;
+        // Set by the server for every connection; absent only when the router is driven
+        // without one (then there is no address to limit).
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        if let Some(wait) = client.and_then(|client| state.rate_limits.blocked(client)) {
+            return Err(ApiError::RateLimited { retry_after: wait });
+        }
+        let found = match bearer_token(parts) {
+            Ok(presented) => state
+                .auth_cache
+                .token(&state.store, &token::hash(presented))
+                .await?
+                .filter(|t| t.is_usable(DateTime::now()))
+                .ok_or(ApiError::Unauthorized),
+            Err(refused) => Err(refused),
+        };
+        let record = match found {
+            Ok(record) => record,
+            Err(refused) => {
+                let blocked = client.and_then(|client| state.rate_limits.failed(client));
+                return Err(match blocked {
+                    Some(wait) => ApiError::RateLimited { retry_after: wait },
+                    None => refused,
+                });
+            }
+        };
         let checked = state.rate_limits.check(record.id, record.organization);
         let (Ok(standing) | Err(standing)) = checked;
         if let Some(slot) = parts.extensions.get::<StandingSlot>() {
@@ -138,5 +165,11 @@ mod tests {
             Err(ApiError::Unauthorized)
         ));
         assert_eq!(bearer_token(&parts(Some("bearer tok"))).ok(), Some("tok"));
+        let mut twice = parts(Some("Bearer first"));
+        twice.headers.append(
+            header::AUTHORIZATION,
+            "Bearer second".parse().expect("valid"),
+        );
+        assert!(matches!(bearer_token(&twice), Err(ApiError::Validation(_))));
     }
 }

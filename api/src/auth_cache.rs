@@ -1,8 +1,9 @@
 //! Tokens and organizations in memory for `AUTH_CACHE_TTL_MS`: every request needs both, and
 //! both change rarely. Revocations are announced on the invalidations exchange
 //! (`refresh_shared::broker::invalidations`) and drop the cache at once; the TTL bounds
-//! staleness when an announcement is missed. Unknown tokens are never cached, so a new token
-//! works at once.
+//! staleness when an announcement is missed. Unknown token hashes are remembered for the same
+//! TTL, so presenting one again costs no lookup (a token created meanwhile works once that
+//! TTL has run out).
 
 use bson::oid::ObjectId;
 use moka::future::Cache;
@@ -18,6 +19,8 @@ const CAPACITY: u64 = 100_000;
 pub struct AuthCache {
     /// By token hash (the key is a SHA-256 of the secret, never the secret itself).
     tokens: Option<Cache<String, ApiToken>>,
+    /// Hashes no token has: the negative cache.
+    unknown: Option<Cache<String, ()>>,
     organizations: Option<Cache<ObjectId, Organization>>,
 }
 
@@ -25,17 +28,27 @@ impl AuthCache {
     pub fn new(ttl: Duration) -> AuthCache {
         AuthCache {
             tokens: cache(ttl),
+            unknown: cache(ttl),
             organizations: cache(ttl),
         }
     }
 
     pub async fn token(&self, store: &Store, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        read_through(
+        if let Some(unknown) = &self.unknown
+            && unknown.contains_key(hash)
+        {
+            return Ok(None);
+        }
+        let found = read_through(
             self.tokens.as_ref(),
             hash.to_owned(),
             store.token_by_hash(hash),
         )
-        .await
+        .await?;
+        if let (None, Some(unknown)) = (&found, &self.unknown) {
+            unknown.insert(hash.to_owned(), ()).await;
+        }
+        Ok(found)
     }
 
     pub async fn organization(
@@ -47,10 +60,13 @@ impl AuthCache {
     }
 
     pub fn invalidate(&self, what: Invalidation) {
-        if matches!(what, Invalidation::Tokens | Invalidation::Everything)
-            && let Some(cache) = &self.tokens
-        {
-            cache.invalidate_all();
+        if matches!(what, Invalidation::Tokens | Invalidation::Everything) {
+            if let Some(cache) = &self.tokens {
+                cache.invalidate_all();
+            }
+            if let Some(cache) = &self.unknown {
+                cache.invalidate_all();
+            }
         }
         if matches!(what, Invalidation::Organizations | Invalidation::Everything)
             && let Some(cache) = &self.organizations

@@ -40,7 +40,7 @@ pub async fn check(
     let request_hash = hex::encode(request.finalize());
     match state
         .store
-        .reserve_idempotency_key(organization, &key, &request_hash)
+        .reserve_idempotency_key(organization, &key, &request_hash, state.request_timeout)
         .await?
     {
         Reservation::Granted => Ok(KeyCheck::Proceed(Some(HeldKey { organization, key }))),
@@ -73,7 +73,8 @@ pub async fn finish(state: &AppState, held: Option<HeldKey>, answer: Result<Obje
         }
     };
     if let Err(error) = recorded {
-        // The key stays "in progress" until its 24 h run out; retries get 409 4092 meanwhile.
+        // The key stays "in progress" until REQUEST_TIMEOUT_MS and a margin have passed;
+        // retries get 409 4092 meanwhile.
         tracing::error!(%error, "could not record the outcome of an idempotency key");
     }
 }

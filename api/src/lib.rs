@@ -11,6 +11,7 @@ mod rate_limit;
 mod routes;
 mod server;
 mod state;
+mod strict_json;
 pub mod validate;
 
 pub use error::{ApiError, FieldProblem};

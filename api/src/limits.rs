@@ -5,15 +5,24 @@
 
 use crate::error::ApiError;
 use axum::{
-    body::Body,
+    body::{Body, Bytes, HttpBody},
     extract::rejection::BytesRejection,
     extract::{Request, State},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use refresh_shared::settings::ApiSettings;
-use std::{sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Sleep, sleep},
+};
 use tower_http::timeout::{TimeoutBody, TimeoutError};
 
 #[derive(Clone)]
@@ -21,7 +30,7 @@ pub struct Limits {
     header_bytes: usize,
     body_read_timeout: Duration,
     request_timeout: Duration,
-    in_flight: Arc<Semaphore>,
+    in_flight: Slots,
 }
 
 impl Limits {
@@ -30,8 +39,38 @@ impl Limits {
             header_bytes: settings.header_limit_bytes,
             body_read_timeout: settings.body_read_timeout,
             request_timeout: settings.request_timeout,
-            in_flight: Arc::new(Semaphore::new(settings.max_in_flight_requests)),
+            in_flight: Slots::new(settings.max_in_flight_requests),
         }
+    }
+}
+
+/// Requests served at once, refused (503 5030) rather than queued when all are taken: a queue
+/// would only grow while the api is saturated.
+#[derive(Clone)]
+pub struct Slots(Arc<Semaphore>);
+
+impl Slots {
+    pub fn new(slots: usize) -> Slots {
+        Slots(Arc::new(Semaphore::new(slots)))
+    }
+
+    pub fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.0)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded)
+    }
+}
+
+/// Middleware: a route's own limit of requests at once (the bulk route, whose bodies are
+/// megabytes: N of them at once must not multiply memory).
+pub async fn within(State(slots): State<Slots>, request: Request, next: Next) -> Response {
+    match slots.take() {
+        Ok(slot) => {
+            let response = next.run(request).await;
+            drop(slot);
+            response
+        }
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -39,9 +78,9 @@ impl Limits {
 /// [`TimeoutError`] when the client stalls (see [`body_timed_out`]), and answers 503 5040 when
 /// the request outlives `REQUEST_TIMEOUT_MS`.
 pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    // Refused at once rather than queued: a queue would only grow while the api is saturated.
-    let Ok(slot) = limits.in_flight.clone().try_acquire_owned() else {
-        return ApiError::Overloaded.into_response();
+    let slot = match limits.in_flight.take() {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
     };
     let header_bytes: usize = request
         .headers()
@@ -52,7 +91,10 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
         return ApiError::HeadersTooLarge.into_response();
     }
     let (parts, body) = request.into_parts();
-    let body = Body::new(TimeoutBody::new(limits.body_read_timeout, body));
+    // Both bounds: a stall between pieces, and the whole body past the request deadline (a
+    // client dripping a byte a second would otherwise hold its slot long after its 5040).
+    let stalls = TimeoutBody::new(limits.body_read_timeout, body);
+    let body = Body::new(DeadlineBody::new(Body::new(stalls), limits.request_timeout));
     // The request runs as a task of its own, holding its slot to its end: the deadline answers
     // the caller without cutting the work short (nor does a caller hanging up), so a device's
     // claimed categories are never left without their published job.
@@ -73,14 +115,58 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
     }
 }
 
-/// Whether a body could not be read because the client stalled past `BODY_READ_TIMEOUT_MS`.
+/// Whether a body could not be read because the client stalled past `BODY_READ_TIMEOUT_MS`
+/// or had not sent it all by the request deadline.
 pub fn body_timed_out(rejection: &BytesRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(error) = cause {
-        if error.is::<TimeoutError>() {
+        if error.is::<TimeoutError>() || error.is::<DeadlinePassed>() {
             return true;
         }
         cause = error.source();
     }
     false
+}
+
+/// The request deadline passed before the whole body came.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not complete by the request deadline")]
+pub struct DeadlinePassed;
+
+/// A body that fails with [`DeadlinePassed`] once `deadline` has passed.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, within: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(sleep(within)),
+        }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(DeadlinePassed))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -97,8 +97,10 @@ const ANY_ROUTE: &[ErrorKind] = &[
     ErrorKind::RequestTimeout,
     ErrorKind::Internal,
 ];
-/// Answers of a route that takes a bearer token (the token lookup may find the database down).
+/// Answers of a route that takes a bearer token (the token lookup may find the database down;
+/// two `Authorization` headers are a 400).
 const AUTHENTICATED: &[ErrorKind] = &[
+    ErrorKind::Validation,
     ErrorKind::NoToken,
     ErrorKind::Unauthorized,
     ErrorKind::Forbidden,

@@ -1,5 +1,6 @@
 //! Request rates per token and per organization (GCRA, `governor`), and the `RateLimit-*`
 //! headers that tell a caller where it stands: on every authenticated answer, 429 included.
+//! Failed authentications are limited per client address, since they have no token to count.
 
 use crate::error::seconds_rounded_up;
 use axum::{
@@ -17,9 +18,11 @@ use governor::{
 };
 use refresh_shared::settings::ApiSettings;
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     num::NonZeroU32,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 type Limiter = RateLimiter<
@@ -32,6 +35,9 @@ type Limiter = RateLimiter<
 pub struct RateLimits {
     tokens: Limiter,
     organizations: Limiter,
+    failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses over their failure allowance → until when their requests are refused.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 /// Where a caller stands: the tighter of its token's and its organization's limits.
@@ -57,7 +63,30 @@ impl RateLimits {
                 settings.organization_rate_limit_per_second,
                 settings.organization_rate_limit_burst,
             ),
+            failures: RateLimiter::keyed(
+                Quota::per_second(settings.auth_failure_rate_limit_per_second)
+                    .allow_burst(settings.auth_failure_burst),
+            ),
+            blocked: Mutex::default(),
         }
+    }
+
+    /// How long requests from `client` are still refused, after too many failed
+    /// authentications.
+    pub fn blocked(&self, client: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *blocked.get(&client)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a failed authentication from `client`; past the allowance, blocks the address
+    /// and returns for how long.
+    pub fn failed(&self, client: IpAddr) -> Option<Duration> {
+        let not_until = self.failures.check_key(&client).err()?;
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.insert(client, Instant::now() + wait);
+        Some(wait)
     }
 
     /// Counts one request of `token` of `organization`: its standing, `Err` when refused.
@@ -75,6 +104,10 @@ impl RateLimits {
     pub fn retain_recent(&self) {
         self.tokens.retain_recent();
         self.organizations.retain_recent();
+        self.failures.retain_recent();
+        let now = Instant::now();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.retain(|_, until| *until > now);
     }
 }
 
@@ -190,6 +223,35 @@ mod tests {
             .check(ObjectId::new(), other)
             .expect("another tenant");
         assert_eq!((standing.limit, standing.remaining), (4, 3));
+    }
+
+    #[test]
+    fn an_address_failing_too_often_is_blocked_alone() {
+        let mut settings = refresh_shared::Settings::from_lookup(|_| None)
+            .expect("defaults are valid")
+            .api;
+        settings.auth_failure_rate_limit_per_second = NonZeroU32::MIN;
+        settings.auth_failure_burst = NonZeroU32::new(3).expect("burst");
+        let limits = RateLimits::new(&settings);
+        let (attacker, other) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        for _ in 0..3 {
+            assert_eq!(limits.failed(attacker), None, "within the allowance");
+            assert_eq!(limits.blocked(attacker), None);
+        }
+        let wait = limits.failed(attacker).expect("over the allowance");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(limits.blocked(attacker).is_some());
+        assert_eq!(
+            limits.blocked(other),
+            None,
+            "another address is not blocked"
+        );
     }
 
     #[test]

@@ -1,5 +1,10 @@
 use crate::{audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits};
-use refresh_shared::{Settings, broker::Publisher, store::Store};
+use refresh_shared::{
+    Settings,
+    broker::Publisher,
+    store::{DatabaseProbe, Store},
+    telemetry::MetricsPage,
+};
 use std::sync::Arc;
 
 /// What every handler can reach; cheap to clone.
@@ -12,8 +17,13 @@ pub struct Inner {
     /// Requests per token and per organization, refilled continuously.
     pub rate_limits: RateLimits,
     pub refresh_skip_window: std::time::Duration,
+    /// `REQUEST_TIMEOUT_MS`: after it (and a margin) an unanswered idempotency key is free.
+    pub request_timeout: std::time::Duration,
     pub auth_cache: AuthCache,
     pub audit: AuditLog,
+    /// `/readyz`'s view of the database.
+    pub database_probe: DatabaseProbe,
+    pub metrics_page: MetricsPage,
 }
 
 impl AppState {
@@ -24,10 +34,13 @@ impl AppState {
         audit: AuditLog,
     ) -> AppState {
         AppState(Arc::new(Inner {
+            database_probe: DatabaseProbe::new(store.clone()),
+            metrics_page: MetricsPage::default(),
             store,
             publisher,
             rate_limits: RateLimits::new(&settings.api),
             refresh_skip_window: settings.api.refresh_skip_window,
+            request_timeout: settings.api.request_timeout,
             auth_cache: AuthCache::new(settings.api.auth_cache_ttl),
             audit,
         }))

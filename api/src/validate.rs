@@ -1,6 +1,6 @@
 //! Turns path parameters and bodies into typed values, or into the list of what is wrong.
 
-use crate::error::FieldProblem;
+use crate::{error::FieldProblem, strict_json};
 use axum::http::{HeaderMap, header};
 use bson::oid::ObjectId;
 use refresh_shared::{
@@ -14,8 +14,12 @@ use serde_json::Value;
 pub const ORGANIZATION_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$";
 /// `winDeviceId`: the upstream page's `^(([a-fA-F0-9]{24})|(\w{1,}))$` with `\w` written out as
 /// the ASCII word characters it means in ECMA-262, the regex dialect of OpenAPI 3.1 (a reader in
-/// another dialect, such as Python's, would take `\w` to include every Unicode letter).
-pub const DEVICE_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9_]{1,}))$";
+/// another dialect, such as Python's, would take `\w` to include every Unicode letter), and at
+/// most [`MAX_DEVICE_KEY_CHARS`] of them (contract §2): no IMEI or serial is longer, and a
+/// megabyte-long "id" must not reach the database.
+pub const DEVICE_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9_]{1,128}))$";
+/// The longest device key (id, IMEI or serial).
+pub const MAX_DEVICE_KEY_CHARS: usize = 128;
 /// `jobId`, `batchId`: an ObjectId in hex.
 pub const OBJECT_ID_PATTERN: &str = "^[a-fA-F0-9]{24}$";
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -44,34 +48,59 @@ pub fn organization_ref(raw: &str) -> Result<OrganizationRef, FieldProblem> {
 
 /// `winDeviceId` ([`DEVICE_PATTERN`]): an id, IMEI or serial.
 pub fn device_key(raw: &str) -> Result<&str, FieldProblem> {
-    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if (1..=MAX_DEVICE_KEY_CHARS).contains(&raw.len())
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         Ok(raw)
     } else {
-        Err(FieldProblem::new(
-            "winDeviceId",
-            "must be a 24-hex id, an IMEI or a serial number (letters, digits, '_')",
-        ))
+        Err(FieldProblem::new("winDeviceId", DEVICE_KEY_PROBLEM))
     }
 }
+
+const DEVICE_KEY_PROBLEM: &str =
+    "must be a 24-hex id, an IMEI or a serial number (1 to 128 letters, digits or '_')";
 
 pub fn object_id(field: &str, raw: &str) -> Result<ObjectId, FieldProblem> {
     ObjectId::parse_str(raw).map_err(|_| FieldProblem::new(field, "must be a 24-hex id"))
 }
 
-/// Checks the request is `application/json` (any parameters, such as a charset, allowed).
+/// Checks the request is `application/json`, given once, in UTF-8 (the only charset JSON
+/// has, RFC 8259): a body the client encoded otherwise would be read as something it did not
+/// send.
 pub fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
-    let essence = headers
-        .get(header::CONTENT_TYPE)
+    let refused = || FieldProblem::new("Content-Type", "must be application/json (UTF-8)");
+    let value = single(headers, header::CONTENT_TYPE.as_str())
+        .map_err(|_| refused())?
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
-    match essence {
-        Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
-        _ => Err(FieldProblem::new(
-            "Content-Type",
-            "must be application/json",
-        )),
+        .ok_or_else(refused)?;
+    let mut parts = value.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default();
+    let utf8 = parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let charset = charset.trim().trim_matches('"');
+            charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    if essence.eq_ignore_ascii_case("application/json") && utf8 {
+        Ok(())
+    } else {
+        Err(refused())
     }
+}
+
+/// The value of a header a request may carry at most once; two are ambiguous (a proxy may act
+/// on one, we on the other), so they are refused.
+pub fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a header::HeaderValue>, FieldProblem> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(FieldProblem::new(name, "must be given at most once"));
+    }
+    Ok(first)
 }
 
 /// Parses `{"info": [...]}` into its categories, duplicates merged, in the order first named.
@@ -178,7 +207,7 @@ fn device_ids(value: Value, problems: &mut Vec<FieldProblem>) -> Option<Vec<Stri
                 if bad <= MAX_LISTED_PROBLEMS {
                     problems.push(FieldProblem::new(
                         format!("deviceIds[{index}]"),
-                        "must be a 24-hex id, an IMEI or a serial number (letters, digits, '_')",
+                        DEVICE_KEY_PROBLEM,
                     ));
                 }
             }
@@ -252,7 +281,7 @@ fn device_filter(value: Value, problems: &mut Vec<FieldProblem>) -> Option<Devic
 
 /// An optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldProblem> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = single(headers, "Idempotency-Key")? else {
         return Ok(None);
     };
     match value.to_str() {
@@ -267,7 +296,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldProbl
 }
 
 fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Vec<FieldProblem>> {
-    let value: Value = serde_json::from_slice(body)
+    let value: Value = strict_json::from_slice(body)
         .map_err(|e| vec![FieldProblem::new("body", format!("is not valid JSON: {e}"))])?;
     match value {
         Value::Object(fields) => Ok(fields),
@@ -346,6 +375,15 @@ mod tests {
         for bad in ["", "a-b", "a b", "ü", "a.b"] {
             assert!(device_key(bad).is_err(), "{bad}");
         }
+        assert!(device_key(&"a".repeat(128)).is_ok());
+        assert!(device_key(&"a".repeat(129)).is_err());
+        // One 8.3 MB id in a bulk body is refused, not looked up.
+        let body = format!(
+            r#"{{"info":["os"],"deviceIds":["{}"]}}"#,
+            "7".repeat(8_300_000)
+        );
+        let problems = bulk_body(body.as_bytes()).expect_err("too long");
+        assert_eq!(problems[0].field, "deviceIds[0]");
     }
 
     #[test]
@@ -455,6 +493,9 @@ mod tests {
         assert!(idempotency_key(&headers).is_err());
         headers.insert("idempotency-key", "x".repeat(256).parse().expect("valid"));
         assert!(idempotency_key(&headers).is_err());
+        headers.insert("idempotency-key", "first".parse().expect("valid"));
+        headers.append("idempotency-key", "second".parse().expect("valid"));
+        assert!(idempotency_key(&headers).is_err(), "two keys are ambiguous");
     }
 
     #[test]
@@ -468,6 +509,33 @@ mod tests {
             "application/json; charset=utf-8".parse().expect("valid"),
         );
         assert!(json_content_type(&headers).is_ok());
+        for refused in [
+            "application/json; charset=utf-16",
+            "application/json;charset=\"ISO-8859-1\"",
+            "application/json; charset=utf-8; charset=utf-16",
+        ] {
+            headers.insert(header::CONTENT_TYPE, refused.parse().expect("valid"));
+            assert!(json_content_type(&headers).is_err(), "{refused}");
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            "Application/JSON; Charset=\"UTF-8\""
+                .parse()
+                .expect("valid"),
+        );
+        assert!(json_content_type(&headers).is_ok());
+        headers.append(header::CONTENT_TYPE, "text/plain".parse().expect("valid"));
+        assert!(json_content_type(&headers).is_err(), "two content types");
+    }
+
+    #[test]
+    fn a_body_naming_a_field_twice_is_refused() {
+        let problems =
+            refresh_body(br#"{"info":["bios"],"info":["hardware"]}"#).expect_err("ambiguous");
+        assert_eq!(problems[0].field, "body");
+        assert!(problems[0].problem.contains("repeated"), "{problems:?}");
+        assert!(refresh_body(br#"{"info":["hardware"],"info":["bios"]}"#).is_err());
+        assert!(bulk_body(br#"{"info":["os"],"filter":{"tags":["a"],"tags":["b"]}}"#).is_err());
     }
 
     /// Property tests: the validators against the upstream patterns, and the body parsers
@@ -484,14 +552,16 @@ mod tests {
         }
 
         // Strings at the patterns' edges (allowed characters with at most one a caller might
-        // try instead, ids one character short or long, long slugs), and any text at all.
+        // try instead, ids one character short or long, long slugs and device keys), and any
+        // text at all.
         const ORGANIZATIONS: &str = concat!(
             "[a-fA-F0-9]{22,26}",
             "|[a-zA-Z0-9-]{0,12}[_./ %é]?[a-zA-Z0-9-]{0,12}",
             "|[a-zA-Z0-9-]{20,80}",
             "|\\PC{0,26}",
         );
-        const DEVICES: &str = "[a-zA-Z0-9_]{0,12}[-./ %é]?[a-zA-Z0-9_]{0,12}|\\PC{0,26}";
+        const DEVICES: &str =
+            "[a-zA-Z0-9_]{0,12}[-./ %é]?[a-zA-Z0-9_]{0,12}|\\PC{0,26}|[a-zA-Z0-9_]{120,136}";
         const OBJECT_IDS: &str = "[a-fA-F0-9]{22,26}|[a-fA-F0-9]{0,12}[g-zG-Z ]?[a-fA-F0-9]{0,12}";
         const IDEMPOTENCY_KEYS: &str = "[!-~]{0,12}[ \t\u{80}é]?[!-~]{0,12}|[!-~]{250,260}";
 

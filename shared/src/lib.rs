@@ -10,6 +10,7 @@ pub mod job;
 pub mod retry;
 pub mod settings;
 pub mod shutdown;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod token;

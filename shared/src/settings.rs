@@ -65,6 +65,9 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
     pub bulk_body_limit_bytes: usize,
+    /// `POST …/refresh-batches` served at once (their bodies are megabytes each); the next is
+    /// answered 503 5030.
+    pub bulk_max_in_flight: usize,
     /// Requests per token.
     pub rate_limit_per_second: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
@@ -72,6 +75,10 @@ pub struct ApiSettings {
     /// from the others by spreading its load over many tokens.
     pub organization_rate_limit_per_second: NonZeroU32,
     pub organization_rate_limit_burst: NonZeroU32,
+    /// Failed authentications per client address: past them, the address's requests are
+    /// refused (429) before any token lookup, so unknown tokens cannot make the database work.
+    pub auth_failure_rate_limit_per_second: NonZeroU32,
+    pub auth_failure_burst: NonZeroU32,
     /// A category pushed this recently is not pushed again: the request is answered with the
     /// job that pushed it.
     pub refresh_skip_window: Duration,
@@ -197,10 +204,14 @@ impl Settings {
             max_connections: env.parse("MAX_CONNECTIONS", "4096"),
             request_timeout: env.millis("REQUEST_TIMEOUT_MS", 15_000),
             bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
+            bulk_max_in_flight: env.parse("BULK_MAX_IN_FLIGHT", "4"),
             rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
             rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
             organization_rate_limit_per_second: env.parse("ORG_RATE_LIMIT_PER_SECOND", "500"),
             organization_rate_limit_burst: env.parse("ORG_RATE_LIMIT_BURST", "1000"),
+            auth_failure_rate_limit_per_second: env
+                .parse("AUTH_FAILURE_RATE_LIMIT_PER_SECOND", "10"),
+            auth_failure_burst: env.parse("AUTH_FAILURE_BURST", "100"),
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
             auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 1_000),
         };
@@ -247,6 +258,10 @@ impl Settings {
         if api.max_in_flight_requests == 0 {
             env.errors
                 .push("MAX_IN_FLIGHT_REQUESTS: must be at least 1".to_owned());
+        }
+        if api.bulk_max_in_flight == 0 {
+            env.errors
+                .push("BULK_MAX_IN_FLIGHT: must be at least 1".to_owned());
         }
         if api.max_connections == 0 {
             env.errors

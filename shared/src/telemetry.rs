@@ -1,8 +1,8 @@
 //! Logs (tracing) and metrics (Prometheus text), set up once per process.
 
-use crate::{broker::Publisher, settings::LogFormat};
+use crate::{broker::Publisher, settings::LogFormat, snapshot::Snapshot};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
@@ -28,9 +28,34 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// The Prometheus text, with every queue's depth read from the broker just now (when it can be
-/// reached; otherwise the depths are left out rather than shown stale).
-pub async fn render_with_queue_depths(publisher: &Publisher) -> String {
+/// How old the queue depths on `/metrics` may be.
+pub const QUEUE_DEPTHS_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// The `/metrics` page with the broker's queue depths, read at most every
+/// [`QUEUE_DEPTHS_MAX_AGE`] however often it is scraped.
+pub struct MetricsPage {
+    depths: Snapshot<()>,
+}
+
+impl Default for MetricsPage {
+    fn default() -> Self {
+        MetricsPage {
+            depths: Snapshot::new(QUEUE_DEPTHS_MAX_AGE),
+        }
+    }
+}
+
+impl MetricsPage {
+    pub async fn render(&self, publisher: &Publisher) -> String {
+        self.depths.get(|| read_queue_depths(publisher)).await;
+        metrics().render()
+    }
+}
+
+/// Sets the queue gauges from the broker (when it can be reached; otherwise the depths are left
+/// out rather than shown stale).
+async fn read_queue_depths(publisher: &Publisher) {
+    metrics::counter!("refresh_queue_depth_reads_total").increment(1);
     match publisher.queue_depths().await {
         Ok(depths) => {
             for depth in depths {
@@ -49,5 +74,4 @@ pub async fn render_with_queue_depths(publisher: &Publisher) -> String {
             metrics::gauge!("refresh_queue_depth_readable").set(0.0);
         }
     }
-    metrics().render()
 }

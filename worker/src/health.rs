@@ -1,7 +1,7 @@
 //! The worker's own small HTTP server: `/healthz`, `/readyz`, `/metrics`.
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use refresh_shared::{broker::Publisher, store::Store};
+use refresh_shared::{broker::Publisher, store::DatabaseProbe, telemetry::MetricsPage};
 use serde_json::json;
 use std::sync::{
     Arc,
@@ -10,10 +10,11 @@ use std::sync::{
 
 #[derive(Clone)]
 pub struct Probes {
-    pub store: Store,
+    pub database: Arc<DatabaseProbe>,
     pub consuming: Arc<AtomicBool>,
     /// Reads the queue depths for `/metrics`.
     pub publisher: Arc<Publisher>,
+    pub metrics_page: Arc<MetricsPage>,
 }
 
 pub fn router(probes: Probes) -> Router {
@@ -28,7 +29,7 @@ pub fn router(probes: Probes) -> Router {
 }
 
 async fn metrics(State(probes): State<Probes>) -> String {
-    refresh_shared::telemetry::render_with_queue_depths(&probes.publisher).await
+    probes.metrics_page.render(&probes.publisher).await
 }
 
 /// Ready when consuming from the broker and the database answers; otherwise says what is down.
@@ -37,8 +38,8 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     if !probes.consuming.load(Ordering::Relaxed) {
         down.push(json!({ "field": "broker", "problem": "not consuming" }));
     }
-    if let Err(error) = probes.store.ping().await {
-        down.push(json!({ "field": "database", "problem": error.to_string() }));
+    if !probes.database.answers().await {
+        down.push(json!({ "field": "database", "problem": "unavailable" }));
     }
     if down.is_empty() {
         (StatusCode::OK, Json(json!({ "status": true })))

@@ -12,7 +12,11 @@ use anyhow::Context;
 use consumer::Consumer;
 use dispatch::Dispatcher;
 use expander::Expander;
-use refresh_shared::{Settings, broker::Publisher, store::Store};
+use refresh_shared::{
+    Settings,
+    broker::Publisher,
+    store::{DatabaseProbe, Store},
+};
 use std::{
     future::Future,
     net::SocketAddr,
@@ -79,9 +83,10 @@ impl Worker {
             listener,
             addr,
             probes: health::Probes {
-                store,
+                database: Arc::new(DatabaseProbe::new(store)),
                 consuming,
                 publisher,
+                metrics_page: Arc::default(),
             },
         })
     }

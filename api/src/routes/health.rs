@@ -26,8 +26,8 @@ pub async fn healthz() -> Json<Up> {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Up>, ApiError> {
     let mut down = Vec::new();
-    if let Err(error) = state.store.ping().await {
-        down.push(FieldProblem::new("database", error.to_string()));
+    if !state.database_probe.answers().await {
+        down.push(FieldProblem::new("database", "unavailable"));
     }
     if !state.publisher.is_connected() {
         down.push(FieldProblem::new("broker", "not connected"));
@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Up>, ApiError>
     }
 }
 
-/// Prometheus metrics, queue depths included.
+/// Prometheus metrics, queue depths included (read from the broker at most every 2 s).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -50,5 +50,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Up>, ApiError>
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> String {
-    refresh_shared::telemetry::render_with_queue_depths(&state.publisher).await
+    state.metrics_page.render(&state.publisher).await
 }

@@ -6,7 +6,7 @@ mod refresh;
 
 use crate::{
     error::{ApiError, FieldProblem},
-    limits::{self, Limits},
+    limits::{self, Limits, Slots},
     openapi::{self, ApiDoc, Document},
     rate_limit,
     state::AppState,
@@ -26,8 +26,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// Every route, each with its entry in the OpenAPI document.
 pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
     let (schemas, paths, create_batch) = routes!(batches::create_batch);
-    // A 100,000-id list is megabytes: this route has its own, larger limit.
-    let create_batch = create_batch.layer(DefaultBodyLimit::max(settings.bulk_body_limit_bytes));
+    // A 100,000-id list is megabytes: this route has its own, larger limit, and its own small
+    // number of requests at once, taken before the body is read.
+    let create_batch = create_batch
+        .layer(DefaultBodyLimit::max(settings.bulk_body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Slots::new(settings.bulk_max_in_flight),
+            limits::within,
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(refresh::refresh_device_info))
         .routes(routes!(jobs::get_job))

@@ -7,8 +7,12 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How long a key is remembered.
+/// How long a key is remembered (also the TTL index that removes it afterwards).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long past the request deadline a key without an answer is still taken to be held by its
+/// request. A request's work may outlive its deadline (the caller got 5040), but not by this
+/// much; past it, the api that held the key is taken to be gone (it crashed mid-request).
+pub const IDEMPOTENCY_ABANDONED_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,11 +44,14 @@ pub enum Reservation {
 }
 
 impl Store {
+    /// `request_timeout`: the api's `REQUEST_TIMEOUT_MS`; an unanswered key older than it
+    /// plus [`IDEMPOTENCY_ABANDONED_AFTER`] is free again.
     pub async fn reserve_idempotency_key(
         &self,
         organization: ObjectId,
         key: &str,
         request_hash: &str,
+        request_timeout: Duration,
     ) -> Result<Reservation, StoreError> {
         let record = IdempotencyRecord {
             id: format!("{}:{key}", organization.to_hex()),
@@ -66,11 +73,16 @@ impl Store {
             // Released between our insert and this read: the caller may simply try again.
             return Ok(Reservation::InProgress);
         };
-        let window = i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        let expired =
-            DateTime::now().timestamp_millis() - existing.created_at.timestamp_millis() > window;
-        if expired {
-            // Take the stale key over, unless another request just did.
+        let age = u64::try_from(
+            DateTime::now().timestamp_millis() - existing.created_at.timestamp_millis(),
+        )
+        .map_or(Duration::ZERO, Duration::from_millis);
+        let abandoned = existing.answer.is_none()
+            && age > request_timeout.saturating_add(IDEMPOTENCY_ABANDONED_AFTER);
+        // The TTL index removes expired keys within a minute or so; until then they are
+        // treated as gone already.
+        if age > IDEMPOTENCY_WINDOW || abandoned {
+            // Take the key over, unless another request just did.
             let taken = self
                 .idempotency_keys
                 .replace_one(

@@ -1,6 +1,6 @@
 //! Every index the product relies on, created at start (creating an existing index is a no-op).
 
-use super::{Store, StoreError};
+use super::{IDEMPOTENCY_WINDOW, Store, StoreError};
 use bson::{Document, doc};
 use mongodb::{Collection, IndexModel, options::IndexOptions};
 
@@ -34,6 +34,9 @@ impl Store {
                 index(doc! { "lookupKeys": 1, "organization": 1 }, false),
                 // Bulk refresh by filter: an organization's devices carrying some tags.
                 index(doc! { "tags": 1, "organization": 1 }, false),
+                // Bulk refresh by filter on state alone (or with no filter at all): the
+                // tenant's devices in a state, walked in `_id` order from a checkpoint.
+                index(doc! { "organization": 1, "state": 1, "_id": 1 }, false),
             ],
         )
         .await?;
@@ -57,6 +60,18 @@ impl Store {
         ensure(
             &self.batch_devices,
             [index(doc! { "batch": 1, "page": 1 }, true)],
+        )
+        .await?;
+        // Keys expire: without this the collection only grows.
+        let expiring = IndexOptions::builder()
+            .expire_after(IDEMPOTENCY_WINDOW)
+            .build();
+        ensure(
+            &self.idempotency_keys,
+            [IndexModel::builder()
+                .keys(doc! { "createdAt": 1 })
+                .options(expiring)
+                .build()],
         )
         .await?;
         // The audit trail of a tenant, newest first.

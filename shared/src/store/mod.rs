@@ -18,12 +18,14 @@ pub use batches::{
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
 };
-pub use idempotency::{IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation};
+pub use idempotency::{
+    IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation,
+};
 pub use jobs::{CategoryRecord, CategoryUpdate, CategoryView, JobRecord, JobView, skip_cutoff};
 pub use organizations::Organization;
 pub use tokens::ApiToken;
 
-use crate::settings::MongoSettings;
+use crate::{settings::MongoSettings, snapshot::Snapshot};
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use mongodb::{
     Client, Collection, Database,
@@ -31,6 +33,7 @@ use mongodb::{
     options::ClientOptions,
 };
 use secrecy::ExposeSecret;
+use std::time::Duration;
 
 pub const ORGANIZATIONS: &str = "organizations";
 pub const DEVICES: &str = "win_devices";
@@ -148,5 +151,34 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.database.run_command(doc! { "ping": 1 }).await?;
         Ok(())
+    }
+}
+
+/// What a readiness probe says of the database: whether it answered a ping, asked at most once
+/// a second however often the probe is called. Why it did not answer goes to the log only: the
+/// probe is unauthenticated, and the error names hosts, ports and the driver's topology.
+pub struct DatabaseProbe {
+    store: Store,
+    answered: Snapshot<bool>,
+}
+
+impl DatabaseProbe {
+    pub fn new(store: Store) -> DatabaseProbe {
+        DatabaseProbe {
+            store,
+            answered: Snapshot::new(Duration::from_secs(1)),
+        }
+    }
+
+    pub async fn answers(&self) -> bool {
+        self.answered
+            .get(|| async {
+                let pinged = self.store.ping().await;
+                if let Err(error) = &pinged {
+                    tracing::warn!(%error, "readiness: the database does not answer");
+                }
+                pinged.is_ok()
+            })
+            .await
     }
 }
