@@ -8,7 +8,7 @@ use crate::{
 };
 use axum::{
     extract::{ConnectInfo, FromRequestParts},
-    http::{header, request::Parts},
+    http::request::Parts,
 };
 use bson::{DateTime, oid::ObjectId};
 use refresh_shared::{store::Organization, token};
@@ -58,7 +58,7 @@ impl Authenticated {
 /// The token of `Authorization: Bearer <token>`, telling "no token" apart from "not a bearer
 /// token at all".
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let value = validate::single(&parts.headers, header::AUTHORIZATION.as_str())
+    let value = validate::single(&parts.headers, "Authorization")
         .map_err(|problem| ApiError::Validation(vec![problem]))?;
     let Some(value) = value else {
         return Err(ApiError::NoToken);
@@ -128,7 +128,7 @@ impl FromRequestParts<AppState> for Authenticated {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::Request;
+    use axum::http::{Request, header};
 
     fn parts(authorization: Option<&str>) -> Parts {
         let mut request = Request::builder();

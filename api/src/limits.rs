@@ -133,7 +133,7 @@ pub fn body_timed_out(rejection: &BytesRejection) -> bool {
 #[error("the request body was not complete by the request deadline")]
 pub struct DeadlinePassed;
 
-/// A body that fails with [`DeadlinePassed`] once `deadline` has passed.
+/// A body that fails with [`DeadlinePassed`] when more of it is awaited after `deadline`.
 struct DeadlineBody {
     inner: Body,
     deadline: Pin<Box<Sleep>>,
@@ -156,10 +156,14 @@ impl HttpBody for DeadlineBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(axum::Error::new(DeadlinePassed))));
+        // What has arrived is always delivered (a handler may read the body late, after a
+        // slow lookup); only waiting for more past the deadline fails.
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err(axum::Error::new(DeadlinePassed))))
+            }
+            polled => polled,
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -69,7 +69,7 @@ pub fn object_id(field: &str, raw: &str) -> Result<ObjectId, FieldProblem> {
 /// send.
 pub fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
     let refused = || FieldProblem::new("Content-Type", "must be application/json (UTF-8)");
-    let value = single(headers, header::CONTENT_TYPE.as_str())
+    let value = single(headers, "Content-Type")
         .map_err(|_| refused())?
         .and_then(|v| v.to_str().ok())
         .ok_or_else(refused)?;

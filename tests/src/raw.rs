@@ -26,6 +26,15 @@ pub enum Outcome {
     Closed,
 }
 
+/// The head of `POST <url>` with a bearer token and a JSON body of `length` bytes.
+pub fn post_head(url: &str, token: &str, length: usize) -> String {
+    let path = url::Url::parse(url).expect("a URL").path().to_owned();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
 impl RawConnection {
     pub async fn open(url: &str) -> RawConnection {
         let url = url::Url::parse(url).expect("a URL");

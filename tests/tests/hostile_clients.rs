@@ -8,7 +8,7 @@ use refresh_shared::store::{IDEMPOTENCY_ABANDONED_AFTER, IdempotencyRecord};
 use refresh_tests::{
     Answer, DEADLINE, TestStack,
     proxy::Proxy,
-    raw::{Outcome, RawConnection},
+    raw::{Outcome, RawConnection, post_head},
     sample, wait_until,
 };
 use reqwest::{
@@ -64,7 +64,7 @@ async fn ambiguous_requests_are_400_1001() {
         header::AUTHORIZATION,
         HeaderValue::from_static("Bearer someone-else"),
     );
-    validation_failed(&raw(r#"{"info":["os"]}"#, twice).await, "authorization");
+    validation_failed(&raw(r#"{"info":["os"]}"#, twice).await, "Authorization");
     // Two Idempotency-Key headers.
     let mut keys = json_headers();
     keys.append("idempotency-key", HeaderValue::from_static("one"));
@@ -216,15 +216,6 @@ async fn a_flood_of_scrapes_reads_the_queue_depths_once() {
     );
 }
 
-/// The head of a POST with a JSON body of `length` bytes.
-fn post_head(url: &str, token: &str, length: usize) -> String {
-    let path = url::Url::parse(url).expect("a URL").path().to_owned();
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dripping_body_frees_its_slot_at_the_request_deadline() {
     let stack = TestStack::start_with(&[
@@ -298,6 +289,25 @@ async fn bulk_requests_have_their_own_small_limit() {
     }
 }
 
+/// A collection's indexes: their keys, and `expireAfterSeconds` for a TTL index.
+async fn indexes(collection: &mongodb::Collection<bson::Document>) -> Vec<bson::Document> {
+    collection
+        .list_indexes()
+        .await
+        .expect("indexes")
+        .map_ok(|index| {
+            let mut described = index.keys;
+            if let Some(ttl) = index.options.and_then(|options| options.expire_after) {
+                let seconds = i64::try_from(ttl.as_secs()).expect("seconds");
+                described.insert("expireAfterSeconds", seconds);
+            }
+            described
+        })
+        .try_collect()
+        .await
+        .expect("indexes")
+}
+
 #[tokio::test]
 async fn idempotency_keys_expire_and_a_key_of_a_vanished_request_is_freed() {
     let stack = TestStack::start_with(&[("REQUEST_TIMEOUT_MS", "1000".to_owned())]).await;
@@ -305,22 +315,7 @@ async fn idempotency_keys_expire_and_a_key_of_a_vanished_request_is_freed() {
         .store
         .database()
         .collection::<bson::Document>("idempotency_keys");
-    let ttl: Vec<bson::Document> = keys
-        .list_indexes()
-        .await
-        .expect("indexes")
-        .map_ok(|index| {
-            let mut described = index.keys.clone();
-            if let Some(options) = index.options
-                && let Some(ttl) = options.expire_after
-            {
-                described.insert("expireAfterSeconds", ttl.as_secs() as i64);
-            }
-            described
-        })
-        .try_collect()
-        .await
-        .expect("indexes");
+    let ttl = indexes(&keys).await;
     assert!(
         ttl.contains(&doc! { "createdAt": 1, "expireAfterSeconds": 86_400_i64 }),
         "{ttl:?}"
@@ -371,24 +366,17 @@ async fn idempotency_keys_expire_and_a_key_of_a_vanished_request_is_freed() {
 }
 
 #[tokio::test]
-async fn filter_batches_by_state_have_an_index_leading_with_the_organization() {
+async fn filter_batches_by_state_or_by_nothing_have_an_index_leading_with_the_organization() {
     let stack = TestStack::start().await;
     let devices = stack
         .store
         .database()
         .collection::<bson::Document>("win_devices");
-    let indexes: Vec<bson::Document> = devices
-        .list_indexes()
-        .await
-        .expect("indexes")
-        .map_ok(|index| index.keys)
-        .try_collect()
-        .await
-        .expect("indexes");
-    assert!(
-        indexes
-            .iter()
-            .any(|keys| keys.keys().take(2).eq(["organization", "state"])),
-        "{indexes:?}"
-    );
+    let indexes = indexes(&devices).await;
+    for leading in [["organization", "state"], ["organization", "_id"]] {
+        assert!(
+            indexes.iter().any(|keys| keys.keys().take(2).eq(leading)),
+            "{leading:?}: {indexes:?}"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 use refresh_tests::{
     Answer, DEADLINE, TestStack,
     proxy::Proxy,
-    raw::{Outcome, RawConnection},
+    raw::{Outcome, RawConnection, post_head},
     wait_until,
 };
 use reqwest::{StatusCode, header};
@@ -15,15 +15,6 @@ use std::time::{Duration, Instant};
 
 fn hardware() -> Value {
     json!({ "info": ["hardware"] })
-}
-
-/// The head of `POST <url>` with a JSON body of `length` bytes.
-fn post_head(url: &str, token: &str, length: usize) -> String {
-    let path = url::Url::parse(url).expect("a URL").path().to_owned();
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-    )
 }
 
 /// The value of an api counter on `/metrics` (0 when it was never counted).
