@@ -12,7 +12,7 @@ mod routes;
 mod server;
 mod state;
 mod strict_json;
-pub mod validate;
+mod validate;
 
 pub use error::{ApiError, FieldProblem};
 

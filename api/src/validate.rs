@@ -7,6 +7,7 @@ use refresh_shared::{
     Category,
     batch::{DeviceFilter, MAX_BATCH_DEVICES},
     device::DeviceState,
+    store::Organization,
 };
 use serde_json::Value;
 
@@ -15,7 +16,7 @@ pub const ORGANIZATION_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,})
 /// `winDeviceId`: the upstream page's `^(([a-fA-F0-9]{24})|(\w{1,}))$` with `\w` written out as
 /// the ASCII word characters it means in ECMA-262, the regex dialect of OpenAPI 3.1 (a reader in
 /// another dialect, such as Python's, would take `\w` to include every Unicode letter), and at
-/// most [`MAX_DEVICE_KEY_CHARS`] of them (contract §2): no IMEI or serial is longer, and a
+/// most [`MAX_DEVICE_KEY_CHARS`] of them: no IMEI or serial is longer, and a
 /// megabyte-long "id" must not reach the database.
 pub const DEVICE_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9_]{1,128}))$";
 /// The longest device key (id, IMEI or serial).
@@ -36,7 +37,7 @@ pub fn organization_ref(raw: &str) -> Result<OrganizationRef, FieldProblem> {
     if let Ok(id) = ObjectId::parse_str(raw) {
         return Ok(OrganizationRef::Id(id));
     }
-    if raw.len() >= 3 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if Organization::is_slug(raw) {
         Ok(OrganizationRef::Slug(raw.to_owned()))
     } else {
         Err(FieldProblem::new(

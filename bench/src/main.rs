@@ -373,7 +373,7 @@ async fn bare_route_ceiling(
     logs: &std::path::Path,
     unique: &str,
 ) -> anyhow::Result<load::LoadFigures> {
-    let addr = stack::free_addr()?;
+    let addr = refresh_testkit::process::free_addr()?;
     let queue = format!("refresh.bench.{unique}.route");
     let mut env: HashMap<String, String> = std::env::vars().collect();
     env.insert("AMQP_URL".into(), amqp_url());

@@ -2,9 +2,8 @@
 //! real binaries (built next to this one, same profile), against the real RabbitMQ and MongoDB,
 //! with a database and queue prefix of their own; and the data they need.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bson::oid::ObjectId;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use refresh_shared::{
     Settings,
     broker::Topology,
@@ -12,57 +11,22 @@ use refresh_shared::{
     store::{Device, NewDevice, Organization, PushRoutes, Store},
     token::PERMISSION_DEVICE_INFO,
 };
+use refresh_testkit::{
+    env,
+    process::{Rss, binary, free_addr, rss, wait_ready},
+    prometheus, seed, teardown,
+};
 use serde_json::Value;
 use std::{
     collections::HashMap,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::process::{Child, Command};
 
 /// How long a service may take to answer `/readyz`, or to exit after SIGTERM.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A binary built next to this one.
-pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} is not built: build the workspace's binaries in the same profile (scripts/bench does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A free TCP address on 127.0.0.1.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`: now, and the peak so far.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rss {
-    pub current_kib: u64,
-    pub peak_kib: u64,
-}
-
-pub fn rss(pid: u32) -> Option<Rss> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-    };
-    Some(Rss {
-        current_kib: field("VmRSS:")?,
-        peak_kib: field("VmHWM:")?,
-    })
-}
 
 /// A service process, its output in a log file.
 pub struct Process {
@@ -77,7 +41,7 @@ impl Process {
         logs: &Path,
     ) -> anyhow::Result<Process> {
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let child = Command::new(sibling(name)?)
+        let child = Command::new(binary(name)?)
             .env_clear()
             .envs(env)
             .stdin(Stdio::null())
@@ -117,22 +81,6 @@ impl Process {
     }
 }
 
-/// Polls `url` until it answers 200.
-pub async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = http.get(url).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        if started.elapsed() > PATIENCE {
-            bail!("{url} did not answer 200 within {PATIENCE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The running product.
 pub struct Stack {
     pub env: HashMap<String, String>,
@@ -159,27 +107,16 @@ impl Stack {
         overrides: &[(&str, String)],
         logs: &Path,
     ) -> anyhow::Result<Stack> {
-        let unique = ObjectId::new().to_hex();
         let (api_addr, worker_addr, sim_addr) = (free_addr()?, free_addr()?, free_addr()?);
         let sim_url = format!("http://{sim_addr}");
-        let mut env = base.clone();
-        for (name, value) in [
-            ("MONGODB_DB", format!("bench_{unique}")),
-            ("AMQP_PREFIX", format!("refresh.bench.{unique}")),
+        let mut local = vec![
             ("API_ADDR", api_addr.to_string()),
             ("WORKER_ADDR", worker_addr.to_string()),
             ("SIM_ADDR", sim_addr.to_string()),
-            ("AGENT_GATEWAY_URL", sim_url.clone()),
-            ("WNS_TOKEN_URL", format!("{sim_url}/wns/token")),
-            ("WNS_CLIENT_ID", "device-refresh-bench".to_owned()),
-            ("WNS_CLIENT_SECRET", "not-a-real-secret".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
-        ] {
-            env.insert(name.to_owned(), value);
-        }
-        for (name, value) in overrides {
-            env.insert((*name).to_owned(), value.clone());
-        }
+        ];
+        local.extend_from_slice(overrides);
+        let env = env::isolated(base, "bench", &sim_url, &local);
         let settings = Settings::from_lookup(|name| env.get(name).cloned())
             .map_err(|e| anyhow::anyhow!("bench settings: {e}"))?;
         let store = Store::connect(&settings.mongo, "refresh-bench").await?;
@@ -188,8 +125,8 @@ impl Stack {
         let sim = Process::spawn("push-gateway-sim", &env, logs)?;
         let api = Process::spawn("refresh-api", &env, logs)?;
         let api_url = format!("http://{api_addr}");
-        wait_ready(&http, &format!("{sim_url}/_sim/pushes")).await?;
-        wait_ready(&http, &format!("{api_url}/readyz")).await?;
+        wait_ready(&http, &format!("{sim_url}/_sim/pushes"), PATIENCE).await?;
+        wait_ready(&http, &format!("{api_url}/readyz"), PATIENCE).await?;
         Ok(Stack {
             env,
             settings,
@@ -212,7 +149,7 @@ impl Stack {
 
     pub async fn start_worker(&mut self) -> anyhow::Result<()> {
         self.worker = Some(Process::spawn("refresh-worker", &self.env, &self.logs)?);
-        wait_ready(&self.http, &format!("{}/readyz", self.worker_url)).await
+        wait_ready(&self.http, &format!("{}/readyz", self.worker_url), PATIENCE).await
     }
 
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
@@ -225,21 +162,15 @@ impl Stack {
 
     /// Categories the running worker has recorded `pushed` (its `refresh_categories_total`).
     pub async fn categories_pushed(&self) -> anyhow::Result<u64> {
-        let text = self
+        let page = self
             .http
             .get(format!("{}/metrics", self.worker_url))
             .send()
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter(|line| {
-                line.starts_with("refresh_categories_total{")
-                    && line.contains(r#"outcome="pushed""#)
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64)
+        let pushed = prometheus::samples(&page, "refresh_categories_total", r#"outcome="pushed""#);
+        Ok(pushed.sum::<f64>() as u64)
     }
 
     /// Sets the sim's answers (`{"mode":"ok"}` resets).
@@ -255,21 +186,8 @@ impl Stack {
 
     /// An organization with `tokens` refresh tokens.
     pub async fn organization(&self, tokens: usize) -> anyhow::Result<(Organization, Vec<String>)> {
-        let slug = format!("bench-{}", ObjectId::new().to_hex());
-        let organization = self.store.create_organization(&slug, "Bench").await?;
-        let mut plaintexts = Vec::with_capacity(tokens);
-        for _ in 0..tokens {
-            let (_, token) = self
-                .store
-                .create_token(
-                    organization.id,
-                    vec![PERMISSION_DEVICE_INFO.to_owned()],
-                    None,
-                )
-                .await?;
-            plaintexts.push(token);
-        }
-        Ok((organization, plaintexts))
+        let permissions = [PERMISSION_DEVICE_INFO];
+        Ok(seed::organization(&self.store, "bench", &permissions, tokens).await?)
     }
 
     /// `count` active devices of `organization` reachable through the agent, tagged `tag`.
@@ -310,18 +228,7 @@ impl Stack {
         let topology = self.topology();
         let api = self.api.stop().await?;
         self.sim.stop().await?;
-        self.store.database().drop().await?;
-        let channel = connection.create_channel().await?;
-        for (queue, _) in topology.queues() {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        for exchange in topology.exchanges() {
-            channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await?;
-        }
+        teardown::remove(&self.store, connection, &topology).await?;
         Ok(api.peak_kib)
     }
 }

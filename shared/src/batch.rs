@@ -14,16 +14,6 @@ pub const MAX_BATCH_DEVICES: usize = 100_000;
 /// Version of [`ExpandBatch`] on the wire.
 pub const EXPAND_MESSAGE_VERSION: u16 = 1;
 
-/// Which devices a batch refreshes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum BatchSource {
-    /// Ids, IMEIs or serial numbers, each matched like the single endpoint's `winDeviceId`.
-    DeviceIds(Vec<String>),
-    /// Every device of the organization in `state` (if given) carrying all of `tags`.
-    Filter(DeviceFilter),
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceFilter {

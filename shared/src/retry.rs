@@ -105,11 +105,6 @@ impl RetrySchedule {
             () = cancel.cancelled() => Err(WaitEnd::Cancelled),
         }
     }
-
-    /// Attempts made so far, the first one included.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
 }
 
 /// Why [`RetrySchedule::wait`] did not wait out a delay.
@@ -138,7 +133,6 @@ mod tests {
         let mut schedule = policy(3).schedule();
         assert!(schedule.next_delay(None).is_some());
         assert!(schedule.next_delay(None).is_some());
-        assert_eq!(schedule.attempts(), 3);
         assert_eq!(schedule.next_delay(None), None);
     }
 

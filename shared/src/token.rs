@@ -5,7 +5,6 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// The permission the refresh endpoint and the job-status call require.
 pub const PERMISSION_DEVICE_INFO: &str = "mdm.windows.device.info";
@@ -34,11 +33,6 @@ pub fn hash(plaintext: &str) -> String {
     hex::encode(Sha256::digest(plaintext.as_bytes()))
 }
 
-/// Compares a stored hash with a computed one without leaking where they differ.
-pub fn hashes_match(stored: &str, computed: &str) -> bool {
-    stored.as_bytes().ct_eq(computed.as_bytes()).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,7 +45,7 @@ mod tests {
         assert!(a.plaintext.starts_with(TOKEN_PREFIX));
         assert_eq!(a.hash.len(), 64);
         assert!(!a.hash.contains(&a.plaintext));
-        assert!(hashes_match(&a.hash, &hash(&a.plaintext)));
-        assert!(!hashes_match(&a.hash, &hash(&b.plaintext)));
+        assert_eq!(a.hash, hash(&a.plaintext));
+        assert_ne!(a.hash, hash(&b.plaintext));
     }
 }

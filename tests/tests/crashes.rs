@@ -2,8 +2,9 @@
 //! category is pushed again once it is recorded `pushed`.
 
 use futures::{StreamExt, TryStreamExt, stream};
+use push_gateway_sim::PushRecord;
 use refresh_shared::{device::DeviceState, job::JobState, store::JobRecord};
-use refresh_tests::{TestStack, sim::PushRecord, wait_until};
+use refresh_tests::{TestStack, wait_until};
 use serde_json::json;
 use std::{collections::HashMap, time::Duration};
 

@@ -158,7 +158,7 @@ async fn throttled_target_waits_while_others_flow(gateway: &str, status: u16) {
         );
     }
 
-    let since = |push: &refresh_tests::sim::PushRecord| push.time() - throttled_at;
+    let since = |push: &push_gateway_sim::PushRecord| push.time() - throttled_at;
     let pushes = stack.pushes().await;
     let later_to_throttled: Vec<_> = pushes
         .iter()

@@ -1,11 +1,12 @@
 //! The main path, end to end: HTTP → RabbitMQ → worker → push-gateway-sim → MongoDB.
 
+use push_gateway_sim::SimGateway;
 use refresh_shared::{
     Category,
     device::{DeviceState, Gateway},
     job::{CategoryState, JobState},
 };
-use refresh_tests::{Answer, TestStack, sim::SimGateway};
+use refresh_tests::{Answer, TestStack};
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -12,6 +12,16 @@ pub struct Organization {
     pub created_at: DateTime,
 }
 
+impl Organization {
+    /// Whether `raw` can be a slug: at least 3 ASCII letters, digits or '-', and not a 24-hex
+    /// id (which names an organization by id).
+    pub fn is_slug(raw: &str) -> bool {
+        raw.len() >= 3
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && ObjectId::parse_str(raw).is_err()
+    }
+}
+
 impl Store {
     pub async fn create_organization(
         &self,

@@ -23,10 +23,6 @@ impl ApiToken {
     pub fn is_usable(&self, now: DateTime) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|expiry| expiry > now)
     }
-
-    pub fn allows(&self, permission: &str) -> bool {
-        self.permissions.iter().any(|p| p == permission)
-    }
 }
 
 impl Store {
@@ -53,10 +49,9 @@ impl Store {
 
     /// The token whose plaintext hashes to `hash`, usable or not.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let found = self.tokens.find_one(doc! { "hash": hash }).await?;
-        // The index found it by equality; compare once more in constant time so the answer's
-        // timing never depends on how much of a hash matched.
-        Ok(found.filter(|t| token::hashes_match(&t.hash, hash)))
+        // Found by equality on the SHA-256 of a 256-bit secret: how long the comparison takes
+        // could only tell an attacker about hashes, which they cannot invert into a token.
+        Ok(self.tokens.find_one(doc! { "hash": hash }).await?)
     }
 
     /// Revokes a token of `organization`; false when there is no such token.

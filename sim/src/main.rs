@@ -1,7 +1,7 @@
 //! Serves the push-gateway simulator on `SIM_ADDR` (default 127.0.0.1:8090) until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use refresh_tests::sim::SimServer;
+use push_gateway_sim::SimServer;
 use std::net::SocketAddr;
 
 #[tokio::main]

@@ -6,7 +6,6 @@
 use anyhow::{Context, bail};
 use bson::{DateTime, oid::ObjectId};
 use clap::{Parser, Subcommand, ValueEnum};
-use refresh_api::validate::{OrganizationRef, organization_ref};
 use refresh_shared::{
     Settings,
     broker::{DeadLetter, Invalidation, Publisher},
@@ -329,7 +328,7 @@ async fn run(
         Command::Queues { watch } => return queues(settings, watch, json).await,
         Command::DeadLetters(command) => dead_letters(settings, command).await,
         Command::Org(OrgCommand::Create { slug, name }) => {
-            if !matches!(organization_ref(&slug), Ok(OrganizationRef::Slug(_))) {
+            if !Organization::is_slug(&slug) {
                 bail!("--slug must be at least 3 letters, digits or '-', and not a 24-hex id");
             }
             store.ensure_indexes().await.context("creating indexes")?;

@@ -1,5 +1,5 @@
 //! `push-gateway-sim`: a real HTTP stand-in for both push gateways, with fault injection
-//! (contract §4). It knows nothing of the rest of device-refresh: only the wire.
+//! (README, Binaries). It knows nothing of the rest of device-refresh: only the wire.
 //!
 //! - `POST /agent/v1/devices/{deviceId}/refresh`: the agent gateway (202 when it takes a push).
 //! - `POST /wns/token`: WNS OAuth client credentials → a bearer token.

@@ -1,0 +1,34 @@
+//! Removing what a run made: its database, and its queues and exchanges on the broker.
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use refresh_shared::{broker::Topology, store::Store};
+
+/// Drops the run's database and deletes every queue and exchange of its topology.
+pub async fn remove(
+    store: &Store,
+    broker: &lapin::Connection,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    store.database().drop().await?;
+    delete_topology(broker, topology).await
+}
+
+/// Deletes every queue and exchange of `topology`.
+pub async fn delete_topology(
+    broker: &lapin::Connection,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let channel = broker.create_channel().await?;
+    for (queue, _) in topology.queues() {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in topology.exchanges() {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = channel.close(200, "bye".into()).await;
+    Ok(())
+}

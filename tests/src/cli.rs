@@ -1,0 +1,56 @@
+//! `refreshctl` run against the stack, as an operator would.
+
+use crate::{TestStack, processes::binary};
+use refresh_shared::Settings;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+impl TestStack {
+    /// Runs `refreshctl --json ARGS` against this stack (its database, broker prefix, api and
+    /// token); panics unless it succeeds, and returns the JSON it printed.
+    pub async fn refreshctl(&self, args: &[&str]) -> Value {
+        let output = self.refreshctl_output(args).await;
+        assert!(
+            output.status.success(),
+            "refreshctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("refreshctl prints JSON with --json")
+    }
+
+    /// Runs `refreshctl --json ARGS` against this stack, whatever its outcome.
+    pub async fn refreshctl_output(&self, args: &[&str]) -> std::process::Output {
+        // Not std's Command: `refreshctl bulk` follows a batch this test's runtime is serving.
+        tokio::process::Command::new(binary("refreshctl"))
+            .arg("--json")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MONGODB_URI", self.settings.mongo.uri.expose_secret())
+            .env("MONGODB_DB", &self.settings.mongo.database)
+            .env("AMQP_URL", self.settings.amqp.url.expose_secret())
+            .env("AMQP_PREFIX", &self.settings.amqp.prefix)
+            .env("RETRY_TIERS_SECS", retry_tiers(&self.settings))
+            .env("REFRESH_API_URL", &self.api)
+            .env("REFRESH_TOKEN", &self.token)
+            .env("SIM_ADDR", self.sim.addr.to_string())
+            .env(
+                "WNS_CHANNEL_HOST_SUFFIXES",
+                self.settings.gateways.wns_channels.to_string(),
+            )
+            .output()
+            .await
+            .expect("run refreshctl")
+    }
+}
+
+/// `RETRY_TIERS_SECS` as `settings` has it: tools must declare the same topology.
+fn retry_tiers(settings: &Settings) -> String {
+    let tiers: Vec<String> = settings
+        .amqp
+        .retry_tiers
+        .iter()
+        .map(|tier| tier.as_secs().to_string())
+        .collect();
+    tiers.join(",")
+}

@@ -1,0 +1,234 @@
+//! The HTTP calls a test makes: the api's routes with the stack's token, the sim's record and
+//! fault plan, and reading an answer.
+
+use crate::{
+    TestStack,
+    wait::{DEADLINE, wait_until},
+};
+use bson::oid::ObjectId;
+use push_gateway_sim::PushRecord;
+use refresh_shared::store::{BatchView, Device, JobRecord};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+impl TestStack {
+    pub fn refresh_url(&self, organization: &str, device: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/info",
+            self.api
+        )
+    }
+
+    pub fn job_url(&self, organization: &str, job: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-jobs/{job}",
+            self.api
+        )
+    }
+
+    pub fn batches_url(&self, organization: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-batches",
+            self.api
+        )
+    }
+
+    /// `POST …/refresh-batches` in the stack's organization with the stack's token.
+    pub async fn bulk(&self, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(self.batches_url(&self.org_id()))
+            .bearer_auth(&self.token)
+            .json(body);
+        Answer::of(request).await
+    }
+
+    /// `GET …/refresh-batches/{id}`, which must succeed.
+    pub async fn batch(&self, id: &str) -> BatchView {
+        let url = format!("{}/{id}", self.batches_url(&self.org_id()));
+        let answer = Answer::of(self.http.get(url).bearer_auth(&self.token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        serde_json::from_value(answer.body["data"].clone()).expect("a batch view")
+    }
+
+    /// Waits until the batch is completed (or failed), checking on the way that its counts
+    /// always add up to its total.
+    pub async fn wait_for_batch(&self, id: &str, deadline: Duration) -> BatchView {
+        let started = Instant::now();
+        loop {
+            let view = self.batch(id).await;
+            assert_eq!(view.counts.sum(), view.total, "counts add up: {view:?}");
+            if matches!(view.state.as_str(), "completed" | "failed") {
+                return view;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "batch {id} not finished after {deadline:?}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The Prometheus page of the api or the worker (`base` is `self.api` or `self.worker`).
+    pub async fn metrics(&self, base: &str) -> String {
+        let response = self.http.get(format!("{base}/metrics")).send().await;
+        response
+            .expect("metrics")
+            .text()
+            .await
+            .expect("a metrics page")
+    }
+
+    /// `POST …/info` with a JSON body and the stack's token.
+    pub async fn refresh(&self, organization: &str, device: &str, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(self.refresh_url(organization, device))
+            .bearer_auth(&self.token)
+            .json(body);
+        Answer::of(request).await
+    }
+
+    /// The stack's organization id, as the path takes it.
+    pub fn org_id(&self) -> String {
+        self.organization.id.to_hex()
+    }
+
+    pub async fn job(&self, id: &str) -> JobRecord {
+        let id = ObjectId::parse_str(id).expect("job id");
+        self.store
+            .job_by_id(id)
+            .await
+            .expect("read job")
+            .expect("job exists")
+    }
+
+    /// Waits until the job reads `settled` (no category queued, pushing or retrying).
+    pub async fn wait_for_settled_job(&self, id: &str) -> JobRecord {
+        wait_until(&format!("job {id} to settle"), DEADLINE, || async {
+            let job = self.job(id).await;
+            job.categories
+                .values()
+                .all(|c| c.state.is_terminal())
+                .then_some(job)
+        })
+        .await
+    }
+
+    pub async fn sim(&self, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.sim.url());
+        let request = match body {
+            Some(body) => self.http.post(url).json(&body),
+            None => self.http.get(url),
+        };
+        request
+            .send()
+            .await
+            .expect("sim")
+            .json()
+            .await
+            .expect("sim json")
+    }
+
+    /// Sets the sim's fault plan (`POST /_sim/faults`).
+    pub async fn fault(&self, plan: Value) {
+        let answer = self.sim("/_sim/faults", Some(plan)).await;
+        assert_eq!(answer["status"], Value::Bool(true), "{answer:?}");
+    }
+
+    /// Refreshes `categories` of `device`, addressed by id in the stack's organization.
+    pub async fn refresh_device(&self, device: &Device, categories: &[&str]) -> Answer {
+        let body = serde_json::json!({ "info": categories });
+        self.refresh(&self.org_id(), &device.id.to_hex(), &body)
+            .await
+    }
+
+    /// Refreshes `categories` of `device`, then waits for the job to settle.
+    pub async fn settled_refresh(
+        &self,
+        device: &Device,
+        categories: &[&str],
+    ) -> (String, JobRecord) {
+        let job_id = self.refresh_device(device, categories).await.job_id();
+        let job = self.wait_for_settled_job(&job_id).await;
+        (job_id, job)
+    }
+
+    pub async fn pushes(&self) -> Vec<PushRecord> {
+        serde_json::from_value(self.sim("/_sim/pushes", None).await).expect("push records")
+    }
+
+    pub async fn pushes_for_job(&self, job: &str) -> Vec<PushRecord> {
+        let mut pushes = self.pushes().await;
+        pushes.retain(|p| p.job_id.as_deref() == Some(job));
+        pushes
+    }
+}
+
+/// An HTTP answer: status, headers and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn of(request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer {status} is not JSON: {text:?}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Checks the answer is exactly the envelope with this status, code and message.
+    pub fn assert_error(&self, status: StatusCode, code: u64, message: &str) {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(self.error_code(), code, "{:?}", self.body);
+        assert_eq!(
+            self.body["error"]["message"],
+            Value::from(message),
+            "{:?}",
+            self.body
+        );
+        let mut keys: Vec<&String> = self.body.as_object().expect("an object").keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["error", "status"],
+            "nothing but the envelope: {:?}",
+            self.body
+        );
+    }
+
+    /// The error code of an envelope answer, checking the envelope's shape on the way.
+    pub fn error_code(&self) -> u64 {
+        assert_eq!(self.body["status"], Value::Bool(false), "{:?}", self.body);
+        assert!(self.body["error"]["message"].is_string(), "{:?}", self.body);
+        self.body["error"]["code"].as_u64().expect("error.code")
+    }
+
+    pub fn batch_id(&self) -> String {
+        assert_eq!(self.status, StatusCode::ACCEPTED, "{:?}", self.body);
+        self.body["data"]["batchId"]
+            .as_str()
+            .expect("batchId")
+            .to_owned()
+    }
+
+    pub fn job_id(&self) -> String {
+        assert_eq!(self.status, StatusCode::OK, "{:?}", self.body);
+        self.body["data"]["jobId"]
+            .as_str()
+            .expect("jobId")
+            .to_owned()
+    }
+}

@@ -1,0 +1,92 @@
+//! The api and worker as processes a test can kill, signal and restart.
+
+use crate::{TestStack, wait::wait_until};
+use std::{
+    collections::HashMap,
+    process::{Child, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+/// How the api and the worker run.
+pub(crate) enum Services {
+    /// As libraries on this test's runtime.
+    InProcess { stop: CancellationToken },
+    /// As the real binaries, for tests that kill or signal them.
+    Processes {
+        env: HashMap<String, String>,
+        api: Child,
+        worker: Child,
+    },
+}
+
+impl TestStack {
+    /// Runs `action` on the worker process (and the environment it was started with).
+    fn with_worker<T>(&self, action: impl FnOnce(&HashMap<String, String>, &mut Child) -> T) -> T {
+        let mut services = self.services.lock().expect("services lock");
+        match &mut *services {
+            Services::Processes { env, worker, .. } => action(env, worker),
+            Services::InProcess { .. } => panic!("start the stack with TestStack::spawn_with"),
+        }
+    }
+
+    /// `kill -9` of the worker process.
+    pub fn kill_worker(&self) {
+        self.with_worker(|_, worker| {
+            worker.kill().expect("SIGKILL the worker");
+            worker.wait().expect("reap the worker");
+        });
+    }
+
+    /// SIGTERM to the worker; returns its exit status and how long it took to exit.
+    pub async fn terminate_worker(&self, deadline: Duration) -> (ExitStatus, Duration) {
+        let pid = self.with_worker(|_, worker| worker.id().to_string());
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let started = Instant::now();
+        let status = wait_until("the worker to exit", deadline, || {
+            let status = self.with_worker(|_, worker| worker.try_wait().expect("worker status"));
+            async move { status }
+        })
+        .await;
+        (status, started.elapsed())
+    }
+
+    /// Starts a new worker process in place of the one that was killed or stopped.
+    pub async fn restart_worker(&self) {
+        self.with_worker(|env, worker| *worker = spawn_binary("refresh-worker", env));
+        self.wait_ready(&self.worker).await;
+    }
+}
+
+/// Runs a binary of this workspace with `env`. Its output goes to `<TEST_LOG_DIR>/<name>.log`
+/// when the environment names such a folder (a test that reads the logs), to the test's own
+/// output with `TEST_LOG` set, and nowhere otherwise.
+pub(crate) fn spawn_binary(name: &str, env: &HashMap<String, String>) -> Child {
+    let output = || match env.get("TEST_LOG_DIR") {
+        Some(dir) => std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(dir).join(format!("{name}.log")))
+            .map(Stdio::from)
+            .expect("open the log file"),
+        None if std::env::var_os("TEST_LOG").is_some() => Stdio::inherit(),
+        None => Stdio::null(),
+    };
+    std::process::Command::new(binary(name))
+        .env_clear()
+        .envs(env)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+}
+
+/// A binary of this workspace, built next to the test executables (`cargo build --bins`, which
+/// the README's test command runs first).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    refresh_testkit::process::binary(name).unwrap_or_else(|error| panic!("{error}"))
+}
