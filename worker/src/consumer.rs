@@ -289,7 +289,7 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
     let redelivered = delivery.redelivered;
     let verdict = async {
-        let processed = until_answered(dispatcher, false, || dispatcher.process(&job, redelivered));
+        let processed = until_answered(dispatcher, || dispatcher.process(&job, redelivered));
         match AssertUnwindSafe(processed).catch_unwind().await {
             Ok(verdict) => verdict,
             Err(panic) => {
@@ -329,7 +329,7 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
         }
     };
     let span = tracing::info_span!("batch", batch_id = %message.batch_id);
-    let verdict = until_answered(dispatcher, true, || expander.expand(message.batch_id))
+    let verdict = until_answered(dispatcher, || expander.expand(message.batch_id))
         .instrument(span)
         .await;
     answer(&delivery, verdict).await;
@@ -337,9 +337,9 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
 
 /// Runs `work` to an answer, holding on (and trying again from the last recorded point) while
 /// the database is away, for up to `WORKER_HOLD_LIMIT_MS` from the first failure; then the
-/// delivery is handed back. A broker failure is held on too when `hold_on_broker` (an expansion
-/// resumes from its checkpoint); a job that could not be parked in a retry queue is handed back.
-async fn until_answered<F, Fut>(dispatcher: &Dispatcher, hold_on_broker: bool, work: F) -> Answer
+/// delivery is handed back. A broker failure is held on too (an expansion resumes from its
+/// checkpoint); a job that could not be parked in a retry queue is handed back at once.
+async fn until_answered<F, Fut>(dispatcher: &Dispatcher, work: F) -> Answer
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), Halt>>,
@@ -350,8 +350,8 @@ where
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
             Err(held @ Halt::HeldTooLong(_)) => return handed_back(&held),
-            Err(Halt::Broker(error)) if !hold_on_broker => {
-                tracing::warn!(%error, "handed back");
+            Err(unparked @ Halt::Park(_)) => {
+                tracing::warn!(error = %unparked, "handed back");
                 return Answer::Requeue;
             }
             Err(Halt::Store(error)) if !error.is_unavailable() => {

@@ -28,7 +28,11 @@ use tokio_util::sync::CancellationToken;
 pub enum Halt {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A job's retry could not be parked in a retry queue: the job is handed back.
     #[error("could not park the job in a retry queue: {0}")]
+    Park(BrokerError),
+    /// The broker did not take a publish of an expansion, which resumes from its checkpoint.
+    #[error("the broker did not take a publish: {0}")]
     Broker(#[from] BrokerError),
     #[error("worker is shutting down")]
     Shutdown,
@@ -153,7 +157,10 @@ impl Dispatcher {
             ..job.clone()
         };
         // Confirmed before the original is acked: the job is never in neither queue.
-        self.retry_publisher.publish_delayed(&next, round).await?;
+        self.retry_publisher
+            .publish_delayed(&next, round)
+            .await
+            .map_err(Halt::Park)?;
         Ok(())
     }
 

@@ -40,10 +40,8 @@ impl AgentGateway {
                 Gateway::Agent,
                 response.status(),
             ),
-            // The agent gateway itself cannot be reached: for this device that is the same as
-            // the agent not reaching it, so the next route is tried.
             Err(error) => PushResult {
-                verdict: classify::Verdict::DeviceUnreachable,
+                verdict: classify::unreachable(Gateway::Agent),
                 detail: format!("agent gateway unreachable: {}", without_url(&error)),
             },
         }

@@ -1,6 +1,8 @@
-//! THE table from a gateway's answer to what the worker does next. Every retry decision in the
+//! THE table from a gateway's answer (a status and its headers, the WNS token endpoint's
+//! answer, or no answer at all) to what the worker does next. Every retry decision in the
 //! worker comes from here; nothing else looks at status codes.
 
+use refresh_shared::device::Gateway;
 use reqwest::{StatusCode, header::HeaderMap};
 use std::time::Duration;
 
@@ -57,6 +59,26 @@ pub fn wns(status: StatusCode, headers: &HeaderMap) -> Verdict {
         },
         // 400 bad headers, 403 wrong app for the channel, 405 wrong method, 413 too large, …
         _ => Verdict::Permanent,
+    }
+}
+
+/// A gateway that gave no answer (no connection, a timeout, a broken transfer).
+pub fn unreachable(gateway: Gateway) -> Verdict {
+    match gateway {
+        // The agent gateway down is, for this device, the agent not reaching it: the next
+        // route (WNS) is tried.
+        Gateway::Agent => Verdict::DeviceUnreachable,
+        Gateway::Wns => Verdict::Retry { after: None },
+    }
+}
+
+/// The WNS token endpoint's answer: `None` when it issued a token, else what the push does.
+pub fn wns_token(status: StatusCode) -> Option<Verdict> {
+    match status.as_u16() {
+        200..=299 => None,
+        429 | 500..=599 => Some(Verdict::Retry { after: None }),
+        // 400/401: our client id or secret is refused; retrying cannot help.
+        _ => Some(Verdict::Permanent),
     }
 }
 
@@ -121,6 +143,17 @@ mod tests {
                 after: Some(Duration::from_secs(2))
             }
         );
+    }
+
+    #[test]
+    fn no_answer_and_token_answers() {
+        assert_eq!(unreachable(Gateway::Agent), Verdict::DeviceUnreachable);
+        assert_eq!(unreachable(Gateway::Wns), Verdict::Retry { after: None });
+        assert_eq!(wns_token(status(200)), None);
+        assert_eq!(wns_token(status(429)), Some(Verdict::Retry { after: None }));
+        assert_eq!(wns_token(status(503)), Some(Verdict::Retry { after: None }));
+        assert_eq!(wns_token(status(400)), Some(Verdict::Permanent));
+        assert_eq!(wns_token(status(401)), Some(Verdict::Permanent));
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl WnsGateway {
                 response.status(),
             ),
             Err(error) => PushResult {
-                verdict: Verdict::Retry { after: None },
+                verdict: classify::unreachable(Gateway::Wns),
                 detail: format!("WNS unreachable: {}", without_url(&error)),
             },
         }
@@ -134,20 +134,15 @@ impl WnsGateway {
             .send()
             .await
             .map_err(|error| PushResult {
-                verdict: Verdict::Retry { after: None },
+                verdict: classify::unreachable(Gateway::Wns),
                 detail: format!("WNS token endpoint unreachable: {}", without_url(&error)),
             })?;
         let status = response.status();
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        if let Some(verdict) = classify::wns_token(status) {
             return Err(PushResult {
-                verdict: Verdict::Retry { after: None },
+                verdict,
                 detail: format!("WNS token endpoint answered {status}"),
             });
-        }
-        if !status.is_success() {
-            return Err(permanent(format!(
-                "WNS token endpoint refused our credentials ({status})"
-            )));
         }
         let token: TokenResponse = response.json().await.map_err(|error| PushResult {
             verdict: Verdict::Retry { after: None },
