@@ -1,4 +1,4 @@
-//! Which WNS channel URIs the worker may contact (contract §4). A channel URI comes from a
+//! Which WNS channel URIs the worker may contact. A channel URI comes from a
 //! device, and the worker sends its WNS access token to it: a URI pointing anywhere else would
 //! hand that token to whoever listens there. So a channel is `https://` on a host ending in one
 //! of `WNS_CHANNEL_HOST_SUFFIXES`, or exactly one of the plain-`http` origins that setting lists

@@ -1,4 +1,5 @@
-//! The one `Settings` every binary reads from the environment (contract §4), validated at start.
+//! The one `Settings` every binary reads from the environment (README, Configuration), validated
+//! at start.
 
 use crate::{channel::ChannelPolicy, retry::RetryPolicy};
 use secrecy::SecretString;
@@ -25,7 +26,7 @@ pub struct Settings {
 pub struct AmqpSettings {
     /// Holds the broker password, hence secret.
     pub url: SecretString,
-    /// Prefix of every exchange and queue name; must start with `refresh` (contract §4).
+    /// Prefix of every exchange and queue name; must start with `refresh`.
     pub prefix: String,
     /// How long a publish may wait for the broker's confirm before the caller gets a 503.
     pub confirm_timeout: Duration,

@@ -22,7 +22,8 @@ pub fn metrics() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        // Fails only if another recorder was installed first; then ours just stays unused.
+        // Fails only if another recorder was installed first (several apps in one test
+        // process): that one then records everything, and this handle renders an empty page.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })

@@ -385,7 +385,7 @@ enum Answer {
     Ack,
     /// Reject without requeue: the queue's dead-letter exchange takes it.
     DeadLetter,
-    /// Hand it back for another worker (shutdown).
+    /// Hand it back for another worker (shutdown, or held as long as a delivery may be).
     Requeue,
 }
 

@@ -26,10 +26,10 @@ use std::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The worker, with its probe server bound; it connects to the broker when it runs.
 /// Past the grace period, how long closing the broker connection and the probes may take.
 const CLOSE_MARGIN: Duration = Duration::from_secs(2);
 
+/// The worker, with its probe server bound; it connects to the broker when it runs.
 pub struct Worker {
     consumer: Consumer,
     listener: TcpListener,
@@ -51,7 +51,8 @@ impl Worker {
             .with_context(|| format!("binding WORKER_ADDR {}", settings.worker.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let consuming = Arc::new(AtomicBool::new(false));
-        // One confirm-mode channel for retries, expansions and the queue depths of /metrics.
+        // One connection for retries and expansions (a confirm-mode channel) and the queue
+        // depths of /metrics (a channel of their own per read).
         let publisher = Arc::new(Publisher::lazy(&settings.amqp, "refresh-worker-publisher"));
         let shutdown = CancellationToken::new();
         let dispatcher = Arc::new(Dispatcher {

@@ -1,4 +1,4 @@
-//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states (contract §3).
+//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states.
 
 use crate::{
     auth::Authenticated,

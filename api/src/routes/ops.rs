@@ -17,7 +17,7 @@ pub struct Queues {
     queues: Vec<QueueDepth>,
 }
 
-/// Every queue's depth and consumers (permission `ops.queues`).
+/// Every queue's depth and consumers (permission `ops.queues.read`).
 #[utoipa::path(
     get,
     path = "/v1/ops/queues",

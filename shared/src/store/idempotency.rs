@@ -21,7 +21,7 @@ pub struct IdempotencyRecord {
     #[serde(rename = "_id")]
     pub id: String,
     pub organization: ObjectId,
-    /// SHA-256 of the method, path and body the key first came with.
+    /// SHA-256 of the path and body the key first came with (both routes take only POST).
     pub request_hash: String,
     pub created_at: DateTime,
     /// The id (job or batch) the first request was answered with, once it succeeded.

@@ -305,7 +305,7 @@ impl Store {
     }
 }
 
-/// A job as the status call and `refreshctl job get` show it (contract §3).
+/// A job as the status call and `refreshctl job get` show it.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
