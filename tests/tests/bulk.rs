@@ -338,3 +338,35 @@ async fn single_device_requests_complete_while_a_batch_drains() {
     );
     assert!(view.counts.pushed < view.total, "{view:?}");
 }
+
+#[tokio::test]
+async fn a_batch_is_recorded_finished_when_its_last_job_settles_not_when_someone_polls() {
+    let stack = TestStack::start().await;
+    let devices = stack.devices(5, DeviceState::Active, &["unpolled"]).await;
+    let ids: Vec<String> = devices.iter().map(|d| d.id.to_hex()).collect();
+    let batch_id = stack
+        .bulk(&json!({ "info": ["os"], "deviceIds": ids }))
+        .await
+        .batch_id();
+    let id = bson::oid::ObjectId::parse_str(&batch_id).expect("batch id");
+    // Read straight from the database: nobody calls the status route.
+    let finished =
+        refresh_tests::wait_until("the batch's end to be recorded", DEADLINE, || async {
+            let batch = stack
+                .store
+                .batch_by_id(id)
+                .await
+                .expect("read")
+                .expect("batch");
+            batch.finished_at.map(|at| (at, batch))
+        })
+        .await;
+    let (at, batch) = finished;
+    assert_eq!(batch.outcomes.values().sum::<u64>(), 5);
+    assert_eq!(
+        Some(at),
+        batch.last_settled_at,
+        "finished when the last settled"
+    );
+    assert_eq!(stack.batch(&batch_id).await.state, "completed");
+}

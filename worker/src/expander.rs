@@ -93,6 +93,10 @@ impl Expander {
                 if batch.filter.is_some() {
                     self.store.settle_batch_total(batch.id).await?;
                 }
+                // Every job may have settled while the expansion was still running.
+                if let Some(expanded) = self.store.batch_by_id(batch.id).await? {
+                    self.store.finish_if_settled(&expanded).await?;
+                }
                 tracing::info!(%batch_id, chunks = expansion.chunks, "batch expanded");
                 return Ok(());
             }

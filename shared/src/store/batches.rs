@@ -7,6 +7,7 @@ use crate::{
 };
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -278,22 +279,49 @@ impl Store {
         batch: ObjectId,
         outcome: DeviceOutcome,
     ) -> Result<(), StoreError> {
-        self.batches
-            .update_one(
+        let counted = self
+            .batches
+            .find_one_and_update(
                 doc! { "_id": batch },
                 doc! {
                     "$inc": { format!("outcomes.{}", outcome.as_str()): 1_i64 },
                     "$max": { "lastSettledAt": DateTime::now() },
                 },
             )
+            .return_document(ReturnDocument::After)
             .await?;
+        if let Some(counted) = counted {
+            self.finish_if_settled(&counted).await?;
+        }
         Ok(())
     }
 
-    /// The batch as the status call shows it. Its counts are kept as jobs settle; if a batch
-    /// looks stuck (every job expanded, fewer settled than accepted, nothing settled for a
-    /// while) they are recounted from the jobs, in case a worker died between recording a job's
-    /// outcome and counting it.
+    /// Records when `batch` finished, if it has: every device expanded and every job's outcome
+    /// counted. Called by whoever changed those (the expander's last checkpoint, each count);
+    /// counts only grow, so a snapshot that shows the batch finished stays right, and the write
+    /// is made once. Returns when it finished, if it has.
+    pub async fn finish_if_settled(
+        &self,
+        batch: &BatchRecord,
+    ) -> Result<Option<DateTime>, StoreError> {
+        let settled: u64 = batch.outcomes.values().sum();
+        if batch.finished_at.is_some() || !batch.expansion.done || settled < batch.accepted {
+            return Ok(batch.finished_at);
+        }
+        let at = batch.last_settled_at.unwrap_or_else(DateTime::now);
+        self.batches
+            .update_one(
+                doc! { "_id": batch.id, "finishedAt": { "$exists": false } },
+                doc! { "$set": { "finishedAt": at } },
+            )
+            .await?;
+        Ok(Some(at))
+    }
+
+    /// The batch as the status call shows it. Its counts are kept as jobs settle (and its end
+    /// recorded by the worker that counts the last); if a batch looks stuck (every job
+    /// expanded, fewer settled than accepted, nothing settled for a while) they are repaired
+    /// from the jobs, in case a worker died between recording a job's outcome and counting it.
     pub async fn batch_view(&self, mut batch: BatchRecord) -> Result<BatchView, StoreError> {
         let settled: u64 = batch.outcomes.values().sum();
         let quiet_since = batch
@@ -325,17 +353,8 @@ impl Store {
                 .await?;
             batch.outcomes = outcomes;
             batch.last_settled_at = last.or(batch.last_settled_at);
-        }
-        let settled: u64 = batch.outcomes.values().sum();
-        if batch.finished_at.is_none() && batch.expansion.done && settled >= batch.accepted {
-            let at = batch.last_settled_at.unwrap_or_else(DateTime::now);
-            self.batches
-                .update_one(
-                    doc! { "_id": batch.id, "finishedAt": { "$exists": false } },
-                    doc! { "$set": { "finishedAt": at } },
-                )
-                .await?;
-            batch.finished_at = Some(at);
+            // The repair may be what completes it.
+            batch.finished_at = self.finish_if_settled(&batch).await?;
         }
         Ok(BatchView::new(&batch))
     }
