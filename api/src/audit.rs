@@ -9,7 +9,7 @@ use crate::{auth::Authenticated, state::AppState};
 use bson::{DateTime, oid::ObjectId};
 use refresh_shared::{
     Category,
-    store::{AuditEvent, Store},
+    store::{AuditAction, AuditEvent, AuditResult, Store},
 };
 use std::net::SocketAddr;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -22,13 +22,13 @@ const BATCH: usize = 500;
 
 /// What was accepted, for whom.
 pub struct Accepted<'a> {
-    pub action: &'static str,
+    pub action: AuditAction,
     pub caller: &'a Authenticated,
     pub client: SocketAddr,
     pub device: Option<ObjectId>,
     pub devices: Option<u64>,
     pub categories: &'a [Category],
-    pub result: &'static str,
+    pub result: AuditResult,
     pub answer: ObjectId,
 }
 
@@ -64,14 +64,14 @@ pub async fn record(state: &AppState, accepted: Accepted<'_>) {
     let event = AuditEvent {
         id: ObjectId::new(),
         at: DateTime::now(),
-        action: accepted.action.to_owned(),
+        action: accepted.action,
         organization: accepted.caller.organization,
         token: accepted.caller.token_id,
         device: accepted.device,
         devices: accepted.devices,
         categories: accepted.categories.to_vec(),
         client_addr: accepted.client.to_string(),
-        result: accepted.result.to_owned(),
+        result: accepted.result,
         answer: accepted.answer,
     };
     if let Err(refused) = state.audit.queue.send(event).await {

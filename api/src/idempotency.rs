@@ -44,9 +44,7 @@ pub async fn check(
         .await?
     {
         Reservation::Granted => Ok(KeyCheck::Proceed(Some(HeldKey { organization, key }))),
-        Reservation::Replay(answer) => ObjectId::parse_str(&answer)
-            .map(KeyCheck::Replay)
-            .map_err(|_| ApiError::Internal(format!("stored idempotent answer '{answer}'"))),
+        Reservation::Replay(answer) => Ok(KeyCheck::Replay(answer)),
         Reservation::Mismatch => Err(ApiError::IdempotencyMismatch),
         Reservation::InProgress => Err(ApiError::IdempotencyInProgress),
     }

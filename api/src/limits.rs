@@ -11,6 +11,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use refresh_shared::metric;
 use refresh_shared::settings::ApiSettings;
 use std::{
     future::Future,
@@ -109,7 +110,7 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
             ApiError::Internal(format!("request task failed: {failed}")).into_response()
         }
         Err(_) => {
-            metrics::counter!("refresh_http_requests_timed_out_total").increment(1);
+            metrics::counter!(metric::HTTP_REQUESTS_TIMED_OUT).increment(1);
             ApiError::RequestTimeout.into_response()
         }
     }

@@ -9,6 +9,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
+use refresh_shared::metric;
 use refresh_shared::settings::ApiSettings;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -63,7 +64,7 @@ impl Server {
             }
             let io = TokioIo::new(stream);
             let Ok(open) = self.connections.clone().try_acquire_owned() else {
-                metrics::counter!("refresh_http_connections_refused_total").increment(1);
+                metrics::counter!(metric::HTTP_CONNECTIONS_REFUSED).increment(1);
                 tokio::spawn(refuse(self.http.clone(), io));
                 continue;
             };

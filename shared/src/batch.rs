@@ -7,6 +7,7 @@ use crate::{
 };
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
+use strum::EnumIter;
 
 /// Most devices one batch may name (`deviceIds`).
 pub const MAX_BATCH_DEVICES: usize = 100_000;
@@ -61,7 +62,9 @@ impl ExpandBatch {
 }
 
 /// How one device of a batch ended, once every category of its job is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceOutcome {
     /// Every category pushed.

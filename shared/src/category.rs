@@ -3,10 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};
+use strum::EnumIter;
 use utoipa::ToSchema;
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    EnumIter,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Category {

@@ -4,6 +4,7 @@
 use crate::Category;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
+use strum::EnumIter;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -96,7 +97,7 @@ impl RefreshJob {
 }
 
 /// Which queue a job travels on: single-device requests never wait behind a bulk batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     Interactive,
@@ -114,7 +115,7 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum CategoryState {
     Queued,

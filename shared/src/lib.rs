@@ -7,6 +7,7 @@ pub mod category;
 pub mod channel;
 pub mod device;
 pub mod job;
+pub mod metric;
 pub mod retry;
 pub mod settings;
 pub mod shutdown;
@@ -17,3 +18,38 @@ pub mod token;
 
 pub use category::Category;
 pub use settings::Settings;
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        batch::DeviceOutcome,
+        broker::QueueRole,
+        device::{DeviceState, Gateway},
+        job::{CategoryState, Lane},
+        store::WnsChannelStatus,
+    };
+    use crate::Category;
+    use serde::Serialize;
+    use strum::IntoEnumIterator;
+
+    /// `as_str` feeds MongoDB filters and metric labels, serde writes the documents and the
+    /// answers: the two must name every value alike.
+    fn agree<T: IntoEnumIterator + Serialize + Copy>(as_str: fn(T) -> &'static str) {
+        for value in T::iter() {
+            let serialized = serde_json::to_value(value).expect("serializes");
+            assert_eq!(serialized, serde_json::json!(as_str(value)));
+        }
+    }
+
+    #[test]
+    fn every_as_str_names_values_as_serde_does() {
+        agree(Category::as_str);
+        agree(DeviceState::as_str);
+        agree(Gateway::as_str);
+        agree(CategoryState::as_str);
+        agree(Lane::as_str);
+        agree(DeviceOutcome::as_str);
+        agree(QueueRole::as_str);
+        agree(WnsChannelStatus::as_str);
+    }
+}

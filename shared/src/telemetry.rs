@@ -1,6 +1,6 @@
 //! Logs (tracing) and metrics (Prometheus text), set up once per process.
 
-use crate::{broker::Publisher, settings::LogFormat, snapshot::Snapshot};
+use crate::{broker::Publisher, metric, settings::LogFormat, snapshot::Snapshot};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::{sync::OnceLock, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
@@ -56,7 +56,7 @@ impl MetricsPage {
 /// Sets the queue gauges from the broker (when it can be reached; otherwise the depths are left
 /// out rather than shown stale).
 async fn read_queue_depths(publisher: &Publisher) {
-    metrics::counter!("refresh_queue_depth_reads_total").increment(1);
+    metrics::counter!(metric::QUEUE_DEPTH_READS).increment(1);
     match publisher.queue_depths().await {
         Ok(depths) => {
             for depth in depths {
@@ -64,15 +64,14 @@ async fn read_queue_depths(publisher: &Publisher) {
                     ("queue", depth.name),
                     ("role", depth.role.as_str().to_owned()),
                 ];
-                metrics::gauge!("refresh_queue_messages_ready", &labels)
-                    .set(f64::from(depth.ready));
-                metrics::gauge!("refresh_queue_consumers", &labels).set(f64::from(depth.consumers));
+                metrics::gauge!(metric::QUEUE_MESSAGES_READY, &labels).set(f64::from(depth.ready));
+                metrics::gauge!(metric::QUEUE_CONSUMERS, &labels).set(f64::from(depth.consumers));
             }
-            metrics::gauge!("refresh_queue_depth_readable").set(1.0);
+            metrics::gauge!(metric::QUEUE_DEPTH_READABLE).set(1.0);
         }
         Err(error) => {
             tracing::warn!(%error, "queue depths not readable for /metrics");
-            metrics::gauge!("refresh_queue_depth_readable").set(0.0);
+            metrics::gauge!(metric::QUEUE_DEPTH_READABLE).set(0.0);
         }
     }
 }

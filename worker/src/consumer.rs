@@ -18,6 +18,7 @@ use lapin::{
     },
     types::FieldTable,
 };
+use refresh_shared::metric;
 use refresh_shared::{
     batch::ExpandBatch,
     broker::{BrokerError, Topology, connect},
@@ -198,7 +199,7 @@ impl Consumer {
         let shutdown = self.dispatcher.shutdown.clone();
         let slots = Arc::new(Semaphore::new(stream.slots));
         let unacked =
-            metrics::gauge!("refresh_worker_unacked_deliveries", "queue" => stream.queue.clone());
+            metrics::gauge!(metric::WORKER_UNACKED_DELIVERIES, "queue" => stream.queue.clone());
         let mut in_flight = JoinSet::new();
         let ended = loop {
             while in_flight.try_join_next().is_some() {}
@@ -282,9 +283,8 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
         let waited = (OffsetDateTime::now_utc() - job.requested_at)
             .as_seconds_f64()
             .max(0.0);
-        metrics::histogram!("refresh_job_queue_wait_seconds", "lane" => lane.as_str())
-            .record(waited);
-        metrics::gauge!("refresh_job_last_queue_wait_seconds", "lane" => lane.as_str()).set(waited);
+        metrics::histogram!(metric::JOB_QUEUE_WAIT, "lane" => lane.as_str()).record(waited);
+        metrics::gauge!(metric::JOB_LAST_QUEUE_WAIT, "lane" => lane.as_str()).set(waited);
     }
     let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
     let redelivered = delivery.redelivered;
@@ -377,7 +377,7 @@ where
 /// limit), before the broker's consumer timeout would close the channel.
 fn handed_back(why: &dyn std::fmt::Display) -> Answer {
     tracing::warn!(error = %why, "held for WORKER_HOLD_LIMIT_MS; handed back to the queue");
-    metrics::counter!("refresh_worker_deliveries_handed_back_total").increment(1);
+    metrics::counter!(metric::WORKER_DELIVERIES_HANDED_BACK).increment(1);
     Answer::Requeue
 }
 

@@ -11,6 +11,7 @@ use futures::{
     future::{BoxFuture, join_all},
     stream::FuturesUnordered,
 };
+use refresh_shared::metric;
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
@@ -466,7 +467,7 @@ impl<'a> Attempt<'a> {
             ..CategoryUpdate::to(CategoryState::Retrying)
         };
         self.write(update).await?;
-        metrics::counter!("refresh_push_retries_total").increment(1);
+        metrics::counter!(metric::PUSH_RETRIES).increment(1);
         Ok(())
     }
 
@@ -511,7 +512,7 @@ fn claim_update(from: &'static [CategoryState]) -> CategoryUpdate {
 fn settled(job: &RefreshJob, category: Category, outcome: &Outcome<'_>) {
     let state = outcome.to.as_str();
     metrics::counter!(
-        "refresh_categories_total",
+        metric::CATEGORIES,
         "outcome" => state,
         "gateway" => outcome.gateway.map_or("none", Gateway::as_str),
     )

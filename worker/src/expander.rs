@@ -13,6 +13,7 @@
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
 use futures::{StreamExt, TryStreamExt, future::join_all, stream};
+use refresh_shared::metric;
 use refresh_shared::{
     batch::Skip,
     broker::Publisher,
@@ -84,7 +85,7 @@ impl Expander {
                 tracing::warn!(%batch_id, "another expander checkpointed this batch first; leaving it to that one");
                 return Ok(());
             }
-            metrics::counter!("refresh_batch_devices_expanded_total")
+            metrics::counter!(metric::BATCH_DEVICES_EXPANDED)
                 .increment(progress.accepted + progress.skipped.total());
             expansion.chunks += 1;
             expansion.next_index = progress.next_index;
@@ -280,7 +281,7 @@ impl Expander {
         // All at once on one channel: the confirms are pipelined, never awaited one by one.
         let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
         published.into_iter().collect::<Result<Vec<()>, _>>()?;
-        metrics::counter!("refresh_jobs_accepted_total", "lane" => Lane::Bulk.as_str())
+        metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Bulk.as_str())
             .increment(messages.len() as u64);
         Ok(())
     }

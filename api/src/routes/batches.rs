@@ -21,9 +21,10 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
+use refresh_shared::metric;
 use refresh_shared::{
     batch::ExpandBatch,
-    store::{BatchRecord, BatchView},
+    store::{AuditAction, AuditResult, BatchRecord, BatchView},
     token::PERMISSION_DEVICE_INFO,
 };
 use serde::Serialize;
@@ -108,7 +109,7 @@ pub async fn create_batch(
         }
     };
     let accepted = |result, answer| Accepted {
-        action: "bulk_refresh",
+        action: AuditAction::BulkRefresh,
         caller: &caller,
         client,
         device: None,
@@ -119,7 +120,7 @@ pub async fn create_batch(
     };
     let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
         KeyCheck::Replay(batch_id) => {
-            audit::record(&state, accepted("replayed", batch_id)).await;
+            audit::record(&state, accepted(AuditResult::Replayed, batch_id)).await;
             return Ok(batch_answer(batch_id));
         }
         KeyCheck::Proceed(held) => held,
@@ -134,8 +135,8 @@ pub async fn create_batch(
     let queued = queue(&state, &batch, &device_ids).await;
     idempotency::finish(&state, held, queued.as_ref().map(|()| batch.id)).await;
     queued?;
-    audit::record(&state, accepted("accepted", batch.id)).await;
-    metrics::counter!("refresh_batches_accepted_total").increment(1);
+    audit::record(&state, accepted(AuditResult::Accepted, batch.id)).await;
+    metrics::counter!(metric::BATCHES_ACCEPTED).increment(1);
     tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, "batch accepted");
     Ok(batch_answer(batch.id))
 }

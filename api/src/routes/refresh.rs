@@ -22,11 +22,12 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use futures::future::join_all;
+use refresh_shared::metric;
 use refresh_shared::{
     Category,
     device::Refreshable,
     job::{CategoryState, Lane},
-    store::{CategoryUpdate, Claim, JobRecord, skip_cutoff},
+    store::{AuditAction, AuditResult, CategoryUpdate, Claim, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
 };
 use serde::Serialize;
@@ -105,7 +106,7 @@ pub async fn refresh_device_info(
     }
 
     let accepted = |result, answer| Accepted {
-        action: "refresh",
+        action: AuditAction::Refresh,
         caller: &caller,
         client,
         device: Some(device.id),
@@ -116,7 +117,7 @@ pub async fn refresh_device_info(
     };
     let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
         KeyCheck::Replay(job_id) => {
-            audit::record(&state, accepted("replayed", job_id)).await;
+            audit::record(&state, accepted(AuditResult::Replayed, job_id)).await;
             return Ok(job_answer(job_id));
         }
         KeyCheck::Proceed(held) => held,
@@ -151,7 +152,14 @@ pub async fn refresh_device_info(
     let coalesced = job_id != job.id;
     audit::record(
         &state,
-        accepted(if coalesced { "coalesced" } else { "accepted" }, job_id),
+        accepted(
+            if coalesced {
+                AuditResult::Coalesced
+            } else {
+                AuditResult::Accepted
+            },
+            job_id,
+        ),
     )
     .await;
     tracing::info!(
@@ -246,7 +254,7 @@ async fn enqueue(
         match holder {
             Some(holder) => {
                 store.delete_job(job.id).await?;
-                metrics::counter!("refresh_requests_coalesced_total").increment(1);
+                metrics::counter!(metric::REQUESTS_COALESCED).increment(1);
                 return Ok(holder);
             }
             // Outstanding or refreshed by something other than this service: push anyway.
@@ -257,8 +265,7 @@ async fn enqueue(
         store.drop_categories(job.id, &theirs).await?;
     }
     state.publisher.publish(&job.message(ours)).await?;
-    metrics::counter!("refresh_jobs_accepted_total", "lane" => Lane::Interactive.as_str())
-        .increment(1);
+    metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Interactive.as_str()).increment(1);
     Ok(job.id)
 }
 

@@ -9,6 +9,7 @@ use lapin::{
 };
 use serde::Serialize;
 use std::time::Duration;
+use strum::EnumIter;
 use utoipa::ToSchema;
 
 /// Redeliveries after which a message that keeps killing or failing its consumer is dead-lettered
@@ -249,7 +250,7 @@ impl Topology {
 }
 
 /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueRole {
     /// Jobs waiting for a worker (one per lane).

@@ -11,8 +11,7 @@ pub struct AuditEvent {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     pub at: DateTime,
-    /// `refresh` (one device) or `bulk_refresh` (a batch).
-    pub action: String,
+    pub action: AuditAction,
     pub organization: ObjectId,
     pub token: ObjectId,
     /// The device refreshed (single requests).
@@ -24,10 +23,31 @@ pub struct AuditEvent {
     pub categories: Vec<Category>,
     /// The TCP peer of the request (a proxy in front shows up as itself).
     pub client_addr: String,
-    /// `accepted`, `coalesced` (answered with another job) or `replayed` (Idempotency-Key).
-    pub result: String,
+    pub result: AuditResult,
     /// The job or batch the caller was given.
     pub answer: ObjectId,
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// One device.
+    Refresh,
+    /// A batch.
+    BulkRefresh,
+}
+
+/// What the caller got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditResult {
+    /// A new job or batch.
+    Accepted,
+    /// Another job's id: it already had every category asked for.
+    Coalesced,
+    /// The answer an earlier request with the same `Idempotency-Key` got.
+    Replayed,
 }
 
 impl Store {

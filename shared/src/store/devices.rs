@@ -67,12 +67,21 @@ pub struct WnsChannel {
     pub dead_since: Option<DateTime>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum WnsChannelStatus {
     Active,
     /// WNS answered 404/410: the channel expired and only a new enrolment brings a new one.
     Dead,
+}
+
+impl WnsChannelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WnsChannelStatus::Active => "active",
+            WnsChannelStatus::Dead => "dead",
+        }
+    }
 }
 
 impl WnsChannel {
@@ -398,7 +407,7 @@ impl Store {
                     doc! { "_id": device, "push.wns": { "$exists": true } },
                 ),
                 doc! { "$set": {
-                    "push.wns.status": "dead",
+                    "push.wns.status": WnsChannelStatus::Dead.as_str(),
                     "push.wns.deadSince": DateTime::now(),
                 } },
             )

@@ -36,7 +36,7 @@ pub enum Reservation {
     /// [`Store::complete_idempotency_key`] or [`Store::release_idempotency_key`].
     Granted,
     /// The same request succeeded before: answer with this id again.
-    Replay(String),
+    Replay(ObjectId),
     /// The key came before with another request.
     Mismatch,
     /// The same request is being handled right now.
@@ -98,7 +98,9 @@ impl Store {
         }
         Ok(match existing.answer {
             _ if existing.request_hash != request_hash => Reservation::Mismatch,
-            Some(answer) => Reservation::Replay(answer),
+            Some(answer) => ObjectId::parse_str(&answer)
+                .map(Reservation::Replay)
+                .map_err(|_| StoreError::Unreadable("idempotency_keys.answer"))?,
             None => Reservation::InProgress,
         })
     }

@@ -11,7 +11,7 @@ mod jobs;
 mod organizations;
 mod tokens;
 
-pub use audit::AuditEvent;
+pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{
     BatchCounts, BatchRecord, BatchView, ChunkProgress, DevicePage, Expansion, Skipped,
 };
@@ -52,6 +52,9 @@ pub enum StoreError {
     Duplicate(String),
     #[error("stored document does not have the expected shape: {0}")]
     Corrupt(#[source] mongodb::error::Error),
+    /// A stored field this build cannot read (written by hand, or by another program).
+    #[error("stored field {0} is not what this build writes")]
+    Unreadable(&'static str),
     #[error("database error: {0}")]
     Other(#[source] mongodb::error::Error),
 }

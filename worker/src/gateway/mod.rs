@@ -7,6 +7,7 @@ mod wns;
 
 use bson::oid::ObjectId;
 use classify::Verdict;
+use refresh_shared::metric;
 use refresh_shared::{
     Category, channel::ChannelPolicy, device::Gateway, settings::GatewaySettings,
 };
@@ -124,7 +125,7 @@ impl Gateways {
                 },
             },
         };
-        metrics::histogram!("refresh_push_duration_seconds", "gateway" => route.gateway().as_str())
+        metrics::histogram!(metric::PUSH_DURATION, "gateway" => route.gateway().as_str())
             .record(started.elapsed().as_secs_f64());
         if let Verdict::Retry { after: Some(pause) } = result.verdict {
             self.pacing.hold_for(route, &payload.device_id, pause);

@@ -1,0 +1,37 @@
+//! The name of every metric the product exports, once: `/metrics` on the api and the worker,
+//! documented in docs/operations.md. Call sites name these, never a string.
+
+/// Counter (`lane`): jobs published.
+pub const JOBS_ACCEPTED: &str = "refresh_jobs_accepted_total";
+/// Counter: single requests answered with an existing job.
+pub const REQUESTS_COALESCED: &str = "refresh_requests_coalesced_total";
+/// Counter: batches accepted.
+pub const BATCHES_ACCEPTED: &str = "refresh_batches_accepted_total";
+/// Counter: batch entries turned into jobs or skipped.
+pub const BATCH_DEVICES_EXPANDED: &str = "refresh_batch_devices_expanded_total";
+/// Counter (`outcome`, `gateway`): categories settled.
+pub const CATEGORIES: &str = "refresh_categories_total";
+/// Counter: pushes that will be retried.
+pub const PUSH_RETRIES: &str = "refresh_push_retries_total";
+/// Histogram (`gateway`): one push request to a gateway.
+pub const PUSH_DURATION: &str = "refresh_push_duration_seconds";
+/// Histogram (`lane`): how long a job waited in its work queue (first deliveries).
+pub const JOB_QUEUE_WAIT: &str = "refresh_job_queue_wait_seconds";
+/// Gauge (`lane`): the wait of the most recent job taken.
+pub const JOB_LAST_QUEUE_WAIT: &str = "refresh_job_last_queue_wait_seconds";
+/// Gauge (`queue`): deliveries this worker holds unacknowledged.
+pub const WORKER_UNACKED_DELIVERIES: &str = "refresh_worker_unacked_deliveries";
+/// Counter: deliveries held for `WORKER_HOLD_LIMIT_MS`, then handed back.
+pub const WORKER_DELIVERIES_HANDED_BACK: &str = "refresh_worker_deliveries_handed_back_total";
+/// Gauge (`queue`, `role`): messages waiting in a queue.
+pub const QUEUE_MESSAGES_READY: &str = "refresh_queue_messages_ready";
+/// Gauge (`queue`, `role`): consumers attached to a queue.
+pub const QUEUE_CONSUMERS: &str = "refresh_queue_consumers";
+/// Gauge: 1 when the last read of the queue depths succeeded.
+pub const QUEUE_DEPTH_READABLE: &str = "refresh_queue_depth_readable";
+/// Counter: reads of the queue depths from the broker.
+pub const QUEUE_DEPTH_READS: &str = "refresh_queue_depth_reads_total";
+/// Counter: connections refused at `MAX_CONNECTIONS` (api).
+pub const HTTP_CONNECTIONS_REFUSED: &str = "refresh_http_connections_refused_total";
+/// Counter: requests answered 5040 at `REQUEST_TIMEOUT_MS` (api).
+pub const HTTP_REQUESTS_TIMED_OUT: &str = "refresh_http_requests_timed_out_total";
