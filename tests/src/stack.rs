@@ -142,6 +142,12 @@ impl TestStack {
         stack
     }
 
+    /// A collection of the stack's database, read directly: what a test checks behind the api's
+    /// back (the product itself reaches it only through `Store`'s queries).
+    pub fn collection<T: Send + Sync>(&self, name: &str) -> mongodb::Collection<T> {
+        self.store.database().collection(name)
+    }
+
     /// Waits until `base`'s `/readyz` answers 200.
     pub(crate) async fn wait_ready(&self, base: &str) {
         let url = format!("{base}/readyz");

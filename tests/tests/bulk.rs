@@ -1,6 +1,7 @@
 //! Bulk refresh batches (issue 4), end to end: HTTP → RabbitMQ (batches queue, bulk lane) →
 //! worker → push-gateway-sim → MongoDB.
 
+use refresh_shared::store;
 use refresh_shared::{device::DeviceState, store::BatchView};
 use refresh_tests::{Answer, DEADLINE, TestStack};
 use reqwest::StatusCode;
@@ -252,8 +253,7 @@ async fn idempotency_keys_give_the_same_answer_and_refuse_another_body() {
     let view = stack.wait_for_batch(&batch, DEADLINE).await;
     assert_eq!(view.counts.pushed, 1);
     let batches = stack
-        .store
-        .batches
+        .collection::<store::BatchRecord>(store::BATCHES)
         .count_documents(bson::doc! {})
         .await
         .unwrap();

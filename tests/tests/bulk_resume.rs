@@ -1,6 +1,7 @@
 //! A batch whose expanding process is killed resumes from its checkpoint in the next one: no
 //! device missing, none pushed twice (issue 4).
 
+use refresh_shared::store;
 use refresh_shared::{device::DeviceState, settings::WorkQueue};
 use refresh_tests::TestStack;
 use serde_json::json;
@@ -79,8 +80,7 @@ async fn a_batch_resumes_after_its_expanding_process_is_killed() {
     let twice: Vec<_> = per_device.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "pushed twice: {twice:?}");
     let jobs = stack
-        .store
-        .jobs
+        .collection::<store::JobRecord>(store::JOBS)
         .count_documents(bson::doc! {})
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 
 use futures::{StreamExt, TryStreamExt, stream};
 use push_gateway_sim::PushRecord;
+use refresh_shared::store;
 use refresh_shared::{device::DeviceState, job::JobState, store::JobRecord};
 use refresh_tests::{TestStack, wait_until};
 use serde_json::json;
@@ -31,8 +32,7 @@ async fn submit(stack: &TestStack, count: usize) -> Vec<String> {
 
 async fn all_jobs(stack: &TestStack) -> Vec<JobRecord> {
     stack
-        .store
-        .jobs
+        .collection::<store::JobRecord>(store::JOBS)
         .find(bson::doc! {})
         .await
         .unwrap()
@@ -57,8 +57,7 @@ async fn settle_and_audit(
         // Counting, not reading every job, so the polling does not load the database.
         tokio::time::sleep(Duration::from_millis(250)).await;
         let done = stack
-            .store
-            .jobs
+            .collection::<store::JobRecord>(store::JOBS)
             .count_documents(completed.clone())
             .await
             .unwrap();

@@ -1,6 +1,7 @@
 //! Delivery guarantees (issue 3): no duplicate pushes from repeated requests.
 
 use futures::{StreamExt, stream};
+use refresh_shared::store;
 use refresh_shared::{Category, job::CategoryState};
 use refresh_tests::TestStack;
 use reqwest::StatusCode;
@@ -61,8 +62,7 @@ async fn five_hundred_identical_requests_push_each_category_at_most_once() {
     assert_eq!(per_category.len(), 3);
     assert!(per_category.values().all(|&n| n == 1), "{per_category:?}");
     let jobs = stack
-        .store
-        .jobs
+        .collection::<store::JobRecord>(store::JOBS)
         .count_documents(bson::doc! {})
         .await
         .unwrap();

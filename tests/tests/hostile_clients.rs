@@ -4,6 +4,7 @@
 
 use bson::{DateTime, doc};
 use futures::{StreamExt, TryStreamExt};
+use refresh_shared::store;
 use refresh_shared::store::{IDEMPOTENCY_ABANDONED_AFTER, IdempotencyRecord};
 use refresh_tests::{
     Answer, DEADLINE, TestStack,
@@ -345,7 +346,9 @@ async fn idempotency_keys_expire_and_a_key_of_a_vanished_request_is_freed() {
         answer: None,
     };
     // Held by a request that is still within its deadline: 4092.
-    let records = stack.store.idempotency_keys.clone();
+    let records = stack
+        .collection::<store::IdempotencyRecord>(store::IDEMPOTENCY_KEYS)
+        .clone();
     records
         .insert_one(held_since(Duration::ZERO, "running"))
         .await

@@ -5,6 +5,7 @@ use lapin::{
     BasicProperties, Connection,
     options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions},
 };
+use refresh_shared::store;
 use refresh_shared::{
     broker::Topology,
     device::DeviceState,
@@ -300,8 +301,7 @@ async fn every_accepted_refresh_and_batch_is_audited() {
     // Records are written off the request path, a moment after the answer.
     wait_until("two audit records", DEADLINE, || async {
         let stored = stack
-            .store
-            .audit_events
+            .collection::<store::AuditEvent>(store::AUDIT_EVENTS)
             .count_documents(bson::doc! {})
             .await;
         (stored.unwrap() >= 2).then_some(())
@@ -309,8 +309,7 @@ async fn every_accepted_refresh_and_batch_is_audited() {
     .await;
     let events: Vec<AuditEvent> = futures::TryStreamExt::try_collect(
         stack
-            .store
-            .audit_events
+            .collection::<store::AuditEvent>(store::AUDIT_EVENTS)
             .find(bson::doc! {})
             .sort(bson::doc! { "at": 1 })
             .await
@@ -319,9 +318,7 @@ async fn every_accepted_refresh_and_batch_is_audited() {
     .await
     .unwrap();
     assert_eq!(events.len(), 2, "{events:?}");
-    let token_id = stack
-        .store
-        .tokens
+    let token_id = stack.collection::<store::ApiToken>(store::TOKENS)
         .find_one(bson::doc! { "organization": stack.organization.id, "permissions": PERMISSION_DEVICE_INFO })
         .await
         .unwrap()

@@ -2,6 +2,7 @@
 //! real dependencies: 503 5003 with `Retry-After`, no job left waiting, and recovery.
 
 use futures::TryStreamExt;
+use refresh_shared::store;
 use refresh_shared::{Category, job::CategoryState};
 use refresh_tests::{Answer, DEADLINE, TestStack, proxy::Proxy, wait_until};
 use reqwest::{StatusCode, header};
@@ -52,8 +53,7 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
 
     // Every job but the one accepted before the cut was refused, and reads failed: none waits.
     let jobs: Vec<_> = stack
-        .store
-        .jobs
+        .collection::<store::JobRecord>(store::JOBS)
         .find(bson::doc! { "device": device.id })
         .await
         .unwrap()

@@ -101,17 +101,19 @@ pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
     filter
 }
 
+/// The database, through the queries below only: the collections are private, so every
+/// tenant query goes through a method that filters by organization ([`tenant`]).
 #[derive(Clone)]
 pub struct Store {
     database: Database,
-    pub organizations: Collection<Organization>,
-    pub devices: Collection<Device>,
-    pub tokens: Collection<ApiToken>,
-    pub jobs: Collection<JobRecord>,
-    pub batches: Collection<BatchRecord>,
-    pub batch_devices: Collection<DevicePage>,
-    pub idempotency_keys: Collection<IdempotencyRecord>,
-    pub audit_events: Collection<AuditEvent>,
+    organizations: Collection<Organization>,
+    devices: Collection<Device>,
+    tokens: Collection<ApiToken>,
+    jobs: Collection<JobRecord>,
+    batches: Collection<BatchRecord>,
+    batch_devices: Collection<DevicePage>,
+    idempotency_keys: Collection<IdempotencyRecord>,
+    audit_events: Collection<AuditEvent>,
 }
 
 impl Store {
