@@ -68,13 +68,28 @@ pub enum ApiError {
     /// No answer within `REQUEST_TIMEOUT_MS`; the request's work goes on.
     #[error("request timed out")]
     RequestTimeout,
-    #[error("dependency unavailable: {0}")]
-    Unavailable(String),
+    #[error("dependency unavailable")]
+    Unavailable(#[source] Cause),
     /// `/readyz`: which dependencies are down, as details.
     #[error("not ready")]
     NotReady(Vec<FieldProblem>),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error")]
+    Internal(#[source] Cause),
+}
+
+/// What went wrong behind a 500 or 503, with its whole chain of causes, for the log only.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// `error` and each of its sources, joined by ": ".
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// What a caller should wait before trying again after a 503.
@@ -175,8 +190,12 @@ struct ErrorBody<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Internal(cause) => tracing::error!(%cause, "request failed unexpectedly"),
-            ApiError::Unavailable(cause) => tracing::warn!(%cause, "dependency unavailable"),
+            ApiError::Internal(cause) => {
+                tracing::error!(cause = chain(cause.as_ref()), "request failed unexpectedly");
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(cause = chain(cause.as_ref()), "dependency unavailable");
+            }
             _ => {}
         }
         let (status, code, message) = self.parts();
@@ -214,9 +233,9 @@ pub fn seconds_rounded_up(duration: Duration) -> u64 {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         if error.is_unavailable() {
-            ApiError::Unavailable(error.to_string())
+            ApiError::Unavailable(error.into())
         } else {
-            ApiError::Internal(error.to_string())
+            ApiError::Internal(error.into())
         }
     }
 }
@@ -225,6 +244,6 @@ impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         // Every publish failure (unreachable, nack, return, no confirm) means the broker did not
         // take the job: the caller may retry later.
-        ApiError::Unavailable(error.to_string())
+        ApiError::Unavailable(error.into())
     }
 }

@@ -106,9 +106,7 @@ pub async fn enforce(State(limits): State<Limits>, request: Request, next: Next)
     });
     match tokio::time::timeout(limits.request_timeout, work).await {
         Ok(Ok(response)) => response,
-        Ok(Err(failed)) => {
-            ApiError::Internal(format!("request task failed: {failed}")).into_response()
-        }
+        Ok(Err(failed)) => ApiError::Internal(failed.into()).into_response(),
         Err(_) => {
             metrics::counter!(metric::HTTP_REQUESTS_TIMED_OUT).increment(1);
             ApiError::RequestTimeout.into_response()

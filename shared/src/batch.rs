@@ -48,17 +48,25 @@ impl ExpandBatch {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn decode(payload: &[u8]) -> Result<ExpandBatch, String> {
-        let message: ExpandBatch = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    pub fn decode(payload: &[u8]) -> Result<ExpandBatch, ExpandDecodeError> {
+        let message: ExpandBatch = serde_json::from_slice(payload)?;
         if message.version == EXPAND_MESSAGE_VERSION {
             Ok(message)
         } else {
-            Err(format!(
-                "expand message version {} is not supported",
-                message.version
-            ))
+            Err(ExpandDecodeError::UnsupportedVersion(message.version))
         }
     }
+}
+
+/// Why an expansion request could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandDecodeError {
+    #[error("expansion request is not valid: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error(
+        "expansion request version {0} is not supported (this build reads {EXPAND_MESSAGE_VERSION})"
+    )]
+    UnsupportedVersion(u16),
 }
 
 /// How one device of a batch ended, once every category of its job is settled.
@@ -161,7 +169,7 @@ mod tests {
     #[test]
     fn the_expand_message_round_trips() {
         let message = ExpandBatch::new(ObjectId::new());
-        assert_eq!(ExpandBatch::decode(&message.encode()), Ok(message));
+        assert_eq!(ExpandBatch::decode(&message.encode()).ok(), Some(message));
         assert!(
             ExpandBatch::decode(br#"{"version":2,"batchId":"65a1b2c3d4e5f6a7b8c9d0e1"}"#).is_err()
         );

@@ -206,13 +206,13 @@ impl Consumer {
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot,
                 () = shutdown.cancelled() => break None,
-                () = lost.cancelled() => break Some(lost_elsewhere()),
+                () = lost.cancelled() => break Some(BrokerError::SiblingChannelLost),
             };
             let Ok(slot) = slot else { break None };
             let delivery = tokio::select! {
                 delivery = deliveries.next() => delivery,
                 () = shutdown.cancelled() => break None,
-                () = lost.cancelled() => break Some(lost_elsewhere()),
+                () = lost.cancelled() => break Some(BrokerError::SiblingChannelLost),
             };
             match delivery {
                 Some(Ok(delivery)) => {
@@ -230,11 +230,7 @@ impl Consumer {
                     });
                 }
                 Some(Err(error)) => break Some(BrokerError::from(error)),
-                None => {
-                    break Some(BrokerError::Unavailable(
-                        "consumer was cancelled".to_owned(),
-                    ));
-                }
+                None => break Some(BrokerError::ConsumerCancelled),
             }
         };
         match ended {
@@ -263,10 +259,6 @@ impl Consumer {
             }
         }
     }
-}
-
-fn lost_elsewhere() -> BrokerError {
-    BrokerError::Unavailable("another channel of the connection was lost".to_owned())
 }
 
 /// Processes one job delivery and answers it exactly once.

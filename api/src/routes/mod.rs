@@ -55,7 +55,7 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
-                "handler panicked".to_owned(),
+                "handler panicked".into(),
             ))
         }))
         .layer(axum::middleware::from_fn(rate_limit::headers))

@@ -18,6 +18,6 @@ pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, Broke
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
         .await
-        .map_err(|_| BrokerError::Unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        .map_err(|_| BrokerError::ConnectTimeout(CONNECT_TIMEOUT))?
+        .map_err(BrokerError::Connect)
 }

@@ -119,7 +119,5 @@ async fn follow_once(
         // Something we cannot read still means something changed.
         invalidate(serde_json::from_slice(&delivery.data).unwrap_or(Invalidation::Everything));
     }
-    Err(BrokerError::Unavailable(
-        "the invalidations consumer was cancelled".to_owned(),
-    ))
+    Err(BrokerError::ConsumerCancelled)
 }

@@ -14,8 +14,20 @@ pub use topology::{QueueDepth, QueueRole, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    #[error("broker unavailable: no answer to the connection within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    #[error("broker unavailable: could not connect")]
+    Connect(#[source] lapin::Error),
+    #[error("broker unavailable: another request is reconnecting")]
+    Reconnecting,
+    #[error("the broker cancelled a consumer")]
+    ConsumerCancelled,
+    #[error("another channel of the connection was lost")]
+    SiblingChannelLost,
+    #[error("channel is not in confirm mode")]
+    NotConfirmMode,
+    #[error("no retry tier for round {0}")]
+    NoRetryTier(usize),
     #[error("broker did not confirm the message within {0:?}")]
     ConfirmTimeout(std::time::Duration),
     #[error("broker refused the message (nack)")]

@@ -102,7 +102,7 @@ impl Publisher {
         let queue = self
             .topology
             .retry_queue(job.lane, round)
-            .ok_or_else(|| BrokerError::Unavailable(format!("no retry tier for round {round}")))?;
+            .ok_or(BrokerError::NoRetryTier(round))?;
         // The default exchange routes by queue name.
         self.publish_to("", &queue, &Message::job(job)).await
     }
@@ -195,9 +195,7 @@ impl Publisher {
                 Err(BrokerError::Returned(returned.reply_text.to_string()))
             }
             Confirmation::Nack(None) => Err(BrokerError::Nacked),
-            Confirmation::NotRequested => Err(BrokerError::Unavailable(
-                "channel is not in confirm mode".to_owned(),
-            )),
+            Confirmation::NotRequested => Err(BrokerError::NotConfirmMode),
         }
     }
 
@@ -220,7 +218,7 @@ impl Publisher {
             return Ok(link);
         }
         let Ok(_guard) = self.reconnecting.try_lock() else {
-            return Err(BrokerError::Unavailable("reconnecting".to_owned()));
+            return Err(BrokerError::Reconnecting);
         };
         if let Some(link) = self.current().filter(|l| l.channel.status().connected()) {
             return Ok(link);
