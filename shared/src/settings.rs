@@ -291,6 +291,23 @@ impl Settings {
             env.errors
                 .push("PUSH_MAX_ATTEMPTS: must be at least 1".to_owned());
         }
+        // Cross-field: each pair below, the wrong way round, silently does something else than
+        // what the operator wrote.
+        let retry = &worker.push_retry;
+        if retry.initial > retry.max_interval || retry.max_interval > retry.max_elapsed {
+            env.errors.push(
+                "PUSH_RETRY_INITIAL_MS <= PUSH_RETRY_MAX_INTERVAL_MS <= PUSH_RETRY_MAX_ELAPSED_MS: \
+                 must hold (a longer first wait, or a wait longer than the whole budget, is never \
+                 taken)"
+                    .to_owned(),
+            );
+        }
+        if api.body_limit_bytes > api.bulk_body_limit_bytes {
+            env.errors.push(
+                "BODY_LIMIT_BYTES: must not exceed BULK_BODY_LIMIT_BYTES (the batch route's own limit)"
+                    .to_owned(),
+            );
+        }
 
         if env.errors.is_empty() {
             Ok(Settings {
@@ -422,6 +439,21 @@ mod tests {
             s.amqp.retry_tiers,
             [10, 60, 600].map(Duration::from_secs).to_vec()
         );
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        let err = settings(&[
+            ("PUSH_RETRY_INITIAL_MS", "6000"),
+            ("BODY_LIMIT_BYTES", "9000000"),
+        ])
+        .expect_err("contradictory");
+        let text = err.to_string();
+        for name in ["PUSH_RETRY_INITIAL_MS", "BODY_LIMIT_BYTES"] {
+            assert!(text.contains(name), "{name}: {text}");
+        }
+        assert_eq!(err.0.len(), 2);
+        assert!(settings(&[("PUSH_RETRY_MAX_ELAPSED_MS", "1000")]).is_err());
     }
 
     #[test]
