@@ -26,7 +26,7 @@ use refresh_shared::{
 };
 use server::Server;
 use state::AppState;
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,7 @@ impl App {
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
-        let state = AppState::new(&settings, store, publisher, audit);
+        let state = AppState::new(&settings, store, Arc::new(publisher), audit);
         let router = routes::router(state.clone(), &settings.api);
         Ok(App {
             server: Server::new(listener, router, &settings.api),

@@ -1,7 +1,7 @@
 use crate::{audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits};
 use refresh_shared::{
     Settings,
-    broker::Publisher,
+    broker::{Publisher, Queues},
     store::{DatabaseProbe, Store},
     telemetry::MetricsPage,
 };
@@ -13,7 +13,9 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
+    /// Reads the queues (`/metrics`, `/v1/ops/queues`) on the publisher's connection.
+    pub queues: Queues,
     /// Requests per token and per organization, refilled continuously.
     pub rate_limits: RateLimits,
     pub refresh_skip_window: std::time::Duration,
@@ -30,13 +32,14 @@ impl AppState {
     pub fn new(
         settings: &Settings,
         store: Store,
-        publisher: Publisher,
+        publisher: Arc<Publisher>,
         audit: AuditLog,
     ) -> AppState {
         AppState(Arc::new(Inner {
             database_probe: DatabaseProbe::new(store.clone()),
             metrics_page: MetricsPage::default(),
             store,
+            queues: Queues::new(Arc::clone(&publisher)),
             publisher,
             rate_limits: RateLimits::new(&settings.api),
             refresh_skip_window: settings.api.refresh_skip_window,

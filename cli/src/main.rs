@@ -8,12 +8,12 @@ use bson::{DateTime, oid::ObjectId};
 use clap::{Parser, Subcommand, ValueEnum};
 use refresh_shared::{
     Settings,
-    broker::{DeadLetter, Invalidation, Publisher},
+    broker::{DeadLetter, Invalidation, Publisher, Queues},
     device::{DeviceState, Gateway},
     store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel},
 };
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 mod bulk;
 
@@ -211,9 +211,9 @@ async fn broker(settings: &Settings) -> anyhow::Result<Publisher> {
 
 /// `queues [--watch]`: a table (or JSON) of every queue's depth, once or every 2 s.
 async fn queues(settings: &Settings, watch: bool, json: bool) -> anyhow::Result<Option<Output>> {
-    let publisher = broker(settings).await?;
+    let queues = Queues::new(Arc::new(broker(settings).await?));
     loop {
-        let depths = publisher.queue_depths().await?;
+        let depths = queues.depths().await?;
         let mut text = format!(
             "{:<48} {:<8} {:>9} {:>9}",
             "QUEUE", "ROLE", "READY", "CONSUMERS"
@@ -262,7 +262,7 @@ fn humantime_now() -> String {
 }
 
 async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow::Result<Output> {
-    let publisher = broker(settings).await?;
+    let queues = Queues::new(Arc::new(broker(settings).await?));
     let describe = |letter: &DeadLetter| {
         format!(
             "{:<26} {:<16} {:<40} {}",
@@ -274,7 +274,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
     };
     match command {
         DeadLetterCommand::List { limit } => {
-            let letters = publisher.dead_letters(limit).await?;
+            let letters = queues.dead_letters(limit).await?;
             let mut text = format!("{} dead letter(s)", letters.len());
             for letter in &letters {
                 text.push_str(&format!("\n{}", describe(letter)));
@@ -285,7 +285,7 @@ async fn dead_letters(settings: &Settings, command: DeadLetterCommand) -> anyhow
             })
         }
         DeadLetterCommand::Replay { ids, all } => {
-            let report = publisher
+            let report = queues
                 .replay_dead_letters(|letter| {
                     all || letter
                         .message_id

@@ -1,6 +1,6 @@
 //! Logs (tracing) and metrics (Prometheus text), set up once per process.
 
-use crate::{broker::Publisher, metric, settings::LogFormat, snapshot::Snapshot};
+use crate::{broker::Queues, metric, settings::LogFormat, snapshot::Snapshot};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::{sync::OnceLock, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
@@ -47,17 +47,17 @@ impl Default for MetricsPage {
 }
 
 impl MetricsPage {
-    pub async fn render(&self, publisher: &Publisher) -> String {
-        self.depths.get(|| read_queue_depths(publisher)).await;
+    pub async fn render(&self, queues: &Queues) -> String {
+        self.depths.get(|| read_queue_depths(queues)).await;
         metrics().render()
     }
 }
 
 /// Sets the queue gauges from the broker (when it can be reached; otherwise the depths are left
 /// out rather than shown stale).
-async fn read_queue_depths(publisher: &Publisher) {
+async fn read_queue_depths(queues: &Queues) {
     metrics::counter!(metric::QUEUE_DEPTH_READS).increment(1);
-    match publisher.queue_depths().await {
+    match queues.depths().await {
         Ok(depths) => {
             for depth in depths {
                 let labels = [

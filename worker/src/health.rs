@@ -1,7 +1,7 @@
 //! The worker's own small HTTP server: `/healthz`, `/readyz`, `/metrics`.
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use refresh_shared::{broker::Publisher, store::DatabaseProbe, telemetry::MetricsPage};
+use refresh_shared::{broker::Queues, store::DatabaseProbe, telemetry::MetricsPage};
 use serde_json::json;
 use std::sync::{
     Arc,
@@ -13,7 +13,7 @@ pub struct Probes {
     pub database: Arc<DatabaseProbe>,
     pub consuming: Arc<AtomicBool>,
     /// Reads the queue depths for `/metrics`.
-    pub publisher: Arc<Publisher>,
+    pub queues: Arc<Queues>,
     pub metrics_page: Arc<MetricsPage>,
 }
 
@@ -29,7 +29,7 @@ pub fn router(probes: Probes) -> Router {
 }
 
 async fn metrics(State(probes): State<Probes>) -> String {
-    probes.metrics_page.render(&probes.publisher).await
+    probes.metrics_page.render(&probes.queues).await
 }
 
 /// Ready when consuming from the broker and the database answers; otherwise says what is down.

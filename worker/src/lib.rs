@@ -14,7 +14,7 @@ use dispatch::Dispatcher;
 use expander::Expander;
 use refresh_shared::{
     Settings,
-    broker::Publisher,
+    broker::{Publisher, Queues},
     store::{DatabaseProbe, Store},
 };
 use std::{
@@ -86,7 +86,7 @@ impl Worker {
             probes: health::Probes {
                 database: Arc::new(DatabaseProbe::new(store)),
                 consuming,
-                publisher,
+                queues: Arc::new(Queues::new(publisher)),
                 metrics_page: Arc::default(),
             },
         })

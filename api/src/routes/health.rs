@@ -50,5 +50,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Up>, ApiError>
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics_page.render(&state.publisher).await
+    state.metrics_page.render(&state.queues).await
 }

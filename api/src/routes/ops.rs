@@ -30,6 +30,6 @@ pub async fn queues(
     caller: Authenticated,
 ) -> Result<Json<Success<Queues>>, ApiError> {
     caller.require(PERMISSION_OPS_QUEUES)?;
-    let queues = state.publisher.queue_depths().await?;
+    let queues = state.queues.depths().await?;
     Ok(success(Queues { queues }))
 }

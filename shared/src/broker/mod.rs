@@ -1,15 +1,16 @@
-//! RabbitMQ: connection, topology and the confirming publisher.
+//! RabbitMQ: connection, topology, the confirming publisher, reading the queues, and cache
+//! invalidation announcements.
 
 mod connection;
-mod dead_letters;
 pub mod invalidations;
 mod publisher;
+mod queues;
 mod topology;
 
 pub use connection::connect;
-pub use dead_letters::{DeadLetter, Replayed};
 pub use invalidations::Invalidation;
 pub use publisher::Publisher;
+pub use queues::{DeadLetter, Queues, Replayed};
 pub use topology::{QueueDepth, QueueRole, Topology};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,12 @@
-//! The api's side of the broker: publishes jobs persistent and mandatory on a confirm-mode
-//! channel, and answers only once the broker has taken responsibility for the message.
+//! Publishing: jobs, retries, expansion requests and announcements, persistent and mandatory
+//! on a confirm-mode channel, answered only once the broker has taken responsibility for the
+//! message. (Reading the queues is [`super::Queues`]; following announcements is
+//! [`super::invalidations::follow`].)
 //!
 //! Concurrent requests share one channel, so their confirms are pipelined: nobody waits for
 //! another request's confirm. A dead connection is replaced on the next publish.
 
-use super::{BrokerError, QueueDepth, Topology, connect};
+use super::{BrokerError, Topology, connect};
 use crate::{batch::ExpandBatch, job::RefreshJob, settings::AmqpSettings};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
@@ -125,14 +127,6 @@ impl Publisher {
         body: Vec<u8>,
     ) -> Result<(), BrokerError> {
         self.publish_to("", queue, &Message { id, body }).await
-    }
-
-    /// Every queue's depth now.
-    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
-        let channel = self.inspection_channel().await?;
-        let depths = self.topology.depths(&channel).await;
-        let _ = channel.close(200, "bye".into()).await;
-        depths
     }
 
     /// A channel of its own for reading queues: a failed passive declare or get closes the

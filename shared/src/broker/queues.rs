@@ -1,7 +1,7 @@
-//! The dead-letter queue, for operators: read what is there and why, and put messages back on the
-//! queue they died in.
+//! Reading the queues, for `/metrics` and operators: every queue's depth, and the dead-letter
+//! queue (what is there and why; putting messages back on the queue they died in).
 
-use super::{BrokerError, Publisher, QueueRole, topology::depth};
+use super::{BrokerError, Publisher, QueueDepth, QueueRole, Topology, topology::depth};
 use crate::{batch::ExpandBatch, job::RefreshJob};
 use lapin::{
     Channel,
@@ -10,6 +10,7 @@ use lapin::{
     types::AMQPValue,
 };
 use serde::Serialize;
+use std::sync::Arc;
 
 /// One dead letter, as `refreshctl dead-letters list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -78,10 +79,33 @@ pub struct Replayed {
     pub kept: Vec<DeadLetter>,
 }
 
-impl Publisher {
+/// Reading the queues: their depths, and the dead letters (listed, or replayed onto the queue
+/// each died in). Each read runs on a channel of its own, beside the publisher's, on the same
+/// connection: a failed passive declare or get closes the channel it ran on.
+pub struct Queues {
+    publisher: Arc<Publisher>,
+}
+
+impl Queues {
+    pub fn new(publisher: Arc<Publisher>) -> Queues {
+        Queues { publisher }
+    }
+
+    fn topology(&self) -> &Topology {
+        self.publisher.topology()
+    }
+
+    /// Every queue's depth now.
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let channel = self.publisher.inspection_channel().await?;
+        let depths = self.topology().depths(&channel).await;
+        let _ = channel.close(200, "bye".into()).await;
+        depths
+    }
+
     /// Up to `limit` dead letters, oldest first. They stay in the dead queue.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
-        let channel = self.inspection_channel().await?;
+        let channel = self.publisher.inspection_channel().await?;
         let mut letters = Vec::new();
         while letters.len() < limit {
             let Some(message) = get(&channel, &self.topology().dead_queue()).await? else {
@@ -101,7 +125,7 @@ impl Publisher {
         &self,
         select: impl Fn(&DeadLetter) -> bool,
     ) -> Result<Replayed, BrokerError> {
-        let channel = self.inspection_channel().await?;
+        let channel = self.publisher.inspection_channel().await?;
         // Only the letters there now: a replayed message that dies again is not looped over.
         let dead_queue = self.topology().dead_queue();
         let waiting = depth(&channel, dead_queue, QueueRole::Dead).await?.ready;
@@ -117,7 +141,9 @@ impl Publisher {
             match letter.queue.clone() {
                 Some(queue) => {
                     let id = letter.message_id.clone().unwrap_or_default();
-                    self.publish_raw(&queue, id, message.data.clone()).await?;
+                    self.publisher
+                        .publish_raw(&queue, id, message.data.clone())
+                        .await?;
                     message.ack(BasicAckOptions::default()).await?;
                     report.replayed.push(letter);
                 }
