@@ -118,27 +118,30 @@ enum OrgCommand {
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Create a device in an organization.
-    Create {
-        /// Organization id or slug.
-        #[arg(long)]
-        org: String,
-        #[arg(long)]
-        serial: Option<String>,
-        #[arg(long)]
-        imei: Option<String>,
-        #[arg(long, default_value = "ACTIVE")]
-        state: DeviceState,
-        /// How the device is reached; repeat for both (agent first, WNS as fallback).
-        #[arg(long = "push", value_enum, default_values_t = [PushArg::Agent])]
-        push: Vec<PushArg>,
-        /// The WNS channel URI (with `--push wns`), which WNS_CHANNEL_HOST_SUFFIXES must admit;
-        /// default: a channel on push-gateway-sim at SIM_ADDR.
-        #[arg(long)]
-        channel_uri: Option<String>,
-        /// A tag bulk refreshes can select the device by; repeat for more.
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-    },
+    Create(NewDeviceArgs),
+}
+
+#[derive(clap::Args)]
+struct NewDeviceArgs {
+    /// Organization id or slug.
+    #[arg(long)]
+    org: String,
+    #[arg(long)]
+    serial: Option<String>,
+    #[arg(long)]
+    imei: Option<String>,
+    #[arg(long, default_value = "ACTIVE")]
+    state: DeviceState,
+    /// How the device is reached; repeat for both (agent first, WNS as fallback).
+    #[arg(long = "push", value_enum, default_values_t = [PushArg::Agent])]
+    push: Vec<PushArg>,
+    /// The WNS channel URI (with `--push wns`), which WNS_CHANNEL_HOST_SUFFIXES must admit;
+    /// default: a channel on push-gateway-sim at SIM_ADDR.
+    #[arg(long)]
+    channel_uri: Option<String>,
+    /// A tag bulk refreshes can select the device by; repeat for more.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -328,153 +331,191 @@ async fn run(
         Command::Queues { watch } => return queues(settings, watch, json).await,
         Command::DeadLetters(command) => dead_letters(settings, command).await,
         Command::Org(OrgCommand::Create { slug, name }) => {
-            if !Organization::is_slug(&slug) {
-                bail!("--slug must be at least 3 letters, digits or '-', and not a 24-hex id");
-            }
-            store.ensure_indexes().await.context("creating indexes")?;
-            let name = name.unwrap_or_else(|| slug.clone());
-            let org = store.create_organization(&slug, &name).await?;
-            Ok(Output {
-                text: format!("organization {} created (slug {})", org.id, org.slug),
-                json: json!({ "id": org.id.to_hex(), "slug": org.slug, "name": org.name }),
-            })
+            create_organization(store, slug, name).await
         }
-        Command::Device(DeviceCommand::Create {
-            org,
-            serial,
-            imei,
-            state,
-            push,
-            channel_uri,
-            tags,
-        }) => {
-            let org = organization(store, &org).await?;
-            let wns = push
-                .contains(&PushArg::Wns)
-                .then(|| {
-                    let uri = channel_uri.unwrap_or_else(default_channel_uri);
-                    WnsChannel::new(&uri, &settings.gateways.wns_channels).with_context(|| {
-                        format!(
-                            "--channel-uri {uri}: WNS_CHANNEL_HOST_SUFFIXES is {}",
-                            settings.gateways.wns_channels
-                        )
-                    })
-                })
-                .transpose()?;
-            let device = store
-                .create_device(NewDevice {
-                    organization: org.id,
-                    state,
-                    serial_number: serial,
-                    imei,
-                    tags,
-                    push: PushRoutes {
-                        agent: push.contains(&PushArg::Agent),
-                        wns,
-                    },
-                })
-                .await?;
-            let routes: Vec<Gateway> = device
-                .push
-                .agent
-                .then_some(Gateway::Agent)
-                .into_iter()
-                .chain(device.push.wns.as_ref().map(|_| Gateway::Wns))
-                .collect();
-            Ok(Output {
-                text: format!(
-                    "device {} created in {} ({})",
-                    device.id, org.slug, device.state
-                ),
-                json: json!({
-                    "id": device.id.to_hex(),
-                    "organizationId": org.id.to_hex(),
-                    "state": device.state,
-                    "serialNumber": device.summary.serial_number,
-                    "imei": device.summary.imei,
-                    "push": routes,
-                    "tags": device.tags,
-                    "wnsChannelUri": device.push.wns.as_ref().map(WnsChannel::uri),
-                }),
-            })
-        }
+        Command::Device(DeviceCommand::Create(args)) => create_device(settings, store, args).await,
         Command::Token(TokenCommand::Create {
             org,
             permissions,
             expires_in_days,
-        }) => {
-            let org = organization(store, &org).await?;
-            let expires_at = expires_in_days.map(|days| {
-                let lifetime = Duration::from_secs(u64::from(days) * 86_400);
-                DateTime::from_system_time(std::time::SystemTime::now() + lifetime)
-            });
-            store.ensure_indexes().await.context("creating indexes")?;
-            let (token, plaintext) = store.create_token(org.id, permissions, expires_at).await?;
-            Ok(Output {
-                text: format!(
-                    "token {} created for {}; it is shown only this once:\n{plaintext}",
-                    token.id, org.slug
-                ),
-                json: json!({
-                    "id": token.id.to_hex(),
-                    "organizationId": org.id.to_hex(),
-                    "permissions": token.permissions,
-                    "expiresAt": token.expires_at.and_then(|at| at.try_to_rfc3339_string().ok()),
-                    "token": plaintext,
-                }),
-            })
-        }
+        }) => create_token(store, &org, permissions, expires_in_days).await,
         Command::Token(TokenCommand::Revoke { org, id }) => {
-            let org = organization(store, &org).await?;
-            if !store.revoke_token(org.id, id).await? {
-                bail!("no active token {id} in organization {}", org.slug);
-            }
-            // Running apis cache tokens for AUTH_CACHE_TTL_MS: tell them now.
-            let announced = match broker(settings).await {
-                Ok(publisher) => publisher
-                    .announce(Invalidation::Tokens)
-                    .await
-                    .map_err(Into::into),
-                Err(error) => Err(error),
-            };
-            let mut text = format!("token {id} revoked");
-            if let Err(error) = &announced {
-                text.push_str(&format!(
-                    "\nwarning: running apis were not told ({error:#}); they stop accepting it within AUTH_CACHE_TTL_MS ({} ms)",
-                    settings.api.auth_cache_ttl.as_millis()
-                ));
-            }
-            Ok(Output {
-                text,
-                json: json!({ "id": id.to_hex(), "revoked": true, "apisTold": announced.is_ok() }),
-            })
+            revoke_token(settings, store, &org, id).await
         }
-        Command::Job(JobCommand::Get { id }) => {
-            let job = store
-                .job_by_id(id)
-                .await?
-                .with_context(|| format!("no job {id}"))?;
-            let view = JobView::from(&job);
-            let mut text = format!(
-                "job {} ({:?}) for device {}",
-                view.id, view.state, view.device_id
-            );
-            for (category, c) in &view.categories {
-                text.push_str(&format!(
-                    "\n  {category:<13} {:<9} attempts {} via {} {}",
-                    c.state.as_str(),
-                    c.attempts,
-                    c.gateway.map_or("-", Gateway::as_str),
-                    c.last_error.as_deref().unwrap_or(""),
-                ));
-            }
-            Ok(Output {
-                json: serde_json::to_value(&view)?,
-                text,
-            })
-        }
+        Command::Job(JobCommand::Get { id }) => get_job(store, id).await,
     };
     output.map(Some)
+}
+
+/// `org create`.
+async fn create_organization(
+    store: &Store,
+    slug: String,
+    name: Option<String>,
+) -> anyhow::Result<Output> {
+    if !Organization::is_slug(&slug) {
+        bail!("--slug must be at least 3 letters, digits or '-', and not a 24-hex id");
+    }
+    store.ensure_indexes().await.context("creating indexes")?;
+    let name = name.unwrap_or_else(|| slug.clone());
+    let org = store.create_organization(&slug, &name).await?;
+    Ok(Output {
+        text: format!("organization {} created (slug {})", org.id, org.slug),
+        json: json!({ "id": org.id.to_hex(), "slug": org.slug, "name": org.name }),
+    })
+}
+
+/// `device create`.
+async fn create_device(
+    settings: &Settings,
+    store: &Store,
+    args: NewDeviceArgs,
+) -> anyhow::Result<Output> {
+    let NewDeviceArgs {
+        org,
+        serial,
+        imei,
+        state,
+        push,
+        channel_uri,
+        tags,
+    } = args;
+    let org = organization(store, &org).await?;
+    let wns = push
+        .contains(&PushArg::Wns)
+        .then(|| {
+            let uri = channel_uri.unwrap_or_else(default_channel_uri);
+            WnsChannel::new(&uri, &settings.gateways.wns_channels).with_context(|| {
+                format!(
+                    "--channel-uri {uri}: WNS_CHANNEL_HOST_SUFFIXES is {}",
+                    settings.gateways.wns_channels
+                )
+            })
+        })
+        .transpose()?;
+    let device = store
+        .create_device(NewDevice {
+            organization: org.id,
+            state,
+            serial_number: serial,
+            imei,
+            tags,
+            push: PushRoutes {
+                agent: push.contains(&PushArg::Agent),
+                wns,
+            },
+        })
+        .await?;
+    let routes: Vec<Gateway> = device
+        .push
+        .agent
+        .then_some(Gateway::Agent)
+        .into_iter()
+        .chain(device.push.wns.as_ref().map(|_| Gateway::Wns))
+        .collect();
+    Ok(Output {
+        text: format!(
+            "device {} created in {} ({})",
+            device.id, org.slug, device.state
+        ),
+        json: json!({
+            "id": device.id.to_hex(),
+            "organizationId": org.id.to_hex(),
+            "state": device.state,
+            "serialNumber": device.summary.serial_number,
+            "imei": device.summary.imei,
+            "push": routes,
+            "tags": device.tags,
+            "wnsChannelUri": device.push.wns.as_ref().map(WnsChannel::uri),
+        }),
+    })
+}
+
+/// `token create`: the plaintext is printed this once.
+async fn create_token(
+    store: &Store,
+    org: &str,
+    permissions: Vec<String>,
+    expires_in_days: Option<u32>,
+) -> anyhow::Result<Output> {
+    let org = organization(store, org).await?;
+    let expires_at = expires_in_days.map(|days| {
+        let lifetime = Duration::from_secs(u64::from(days) * 86_400);
+        DateTime::from_system_time(std::time::SystemTime::now() + lifetime)
+    });
+    store.ensure_indexes().await.context("creating indexes")?;
+    let (token, plaintext) = store.create_token(org.id, permissions, expires_at).await?;
+    Ok(Output {
+        text: format!(
+            "token {} created for {}; it is shown only this once:\n{plaintext}",
+            token.id, org.slug
+        ),
+        json: json!({
+            "id": token.id.to_hex(),
+            "organizationId": org.id.to_hex(),
+            "permissions": token.permissions,
+            "expiresAt": token.expires_at.and_then(|at| at.try_to_rfc3339_string().ok()),
+            "token": plaintext,
+        }),
+    })
+}
+
+/// `token revoke`, announced to running apis.
+async fn revoke_token(
+    settings: &Settings,
+    store: &Store,
+    org: &str,
+    id: ObjectId,
+) -> anyhow::Result<Output> {
+    let org = organization(store, org).await?;
+    if !store.revoke_token(org.id, id).await? {
+        bail!("no active token {id} in organization {}", org.slug);
+    }
+    // Running apis cache tokens for AUTH_CACHE_TTL_MS: tell them now.
+    let announced = match broker(settings).await {
+        Ok(publisher) => publisher
+            .announce(Invalidation::Tokens)
+            .await
+            .map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    let mut text = format!("token {id} revoked");
+    if let Err(error) = &announced {
+        text.push_str(&format!(
+                "\nwarning: running apis were not told ({error:#}); they stop accepting it within AUTH_CACHE_TTL_MS ({} ms)",
+                settings.api.auth_cache_ttl.as_millis()
+            ));
+    }
+    Ok(Output {
+        text,
+        json: json!({ "id": id.to_hex(), "revoked": true, "apisTold": announced.is_ok() }),
+    })
+}
+
+/// `job get`.
+async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
+    let job = store
+        .job_by_id(id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    let view = JobView::from(&job);
+    let mut text = format!(
+        "job {} ({:?}) for device {}",
+        view.id, view.state, view.device_id
+    );
+    for (category, c) in &view.categories {
+        text.push_str(&format!(
+            "\n  {category:<13} {:<9} attempts {} via {} {}",
+            c.state.as_str(),
+            c.attempts,
+            c.gateway.map_or("-", Gateway::as_str),
+            c.last_error.as_deref().unwrap_or(""),
+        ));
+    }
+    Ok(Output {
+        json: serde_json::to_value(&view)?,
+        text,
+    })
 }
 
 async fn organization(store: &Store, reference: &str) -> anyhow::Result<Organization> {

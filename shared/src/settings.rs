@@ -184,17 +184,53 @@ impl Settings {
             lookup: &lookup,
             errors: Vec::new(),
         };
+        let settings = Settings {
+            amqp: AmqpSettings::read(&mut env),
+            mongo: MongoSettings::read(&mut env),
+            api: ApiSettings::read(&mut env),
+            worker: WorkerSettings::read(&mut env),
+            gateways: GatewaySettings::read(&mut env),
+            log_format: env.parse("LOG_FORMAT", "pretty"),
+            shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", 10_000),
+        };
+        if env.errors.is_empty() {
+            Ok(settings)
+        } else {
+            Err(SettingsError(env.errors))
+        }
+    }
+}
+
+// Each section reads its own variables and records what is wrong with them, each alone and
+// against each other.
+
+impl AmqpSettings {
+    fn read(env: &mut Env<'_>) -> AmqpSettings {
         let amqp = AmqpSettings {
             url: env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: env.string("AMQP_PREFIX", "refresh"),
             confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
             retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
         };
-        let mongo = MongoSettings {
+        if !amqp.prefix.starts_with("refresh") {
+            env.refuse("AMQP_PREFIX: must start with 'refresh'");
+        }
+        amqp
+    }
+}
+
+impl MongoSettings {
+    fn read(env: &mut Env<'_>) -> MongoSettings {
+        MongoSettings {
             uri: env.secret("MONGODB_URI", "mongodb://127.0.0.1:27017"),
             database: env.string("MONGODB_DB", "device_refresh"),
             server_timeout: env.millis("MONGODB_TIMEOUT_MS", 2_000),
-        };
+        }
+    }
+}
+
+impl ApiSettings {
+    fn read(env: &mut Env<'_>) -> ApiSettings {
         let api = ApiSettings {
             addr: env.parse("API_ADDR", "127.0.0.1:8080"),
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
@@ -216,6 +252,30 @@ impl Settings {
             refresh_skip_window: env.secs("REFRESH_SKIP_WINDOW_SECS", 30),
             auth_cache_ttl: env.millis("AUTH_CACHE_TTL_MS", 1_000),
         };
+        if api.max_in_flight_requests == 0 {
+            env.refuse("MAX_IN_FLIGHT_REQUESTS: must be at least 1");
+        }
+        if api.bulk_max_in_flight == 0 {
+            env.refuse("BULK_MAX_IN_FLIGHT: must be at least 1");
+        }
+        if api.max_connections == 0 {
+            env.refuse("MAX_CONNECTIONS: must be at least 1");
+        }
+        if api.header_read_timeout.is_zero() || api.request_timeout.is_zero() {
+            env.refuse("HEADER_READ_TIMEOUT_MS and REQUEST_TIMEOUT_MS: must be at least 1");
+        }
+        // The wrong way round, this pair silently does something else than the operator wrote.
+        if api.body_limit_bytes > api.bulk_body_limit_bytes {
+            env.refuse(
+                "BODY_LIMIT_BYTES: must not exceed BULK_BODY_LIMIT_BYTES (the batch route's own limit)",
+            );
+        }
+        api
+    }
+}
+
+impl WorkerSettings {
+    fn read(env: &mut Env<'_>) -> WorkerSettings {
         let worker = WorkerSettings {
             addr: env.parse("WORKER_ADDR", "127.0.0.1:8081"),
             prefetch: env.parse("WORKER_PREFETCH", "512"),
@@ -233,7 +293,42 @@ impl Settings {
             job_max_age: env.secs("JOB_MAX_AGE_SECS", 3_600),
             hold_limit: env.millis("WORKER_HOLD_LIMIT_MS", 300_000),
         };
-        let gateways = GatewaySettings {
+        if worker.prefetch == 0 || worker.concurrency == 0 {
+            env.refuse("WORKER_PREFETCH and WORKER_CONCURRENCY: must be at least 1");
+        } else if worker.concurrency > usize::from(worker.prefetch) {
+            env.refuse("WORKER_CONCURRENCY: must not exceed WORKER_PREFETCH");
+        }
+        if worker.bulk_concurrency == 0 || worker.bulk_concurrency > usize::from(u16::MAX / 2) {
+            env.refuse("WORKER_BULK_CONCURRENCY: must be between 1 and 32767");
+        }
+        if !(1..=10_000).contains(&worker.batch_chunk_size) {
+            env.refuse("BATCH_CHUNK_SIZE: must be between 1 and 10000");
+        }
+        // Nested holds (a result being written, then the job tried again) can add up to twice
+        // the limit; twice the cap stays below RabbitMQ's default 30-minute consumer timeout.
+        if worker.hold_limit.is_zero() || worker.hold_limit > MAX_HOLD_LIMIT {
+            env.refuse("WORKER_HOLD_LIMIT_MS: must be between 1 and 600000 (10 minutes)");
+        }
+        let retry = &worker.push_retry;
+        if retry.max_attempts == 0 {
+            env.refuse("PUSH_MAX_ATTEMPTS: must be at least 1");
+        }
+        // The wrong way round, a longer first wait, or a wait longer than the whole budget, is
+        // silently never taken.
+        if retry.initial > retry.max_interval || retry.max_interval > retry.max_elapsed {
+            env.refuse(
+                "PUSH_RETRY_INITIAL_MS <= PUSH_RETRY_MAX_INTERVAL_MS <= PUSH_RETRY_MAX_ELAPSED_MS: \
+                 must hold (a longer first wait, or a wait longer than the whole budget, is never \
+                 taken)",
+            );
+        }
+        worker
+    }
+}
+
+impl GatewaySettings {
+    fn read(env: &mut Env<'_>) -> GatewaySettings {
+        GatewaySettings {
             agent_url: env.parse("AGENT_GATEWAY_URL", "http://127.0.0.1:8090"),
             agent_rate_limit: env.parse("AGENT_RATE_LIMIT_PER_SECOND", "1000"),
             wns_rate_limit: env.parse("WNS_RATE_LIMIT_PER_SECOND", "1000"),
@@ -241,86 +336,6 @@ impl Settings {
             wns_client_id: env.string("WNS_CLIENT_ID", ""),
             wns_client_secret: env.secret("WNS_CLIENT_SECRET", ""),
             wns_channels: env.parse("WNS_CHANNEL_HOST_SUFFIXES", ".notify.windows.com"),
-        };
-        let log_format = env.parse("LOG_FORMAT", "pretty");
-        let shutdown_grace = env.millis("SHUTDOWN_GRACE_MS", 10_000);
-
-        if !amqp.prefix.starts_with("refresh") {
-            env.errors
-                .push("AMQP_PREFIX: must start with 'refresh'".to_owned());
-        }
-        if worker.prefetch == 0 || worker.concurrency == 0 {
-            env.errors
-                .push("WORKER_PREFETCH and WORKER_CONCURRENCY: must be at least 1".to_owned());
-        } else if worker.concurrency > usize::from(worker.prefetch) {
-            env.errors
-                .push("WORKER_CONCURRENCY: must not exceed WORKER_PREFETCH".to_owned());
-        }
-        if api.max_in_flight_requests == 0 {
-            env.errors
-                .push("MAX_IN_FLIGHT_REQUESTS: must be at least 1".to_owned());
-        }
-        if api.bulk_max_in_flight == 0 {
-            env.errors
-                .push("BULK_MAX_IN_FLIGHT: must be at least 1".to_owned());
-        }
-        if api.max_connections == 0 {
-            env.errors
-                .push("MAX_CONNECTIONS: must be at least 1".to_owned());
-        }
-        if api.header_read_timeout.is_zero() || api.request_timeout.is_zero() {
-            env.errors.push(
-                "HEADER_READ_TIMEOUT_MS and REQUEST_TIMEOUT_MS: must be at least 1".to_owned(),
-            );
-        }
-        if worker.bulk_concurrency == 0 || worker.bulk_concurrency > usize::from(u16::MAX / 2) {
-            env.errors
-                .push("WORKER_BULK_CONCURRENCY: must be between 1 and 32767".to_owned());
-        }
-        if !(1..=10_000).contains(&worker.batch_chunk_size) {
-            env.errors
-                .push("BATCH_CHUNK_SIZE: must be between 1 and 10000".to_owned());
-        }
-        // Nested holds (a result being written, then the job tried again) can add up to twice
-        // the limit; twice the cap stays below RabbitMQ's default 30-minute consumer timeout.
-        if worker.hold_limit.is_zero() || worker.hold_limit > MAX_HOLD_LIMIT {
-            env.errors
-                .push("WORKER_HOLD_LIMIT_MS: must be between 1 and 600000 (10 minutes)".to_owned());
-        }
-        if worker.push_retry.max_attempts == 0 {
-            env.errors
-                .push("PUSH_MAX_ATTEMPTS: must be at least 1".to_owned());
-        }
-        // Cross-field: each pair below, the wrong way round, silently does something else than
-        // what the operator wrote.
-        let retry = &worker.push_retry;
-        if retry.initial > retry.max_interval || retry.max_interval > retry.max_elapsed {
-            env.errors.push(
-                "PUSH_RETRY_INITIAL_MS <= PUSH_RETRY_MAX_INTERVAL_MS <= PUSH_RETRY_MAX_ELAPSED_MS: \
-                 must hold (a longer first wait, or a wait longer than the whole budget, is never \
-                 taken)"
-                    .to_owned(),
-            );
-        }
-        if api.body_limit_bytes > api.bulk_body_limit_bytes {
-            env.errors.push(
-                "BODY_LIMIT_BYTES: must not exceed BULK_BODY_LIMIT_BYTES (the batch route's own limit)"
-                    .to_owned(),
-            );
-        }
-
-        if env.errors.is_empty() {
-            Ok(Settings {
-                amqp,
-                mongo,
-                api,
-                worker,
-                gateways,
-                log_format,
-                shutdown_grace,
-            })
-        } else {
-            Err(SettingsError(env.errors))
         }
     }
 }
@@ -331,6 +346,11 @@ struct Env<'a> {
 }
 
 impl Env<'_> {
+    /// Records what is wrong with a variable (or a pair of them).
+    fn refuse(&mut self, problem: &str) {
+        self.errors.push(problem.to_owned());
+    }
+
     fn string(&mut self, name: &str, default: &str) -> String {
         (self.lookup)(name).unwrap_or_else(|| default.to_owned())
     }
