@@ -312,29 +312,33 @@ impl Dispatcher {
                 .settle(CategoryState::Expired, None, Some(&reason))
                 .await;
         }
-        let routes: Vec<Route<'_>> = device
-            .push
-            .agent
-            .then_some(Route::Agent)
-            .into_iter()
-            .chain(
-                device
-                    .push
-                    .live_wns_channel()
-                    .map(|channel_uri| Route::Wns { channel_uri }),
-            )
-            .collect();
-        let Some(mut route) = routes.first().copied() else {
+        let routes = push_routes(device);
+        let Some((&first, fallbacks)) = routes.split_first() else {
             let reason = "device has no push route (no agent, no live WNS channel)";
             return attempt
                 .settle(CategoryState::Failed, None, Some(reason))
                 .await;
         };
-        let mut next_routes = routes.iter().skip(1).copied();
         let payload = PushPayload::new(job.job_id, job.device_id, category);
+        self.push_until_settled(&mut attempt, first, fallbacks, &payload)
+            .await
+    }
+
+    /// Pushes through `route`, then the `fallbacks` in order when the device is unreachable
+    /// through one, retrying by the policy within this delivery's budget, until the category is
+    /// pushed, ends, or goes to a retry queue.
+    async fn push_until_settled(
+        &self,
+        attempt: &mut Attempt<'_>,
+        mut route: Route<'_>,
+        fallbacks: &[Route<'_>],
+        payload: &PushPayload,
+    ) -> Result<Ended, Halt> {
+        let (job, category) = (attempt.job, attempt.category);
+        let mut next_routes = fallbacks.iter().copied();
         let mut schedule = self.push_retry.schedule();
         loop {
-            if let Some(pause) = self.gateways.hold(route, &payload) {
+            if let Some(pause) = self.gateways.hold(route, payload) {
                 // A pause longer than this delivery's in-process budget is waited out in the
                 // retry queues, never in a worker slot.
                 if !schedule.fits(pause) {
@@ -343,16 +347,14 @@ impl Dispatcher {
                         route.gateway(),
                         pause.as_secs()
                     );
-                    return self
-                        .out_of_time(&mut attempt, route.gateway(), &detail)
-                        .await;
+                    return self.out_of_time(attempt, route.gateway(), &detail).await;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
                 }
             }
-            let PushResult { verdict, detail } = self.gateways.push(route, &payload).await;
+            let PushResult { verdict, detail } = self.gateways.push(route, payload).await;
             attempt.made += 1;
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
@@ -384,9 +386,7 @@ impl Dispatcher {
             };
             // Never a wait past the in-process budget, whatever the gateway asked for.
             let Some(delay) = schedule.next_delay(retry_after) else {
-                return self
-                    .out_of_time(&mut attempt, route.gateway(), &detail)
-                    .await;
+                return self.out_of_time(attempt, route.gateway(), &detail).await;
             };
             // Recorded before the wait, so the job shows why it waits.
             attempt.record_retry(gateway, &detail).await?;
@@ -498,6 +498,16 @@ struct Outcome<'a> {
     /// Pushes not yet added to the stored `attempts`.
     attempts: u32,
     error: Option<&'a str>,
+}
+
+/// How `device` can be reached, in the order to try: its agent, then its live WNS channel.
+fn push_routes(device: &Device) -> Vec<Route<'_>> {
+    let agent = device.push.agent.then_some(Route::Agent);
+    let wns = device
+        .push
+        .live_wns_channel()
+        .map(|channel_uri| Route::Wns { channel_uri });
+    agent.into_iter().chain(wns).collect()
 }
 
 /// Moves categories to `pushing` if each is in one of the `from` states.

@@ -119,111 +119,65 @@ impl Topology {
     }
 
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
-        // Durable everything: the topology must survive a broker restart with its messages.
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
         // Fanout: every dead letter lands in the one dead queue, whatever its routing key.
-        channel
-            .exchange_declare(
-                self.dead_exchange().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                self.dead_queue().into(),
-                QueueDeclareOptions::durable(),
-                quorum_arguments(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_queue().into(),
-                self.dead_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(channel, &self.dead_exchange(), ExchangeKind::Fanout).await?;
+        declare_queue(channel, &self.dead_queue(), quorum_arguments()).await?;
+        bind(channel, &self.dead_queue(), &self.dead_exchange(), "").await?;
 
         // Fanout: every api's own queue gets every invalidation.
-        channel
-            .exchange_declare(
-                self.invalidations_exchange().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(
+            channel,
+            &self.invalidations_exchange(),
+            ExchangeKind::Fanout,
+        )
+        .await?;
 
         // Direct: the lane is the routing key.
-        channel
-            .exchange_declare(
-                self.jobs_exchange().into(),
-                ExchangeKind::Direct,
-                durable_exchange,
-                FieldTable::default(),
+        declare_exchange(channel, &self.jobs_exchange(), ExchangeKind::Direct).await?;
+        for lane in Lane::ALL {
+            let queue = self.jobs_queue(lane);
+            declare_queue(channel, &queue, self.work_queue_arguments()).await?;
+            bind(
+                channel,
+                &queue,
+                &self.jobs_exchange(),
+                Topology::routing_key(lane),
             )
             .await?;
-        for lane in Lane::ALL {
-            channel
-                .queue_declare(
-                    self.jobs_queue(lane).into(),
-                    QueueDeclareOptions::durable(),
-                    self.work_queue_arguments(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    self.jobs_queue(lane).into(),
-                    self.jobs_exchange().into(),
-                    Topology::routing_key(lane).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
         }
         // Same guarantees as the work queues: an expansion request is never dropped, and one
         // that keeps killing its worker ends up in the dead queue.
-        channel
-            .queue_declare(
-                self.batches_queue().into(),
-                QueueDeclareOptions::durable(),
-                self.work_queue_arguments(),
-            )
-            .await?;
+        declare_queue(channel, &self.batches_queue(), self.work_queue_arguments()).await?;
 
         for lane in Lane::ALL {
             for (round, delay) in self.retry_tiers.iter().enumerate() {
-                let Some(queue) = self.retry_queue(lane, round) else {
-                    continue;
-                };
-                // Classic, not quorum: a queue where every message has the same TTL expires
-                // them in order at its head, and nothing consumes it.
-                let mut arguments = FieldTable::default();
-                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-                // When the wait is over the message goes back to its lane's work queue.
-                insert_str(
-                    &mut arguments,
-                    "x-dead-letter-exchange",
-                    &self.jobs_exchange(),
-                );
-                insert_str(
-                    &mut arguments,
-                    "x-dead-letter-routing-key",
-                    Topology::routing_key(lane),
-                );
-                channel
-                    .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
-                    .await?;
+                if let Some(queue) = self.retry_queue(lane, round) {
+                    let arguments = self.retry_queue_arguments(lane, *delay);
+                    declare_queue(channel, &queue, arguments).await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// A retry queue: classic, not quorum (a queue where every message has the same TTL expires
+    /// them in order at its head, and nothing consumes it); when the wait is over the message
+    /// goes back to its lane's work queue.
+    fn retry_queue_arguments(&self, lane: Lane, delay: Duration) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        insert_str(
+            &mut arguments,
+            "x-dead-letter-exchange",
+            &self.jobs_exchange(),
+        );
+        insert_str(
+            &mut arguments,
+            "x-dead-letter-routing-key",
+            Topology::routing_key(lane),
+        );
+        arguments
     }
 }
 
@@ -247,6 +201,52 @@ impl Topology {
         );
         arguments
     }
+}
+
+/// A durable exchange: the topology must survive a broker restart with its messages.
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, durable, FieldTable::default())
+        .await?;
+    Ok(())
+}
+
+/// A durable queue.
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), arguments)
+        .await?;
+    Ok(())
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
