@@ -20,14 +20,14 @@ use axum::{
     },
     http::{HeaderMap, StatusCode, Uri},
 };
-use bson::oid::ObjectId;
+use bson::{DateTime, oid::ObjectId};
 use futures::future::join_all;
 use refresh_shared::metric;
 use refresh_shared::{
     Category,
     device::Refreshable,
     job::{CategoryState, Lane},
-    store::{AuditAction, AuditResult, CategoryUpdate, Claim, JobRecord, skip_cutoff},
+    store::{AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
 };
 use serde::Serialize;
@@ -79,31 +79,9 @@ pub async fn refresh_device_info(
     let cutoff = skip_cutoff(state.refresh_skip_window);
     // Usually one write finds the device and claims every category for the new job. Not with
     // an Idempotency-Key: a replay must claim nothing.
-    let claimed_with_lookup = match key {
-        None => {
-            state
-                .store
-                .claim_by_key(organization.id, &device_key, &categories, job_id, cutoff)
-                .await?
-        }
-        Some(_) => None,
-    };
-    // The claim the lookup already made (every category), if it made one.
-    let (device, claimed_whole) = match claimed_with_lookup {
-        Some(device) => (device, Some(Claim::whole(&categories))),
-        None => {
-            let device = state
-                .store
-                .device_by_key(organization.id, &device_key)
-                .await?;
-            (device.ok_or(ApiError::NotFound)?, None)
-        }
-    };
-    match device.state.refreshable() {
-        Refreshable::Yes => {}
-        Refreshable::NotActive => return Err(ApiError::DeviceNotActive),
-        Refreshable::Gone => return Err(ApiError::NotFound),
-    }
+    let claim_now = key.is_none().then_some((job_id, cutoff));
+    let (device, claimed_whole) =
+        refreshable_device(&state, organization.id, &device_key, &categories, claim_now).await?;
 
     let accepted = |result, answer| Accepted {
         action: AuditAction::Refresh,
@@ -126,27 +104,7 @@ pub async fn refresh_device_info(
         id: job_id,
         ..JobRecord::new(organization.id, device.id, &categories, Lane::Interactive)
     };
-    let claim = async {
-        match claimed_whole {
-            Some(claim) => Ok(claim),
-            None => {
-                let (organization, device) = (job.organization, job.device);
-                (state.store)
-                    .claim(organization, device, &categories, job.id, cutoff, false)
-                    .await
-            }
-        }
-    };
-    // The record and the claim do not depend on each other: one round trip's wait, not two.
-    let (inserted, claimed) = tokio::join!(state.store.insert_job(&job), claim);
-    let enqueued = match (inserted, claimed) {
-        (Ok(()), Ok(claim)) => enqueue(&state, &job, &categories, claim).await,
-        (Err(error), _) | (_, Err(error)) => Err(error.into()),
-    };
-    if enqueued.is_err() {
-        // Whichever half succeeded is undone: the job reads failed, its claims are released.
-        abandon(&state, &job, &categories).await;
-    }
+    let enqueued = record_and_enqueue(&state, &job, &categories, claimed_whole, cutoff).await;
     idempotency::finish(&state, held, enqueued.as_ref().copied()).await;
     let job_id = enqueued?;
     let coalesced = job_id != job.id;
@@ -171,6 +129,72 @@ pub async fn refresh_device_info(
         "refresh accepted"
     );
     Ok(job_answer(job_id))
+}
+
+/// The device `device_key` names in `organization`, if it can take a refresh; with `claim_now`
+/// (the new job's id and the skip cutoff) the same write claims every category for the job,
+/// and the claim comes back too.
+async fn refreshable_device(
+    state: &AppState,
+    organization: ObjectId,
+    device_key: &str,
+    categories: &[Category],
+    claim_now: Option<(ObjectId, DateTime)>,
+) -> Result<(Device, Option<Claim>), ApiError> {
+    let claimed = match claim_now {
+        Some((job_id, cutoff)) => {
+            state
+                .store
+                .claim_by_key(organization, device_key, categories, job_id, cutoff)
+                .await?
+        }
+        None => None,
+    };
+    let (device, claim) = match claimed {
+        Some(device) => (device, Some(Claim::whole(categories))),
+        None => {
+            let device = state.store.device_by_key(organization, device_key).await?;
+            (device.ok_or(ApiError::NotFound)?, None)
+        }
+    };
+    match device.state.refreshable() {
+        Refreshable::Yes => Ok((device, claim)),
+        Refreshable::NotActive => Err(ApiError::DeviceNotActive),
+        Refreshable::Gone => Err(ApiError::NotFound),
+    }
+}
+
+/// Records `job`, claims its categories (unless the lookup already did: `claimed_whole`) and
+/// publishes it; the id the caller gets (another job's when every category was held). On any
+/// failure whichever half succeeded is undone: the job reads failed, its claims are released.
+async fn record_and_enqueue(
+    state: &AppState,
+    job: &JobRecord,
+    categories: &[Category],
+    claimed_whole: Option<Claim>,
+    cutoff: DateTime,
+) -> Result<ObjectId, ApiError> {
+    let claim = async {
+        match claimed_whole {
+            Some(claim) => Ok(claim),
+            None => {
+                let (organization, device) = (job.organization, job.device);
+                (state.store)
+                    .claim(organization, device, categories, job.id, cutoff, false)
+                    .await
+            }
+        }
+    };
+    // The record and the claim do not depend on each other: one round trip's wait, not two.
+    let (inserted, claimed) = tokio::join!(state.store.insert_job(job), claim);
+    let enqueued = match (inserted, claimed) {
+        (Ok(()), Ok(claim)) => enqueue(state, job, categories, claim).await,
+        (Err(error), _) | (_, Err(error)) => Err(error.into()),
+    };
+    if enqueued.is_err() {
+        abandon(state, job, categories).await;
+    }
+    enqueued
 }
 
 fn job_answer(job_id: ObjectId) -> Json<Success<RefreshAccepted>> {
