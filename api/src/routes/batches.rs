@@ -9,7 +9,7 @@ use crate::{
     openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors},
     routes::{Success, organization_and_id, refresh::body_rejection, success},
     state::AppState,
-    validate::{self, BulkTarget},
+    validate::{self, BulkRequest, BulkTarget, OrganizationRef},
 };
 use axum::{
     Json,
@@ -64,36 +64,7 @@ pub async fn create_batch(
 ) -> Result<(StatusCode, Json<Success<BatchAccepted>>), ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let body = body.map_err(body_rejection)?;
-    let mut problems = Vec::new();
-    let organization = match path {
-        Ok(Path(organization)) => validate::organization_ref(&organization)
-            .map_err(|p| problems.push(p))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("path", rejection.body_text()));
-            None
-        }
-    };
-    let request = match validate::json_content_type(&headers) {
-        Ok(()) => validate::bulk_body(&body)
-            .map_err(|body_problems| problems.extend(body_problems))
-            .ok(),
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
-    };
-    let key = validate::idempotency_key(&headers)
-        .map_err(|p| problems.push(p))
-        .ok()
-        .flatten();
-    let (Some(organization), Some(request)) = (organization, request) else {
-        return Err(ApiError::Validation(problems));
-    };
-    if !problems.is_empty() {
-        return Err(ApiError::Validation(problems));
-    }
-
+    let (organization, request, key) = validate_request(path, &headers, &body)?;
     let organization = caller.organization(&state, &organization).await?;
     let (device_ids, filter, total) = match request.target {
         BulkTarget::DeviceIds(ids) => {
@@ -139,6 +110,44 @@ pub async fn create_batch(
     metrics::counter!(metric::BATCHES_ACCEPTED).increment(1);
     tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, "batch accepted");
     Ok(batch_answer(batch.id))
+}
+
+/// The organization, the batch asked for and its `Idempotency-Key`, or every problem with the
+/// path, the content type, the body and the key at once.
+fn validate_request(
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(OrganizationRef, BulkRequest, Option<String>), ApiError> {
+    let mut problems = Vec::new();
+    let organization = match path {
+        Ok(Path(organization)) => validate::organization_ref(&organization)
+            .map_err(|p| problems.push(p))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("path", rejection.body_text()));
+            None
+        }
+    };
+    let request = match validate::json_content_type(headers) {
+        Ok(()) => validate::bulk_body(body)
+            .map_err(|body_problems| problems.extend(body_problems))
+            .ok(),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    let key = validate::idempotency_key(headers)
+        .map_err(|p| problems.push(p))
+        .ok()
+        .flatten();
+    match (organization, request) {
+        (Some(organization), Some(request)) if problems.is_empty() => {
+            Ok((organization, request, key))
+        }
+        _ => Err(ApiError::Validation(problems)),
+    }
 }
 
 /// Records the batch and has the broker confirm its expansion request; a batch whose request
