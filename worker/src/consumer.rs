@@ -179,20 +179,7 @@ impl Consumer {
         stream: &Stream,
         lost: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        let channel = connection.create_channel().await?;
-        // Prefetch bounds the unacked deliveries the broker pushes to us; the semaphore below
-        // bounds how many of them are worked on at once.
-        channel
-            .basic_qos(stream.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut deliveries = channel
-            .basic_consume(
-                stream.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, mut deliveries) = subscribe(connection, stream).await?;
         self.connected.store(true, Ordering::Relaxed);
         tracing::info!(queue = %stream.queue, slots = stream.slots, "consuming");
 
@@ -216,15 +203,11 @@ impl Consumer {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let dispatcher = Arc::clone(&self.dispatcher);
-                    let expander = Arc::clone(&self.expander);
-                    let (work, unacked) = (stream.work, unacked.clone());
                     unacked.increment(1.0);
+                    let handled = self.handle(stream.work, delivery);
+                    let unacked = unacked.clone();
                     in_flight.spawn(async move {
-                        match work {
-                            Work::Jobs(lane) => handle_job(&dispatcher, lane, delivery).await,
-                            Work::Batches => handle_batch(&dispatcher, &expander, delivery).await,
-                        }
+                        handled.await;
                         unacked.decrement(1.0);
                         drop(slot);
                     });
@@ -246,19 +229,57 @@ impl Consumer {
                 let _ = channel
                     .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
                     .await;
-                let drained = async { while in_flight.join_next().await.is_some() {} };
-                if tokio::time::timeout(self.shutdown_grace, drained)
-                    .await
-                    .is_err()
-                {
-                    // Unanswered deliveries go back to the queue when the connection closes.
-                    tracing::warn!(queue = %stream.queue, grace = ?self.shutdown_grace, "work still running at the deadline is handed back");
-                    in_flight.abort_all();
-                }
+                self.drain(stream, in_flight).await;
                 Ok(())
             }
         }
     }
+
+    /// Processes one delivery of `work` and answers it.
+    fn handle(&self, work: Work, delivery: Delivery) -> impl Future<Output = ()> + Send + 'static {
+        let dispatcher = Arc::clone(&self.dispatcher);
+        let expander = Arc::clone(&self.expander);
+        async move {
+            match work {
+                Work::Jobs(lane) => handle_job(&dispatcher, lane, delivery).await,
+                Work::Batches => handle_batch(&dispatcher, &expander, delivery).await,
+            }
+        }
+    }
+
+    /// Lets the deliveries in flight finish within the shutdown grace; what still runs then is
+    /// dropped unanswered, and goes back to the queue when the connection closes.
+    async fn drain(&self, stream: &Stream, mut in_flight: JoinSet<()>) {
+        let drained = async { while in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(queue = %stream.queue, grace = ?self.shutdown_grace, "work still running at the deadline is handed back");
+            in_flight.abort_all();
+        }
+    }
+}
+
+/// A channel of its own consuming `stream`'s queue. Prefetch bounds the unacked deliveries the
+/// broker pushes to it; the stream's semaphore bounds how many are worked on at once.
+async fn subscribe(
+    connection: &Connection,
+    stream: &Stream,
+) -> Result<(lapin::Channel, lapin::Consumer), BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(stream.prefetch, BasicQosOptions::default())
+        .await?;
+    let deliveries = channel
+        .basic_consume(
+            stream.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, deliveries))
 }
 
 /// Processes one job delivery and answers it exactly once.
