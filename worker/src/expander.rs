@@ -168,82 +168,39 @@ impl Expander {
         resuming: bool,
         progress: &mut ChunkProgress,
     ) -> Result<(), Halt> {
-        let store = &self.store;
-        let existing: HashMap<ObjectId, JobRecord> = if resuming {
-            let found: Vec<ObjectId> = entries
-                .iter()
-                .filter_map(|entry| entry.device.as_ref().map(|d| d.id))
-                .collect();
-            store
-                .batch_jobs_for(batch.organization, batch.id, &found)
-                .await?
-                .into_iter()
-                .map(|job| (job.device, job))
-                .collect()
+        let existing = if resuming {
+            self.jobs_of_earlier_run(batch, &entries).await?
         } else {
             HashMap::new()
         };
+        let (planned, new_jobs) = plan(batch, entries, &existing, progress);
+        self.store.insert_jobs(&new_jobs).await?;
+        let claims = self.claim(planned).await?;
+        self.publish_claimed(claims, progress).await
+    }
 
-        let mut seen = HashSet::new();
-        let mut planned = Vec::new();
-        let mut new_jobs = Vec::new();
-        for Entry { key, device } in entries {
-            let Some(device) = device else {
-                progress.skipped.add(Skip::NotFound);
-                continue;
-            };
-            match device.state.refreshable() {
-                Refreshable::Yes => {}
-                Refreshable::NotActive => {
-                    progress.skipped.add(Skip::NotActive);
-                    continue;
-                }
-                Refreshable::Gone => {
-                    progress.skipped.add(Skip::NotFound);
-                    continue;
-                }
-            }
-            if !seen.insert(device.id) {
-                // Named twice in this chunk (by id and by serial, say).
-                progress.skipped.add(Skip::Coalesced);
-                continue;
-            }
-            match existing.get(&device.id) {
-                // This entry's own job, from an interrupted run: only what no worker took yet.
-                Some(job) if job.batch_key.as_deref() == Some(key.as_str()) => {
-                    let categories = job.queued_categories();
-                    if categories.is_empty() {
-                        progress.accepted += 1;
-                    } else {
-                        planned.push(Planned {
-                            job: job.clone(),
-                            categories,
-                        });
-                    }
-                }
-                // Named earlier in the batch under another key.
-                Some(_) => progress.skipped.add(Skip::Coalesced),
-                None => {
-                    let mut job = JobRecord::new(
-                        batch.organization,
-                        device.id,
-                        &batch.categories,
-                        Lane::Bulk,
-                    );
-                    job.batch = Some(batch.id);
-                    job.batch_key = Some(key);
-                    planned.push(Planned {
-                        categories: batch.categories.clone(),
-                        job: job.clone(),
-                    });
-                    new_jobs.push(job);
-                }
-            }
-        }
-        store.insert_jobs(&new_jobs).await?;
+    /// The jobs an interrupted run made for the devices of `entries`, by device.
+    async fn jobs_of_earlier_run(
+        &self,
+        batch: &BatchRecord,
+        entries: &[Entry],
+    ) -> Result<HashMap<ObjectId, JobRecord>, Halt> {
+        let found: Vec<ObjectId> = entries
+            .iter()
+            .filter_map(|entry| entry.device.as_ref().map(|d| d.id))
+            .collect();
+        let jobs = self
+            .store
+            .batch_jobs_for(batch.organization, batch.id, &found)
+            .await?;
+        Ok(jobs.into_iter().map(|job| (job.device, job)).collect())
+    }
 
+    /// Claims each planned job's categories on its device, a few devices at a time.
+    async fn claim(&self, planned: Vec<Planned>) -> Result<Vec<(Planned, Claim)>, Halt> {
+        let store = &self.store;
         let cutoff = skip_cutoff(self.refresh_skip_window);
-        let claims: Vec<(Planned, Claim)> = stream::iter(planned)
+        stream::iter(planned)
             .map(|planned| async move {
                 let job = &planned.job;
                 // `again`: a job found from an interrupted run may hold its claims already.
@@ -261,7 +218,17 @@ impl Expander {
             })
             .buffer_unordered(CLAIM_CONCURRENCY)
             .try_collect()
-            .await?;
+            .await
+    }
+
+    /// Publishes each job for the categories it claimed; a job that claimed none is coalesced
+    /// into the jobs holding them and deleted.
+    async fn publish_claimed(
+        &self,
+        claims: Vec<(Planned, Claim)>,
+        progress: &mut ChunkProgress,
+    ) -> Result<(), Halt> {
+        let store = &self.store;
         let mut coalesced = Vec::new();
         let mut messages: Vec<RefreshJob> = Vec::new();
         for (Planned { job, .. }, Claim { ours, theirs }) in claims {
@@ -296,4 +263,68 @@ fn key_variants(key: &str) -> Vec<String> {
     } else {
         vec![key.to_owned()]
     }
+}
+
+/// What a chunk's entries become: the jobs to claim and publish (new ones, and an interrupted
+/// run's own jobs for what no worker took yet), and which of them are new and must be
+/// recorded first. Skipped entries are counted in `progress`.
+fn plan(
+    batch: &BatchRecord,
+    entries: Vec<Entry>,
+    existing: &HashMap<ObjectId, JobRecord>,
+    progress: &mut ChunkProgress,
+) -> (Vec<Planned>, Vec<JobRecord>) {
+    let mut seen = HashSet::new();
+    let mut planned = Vec::new();
+    let mut new_jobs = Vec::new();
+    for Entry { key, device } in entries {
+        let Some(device) = device else {
+            progress.skipped.add(Skip::NotFound);
+            continue;
+        };
+        match device.state.refreshable() {
+            Refreshable::Yes => {}
+            Refreshable::NotActive => {
+                progress.skipped.add(Skip::NotActive);
+                continue;
+            }
+            Refreshable::Gone => {
+                progress.skipped.add(Skip::NotFound);
+                continue;
+            }
+        }
+        if !seen.insert(device.id) {
+            // Named twice in this chunk (by id and by serial, say).
+            progress.skipped.add(Skip::Coalesced);
+            continue;
+        }
+        match existing.get(&device.id) {
+            // This entry's own job, from an interrupted run: only what no worker took yet.
+            Some(job) if job.batch_key.as_deref() == Some(key.as_str()) => {
+                let categories = job.queued_categories();
+                if categories.is_empty() {
+                    progress.accepted += 1;
+                } else {
+                    planned.push(Planned {
+                        job: job.clone(),
+                        categories,
+                    });
+                }
+            }
+            // Named earlier in the batch under another key.
+            Some(_) => progress.skipped.add(Skip::Coalesced),
+            None => {
+                let mut job =
+                    JobRecord::new(batch.organization, device.id, &batch.categories, Lane::Bulk);
+                job.batch = Some(batch.id);
+                job.batch_key = Some(key);
+                planned.push(Planned {
+                    categories: batch.categories.clone(),
+                    job: job.clone(),
+                });
+                new_jobs.push(job);
+            }
+        }
+    }
+    (planned, new_jobs)
 }
