@@ -17,7 +17,7 @@ use stack::{Process, Stack};
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
@@ -159,37 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .join("logs");
     std::fs::create_dir_all(&logs)?;
     let connection = amqp_connect("refresh-bench").await?;
-    let unique = ObjectId::new().to_hex();
-    // Ceiling 2 consumes at the prefetch the worker will run with (its default, or the
-    // environment's WORKER_PREFETCH).
-    let prefetch = Settings::from_lookup(|name| std::env::var(name).ok())
-        .map_err(|e| anyhow::anyhow!("settings: {e}"))?
-        .worker
-        .prefetch;
-
-    eprintln!("ceilings…");
-    let bare_route = bare_route_ceiling(&plan, &logs, &unique).await?;
-    let bare_queue = format!("refresh.bench.{unique}.bare");
-    let channel = bare::confirm_channel(&connection, Some(&bare_queue)).await?;
-    let bare_publish_per_second =
-        bare::pipelined_publish(&channel, &bare_queue, &sample_message(), plan.devices).await?;
-    let bare_consume_per_second =
-        bare::consume(&connection, &bare_queue, prefetch, plan.devices).await?;
-    bare::delete_queue(&connection, &bare_queue).await?;
-    let database_pairs_per_second = bare::lookup_insert_pairs(
-        &std::env::var("MONGODB_URI").context("MONGODB_URI names the database to measure")?,
-        &format!("bench_bare_{unique}"),
-        CONNECTIONS,
-        plan.endpoint,
-    )
-    .await?;
-    let ceilings = Ceilings {
-        database_pairs_per_second,
-        bare_route,
-        bare_consume_per_second,
-        prefetch,
-        bare_publish_per_second,
-    };
+    let ceilings = ceilings(&plan, &logs, &connection).await?;
 
     let base: HashMap<String, String> = std::env::vars().collect();
     let overrides = [
@@ -303,26 +273,15 @@ async fn measure(
         load: endpoint,
     };
 
-    eprintln!("worker, 0 ms sim…");
-    let mut worker = vec![drain(stack, 0, endpoint_jobs, bare_consume_per_second).await?];
-    stack.stop_worker().await?;
-    eprintln!("worker, 100 ms sim…");
-    let slow = refreshes(
+    let worker = worker_runs(
+        stack,
+        plan,
         &fleet_urls,
         &tokens,
-        CONNECTIONS,
-        load::Until {
-            requests: Some(plan.slow_jobs.min(fleet_urls.len() as u64)),
-            ..load::Until::default()
-        },
+        endpoint_jobs,
+        bare_consume_per_second,
     )
-    .await;
-    let slow_jobs = slow.requests - slow.not_ok.values().sum::<u64>();
-    stack
-        .sim_plan(json!({"mode": "fault", "latencyMs": 100}))
-        .await?;
-    worker.push(drain(stack, 100, slow_jobs, bare_consume_per_second).await?);
-    stack.sim_plan(json!({"mode": "ok"})).await?;
+    .await?;
 
     eprintln!("batch of {} devices…", plan.devices);
     let quiet = refreshes(
@@ -342,21 +301,7 @@ async fn measure(
         ..bulk
     };
 
-    eprintln!("memory with {} messages waiting…", plan.waiting);
-    stack.stop_worker().await?;
-    let jobs_queue = stack.topology().jobs_queue(Lane::Interactive);
-    // The product declared its queue: publish to it as it is.
-    let channel = bare::confirm_channel(connection, None).await?;
-    bare::pipelined_publish(&channel, &jobs_queue, &sample_message(), plan.waiting).await?;
-    stack.start_worker().await?;
-    let watch_started = Instant::now();
-    let mut waiting_peak_kib = 0;
-    while watch_started.elapsed() < plan.watch {
-        if let Some(worker) = &stack.worker {
-            waiting_peak_kib = waiting_peak_kib.max(worker.rss().current_kib);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let waiting_peak_kib = waiting_memory(stack, plan, connection).await?;
     Ok(Measured {
         endpoint,
         worker,
@@ -368,6 +313,103 @@ async fn measure(
 }
 
 /// Ceiling 1: the bare route in a process of its own, loaded like the endpoint.
+/// Ceilings 0 to 3, measured in this run: the database's lookup+insert pairs, a bare route
+/// publishing one message, bare consume and bare pipelined publish.
+async fn ceilings(
+    plan: &Plan,
+    logs: &Path,
+    connection: &lapin::Connection,
+) -> anyhow::Result<Ceilings> {
+    let unique = ObjectId::new().to_hex();
+    // Ceiling 2 consumes at the prefetch the worker will run with (its default, or the
+    // environment's WORKER_PREFETCH).
+    let prefetch = Settings::from_lookup(|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("settings: {e}"))?
+        .worker
+        .prefetch;
+
+    eprintln!("ceilings…");
+    let bare_route = bare_route_ceiling(plan, logs, &unique).await?;
+    let bare_queue = format!("refresh.bench.{unique}.bare");
+    let channel = bare::confirm_channel(connection, Some(&bare_queue)).await?;
+    let bare_publish_per_second =
+        bare::pipelined_publish(&channel, &bare_queue, &sample_message(), plan.devices).await?;
+    let bare_consume_per_second =
+        bare::consume(connection, &bare_queue, prefetch, plan.devices).await?;
+    bare::delete_queue(connection, &bare_queue).await?;
+    let database_pairs_per_second = bare::lookup_insert_pairs(
+        &std::env::var("MONGODB_URI").context("MONGODB_URI names the database to measure")?,
+        &format!("bench_bare_{unique}"),
+        CONNECTIONS,
+        plan.endpoint,
+    )
+    .await?;
+    Ok(Ceilings {
+        database_pairs_per_second,
+        bare_route,
+        bare_consume_per_second,
+        prefetch,
+        bare_publish_per_second,
+    })
+}
+
+/// Measurement 3: the worker draining the endpoint's jobs with a zero-latency sim, then
+/// `plan.slow_jobs` more with 100 ms latency.
+async fn worker_runs(
+    stack: &mut Stack,
+    plan: &Plan,
+    fleet_urls: &[String],
+    tokens: &[String],
+    endpoint_jobs: u64,
+    bare_consume_per_second: f64,
+) -> anyhow::Result<Vec<WorkerRun>> {
+    eprintln!("worker, 0 ms sim…");
+    let mut runs = vec![drain(stack, 0, endpoint_jobs, bare_consume_per_second).await?];
+    stack.stop_worker().await?;
+    eprintln!("worker, 100 ms sim…");
+    let slow = refreshes(
+        fleet_urls,
+        tokens,
+        CONNECTIONS,
+        load::Until {
+            requests: Some(plan.slow_jobs.min(fleet_urls.len() as u64)),
+            ..load::Until::default()
+        },
+    )
+    .await;
+    let slow_jobs = slow.requests - slow.not_ok.values().sum::<u64>();
+    stack
+        .sim_plan(json!({"mode": "fault", "latencyMs": 100}))
+        .await?;
+    runs.push(drain(stack, 100, slow_jobs, bare_consume_per_second).await?);
+    stack.sim_plan(json!({"mode": "ok"})).await?;
+    Ok(runs)
+}
+
+/// Measurement 6: the worker's resident memory while `plan.waiting` messages wait for it.
+async fn waiting_memory(
+    stack: &mut Stack,
+    plan: &Plan,
+    connection: &lapin::Connection,
+) -> anyhow::Result<u64> {
+    eprintln!("memory with {} messages waiting…", plan.waiting);
+    stack.stop_worker().await?;
+    let jobs_queue = stack.topology().jobs_queue(Lane::Interactive);
+    // The product declared its queue: publish to it as it is.
+    let channel = bare::confirm_channel(connection, None).await?;
+    bare::pipelined_publish(&channel, &jobs_queue, &sample_message(), plan.waiting).await?;
+    stack.start_worker().await?;
+    let watch_started = Instant::now();
+    let mut peak_kib = 0;
+    while watch_started.elapsed() < plan.watch {
+        if let Some(worker) = &stack.worker {
+            peak_kib = peak_kib.max(worker.rss().current_kib);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(peak_kib)
+}
+
 async fn bare_route_ceiling(
     plan: &Plan,
     logs: &std::path::Path,
