@@ -59,12 +59,12 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
                 bar.set_position(view.total.saturating_sub(counts.pending + counts.queued));
                 bar.set_message(format!(
                     "{}: pushed {} failed {} skipped {}",
-                    view.state,
+                    view.state.as_str(),
                     counts.pushed,
                     counts.failed + counts.partial + counts.expired,
                     counts.skipped.total()
                 ));
-                if matches!(view.state.as_str(), "completed" | "failed") {
+                if view.state.is_final() {
                     break view;
                 }
             }
@@ -153,7 +153,7 @@ fn summary(view: &BatchView) -> String {
     format!(
         "batch {} {}: {} devices\n  pushed {}  partial {}  failed {}  expired {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
         view.id,
-        view.state,
+        view.state.as_str(),
         view.total,
         c.pushed,
         c.partial,

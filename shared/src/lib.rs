@@ -26,7 +26,7 @@ mod tests {
         broker::QueueRole,
         device::{DeviceState, Gateway},
         job::{CategoryState, Lane},
-        store::WnsChannelStatus,
+        store::{BatchState, WnsChannelStatus},
     };
     use crate::Category;
     use serde::Serialize;
@@ -51,5 +51,6 @@ mod tests {
         agree(DeviceOutcome::as_str);
         agree(QueueRole::as_str);
         agree(WnsChannelStatus::as_str);
+        agree(BatchState::as_str);
     }
 }

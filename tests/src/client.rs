@@ -59,7 +59,7 @@ impl TestStack {
         loop {
             let view = self.batch(id).await;
             assert_eq!(view.counts.sum(), view.total, "counts add up: {view:?}");
-            if matches!(view.state.as_str(), "completed" | "failed") {
+            if view.state.is_final() {
                 return view;
             }
             assert!(

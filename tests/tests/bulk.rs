@@ -54,7 +54,7 @@ async fn a_batch_by_ids_accounts_for_every_device_named() {
     assert_eq!(answer.body["status"], json!(true));
     let batch = stack.wait_for_batch(&answer.batch_id(), DEADLINE).await;
 
-    assert_eq!(batch.state, "completed", "{batch:?}");
+    assert_eq!(batch.state.as_str(), "completed", "{batch:?}");
     assert_eq!(batch.total, 12, "duplicates merged: {batch:?}");
     let counts = &batch.counts;
     assert_eq!(counts.pushed, 5, "{batch:?}");
@@ -285,7 +285,7 @@ async fn a_large_batch_completes_and_its_counts_add_up() {
         .wait_for_batch(&answer.batch_id(), Duration::from_secs(900))
         .await;
     println!("{size}-device batch: {batch:?} in {:?}", started.elapsed());
-    assert_eq!(batch.state, "completed");
+    assert_eq!(batch.state.as_str(), "completed");
     assert_eq!(batch.total, size as u64);
     assert_eq!(batch.counts.pushed, size as u64, "{batch:?}");
     assert_eq!(batch.counts.sum(), batch.total);
@@ -333,7 +333,8 @@ async fn single_device_requests_complete_while_a_batch_drains() {
         view.counts
     );
     assert_ne!(
-        view.state, "completed",
+        view.state.as_str(),
+        "completed",
         "the singles finished before the batch: {view:?}"
     );
     assert!(view.counts.pushed < view.total, "{view:?}");
@@ -368,5 +369,5 @@ async fn a_batch_is_recorded_finished_when_its_last_job_settles_not_when_someone
         batch.last_settled_at,
         "finished when the last settled"
     );
-    assert_eq!(stack.batch(&batch_id).await.state, "completed");
+    assert_eq!(stack.batch(&batch_id).await.state.as_str(), "completed");
 }

@@ -41,12 +41,13 @@ async fn a_batch_resumes_after_its_expanding_process_is_killed() {
     let at_kill = loop {
         let view = stack.batch(&batch_id).await;
         let expanded = view.total - view.counts.pending;
-        if view.state == "expanding" && expanded > 0 {
+        if view.state.as_str() == "expanding" && expanded > 0 {
             stack.kill_worker();
             break view;
         }
         assert_ne!(
-            view.state, "running",
+            view.state.as_str(),
+            "running",
             "expanded before it could be interrupted: {view:?}"
         );
         assert!(
@@ -65,7 +66,7 @@ async fn a_batch_resumes_after_its_expanding_process_is_killed() {
         at_kill.total,
         batch.counts
     );
-    assert_eq!(batch.state, "completed");
+    assert_eq!(batch.state.as_str(), "completed");
     assert_eq!(batch.counts.pushed, 1_000, "{batch:?}");
     assert_eq!(batch.counts.sum(), 1_000);
 

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use strum::EnumIter;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,14 +364,43 @@ impl Store {
 /// How long a batch with unsettled jobs may see none settle before its counts are recounted.
 const RECOUNT_AFTER_QUIET_MS: i64 = 60_000;
 
+/// Where a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, EnumIter)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchState {
+    /// Jobs are still being made.
+    Expanding,
+    /// Every job is made; some have not settled.
+    Running,
+    /// Every device settled or skipped.
+    Completed,
+    /// Not queued.
+    Failed,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Expanding => "expanding",
+            BatchState::Running => "running",
+            BatchState::Completed => "completed",
+            BatchState::Failed => "failed",
+        }
+    }
+
+    /// Whether the batch has ended, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(self, BatchState::Completed | BatchState::Failed)
+    }
+}
+
 /// A batch as `GET …/refresh-batches/{batchId}` and `refreshctl bulk` show it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchView {
     pub id: String,
     pub organization_id: String,
-    /// `expanding` (jobs still being made), `running`, `completed`, or `failed` (not queued).
-    pub state: String,
+    pub state: BatchState,
     pub categories: Vec<Category>,
     pub total: u64,
     /// Share of `total` settled or skipped, 0 to 1.
@@ -428,18 +458,18 @@ impl BatchView {
         };
         let done = settled + batch.skipped.total();
         let state = if batch.failure.is_some() {
-            "failed"
+            BatchState::Failed
         } else if batch.finished_at.is_some() {
-            "completed"
+            BatchState::Completed
         } else if batch.expansion.done {
-            "running"
+            BatchState::Running
         } else {
-            "expanding"
+            BatchState::Expanding
         };
         BatchView {
             id: batch.id.to_hex(),
             organization_id: batch.organization.to_hex(),
-            state: state.to_owned(),
+            state,
             categories: batch.categories.clone(),
             total: batch.total,
             progress: if batch.total == 0 {

@@ -13,7 +13,7 @@ mod tokens;
 
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{
-    BatchCounts, BatchRecord, BatchView, ChunkProgress, DevicePage, Expansion, Skipped,
+    BatchCounts, BatchRecord, BatchState, BatchView, ChunkProgress, DevicePage, Expansion, Skipped,
 };
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
