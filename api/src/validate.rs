@@ -68,7 +68,7 @@ pub fn object_id(field: &str, raw: &str) -> Result<ObjectId, FieldProblem> {
 /// Checks the request is `application/json`, given once, in UTF-8 (the only charset JSON
 /// has, RFC 8259): a body the client encoded otherwise would be read as something it did not
 /// send.
-pub fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
+fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
     let refused = || FieldProblem::new("Content-Type", "must be application/json (UTF-8)");
     let value = single(headers, "Content-Type")
         .map_err(|_| refused())?
@@ -88,6 +88,20 @@ pub fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
     } else {
         Err(refused())
     }
+}
+
+/// The body, checked to be JSON by its content type and then parsed by `parse`; what is wrong
+/// with either goes to `problems`.
+pub fn json_body<T>(
+    headers: &HeaderMap,
+    body: &[u8],
+    parse: fn(&[u8]) -> Result<T, Vec<FieldProblem>>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<T> {
+    let parsed = json_content_type(headers)
+        .map_err(|problem| vec![problem])
+        .and_then(|()| parse(body));
+    parsed.map_err(|found| problems.extend(found)).ok()
 }
 
 /// The value of a header a request may carry at most once; two are ambiguous (a proxy may act

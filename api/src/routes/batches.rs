@@ -129,15 +129,7 @@ fn validate_request(
             None
         }
     };
-    let request = match validate::json_content_type(headers) {
-        Ok(()) => validate::bulk_body(body)
-            .map_err(|body_problems| problems.extend(body_problems))
-            .ok(),
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
-    };
+    let request = validate::json_body(headers, body, validate::bulk_body, &mut problems);
     let key = validate::idempotency_key(headers)
         .map_err(|p| problems.push(p))
         .ok()

@@ -237,15 +237,7 @@ fn validate_request(
             (None, None)
         }
     };
-    let categories = match validate::json_content_type(headers) {
-        Ok(()) => validate::refresh_body(body)
-            .map_err(|body_problems| problems.extend(body_problems))
-            .ok(),
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
-    };
+    let categories = validate::json_body(headers, body, validate::refresh_body, &mut problems);
     match (organization, device, categories) {
         (Some(organization), Some(device), Some(categories)) => {
             Ok((organization, device, categories))
