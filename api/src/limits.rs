@@ -11,8 +11,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use refresh_shared::metric;
-use refresh_shared::settings::ApiSettings;
+use refresh_shared::{metric, settings::ApiSettings};
 use std::{
     future::Future,
     pin::Pin,

@@ -9,8 +9,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use refresh_shared::metric;
-use refresh_shared::settings::ApiSettings;
+use refresh_shared::{metric, settings::ApiSettings};
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;

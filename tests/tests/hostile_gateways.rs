@@ -46,8 +46,15 @@ impl Thief {
     }
 }
 
-fn interactive_queue(stack: &TestStack) -> String {
-    Topology::new(&stack.settings.amqp).jobs_queue(Lane::Interactive)
+/// Deliveries of the interactive queue the worker holds unacknowledged, from its `/metrics`.
+async fn interactive_unacked(stack: &TestStack) -> Option<f64> {
+    let queue = Topology::new(&stack.settings.amqp).jobs_queue(Lane::Interactive);
+    let page = stack.metrics(&stack.worker).await;
+    sample(
+        &page,
+        "refresh_worker_unacked_deliveries",
+        &format!("queue=\"{queue}\""),
+    )
 }
 
 #[tokio::test]
@@ -127,7 +134,6 @@ async fn a_gateway_redirect_is_not_followed() {
 #[tokio::test]
 async fn a_gateway_asking_for_an_absurd_wait_neither_crashes_nor_holds_the_worker() {
     let stack = TestStack::start().await;
-    let unacked = format!("queue=\"{}\"", interactive_queue(&stack));
     // u64::MAX seconds overflowed an Instant (a panic); a year was slept in a worker slot.
     for retry_after in [u64::MAX, 365 * 86_400] {
         let device = stack.device_with(DeviceState::Active, true, false).await;
@@ -140,8 +146,7 @@ async fn a_gateway_asking_for_an_absurd_wait_neither_crashes_nor_holds_the_worke
             DEADLINE,
             || async {
                 let job = stack.job(&job_id).await;
-                let page = stack.metrics(&stack.worker).await;
-                let held = sample(&page, "refresh_worker_unacked_deliveries", &unacked);
+                let held = interactive_unacked(&stack).await;
                 (job.categories[&Category::Hardware].state == CategoryState::Retrying
                     && held == Some(0.0))
                 .then_some(())
@@ -186,10 +191,8 @@ async fn a_lost_broker_channel_never_pushes_a_recorded_category_twice() {
         "{job:?}"
     );
     // The redelivered copy is done too (its pushes, if it made any, answered).
-    let unacked = format!("queue=\"{}\"", interactive_queue(&stack));
     wait_until("the worker to hold no delivery", DEADLINE, || async {
-        let page = stack.metrics(&stack.worker).await;
-        (sample(&page, "refresh_worker_unacked_deliveries", &unacked) == Some(0.0)).then_some(())
+        (interactive_unacked(&stack).await == Some(0.0)).then_some(())
     })
     .await;
     let mut per_category: HashMap<String, usize> = HashMap::new();

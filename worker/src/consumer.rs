@@ -18,11 +18,11 @@ use lapin::{
     },
     types::FieldTable,
 };
-use refresh_shared::metric;
 use refresh_shared::{
     batch::ExpandBatch,
     broker::{BrokerError, Topology, connect},
     job::{Lane, RefreshJob},
+    metric,
     retry::{RetryPolicy, WaitEnd},
     settings::{AmqpSettings, WorkQueue, WorkerSettings},
 };

@@ -11,12 +11,12 @@ use futures::{
     future::{BoxFuture, join_all},
     stream::FuturesUnordered,
 };
-use refresh_shared::metric;
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
     device::{Gateway, Refreshable},
     job::{CategoryState, Lane, RefreshJob},
+    metric,
     retry::{RetryPolicy, WaitEnd},
     store::{CategoryUpdate, Device, Store, StoreError},
 };

@@ -13,12 +13,12 @@
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
 use futures::{StreamExt, TryStreamExt, future::join_all, stream};
-use refresh_shared::metric;
 use refresh_shared::{
     batch::Skip,
     broker::Publisher,
     device::Refreshable,
     job::{Lane, RefreshJob},
+    metric,
     store::{BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff},
 };
 use std::{
@@ -91,11 +91,13 @@ impl Expander {
             expansion.next_index = progress.next_index;
             expansion.after = progress.after.or(expansion.after);
             if last {
-                if batch.filter.is_some() {
-                    self.store.settle_batch_total(batch.id).await?;
-                }
+                let expanded = if batch.filter.is_some() {
+                    self.store.settle_batch_total(batch.id).await?
+                } else {
+                    self.store.batch_by_id(batch.id).await?
+                };
                 // Every job may have settled while the expansion was still running.
-                if let Some(expanded) = self.store.batch_by_id(batch.id).await? {
+                if let Some(expanded) = expanded {
                     self.store.finish_if_settled(&expanded).await?;
                 }
                 tracing::info!(%batch_id, chunks = expansion.chunks, "batch expanded");

@@ -21,9 +21,9 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
-use refresh_shared::metric;
 use refresh_shared::{
     batch::ExpandBatch,
+    metric,
     store::{AuditAction, AuditResult, BatchRecord, BatchView},
     token::PERMISSION_DEVICE_INFO,
 };

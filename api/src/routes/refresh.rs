@@ -22,11 +22,11 @@ use axum::{
 };
 use bson::{DateTime, oid::ObjectId};
 use futures::future::join_all;
-use refresh_shared::metric;
 use refresh_shared::{
     Category,
     device::Refreshable,
     job::{CategoryState, Lane},
+    metric,
     store::{AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
 };

@@ -259,19 +259,23 @@ impl Store {
         Ok(result.matched_count == 1)
     }
 
-    /// A filter batch's total becomes what its expansion actually found.
-    pub async fn settle_batch_total(&self, id: ObjectId) -> Result<(), StoreError> {
-        let Some(batch) = self.batch_by_id(id).await? else {
-            return Ok(());
+    /// A filter batch's total becomes what its expansion actually found; returns the batch
+    /// with that total.
+    pub async fn settle_batch_total(
+        &self,
+        id: ObjectId,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        let Some(mut batch) = self.batch_by_id(id).await? else {
+            return Ok(None);
         };
-        let found = batch.accepted + batch.skipped.total();
+        batch.total = batch.accepted + batch.skipped.total();
         self.batches
             .update_one(
                 doc! { "_id": id },
-                doc! { "$set": { "total": i64::try_from(found).unwrap_or(i64::MAX) } },
+                doc! { "$set": { "total": i64::try_from(batch.total).unwrap_or(i64::MAX) } },
             )
             .await?;
-        Ok(())
+        Ok(Some(batch))
     }
 
     /// Counts one settled job of `batch`: called once per job, by whoever recorded its outcome.

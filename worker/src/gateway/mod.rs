@@ -7,9 +7,8 @@ mod wns;
 
 use bson::oid::ObjectId;
 use classify::Verdict;
-use refresh_shared::metric;
 use refresh_shared::{
-    Category, channel::ChannelPolicy, device::Gateway, settings::GatewaySettings,
+    Category, channel::ChannelPolicy, device::Gateway, metric, settings::GatewaySettings,
 };
 use serde::Serialize;
 use std::time::Duration;
