@@ -15,6 +15,8 @@ mod strict_json;
 mod validate;
 
 pub use error::{ApiError, FieldProblem};
+/// A batch's answer, for clients of the api written in Rust (the end-to-end tests).
+pub use routes::BatchView;
 
 use anyhow::Context;
 use audit::{AuditLog, AuditWriter};

@@ -13,7 +13,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use refresh_shared::{Category, batch::MAX_BATCH_DEVICES, device::DeviceState};
+use refresh_shared::batch::MAX_BATCH_DEVICES;
 use serde_json::json;
 use std::collections::BTreeMap;
 use utoipa::{
@@ -27,6 +27,55 @@ use utoipa::{
     },
 };
 
+/// The schemas of `refresh_shared`'s enums, which know nothing of OpenAPI: each is a string,
+/// one of the values its `as_str` gives (a test in `refresh_shared` holds those equal to the
+/// serde names the answers carry). A view's field of such an enum says
+/// `#[schema(value_type = schema::Category)]`; each type here is named as its enum.
+pub mod schema {
+    use refresh_shared as shared;
+    use strum::IntoEnumIterator;
+    use utoipa::{
+        PartialSchema, ToSchema,
+        openapi::{ObjectBuilder, RefOr, Schema, Type},
+    };
+
+    macro_rules! enums {
+        ($($(#[doc = $doc:literal])+ $name:ident = $shared:ty;)*) => {$(
+            $(#[doc = $doc])+
+            pub struct $name;
+
+            impl ToSchema for $name {}
+
+            impl PartialSchema for $name {
+                fn schema() -> RefOr<Schema> {
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some([$($doc),+].map(str::trim).join(" ")))
+                        .enum_values(Some(<$shared>::iter().map(<$shared>::as_str)))
+                        .into()
+                }
+            }
+        )*};
+    }
+
+    enums! {
+        /// An inventory category a device can be asked to re-report.
+        Category = shared::Category;
+        /// A device's lifecycle state; only `ACTIVE` devices are refreshed.
+        DeviceState = shared::device::DeviceState;
+        /// The push gateway a category was (or is to be) delivered through.
+        Gateway = shared::device::Gateway;
+        /// Where one category of a job is.
+        CategoryState = shared::job::CategoryState;
+        /// Where a job is, derived from its categories.
+        JobState = shared::job::JobState;
+        /// Where a batch is.
+        BatchState = shared::store::BatchState;
+        /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
+        QueueRole = shared::broker::QueueRole;
+    }
+}
+
 /// The name the operations' `security` refers to.
 pub const BEARER: &str = "bearer";
 
@@ -36,7 +85,7 @@ pub const BEARER: &str = "bearer";
         title = "device-refresh",
         description = "Asks Windows devices to re-report selected inventory categories without a full sync."
     ),
-    components(schemas(FieldProblem, Category, DeviceState)),
+    components(schemas(FieldProblem, schema::Category, schema::DeviceState)),
     modifiers(&Conventions),
     tags(
         (name = "refresh", description = "Refreshing devices, one or in bulk, and following the work"),
@@ -360,7 +409,7 @@ parameters! {
 
 fn categories() -> ArrayBuilder {
     ArrayBuilder::new()
-        .items(reference::<Category>())
+        .items(reference::<schema::Category>())
         .min_items(Some(1))
 }
 
@@ -401,7 +450,7 @@ impl PartialSchema for BulkBody {
             .min_length(Some(1))
             .max_length(Some(validate::MAX_TAG_CHARS));
         let filter = ObjectBuilder::new()
-            .property("state", reference::<DeviceState>())
+            .property("state", reference::<schema::DeviceState>())
             .property(
                 "tags",
                 ArrayBuilder::new()

@@ -3,9 +3,48 @@
 use super::{BulkArgs, Output};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use refresh_shared::store::BatchView;
+use refresh_shared::store::BatchState;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+
+/// What this command reads of the api's batch answer (`GET …/refresh-batches/{batchId}`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchStatus {
+    id: String,
+    state: BatchState,
+    total: u64,
+    counts: Counts,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Counts {
+    pending: u64,
+    queued: u64,
+    pushed: u64,
+    partial: u64,
+    failed: u64,
+    expired: u64,
+    skipped: SkippedCounts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SkippedCounts {
+    not_found: u64,
+    not_active: u64,
+    coalesced: u64,
+}
+
+impl SkippedCounts {
+    fn total(&self) -> u64 {
+        self.not_found + self.not_active + self.coalesced
+    }
+}
 
 /// How often the batch is read while following it.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -48,12 +87,11 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
     };
     let url = format!("{base}/{batch_id}");
     let mut unreachable_since: Option<Instant> = None;
-    let view = loop {
+    let (view, data) = loop {
         match call(http.get(&url).bearer_auth(&args.token)).await {
             Ok(data) => {
                 unreachable_since = None;
-                let view: BatchView =
-                    serde_json::from_value(data).context("reading the batch status")?;
+                let view = BatchStatus::deserialize(&data).context("reading the batch status")?;
                 let counts = &view.counts;
                 bar.set_length(view.total);
                 bar.set_position(view.total.saturating_sub(counts.pending + counts.queued));
@@ -65,7 +103,7 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
                     counts.skipped.total()
                 ));
                 if view.state.is_final() {
-                    break view;
+                    break (view, data);
                 }
             }
             Err(error) => {
@@ -81,7 +119,7 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
     bar.finish_and_clear();
     Ok(Some(Output {
         text: summary(&view),
-        json: serde_json::to_value(&view)?,
+        json: data,
     }))
 }
 
@@ -148,7 +186,7 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     bail!(message)
 }
 
-fn summary(view: &BatchView) -> String {
+fn summary(view: &BatchStatus) -> String {
     let c = &view.counts;
     format!(
         "batch {} {}: {} devices\n  pushed {}  partial {}  failed {}  expired {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",

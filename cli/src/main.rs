@@ -10,7 +10,7 @@ use refresh_shared::{
     Settings,
     broker::{DeadLetter, Invalidation, Publisher, Queues},
     device::{DeviceState, Gateway},
-    store::{JobView, NewDevice, Organization, PushRoutes, Store, WnsChannel},
+    store::{NewDevice, Organization, PushRoutes, Store, WnsChannel},
 };
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
@@ -492,18 +492,16 @@ async fn revoke_token(
     })
 }
 
-/// `job get`.
+/// `job get`: the job as the api's status call shows it.
 async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
     let job = store
         .job_by_id(id)
         .await?
         .with_context(|| format!("no job {id}"))?;
-    let view = JobView::from(&job);
-    let mut text = format!(
-        "job {} ({:?}) for device {}",
-        view.id, view.state, view.device_id
-    );
-    for (category, c) in &view.categories {
+    let time = |at: bson::DateTime| at.try_to_rfc3339_string().ok();
+    let mut text = format!("job {id} ({:?}) for device {}", job.state(), job.device);
+    let mut categories = serde_json::Map::new();
+    for (category, c) in &job.categories {
         text.push_str(&format!(
             "\n  {category:<13} {:<9} attempts {} via {} {}",
             c.state.as_str(),
@@ -511,11 +509,27 @@ async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
             c.gateway.map_or("-", Gateway::as_str),
             c.last_error.as_deref().unwrap_or(""),
         ));
+        categories.insert(
+            category.as_str().to_owned(),
+            json!({
+                "state": c.state,
+                "attempts": c.attempts,
+                "gateway": c.gateway,
+                "lastError": c.last_error,
+                "pushedAt": c.pushed_at.and_then(time),
+            }),
+        );
     }
-    Ok(Output {
-        json: serde_json::to_value(&view)?,
-        text,
-    })
+    let json = json!({
+        "id": id.to_hex(),
+        "organizationId": job.organization.to_hex(),
+        "deviceId": job.device.to_hex(),
+        "createdAt": time(job.created_at),
+        "updatedAt": time(job.updated_at),
+        "state": job.state(),
+        "categories": categories,
+    });
+    Ok(Output { json, text })
 }
 
 async fn organization(store: &Store, reference: &str) -> anyhow::Result<Organization> {

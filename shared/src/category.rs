@@ -4,21 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::{fmt, str::FromStr};
 use strum::EnumIter;
-use utoipa::ToSchema;
 
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    EnumIter,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, EnumIter,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Category {

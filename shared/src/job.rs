@@ -6,7 +6,6 @@ use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use strum::EnumIter;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 
 /// Version of [`RefreshJob`] on the wire; a consumer rejects versions it does not know.
 pub const MESSAGE_VERSION: u16 = 1;
@@ -115,7 +114,7 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum CategoryState {
     Queued,
@@ -173,7 +172,7 @@ impl CategoryState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -184,6 +183,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::InProgress => "in_progress",
+            JobState::Completed => "completed",
+            JobState::Partial => "partial",
+            JobState::Failed => "failed",
+        }
+    }
+
     /// A job's state is never stored: it is derived from its categories.
     pub fn derive(categories: impl IntoIterator<Item = CategoryState>) -> JobState {
         let (mut total, mut queued, mut open, mut pushed) = (0, 0, 0, 0);

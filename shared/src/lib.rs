@@ -25,7 +25,7 @@ mod tests {
         batch::DeviceOutcome,
         broker::QueueRole,
         device::{DeviceState, Gateway},
-        job::{CategoryState, Lane},
+        job::{CategoryState, JobState, Lane},
         store::{BatchState, WnsChannelStatus},
     };
     use crate::Category;
@@ -47,6 +47,7 @@ mod tests {
         agree(DeviceState::as_str);
         agree(Gateway::as_str);
         agree(CategoryState::as_str);
+        agree(JobState::as_str);
         agree(Lane::as_str);
         agree(DeviceOutcome::as_str);
         agree(QueueRole::as_str);

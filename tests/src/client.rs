@@ -7,7 +7,8 @@ use crate::{
 };
 use bson::oid::ObjectId;
 use push_gateway_sim::PushRecord;
-use refresh_shared::store::{BatchView, Device, JobRecord};
+use refresh_api::BatchView;
+use refresh_shared::store::{Device, JobRecord};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! Bulk refresh batches (issue 4), end to end: HTTP → RabbitMQ (batches queue, bulk lane) →
 //! worker → push-gateway-sim → MongoDB.
 
-use refresh_shared::store;
-use refresh_shared::{device::DeviceState, store::BatchView};
+use refresh_api::BatchView;
+use refresh_shared::{device::DeviceState, store};
 use refresh_tests::{Answer, DEADLINE, TestStack};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,8 +1,7 @@
 //! A batch whose expanding process is killed resumes from its checkpoint in the next one: no
 //! device missing, none pushed twice (issue 4).
 
-use refresh_shared::store;
-use refresh_shared::{device::DeviceState, settings::WorkQueue};
+use refresh_shared::{device::DeviceState, settings::WorkQueue, store};
 use refresh_tests::TestStack;
 use serde_json::json;
 use std::{

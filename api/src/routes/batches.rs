@@ -6,8 +6,8 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
-    openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors},
-    routes::{Success, organization_and_id, refresh::body_rejection, success},
+    openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors, schema},
+    routes::{Success, organization_and_id, refresh::body_rejection, rfc3339, success},
     state::AppState,
     validate::{self, BulkRequest, BulkTarget, OrganizationRef},
 };
@@ -22,12 +22,13 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use refresh_shared::{
-    batch::ExpandBatch,
+    Category,
+    batch::{DeviceOutcome, ExpandBatch},
     metric,
-    store::{AuditAction, AuditResult, BatchRecord, BatchView},
+    store::{self, AuditAction, AuditResult, BatchRecord, BatchState},
     token::PERMISSION_DEVICE_INFO,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use utoipa::ToSchema;
 
@@ -193,6 +194,116 @@ pub async fn get_batch(
         .batch(organization.id, batch)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let view = state.store.batch_view(batch).await?;
-    Ok(success(view))
+    let batch = state.store.repaired_batch(batch).await?;
+    Ok(success(BatchView::from(&batch)))
+}
+
+/// A batch as `GET …/refresh-batches/{batchId}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchView {
+    pub id: String,
+    pub organization_id: String,
+    #[schema(value_type = schema::BatchState)]
+    pub state: BatchState,
+    #[schema(value_type = Vec<schema::Category>)]
+    pub categories: Vec<Category>,
+    pub total: u64,
+    /// Share of `total` settled or skipped, 0 to 1.
+    pub progress: f64,
+    pub counts: BatchCounts,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where each of a batch's devices is; the numbers add up to `total`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchCounts {
+    /// Not yet expanded into a job.
+    pub pending: u64,
+    /// Has a job that is not finished.
+    pub queued: u64,
+    pub pushed: u64,
+    pub partial: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub skipped: Skipped,
+}
+
+impl BatchCounts {
+    pub fn sum(&self) -> u64 {
+        let Skipped {
+            not_found,
+            not_active,
+            coalesced,
+        } = self.skipped;
+        self.pending
+            + self.queued
+            + self.pushed
+            + self.partial
+            + self.failed
+            + self.expired
+            + not_found
+            + not_active
+            + coalesced
+    }
+}
+
+/// Devices the batch did not refresh, by reason.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    pub not_found: u64,
+    pub not_active: u64,
+    pub coalesced: u64,
+}
+
+impl From<&BatchRecord> for BatchView {
+    fn from(batch: &BatchRecord) -> BatchView {
+        let outcome = |o| batch.outcomes.get(&o).copied().unwrap_or(0);
+        let settled: u64 = batch.outcomes.values().sum();
+        // A chunk's jobs may settle before the chunk's checkpoint counts them accepted: a
+        // settled device was accepted, whatever the checkpoint says yet.
+        let accepted = batch.accepted.max(settled);
+        let store::Skipped {
+            not_found,
+            not_active,
+            coalesced,
+        } = batch.skipped;
+        let counts = BatchCounts {
+            pending: batch.total.saturating_sub(accepted + batch.skipped.total()),
+            queued: accepted - settled,
+            pushed: outcome(DeviceOutcome::Pushed),
+            partial: outcome(DeviceOutcome::Partial),
+            failed: outcome(DeviceOutcome::Failed),
+            expired: outcome(DeviceOutcome::Expired),
+            skipped: Skipped {
+                not_found,
+                not_active,
+                coalesced,
+            },
+        };
+        let done = settled + batch.skipped.total();
+        BatchView {
+            id: batch.id.to_hex(),
+            organization_id: batch.organization.to_hex(),
+            state: batch.state(),
+            categories: batch.categories.clone(),
+            total: batch.total,
+            progress: if batch.total == 0 {
+                1.0
+            } else {
+                done as f64 / batch.total as f64
+            },
+            counts,
+            created_at: rfc3339(batch.created_at),
+            started_at: batch.started_at.map(rfc3339),
+            finished_at: batch.finished_at.map(rfc3339),
+            error: batch.failure.clone(),
+        }
+    }
 }

@@ -3,15 +3,78 @@
 use crate::{
     auth::Authenticated,
     error::ApiError,
-    openapi::{JobParams, StatusErrors},
-    routes::{Success, organization_and_id, success},
+    openapi::{JobParams, StatusErrors, schema},
+    routes::{Success, organization_and_id, rfc3339, success},
     state::AppState,
 };
 use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
 };
-use refresh_shared::{store::JobView, token::PERMISSION_DEVICE_INFO};
+use refresh_shared::{
+    Category,
+    device::Gateway,
+    job::{CategoryState, JobState},
+    store::JobRecord,
+    token::PERMISSION_DEVICE_INFO,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A job as `GET …/refresh-jobs/{jobId}` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub id: String,
+    pub organization_id: String,
+    pub device_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[schema(value_type = schema::JobState)]
+    pub state: JobState,
+    #[schema(value_type = BTreeMap<schema::Category, CategoryView>)]
+    pub categories: BTreeMap<Category, CategoryView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryView {
+    #[schema(value_type = schema::CategoryState)]
+    pub state: CategoryState,
+    pub attempts: u32,
+    #[schema(value_type = Option<schema::Gateway>)]
+    pub gateway: Option<Gateway>,
+    pub last_error: Option<String>,
+    pub pushed_at: Option<String>,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(job: &JobRecord) -> JobView {
+        JobView {
+            id: job.id.to_hex(),
+            organization_id: job.organization.to_hex(),
+            device_id: job.device.to_hex(),
+            created_at: rfc3339(job.created_at),
+            updated_at: rfc3339(job.updated_at),
+            state: job.state(),
+            categories: job
+                .categories
+                .iter()
+                .map(|(&category, record)| {
+                    let view = CategoryView {
+                        state: record.state,
+                        attempts: record.attempts,
+                        gateway: record.gateway,
+                        last_error: record.last_error.clone(),
+                        pushed_at: record.pushed_at.map(rfc3339),
+                    };
+                    (category, view)
+                })
+                .collect(),
+        }
+    }
+}
 
 /// A refresh job and the state of each of its categories.
 #[utoipa::path(

@@ -4,6 +4,8 @@ mod jobs;
 mod ops;
 mod refresh;
 
+pub use batches::BatchView;
+
 use crate::{
     error::{ApiError, FieldProblem},
     limits::{self, Limits, Slots},
@@ -16,7 +18,7 @@ use axum::{
     Extension, Json, Router,
     extract::{DefaultBodyLimit, Path, rejection::PathRejection},
 };
-use bson::oid::ObjectId;
+use bson::{DateTime, oid::ObjectId};
 use refresh_shared::settings::ApiSettings;
 use serde::Serialize;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
@@ -109,4 +111,10 @@ fn organization_and_id(
             Err(ApiError::Validation(problems))
         }
     }
+}
+
+/// A timestamp as the answers show it.
+fn rfc3339(at: DateTime) -> String {
+    at.try_to_rfc3339_string()
+        .unwrap_or_else(|_| at.timestamp_millis().to_string())
 }

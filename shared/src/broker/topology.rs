@@ -10,7 +10,6 @@ use lapin::{
 use serde::Serialize;
 use std::time::Duration;
 use strum::EnumIter;
-use utoipa::ToSchema;
 
 /// Redeliveries after which a message that keeps killing or failing its consumer is dead-lettered
 /// instead of looping forever (counted by quorum queues themselves).
@@ -250,7 +249,7 @@ async fn bind(
 }
 
 /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema, EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueRole {
     /// Jobs waiting for a worker (one per lane).
@@ -275,7 +274,7 @@ impl QueueRole {
 }
 
 /// One queue's depth at one instant.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueDepth {
     pub name: String,

@@ -1,6 +1,6 @@
 //! `refresh_batches`: one document per bulk refresh, with the expansion's checkpoint and counts.
 
-use super::{Store, StoreError, rfc3339, tenant};
+use super::{Store, StoreError, tenant};
 use crate::{
     Category,
     batch::{DeviceFilter, DeviceOutcome, Skip},
@@ -11,7 +11,6 @@ use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use strum::EnumIter;
-use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,7 +67,7 @@ pub struct Expansion {
     pub done: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Skipped {
     pub not_found: u64,
@@ -323,11 +322,12 @@ impl Store {
         Ok(Some(at))
     }
 
-    /// The batch as the status call shows it. Its counts are kept as jobs settle (and its end
-    /// recorded by the worker that counts the last); if a batch looks stuck (every job
-    /// expanded, fewer settled than accepted, nothing settled for a while) they are repaired
-    /// from the jobs, in case a worker died between recording a job's outcome and counting it.
-    pub async fn batch_view(&self, mut batch: BatchRecord) -> Result<BatchView, StoreError> {
+    /// `batch` with its counts made right, for the status call. They are kept as jobs settle
+    /// (and its end recorded by the worker that counts the last); if a batch looks stuck (every
+    /// job expanded, fewer settled than accepted, nothing settled for a while) they are
+    /// repaired from the jobs, in case a worker died between recording a job's outcome and
+    /// counting it.
+    pub async fn repaired_batch(&self, mut batch: BatchRecord) -> Result<BatchRecord, StoreError> {
         let settled: u64 = batch.outcomes.values().sum();
         let quiet_since = batch
             .last_settled_at
@@ -361,7 +361,7 @@ impl Store {
             // The repair may be what completes it.
             batch.finished_at = self.finish_if_settled(&batch).await?;
         }
-        Ok(BatchView::new(&batch))
+        Ok(batch)
     }
 }
 
@@ -369,7 +369,7 @@ impl Store {
 const RECOUNT_AFTER_QUIET_MS: i64 = 60_000;
 
 /// Where a batch is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchState {
     /// Jobs are still being made.
@@ -398,94 +398,17 @@ impl BatchState {
     }
 }
 
-/// A batch as `GET …/refresh-batches/{batchId}` and `refreshctl bulk` show it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchView {
-    pub id: String,
-    pub organization_id: String,
-    pub state: BatchState,
-    pub categories: Vec<Category>,
-    pub total: u64,
-    /// Share of `total` settled or skipped, 0 to 1.
-    pub progress: f64,
-    pub counts: BatchCounts,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// Where each of a batch's devices is; the numbers add up to `total`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchCounts {
-    /// Not yet expanded into a job.
-    pub pending: u64,
-    /// Has a job that is not finished.
-    pub queued: u64,
-    pub pushed: u64,
-    pub partial: u64,
-    pub failed: u64,
-    pub expired: u64,
-    pub skipped: Skipped,
-}
-
-impl BatchCounts {
-    pub fn sum(&self) -> u64 {
-        self.pending
-            + self.queued
-            + self.pushed
-            + self.partial
-            + self.failed
-            + self.expired
-            + self.skipped.total()
-    }
-}
-
-impl BatchView {
-    fn new(batch: &BatchRecord) -> BatchView {
-        let outcome = |o| batch.outcomes.get(&o).copied().unwrap_or(0);
-        let settled: u64 = batch.outcomes.values().sum();
-        // A chunk's jobs may settle before the chunk's checkpoint counts them accepted: a
-        // settled device was accepted, whatever the checkpoint says yet.
-        let accepted = batch.accepted.max(settled);
-        let counts = BatchCounts {
-            pending: batch.total.saturating_sub(accepted + batch.skipped.total()),
-            queued: accepted - settled,
-            pushed: outcome(DeviceOutcome::Pushed),
-            partial: outcome(DeviceOutcome::Partial),
-            failed: outcome(DeviceOutcome::Failed),
-            expired: outcome(DeviceOutcome::Expired),
-            skipped: batch.skipped,
-        };
-        let done = settled + batch.skipped.total();
-        let state = if batch.failure.is_some() {
+impl BatchRecord {
+    /// Where the batch is: derived from what it recorded, never stored.
+    pub fn state(&self) -> BatchState {
+        if self.failure.is_some() {
             BatchState::Failed
-        } else if batch.finished_at.is_some() {
+        } else if self.finished_at.is_some() {
             BatchState::Completed
-        } else if batch.expansion.done {
+        } else if self.expansion.done {
             BatchState::Running
         } else {
             BatchState::Expanding
-        };
-        BatchView {
-            id: batch.id.to_hex(),
-            organization_id: batch.organization.to_hex(),
-            state,
-            categories: batch.categories.clone(),
-            total: batch.total,
-            progress: if batch.total == 0 {
-                1.0
-            } else {
-                done as f64 / batch.total as f64
-            },
-            counts,
-            created_at: rfc3339(batch.created_at),
-            started_at: batch.started_at.map(rfc3339),
-            finished_at: batch.finished_at.map(rfc3339),
-            error: batch.failure.clone(),
         }
     }
 }

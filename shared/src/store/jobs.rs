@@ -1,4 +1,4 @@
-use super::{Store, StoreError, rfc3339, tenant};
+use super::{Store, StoreError, tenant};
 use crate::{
     Category,
     batch::DeviceOutcome,
@@ -10,7 +10,6 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -302,55 +301,5 @@ impl Store {
         }
         let result = self.jobs.update_one(filter, change).await?;
         Ok(result.matched_count == 1)
-    }
-}
-
-/// A job as the status call and `refreshctl job get` show it.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobView {
-    pub id: String,
-    pub organization_id: String,
-    pub device_id: String,
-    pub created_at: String,
-    pub updated_at: String,
-    pub state: JobState,
-    pub categories: BTreeMap<Category, CategoryView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CategoryView {
-    pub state: CategoryState,
-    pub attempts: u32,
-    pub gateway: Option<Gateway>,
-    pub last_error: Option<String>,
-    pub pushed_at: Option<String>,
-}
-
-impl From<&JobRecord> for JobView {
-    fn from(job: &JobRecord) -> JobView {
-        JobView {
-            id: job.id.to_hex(),
-            organization_id: job.organization.to_hex(),
-            device_id: job.device.to_hex(),
-            created_at: rfc3339(job.created_at),
-            updated_at: rfc3339(job.updated_at),
-            state: job.state(),
-            categories: job
-                .categories
-                .iter()
-                .map(|(&category, record)| {
-                    let view = CategoryView {
-                        state: record.state,
-                        attempts: record.attempts,
-                        gateway: record.gateway,
-                        last_error: record.last_error.clone(),
-                        pushed_at: record.pushed_at.map(rfc3339),
-                    };
-                    (category, view)
-                })
-                .collect(),
-        }
     }
 }

@@ -12,21 +12,19 @@ mod organizations;
 mod tokens;
 
 pub use audit::{AuditAction, AuditEvent, AuditResult};
-pub use batches::{
-    BatchCounts, BatchRecord, BatchState, BatchView, ChunkProgress, DevicePage, Expansion, Skipped,
-};
+pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
 };
 pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation,
 };
-pub use jobs::{CategoryRecord, CategoryUpdate, CategoryView, JobRecord, JobView, skip_cutoff};
+pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff};
 pub use organizations::Organization;
 pub use tokens::ApiToken;
 
 use crate::{settings::MongoSettings, snapshot::Snapshot};
-use bson::{DateTime, Document, doc, oid::ObjectId};
+use bson::{Document, doc, oid::ObjectId};
 use mongodb::{
     Client, Collection, Database,
     error::{ErrorKind, WriteFailure},
@@ -87,12 +85,6 @@ impl StoreError {
             _ => error.into(),
         }
     }
-}
-
-/// A timestamp as the api shows it.
-fn rfc3339(at: DateTime) -> String {
-    at.try_to_rfc3339_string()
-        .unwrap_or_else(|_| at.timestamp_millis().to_string())
 }
 
 /// `filter` restricted to one organization: the only way tenant data is queried.
