@@ -10,6 +10,7 @@ mod openapi;
 mod rate_limit;
 mod routes;
 mod server;
+pub mod settings;
 mod state;
 mod strict_json;
 mod validate;
@@ -21,12 +22,12 @@ pub use routes::BatchView;
 use anyhow::Context;
 use audit::{AuditLog, AuditWriter};
 use refresh_shared::{
-    Settings,
     broker::{Publisher, invalidations},
     settings::AmqpSettings,
     store::Store,
 };
 use server::Server;
+pub use settings::Settings;
 use state::AppState;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
@@ -52,10 +53,10 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         // Installed before anything counts, so no early measurement is lost.
         refresh_shared::telemetry::metrics();
-        let store = Store::open(&settings.mongo, "refresh-api")
+        let store = Store::open(&settings.core.mongo, "refresh-api")
             .await
             .context("opening MongoDB (is MONGODB_URI reachable?)")?;
-        let publisher = Publisher::connect(&settings.amqp, "refresh-api")
+        let publisher = Publisher::connect(&settings.core.amqp, "refresh-api")
             .await
             .context("connecting to RabbitMQ (AMQP_URL)")?;
         let listener = TcpListener::bind(settings.api.addr)
@@ -63,14 +64,14 @@ impl App {
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
-        let state = AppState::new(&settings, store, Arc::new(publisher), audit);
+        let state = AppState::new(&settings.api, store, Arc::new(publisher), audit);
         let router = routes::router(state.clone(), &settings.api);
         Ok(App {
             server: Server::new(listener, router, &settings.api),
             addr,
             shutdown_grace: settings.shutdown_grace,
             state,
-            amqp: settings.amqp,
+            amqp: settings.core.amqp,
             audit_writer,
         })
     }

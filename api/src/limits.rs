@@ -4,6 +4,7 @@
 //! connections and their header reads are limited in `server`.)
 
 use crate::error::ApiError;
+use crate::settings::ApiSettings;
 use axum::{
     body::{Body, Bytes, HttpBody},
     extract::rejection::BytesRejection,
@@ -11,7 +12,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use refresh_shared::{metric, settings::ApiSettings};
+use refresh_shared::metric;
 use std::{
     future::Future,
     pin::Pin,

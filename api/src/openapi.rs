@@ -484,14 +484,15 @@ impl PartialSchema for BulkBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes;
+    use crate::{routes, settings::ApiSettings};
+    use refresh_shared::settings::Load;
     use serde_json::Value;
     use std::collections::BTreeSet;
     use strum::IntoEnumIterator;
 
     fn document() -> Value {
-        let settings = refresh_shared::Settings::from_lookup(|_| None).expect("defaults are valid");
-        let (_, document) = routes::documented(&settings.api).split_for_parts();
+        let settings = ApiSettings::from_lookup(|_| None).expect("defaults are valid");
+        let (_, document) = routes::documented(&settings).split_for_parts();
         serde_json::to_value(&document).expect("serializes")
     }
 

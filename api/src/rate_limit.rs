@@ -3,6 +3,7 @@
 //! Failed authentications are limited per client address, since they have no token to count.
 
 use crate::error::seconds_rounded_up;
+use crate::settings::ApiSettings;
 use axum::{
     extract::Request,
     http::{HeaderMap, HeaderValue},
@@ -16,7 +17,6 @@ use governor::{
     middleware::{StateInformationMiddleware, StateSnapshot},
     state::keyed::DefaultKeyedStateStore,
 };
-use refresh_shared::settings::ApiSettings;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -173,11 +173,10 @@ fn write_headers(headers: &mut HeaderMap, standing: Standing) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use refresh_shared::settings::Load;
 
     fn limits(token_burst: u32, organization_burst: u32) -> RateLimits {
-        let mut settings = refresh_shared::Settings::from_lookup(|_| None)
-            .expect("defaults are valid")
-            .api;
+        let mut settings = ApiSettings::from_lookup(|_| None).expect("defaults are valid");
         settings.rate_limit_per_second = NonZeroU32::MIN;
         settings.rate_limit_burst = NonZeroU32::new(token_burst).expect("burst");
         settings.organization_rate_limit_per_second = NonZeroU32::MIN;
@@ -227,9 +226,7 @@ mod tests {
 
     #[test]
     fn an_address_failing_too_often_is_blocked_alone() {
-        let mut settings = refresh_shared::Settings::from_lookup(|_| None)
-            .expect("defaults are valid")
-            .api;
+        let mut settings = ApiSettings::from_lookup(|_| None).expect("defaults are valid");
         settings.auth_failure_rate_limit_per_second = NonZeroU32::MIN;
         settings.auth_failure_burst = NonZeroU32::new(3).expect("burst");
         let limits = RateLimits::new(&settings);

@@ -2,6 +2,7 @@
 //! limit; this loop is the few lines that add both, with a graceful shutdown.
 
 use crate::error::ApiError;
+use crate::settings::ApiSettings;
 use axum::{Router, extract::ConnectInfo, response::IntoResponse};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -9,7 +10,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use refresh_shared::{metric, settings::ApiSettings};
+use refresh_shared::metric;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,7 @@
-use crate::{audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits};
+use crate::{
+    audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits, settings::ApiSettings,
+};
 use refresh_shared::{
-    Settings,
     broker::{Publisher, Queues},
     store::{DatabaseProbe, Store},
     telemetry::MetricsPage,
@@ -30,7 +31,7 @@ pub struct Inner {
 
 impl AppState {
     pub fn new(
-        settings: &Settings,
+        settings: &ApiSettings,
         store: Store,
         publisher: Arc<Publisher>,
         audit: AuditLog,
@@ -41,10 +42,10 @@ impl AppState {
             store,
             queues: Queues::new(Arc::clone(&publisher)),
             publisher,
-            rate_limits: RateLimits::new(&settings.api),
-            refresh_skip_window: settings.api.refresh_skip_window,
-            request_timeout: settings.api.request_timeout,
-            auth_cache: AuthCache::new(settings.api.auth_cache_ttl),
+            rate_limits: RateLimits::new(settings),
+            refresh_skip_window: settings.refresh_skip_window,
+            request_timeout: settings.request_timeout,
+            auth_cache: AuthCache::new(settings.auth_cache_ttl),
             audit,
         }))
     }

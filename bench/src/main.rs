@@ -10,7 +10,8 @@ mod stack;
 use anyhow::{Context, bail};
 use bson::oid::ObjectId;
 use clap::{Parser, Subcommand, ValueEnum};
-use refresh_shared::{Category, Settings, job::Lane, store::JobRecord};
+use refresh_shared::{Category, job::Lane, settings::Load, store::JobRecord};
+use refresh_worker::settings::WorkerSettings;
 use report::{Bulk, Ceilings, Endpoint, Interference, Memory, Report, WorkerRun};
 use serde_json::{Value, json};
 use stack::{Process, Stack};
@@ -323,9 +324,8 @@ async fn ceilings(
     let unique = ObjectId::new().to_hex();
     // Ceiling 2 consumes at the prefetch the worker will run with (its default, or the
     // environment's WORKER_PREFETCH).
-    let prefetch = Settings::from_lookup(|name| std::env::var(name).ok())
+    let prefetch = WorkerSettings::from_env()
         .map_err(|e| anyhow::anyhow!("settings: {e}"))?
-        .worker
         .prefetch;
 
     eprintln!("ceilings…");

@@ -5,9 +5,9 @@
 use anyhow::Context;
 use bson::oid::ObjectId;
 use refresh_shared::{
-    Settings,
     broker::Topology,
     device::DeviceState,
+    settings::{Core, Load},
     store::{Device, NewDevice, Organization, PushRoutes, Store},
     token::PERMISSION_DEVICE_INFO,
 };
@@ -84,7 +84,8 @@ impl Process {
 /// The running product.
 pub struct Stack {
     pub env: HashMap<String, String>,
-    pub settings: Settings,
+    /// What the bench itself reads: the database and the broker of the run.
+    pub settings: Core,
     pub store: Store,
     pub http: reqwest::Client,
     pub api_url: String,
@@ -117,7 +118,7 @@ impl Stack {
         ];
         local.extend_from_slice(overrides);
         let env = env::isolated(base, "bench", &sim_url, &local);
-        let settings = Settings::from_lookup(|name| env.get(name).cloned())
+        let settings = Core::from_lookup(|name| env.get(name).cloned())
             .map_err(|e| anyhow::anyhow!("bench settings: {e}"))?;
         let store = Store::connect(&settings.mongo, "refresh-bench").await?;
         store.ensure_indexes().await?;

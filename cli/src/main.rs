@@ -7,15 +7,18 @@ use anyhow::{Context, bail};
 use bson::{DateTime, oid::ObjectId};
 use clap::{Parser, Subcommand, ValueEnum};
 use refresh_shared::{
-    Settings,
     broker::{DeadLetter, Invalidation, Publisher, Queues},
     device::{DeviceState, Gateway},
+    settings::Load,
     store::{NewDevice, Organization, PushRoutes, Store, WnsChannel},
 };
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
 
 mod bulk;
+mod settings;
+
+use settings::Settings;
 
 #[derive(Parser)]
 #[command(name = "refreshctl", version, about = "Operate device-refresh")]
@@ -185,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::from_env().context("reading settings from the environment")?;
     // The driver connects on first use: commands that never touch the database never do.
-    let store = Store::connect(&settings.mongo, "refreshctl")
+    let store = Store::connect(&settings.core.mongo, "refreshctl")
         .await
         .context("configuring the MongoDB client (MONGODB_URI)")?;
     match run(cli.command, &settings, &store, cli.json).await? {
@@ -207,7 +210,7 @@ impl Output {
 }
 
 async fn broker(settings: &Settings) -> anyhow::Result<Publisher> {
-    Publisher::connect(&settings.amqp, "refreshctl")
+    Publisher::connect(&settings.core.amqp, "refreshctl")
         .await
         .context("connecting to RabbitMQ (AMQP_URL)")
 }
@@ -385,10 +388,10 @@ async fn create_device(
         .contains(&PushArg::Wns)
         .then(|| {
             let uri = channel_uri.unwrap_or_else(default_channel_uri);
-            WnsChannel::new(&uri, &settings.gateways.wns_channels).with_context(|| {
+            WnsChannel::new(&uri, &settings.wns_channels).with_context(|| {
                 format!(
                     "--channel-uri {uri}: WNS_CHANNEL_HOST_SUFFIXES is {}",
-                    settings.gateways.wns_channels
+                    settings.wns_channels
                 )
             })
         })
@@ -483,7 +486,7 @@ async fn revoke_token(
     if let Err(error) = &announced {
         text.push_str(&format!(
                 "\nwarning: running apis were not told ({error:#}); they stop accepting it within AUTH_CACHE_TTL_MS ({} ms)",
-                settings.api.auth_cache_ttl.as_millis()
+                settings.auth_cache_ttl.as_millis()
             ));
     }
     Ok(Output {

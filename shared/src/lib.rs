@@ -17,7 +17,6 @@ pub mod telemetry;
 pub mod token;
 
 pub use category::Category;
-pub use settings::Settings;
 
 #[cfg(test)]
 mod tests {

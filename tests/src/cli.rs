@@ -1,7 +1,7 @@
 //! `refreshctl` run against the stack, as an operator would.
 
 use crate::{TestStack, processes::binary};
-use refresh_shared::Settings;
+use refresh_shared::settings::AmqpSettings;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -20,17 +20,26 @@ impl TestStack {
 
     /// Runs `refreshctl --json ARGS` against this stack, whatever its outcome.
     pub async fn refreshctl_output(&self, args: &[&str]) -> std::process::Output {
+        self.refreshctl_output_with(args, &[]).await
+    }
+
+    /// Like [`TestStack::refreshctl_output`], with more variables in its environment.
+    pub async fn refreshctl_output_with(
+        &self,
+        args: &[&str],
+        more: &[(&str, &str)],
+    ) -> std::process::Output {
         // Not std's Command: `refreshctl bulk` follows a batch this test's runtime is serving.
         tokio::process::Command::new(binary("refreshctl"))
             .arg("--json")
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("MONGODB_URI", self.settings.mongo.uri.expose_secret())
-            .env("MONGODB_DB", &self.settings.mongo.database)
-            .env("AMQP_URL", self.settings.amqp.url.expose_secret())
-            .env("AMQP_PREFIX", &self.settings.amqp.prefix)
-            .env("RETRY_TIERS_SECS", retry_tiers(&self.settings))
+            .env("MONGODB_URI", self.settings.core.mongo.uri.expose_secret())
+            .env("MONGODB_DB", &self.settings.core.mongo.database)
+            .env("AMQP_URL", self.settings.core.amqp.url.expose_secret())
+            .env("AMQP_PREFIX", &self.settings.core.amqp.prefix)
+            .env("RETRY_TIERS_SECS", retry_tiers(&self.settings.core.amqp))
             .env("REFRESH_API_URL", &self.api)
             .env("REFRESH_TOKEN", &self.token)
             .env("SIM_ADDR", self.sim.addr.to_string())
@@ -38,6 +47,7 @@ impl TestStack {
                 "WNS_CHANNEL_HOST_SUFFIXES",
                 self.settings.gateways.wns_channels.to_string(),
             )
+            .envs(more.iter().copied())
             .output()
             .await
             .expect("run refreshctl")
@@ -45,9 +55,8 @@ impl TestStack {
 }
 
 /// `RETRY_TIERS_SECS` as `settings` has it: tools must declare the same topology.
-fn retry_tiers(settings: &Settings) -> String {
+fn retry_tiers(settings: &AmqpSettings) -> String {
     let tiers: Vec<String> = settings
-        .amqp
         .retry_tiers
         .iter()
         .map(|tier| tier.as_secs().to_string())

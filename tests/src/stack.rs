@@ -4,9 +4,8 @@
 use crate::processes::{Services, spawn_binary};
 use push_gateway_sim::SimServer;
 use refresh_shared::{
-    Settings,
     broker::Topology,
-    settings::MongoSettings,
+    settings::{Core, Load, MongoSettings},
     store::{Organization, Store},
     token::PERMISSION_DEVICE_INFO,
 };
@@ -36,8 +35,9 @@ pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String
     env::isolated(&std::env::vars().collect(), "test", &sim.url(), &local)
 }
 
-fn settings_of(vars: &HashMap<String, String>) -> Settings {
-    Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
+/// A binary's settings from the test's variables.
+fn settings_of<S: Load>(vars: &HashMap<String, String>) -> S {
+    S::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
 }
 
 /// A running api + worker + sim with one organization and a token for it.
@@ -47,7 +47,9 @@ pub struct TestStack {
     pub http: reqwest::Client,
     pub store: Store,
     pub sim: SimServer,
-    pub settings: Settings,
+    /// The worker's settings (the core, the worker's and the gateways' sections), as the
+    /// test's variables set them.
+    pub settings: refresh_worker::Settings,
     pub organization: Organization,
     /// A token of `organization` with the refresh permission.
     pub token: String,
@@ -64,9 +66,9 @@ impl TestStack {
     pub async fn start_with(overrides: &[(&str, String)]) -> TestStack {
         let sim = start_sim().await;
         let vars = test_env(&sim, overrides);
-        let settings = settings_of(&vars);
+        let settings: refresh_worker::Settings = settings_of(&vars);
         let stop = CancellationToken::new();
-        let api = refresh_api::App::build(settings.clone())
+        let api = refresh_api::App::build(settings_of(&vars))
             .await
             .expect("build api");
         let api_addr = api.local_addr();
@@ -113,12 +115,12 @@ impl TestStack {
     /// Seeds an organization and a token, and waits for the worker to consume.
     async fn seeded(
         sim: SimServer,
-        settings: Settings,
+        settings: refresh_worker::Settings,
         api_addr: SocketAddr,
         worker_addr: SocketAddr,
         services: Services,
     ) -> TestStack {
-        let store = Store::connect(&settings.mongo, "refresh-tests")
+        let store = Store::connect(&settings.core.mongo, "refresh-tests")
             .await
             .expect("store");
         store.ensure_indexes().await.expect("indexes");
@@ -173,13 +175,13 @@ impl Drop for TestStack {
         // Clients of its own, straight to the services the environment names: the test's
         // runtime is blocked in this drop, so neither the test's clients nor a test's proxy
         // (whose tasks live on that runtime) can make progress.
-        let environment = Settings::from_env().expect("environment settings are valid");
+        let environment = Core::from_env().expect("environment settings are valid");
         let mongo = MongoSettings {
-            database: self.settings.mongo.database.clone(),
+            database: self.settings.core.mongo.database.clone(),
             ..environment.mongo
         };
         let amqp_url = environment.amqp.url.expose_secret().to_owned();
-        let topology = Topology::new(&self.settings.amqp);
+        let topology = Topology::new(&self.settings.core.amqp);
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,8 +1,9 @@
 //! A batch whose expanding process is killed resumes from its checkpoint in the next one: no
 //! device missing, none pushed twice (issue 4).
 
-use refresh_shared::{device::DeviceState, settings::WorkQueue, store};
+use refresh_shared::{device::DeviceState, store};
 use refresh_tests::TestStack;
+use refresh_worker::settings::WorkQueue;
 use serde_json::json;
 use std::{
     collections::HashMap,

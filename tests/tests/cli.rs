@@ -126,3 +126,31 @@ async fn refreshctl_refuses_bad_input_with_a_clear_message() {
     assert!(!bad_state.status.success());
     assert!(String::from_utf8_lossy(&bad_state.stderr).contains("unknown device state"));
 }
+
+/// An operator's command reads only what it uses: a bad value meant for the api or the worker
+/// (a typo in a shared environment file) must not stop it, and a bad value it does use still
+/// does, naming the variable.
+#[tokio::test]
+async fn refreshctl_reads_only_its_own_variables() {
+    let stack = TestStack::start().await;
+    let others = [
+        ("WORKER_PREFETCH", "plenty"),
+        ("PUSH_RETRY_INITIAL_MS", "soon"),
+        ("API_ADDR", "nowhere"),
+        ("BODY_LIMIT_BYTES", "big"),
+    ];
+    let listed = stack.refreshctl_output_with(&["queues"], &others).await;
+    assert!(
+        listed.status.success(),
+        "refreshctl queues: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let depths: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert!(depths["queues"].as_array().is_some_and(|q| !q.is_empty()));
+
+    let own = stack
+        .refreshctl_output_with(&["queues"], &[("AUTH_CACHE_TTL_MS", "a while")])
+        .await;
+    assert!(!own.status.success());
+    assert!(String::from_utf8_lossy(&own.stderr).contains("AUTH_CACHE_TTL_MS"));
+}

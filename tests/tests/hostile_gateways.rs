@@ -48,7 +48,7 @@ impl Thief {
 
 /// Deliveries of the interactive queue the worker holds unacknowledged, from its `/metrics`.
 async fn interactive_unacked(stack: &TestStack) -> Option<f64> {
-    let queue = Topology::new(&stack.settings.amqp).jobs_queue(Lane::Interactive);
+    let queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
     let page = stack.metrics(&stack.worker).await;
     sample(
         &page,

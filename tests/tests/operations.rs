@@ -5,25 +5,27 @@ use lapin::{
     BasicProperties, Connection,
     options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions},
 };
-use refresh_shared::store;
 use refresh_shared::{
     broker::Topology,
     device::DeviceState,
     job::Lane,
-    settings::WorkQueue,
-    store::AuditEvent,
+    store::{self, AuditEvent},
     token::{PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES},
 };
 use refresh_tests::{Answer, DEADLINE, TestStack, sample, wait_until};
+use refresh_worker::settings::WorkQueue;
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 async fn broker(stack: &TestStack) -> Connection {
-    Connection::connect(stack.settings.amqp.url.expose_secret(), Default::default())
-        .await
-        .expect("connect to RabbitMQ")
+    Connection::connect(
+        stack.settings.core.amqp.url.expose_secret(),
+        Default::default(),
+    )
+    .await
+    .expect("connect to RabbitMQ")
 }
 
 /// Puts `count` messages in the dead queue, as a worker's rejections would, and returns once the
@@ -35,7 +37,7 @@ async fn dead_letters(stack: &TestStack, count: usize) {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let topology = Topology::new(&stack.settings.amqp);
+    let topology = Topology::new(&stack.settings.core.amqp);
     for n in 0..count {
         let confirmation = channel
             .basic_publish(
@@ -89,7 +91,7 @@ fn gauge(page: &str, metric: &str, queue: &str) -> Option<f64> {
 async fn metrics_show_the_brokers_queue_depths() {
     let stack = TestStack::start().await;
     dead_letters(&stack, 7).await;
-    let topology = Topology::new(&stack.settings.amqp);
+    let topology = Topology::new(&stack.settings.core.amqp);
     let dead = topology.dead_queue();
     // rabbitmqctl reports quorum queue counts from statistics a few seconds old: the quiet
     // moment is when it has caught up.
@@ -138,7 +140,7 @@ async fn ops_queues_needs_its_permission_and_lists_every_queue() {
     let answer = Answer::of(stack.http.get(&url).bearer_auth(&ops)).await;
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     let queues = answer.body["data"]["queues"].as_array().unwrap().clone();
-    let topology = Topology::new(&stack.settings.amqp);
+    let topology = Topology::new(&stack.settings.core.amqp);
     assert_eq!(queues.len(), topology.queues().len());
     let dead = queues
         .iter()
@@ -169,7 +171,7 @@ async fn a_dead_job_is_listed_with_its_reason_and_replayed_to_completion() {
         .refresh_device(&device, &["certificates"])
         .await
         .job_id();
-    let topology = Topology::new(&stack.settings.amqp);
+    let topology = Topology::new(&stack.settings.core.amqp);
     let connection = broker(&stack).await;
     let channel = connection.create_channel().await.unwrap();
     let message = channel

@@ -311,11 +311,13 @@ async fn a_message_that_cannot_be_decoded_is_dead_lettered() {
     use secrecy::ExposeSecret;
 
     let stack = TestStack::start().await;
-    let topology = Topology::new(&stack.settings.amqp);
-    let connection =
-        Connection::connect(stack.settings.amqp.url.expose_secret(), Default::default())
-            .await
-            .unwrap();
+    let topology = Topology::new(&stack.settings.core.amqp);
+    let connection = Connection::connect(
+        stack.settings.core.amqp.url.expose_secret(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_publish(

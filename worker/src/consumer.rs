@@ -7,6 +7,7 @@
 use crate::{
     dispatch::{Dispatcher, Halt},
     expander::Expander,
+    settings::{WorkQueue, WorkerSettings},
 };
 use futures::{FutureExt, StreamExt, future::join_all};
 use lapin::{
@@ -24,7 +25,7 @@ use refresh_shared::{
     job::{Lane, RefreshJob},
     metric,
     retry::{RetryPolicy, WaitEnd},
-    settings::{AmqpSettings, WorkQueue, WorkerSettings},
+    settings::AmqpSettings,
 };
 use std::{
     any::Any,

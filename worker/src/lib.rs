@@ -7,16 +7,17 @@ mod expander;
 pub mod gateway;
 mod health;
 mod in_flight;
+pub mod settings;
 
 use anyhow::Context;
 use consumer::Consumer;
 use dispatch::Dispatcher;
 use expander::Expander;
 use refresh_shared::{
-    Settings,
     broker::{Publisher, Queues},
     store::{DatabaseProbe, Store},
 };
+pub use settings::Settings;
 use std::{
     future::Future,
     net::SocketAddr,
@@ -41,7 +42,7 @@ impl Worker {
     pub async fn build(settings: Settings) -> anyhow::Result<Worker> {
         // Installed before anything counts, so no early measurement is lost.
         refresh_shared::telemetry::metrics();
-        let store = Store::open(&settings.mongo, "refresh-worker")
+        let store = Store::open(&settings.core.mongo, "refresh-worker")
             .await
             .context("opening MongoDB (is MONGODB_URI reachable?)")?;
         let gateways = gateway::Gateways::new(&settings.gateways, settings.worker.push_timeout)
@@ -53,7 +54,10 @@ impl Worker {
         let consuming = Arc::new(AtomicBool::new(false));
         // One connection for retries and expansions (a confirm-mode channel) and the queue
         // depths of /metrics (a channel of their own per read).
-        let publisher = Arc::new(Publisher::lazy(&settings.amqp, "refresh-worker-publisher"));
+        let publisher = Arc::new(Publisher::lazy(
+            &settings.core.amqp,
+            "refresh-worker-publisher",
+        ));
         let shutdown = CancellationToken::new();
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
@@ -69,12 +73,12 @@ impl Worker {
             store: store.clone(),
             publisher: Arc::clone(&publisher),
             chunk_size: settings.worker.batch_chunk_size,
-            refresh_skip_window: settings.api.refresh_skip_window,
+            refresh_skip_window: settings.refresh_skip_window,
             shutdown,
         });
         Ok(Worker {
             consumer: Consumer {
-                amqp: settings.amqp,
+                amqp: settings.core.amqp,
                 worker: settings.worker,
                 shutdown_grace: settings.shutdown_grace,
                 dispatcher,

@@ -6,6 +6,7 @@ mod refresh;
 
 pub use batches::BatchView;
 
+use crate::settings::ApiSettings;
 use crate::{
     error::{ApiError, FieldProblem},
     limits::{self, Limits, Slots},
@@ -19,7 +20,6 @@ use axum::{
     extract::{DefaultBodyLimit, Path, rejection::PathRejection},
 };
 use bson::{DateTime, oid::ObjectId};
-use refresh_shared::settings::ApiSettings;
 use serde::Serialize;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use utoipa::{OpenApi, ToSchema};

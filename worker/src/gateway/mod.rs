@@ -5,11 +5,10 @@ pub mod classify;
 mod pacing;
 mod wns;
 
+use crate::settings::GatewaySettings;
 use bson::oid::ObjectId;
 use classify::Verdict;
-use refresh_shared::{
-    Category, channel::ChannelPolicy, device::Gateway, metric, settings::GatewaySettings,
-};
+use refresh_shared::{Category, channel::ChannelPolicy, device::Gateway, metric};
 use serde::Serialize;
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! expires, and raw pushes to the device's channel URI.
 
 use super::{PushPayload, PushResult, agent::without_url, classify, classify::Verdict};
-use refresh_shared::{device::Gateway, settings::GatewaySettings};
+use crate::settings::GatewaySettings;
+use refresh_shared::device::Gateway;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::time::{Duration, Instant};

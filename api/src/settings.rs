@@ -1,0 +1,159 @@
+//! The api's settings: the core every binary reads, and the api's own section (README,
+//! Configuration).
+
+use refresh_shared::settings::{self, Core, Env, Load};
+use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub core: Core,
+    pub api: ApiSettings,
+    /// After SIGTERM/SIGINT, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Load for Settings {
+    fn read(env: &mut Env<'_>) -> Settings {
+        Settings {
+            core: Core::read(env),
+            api: ApiSettings::read(env),
+            shutdown_grace: settings::shutdown_grace(env),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    /// Bytes of request headers (names and values) a request may carry.
+    pub header_limit_bytes: usize,
+    /// Longest wait for the next piece of a request body: a slow client cannot hold a
+    /// connection and a request slot by trickling its body.
+    pub body_read_timeout: Duration,
+    /// Requests served at once; the next is answered 503 at once rather than queued.
+    pub max_in_flight_requests: usize,
+    /// Longest wait for a request's headers, counted from when the connection is ready for
+    /// one (so also how long an idle keep-alive connection is kept): a client trickling its
+    /// headers cannot hold a connection.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; the next is answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest a caller waits for an answer. Past it the answer is 503 5040, and the request's
+    /// work still runs to its end: cutting it between the claim and the publish would strand
+    /// the device's categories.
+    pub request_timeout: Duration,
+    /// Body limit of `POST …/refresh-batches` (up to 100,000 ids).
+    pub bulk_body_limit_bytes: usize,
+    /// `POST …/refresh-batches` served at once (their bodies are megabytes each); the next is
+    /// answered 503 5030.
+    pub bulk_max_in_flight: usize,
+    /// Requests per token.
+    pub rate_limit_per_second: NonZeroU32,
+    pub rate_limit_burst: NonZeroU32,
+    /// Requests per organization, all its tokens together: one tenant cannot take the api
+    /// from the others by spreading its load over many tokens.
+    pub organization_rate_limit_per_second: NonZeroU32,
+    pub organization_rate_limit_burst: NonZeroU32,
+    /// Failed authentications per client address: past them, the address's requests are
+    /// refused (429) before any token lookup, so unknown tokens cannot make the database work.
+    pub auth_failure_rate_limit_per_second: NonZeroU32,
+    pub auth_failure_burst: NonZeroU32,
+    /// A category pushed this recently is not pushed again: the request is answered with the
+    /// job that pushed it.
+    pub refresh_skip_window: Duration,
+    /// How long a token or organization read from MongoDB is reused (0: read every time). A
+    /// revocation reaches running apis at once through the invalidations exchange; this bounds
+    /// how stale a cache can be when that announcement is missed.
+    pub auth_cache_ttl: Duration,
+}
+
+impl Load for ApiSettings {
+    fn read(env: &mut Env<'_>) -> ApiSettings {
+        let api = ApiSettings {
+            addr: env.parse("API_ADDR", "127.0.0.1:8080"),
+            body_limit_bytes: env.parse("BODY_LIMIT_BYTES", "16384"),
+            header_limit_bytes: env.parse("HEADER_LIMIT_BYTES", "16384"),
+            body_read_timeout: env.millis("BODY_READ_TIMEOUT_MS", 10_000),
+            max_in_flight_requests: env.parse("MAX_IN_FLIGHT_REQUESTS", "1024"),
+            header_read_timeout: env.millis("HEADER_READ_TIMEOUT_MS", 10_000),
+            max_connections: env.parse("MAX_CONNECTIONS", "4096"),
+            request_timeout: env.millis("REQUEST_TIMEOUT_MS", 15_000),
+            bulk_body_limit_bytes: env.parse("BULK_BODY_LIMIT_BYTES", "8388608"),
+            bulk_max_in_flight: env.parse("BULK_MAX_IN_FLIGHT", "4"),
+            rate_limit_per_second: env.parse("RATE_LIMIT_PER_SECOND", "50"),
+            rate_limit_burst: env.parse("RATE_LIMIT_BURST", "100"),
+            organization_rate_limit_per_second: env.parse("ORG_RATE_LIMIT_PER_SECOND", "500"),
+            organization_rate_limit_burst: env.parse("ORG_RATE_LIMIT_BURST", "1000"),
+            auth_failure_rate_limit_per_second: env
+                .parse("AUTH_FAILURE_RATE_LIMIT_PER_SECOND", "10"),
+            auth_failure_burst: env.parse("AUTH_FAILURE_BURST", "100"),
+            refresh_skip_window: settings::refresh_skip_window(env),
+            auth_cache_ttl: settings::auth_cache_ttl(env),
+        };
+        if api.max_in_flight_requests == 0 {
+            env.refuse("MAX_IN_FLIGHT_REQUESTS: must be at least 1");
+        }
+        if api.bulk_max_in_flight == 0 {
+            env.refuse("BULK_MAX_IN_FLIGHT: must be at least 1");
+        }
+        if api.max_connections == 0 {
+            env.refuse("MAX_CONNECTIONS: must be at least 1");
+        }
+        if api.header_read_timeout.is_zero() || api.request_timeout.is_zero() {
+            env.refuse("HEADER_READ_TIMEOUT_MS and REQUEST_TIMEOUT_MS: must be at least 1");
+        }
+        // The wrong way round, this pair silently does something else than the operator wrote.
+        if api.body_limit_bytes > api.bulk_body_limit_bytes {
+            env.refuse(
+                "BODY_LIMIT_BYTES: must not exceed BULK_BODY_LIMIT_BYTES (the batch route's own limit)",
+            );
+        }
+        api
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, settings::SettingsError> {
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        Settings::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.api.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.api.body_limit_bytes, 16 * 1024);
+        assert_eq!(s.api.refresh_skip_window, Duration::from_secs(30));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_bad_variable_of_every_section_is_reported_at_once() {
+        let err = settings(&[
+            ("API_ADDR", "nowhere"),
+            ("LOG_FORMAT", "xml"),
+            ("AMQP_PREFIX", "jobs"),
+            ("BODY_LIMIT_BYTES", "9000000"),
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        for name in ["API_ADDR", "LOG_FORMAT", "AMQP_PREFIX", "BODY_LIMIT_BYTES"] {
+            assert!(text.contains(name), "{name}: {text}");
+        }
+        assert_eq!(err.0.len(), 4);
+    }
+
+    #[test]
+    fn the_workers_variables_are_not_the_apis_concern() {
+        settings(&[
+            ("WORKER_PREFETCH", "banana"),
+            ("PUSH_RETRY_INITIAL_MS", "-1"),
+        ])
+        .expect("the api reads none of them");
+    }
+}
