@@ -69,6 +69,15 @@ pub trait Load: Sized {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// Reads the settings from these variables alone (tests).
+    fn from_pairs(vars: &[(&str, &str)]) -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
     /// Reads the settings through `lookup`, so tests can build them without touching the
     /// process environment.
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
@@ -240,11 +249,9 @@ impl Env<'_> {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
-    use std::collections::HashMap;
 
     fn core(vars: &[(&str, &str)]) -> Result<Core, SettingsError> {
-        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
-        Core::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()))
+        Core::from_pairs(vars)
     }
 
     #[test]

@@ -166,11 +166,9 @@ impl Load for GatewaySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, settings::SettingsError> {
-        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
-        Settings::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned()))
+        Settings::from_pairs(vars)
     }
 
     #[test]
