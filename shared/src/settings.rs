@@ -135,8 +135,8 @@ pub fn wns_channels(env: &mut Env<'_>) -> ChannelPolicy {
 // Each section reads its own variables and records what is wrong with them, each alone and
 // against each other.
 
-impl AmqpSettings {
-    pub fn read(env: &mut Env<'_>) -> AmqpSettings {
+impl Load for AmqpSettings {
+    fn read(env: &mut Env<'_>) -> AmqpSettings {
         let amqp = AmqpSettings {
             url: env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: env.string("AMQP_PREFIX", "refresh"),
@@ -150,8 +150,8 @@ impl AmqpSettings {
     }
 }
 
-impl MongoSettings {
-    pub fn read(env: &mut Env<'_>) -> MongoSettings {
+impl Load for MongoSettings {
+    fn read(env: &mut Env<'_>) -> MongoSettings {
         MongoSettings {
             uri: env.secret("MONGODB_URI", "mongodb://127.0.0.1:27017"),
             database: env.string("MONGODB_DB", "device_refresh"),
