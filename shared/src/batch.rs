@@ -75,42 +75,52 @@ pub enum ExpandDecodeError {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceOutcome {
-    /// Every category pushed.
-    Pushed,
-    /// Some categories pushed, some not.
+    /// Every category reported by the device. (Outcomes stored before the report-back loop
+    /// existed read `pushed`: they count here.)
+    #[serde(alias = "pushed")]
+    Reported,
+    /// Some categories reported, some not.
     Partial,
-    /// Nothing pushed, and at least one category failed.
+    /// Nothing reported, and at least one category failed.
     Failed,
-    /// Nothing pushed, every category expired.
+    /// Nothing reported, every category expired.
     Expired,
+    /// Every category pushed, none reported by its deadline.
+    Unreported,
 }
 
 impl DeviceOutcome {
-    pub const ALL: [DeviceOutcome; 4] = [
-        DeviceOutcome::Pushed,
+    pub const ALL: [DeviceOutcome; 5] = [
+        DeviceOutcome::Reported,
         DeviceOutcome::Partial,
         DeviceOutcome::Failed,
         DeviceOutcome::Expired,
+        DeviceOutcome::Unreported,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            DeviceOutcome::Pushed => "pushed",
+            DeviceOutcome::Reported => "reported",
             DeviceOutcome::Partial => "partial",
             DeviceOutcome::Failed => "failed",
             DeviceOutcome::Expired => "expired",
+            DeviceOutcome::Unreported => "unreported",
         }
     }
 
     /// The outcome of a job whose categories are in `states`; `None` while any is unsettled.
     pub fn of(states: impl IntoIterator<Item = CategoryState>) -> Option<DeviceOutcome> {
-        let (mut total, mut pushed, mut expired) = (0, 0, 0);
+        let (mut total, mut reported, mut expired, mut unreported) = (0, 0, 0, 0);
         for state in states {
             match state {
-                CategoryState::Pushed => pushed += 1,
+                CategoryState::Reported => reported += 1,
                 CategoryState::Expired => expired += 1,
+                CategoryState::Unreported => unreported += 1,
                 CategoryState::Failed => {}
-                CategoryState::Queued | CategoryState::Pushing | CategoryState::Retrying => {
+                CategoryState::Queued
+                | CategoryState::Pushing
+                | CategoryState::Pushed
+                | CategoryState::Retrying => {
                     return None;
                 }
             }
@@ -118,9 +128,10 @@ impl DeviceOutcome {
         }
         Some(match () {
             () if total == 0 => return None,
-            () if pushed == total => DeviceOutcome::Pushed,
-            () if pushed > 0 => DeviceOutcome::Partial,
+            () if reported == total => DeviceOutcome::Reported,
+            () if reported > 0 => DeviceOutcome::Partial,
             () if expired == total => DeviceOutcome::Expired,
+            () if unreported == total => DeviceOutcome::Unreported,
             () => DeviceOutcome::Failed,
         })
     }
@@ -146,13 +157,22 @@ mod tests {
     #[test]
     fn a_device_outcome_exists_only_once_every_category_is_settled() {
         assert_eq!(
-            DeviceOutcome::of([Pushed, Pushed]),
-            Some(DeviceOutcome::Pushed)
+            DeviceOutcome::of([Reported, Reported]),
+            Some(DeviceOutcome::Reported)
         );
         assert_eq!(
-            DeviceOutcome::of([Pushed, Failed]),
+            DeviceOutcome::of([Reported, Failed]),
             Some(DeviceOutcome::Partial)
         );
+        assert_eq!(
+            DeviceOutcome::of([Unreported, Unreported]),
+            Some(DeviceOutcome::Unreported)
+        );
+        assert_eq!(
+            DeviceOutcome::of([Unreported, Expired]),
+            Some(DeviceOutcome::Failed)
+        );
+        assert_eq!(DeviceOutcome::of([Reported, Pushed]), None);
         assert_eq!(
             DeviceOutcome::of([Expired, Failed]),
             Some(DeviceOutcome::Failed)
@@ -161,7 +181,7 @@ mod tests {
             DeviceOutcome::of([Expired, Expired]),
             Some(DeviceOutcome::Expired)
         );
-        assert_eq!(DeviceOutcome::of([Pushed, Retrying]), None);
+        assert_eq!(DeviceOutcome::of([Reported, Retrying]), None);
         assert_eq!(DeviceOutcome::of([Queued]), None);
         assert_eq!(DeviceOutcome::of([]), None);
     }

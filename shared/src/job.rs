@@ -31,6 +31,14 @@ pub struct RefreshJob {
     pub lane: Lane,
     /// How many times this job has been handed to a worker before (0 on first publish).
     pub attempt: u32,
+    /// How many times these categories were pushed again because the device did not report
+    /// by the deadline (0 for a first push; absent on the wire then).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repush: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +127,15 @@ impl Lane {
 pub enum CategoryState {
     Queued,
     Pushing,
+    /// A gateway took the wake-up; the device has not reported yet.
     Pushed,
+    /// The device sent this category's data.
+    Reported,
     Retrying,
     Failed,
     Expired,
+    /// Pushed, but no report by the deadline even after `REPUSH_LIMIT` further pushes.
+    Unreported,
 }
 
 impl CategoryState {
@@ -131,16 +144,23 @@ impl CategoryState {
             CategoryState::Queued => "queued",
             CategoryState::Pushing => "pushing",
             CategoryState::Pushed => "pushed",
+            CategoryState::Reported => "reported",
             CategoryState::Retrying => "retrying",
             CategoryState::Failed => "failed",
             CategoryState::Expired => "expired",
+            CategoryState::Unreported => "unreported",
         }
     }
 
+    /// Ended: nothing moves the category any more. `Pushed` is not: the device has yet to
+    /// report, and the deadline may push it again.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            CategoryState::Pushed | CategoryState::Failed | CategoryState::Expired
+            CategoryState::Reported
+                | CategoryState::Failed
+                | CategoryState::Expired
+                | CategoryState::Unreported
         )
     }
 
@@ -150,24 +170,33 @@ impl CategoryState {
         use CategoryState::*;
         match self {
             Queued => &[],
-            // `Pushing` again: a redelivery after a worker died mid-push.
-            Pushing => &[Queued, Retrying, Pushing],
+            // `Pushing` again: a redelivery after a worker died mid-push. From `Pushed`: pushed
+            // again because no report came by the deadline.
+            Pushing => &[Queued, Retrying, Pushing, Pushed],
             Pushed | Retrying => &[Pushing],
-            // `Queued` → `Failed`: the api could not publish the job.
-            Failed | Expired => &[Queued, Pushing, Retrying],
+            // A device may report before its push is recorded, or while a repush waits: the
+            // report is what the push was for.
+            Reported => &[Pushing, Pushed, Retrying],
+            Unreported => &[Pushed],
+            // `Queued` → `Failed`: the api could not publish the job. `Pushed` → `Failed`: the
+            // device went away while its report was awaited.
+            Failed => &[Queued, Pushing, Retrying, Pushed],
+            Expired => &[Queued, Pushing, Retrying],
         }
     }
 
     /// The states a worker may claim a category from (move it to `Pushing`). Only the broker's
     /// redelivery of a message whose consumer died may take over a push in progress; a message
     /// delivered for the first time never does, because a push in progress then belongs to
-    /// another copy of the job (a batch resuming its expansion may publish a job twice).
-    pub fn claimable(redelivered: bool) -> &'static [CategoryState] {
+    /// another copy of the job (a batch resuming its expansion may publish a job twice). Only a
+    /// repush (the deadline passed without a report) pushes a `pushed` category again.
+    pub fn claimable(redelivered: bool, repush: bool) -> &'static [CategoryState] {
         use CategoryState::*;
-        if redelivered {
-            Pushing.allowed_sources()
-        } else {
-            &[Queued, Retrying]
+        match (redelivered, repush) {
+            (false, false) => &[Queued, Retrying],
+            (true, false) => &[Queued, Retrying, Pushing],
+            (false, true) => &[Queued, Retrying, Pushed],
+            (true, true) => &[Queued, Retrying, Pushing, Pushed],
         }
     }
 }
@@ -193,14 +222,15 @@ impl JobState {
         }
     }
 
-    /// A job's state is never stored: it is derived from its categories.
+    /// A job's state is never stored: it is derived from its categories. It is `completed`
+    /// only when the device has reported every one of them.
     pub fn derive(categories: impl IntoIterator<Item = CategoryState>) -> JobState {
-        let (mut total, mut queued, mut open, mut pushed) = (0, 0, 0, 0);
+        let (mut total, mut queued, mut open, mut reported) = (0, 0, 0, 0);
         for state in categories {
             total += 1;
             match state {
                 CategoryState::Queued => queued += 1,
-                CategoryState::Pushed => pushed += 1,
+                CategoryState::Reported => reported += 1,
                 other if !other.is_terminal() => open += 1,
                 _ => {}
             }
@@ -209,9 +239,9 @@ impl JobState {
             JobState::Queued
         } else if queued + open > 0 {
             JobState::InProgress
-        } else if pushed == total {
+        } else if reported == total {
             JobState::Completed
-        } else if pushed == 0 {
+        } else if reported == 0 {
             JobState::Failed
         } else {
             JobState::Partial
@@ -249,6 +279,7 @@ mod tests {
             requested_at: OffsetDateTime::UNIX_EPOCH,
             lane: Lane::Interactive,
             attempt: 0,
+            repush: 0,
         }
     }
 
@@ -304,14 +335,27 @@ mod tests {
 
     #[test]
     fn states_never_move_backwards() {
-        for terminal in [Pushed, Failed, Expired] {
-            for target in [Queued, Pushing, Pushed, Retrying, Failed, Expired] {
+        use strum::IntoEnumIterator;
+        for terminal in CategoryState::iter().filter(|s| s.is_terminal()) {
+            for target in CategoryState::iter() {
                 assert!(!target.allowed_sources().contains(&terminal));
             }
         }
         assert!(Pushing.allowed_sources().contains(&Retrying));
-        assert!(!CategoryState::claimable(false).contains(&Pushing));
-        assert!(CategoryState::claimable(true).contains(&Pushing));
+        assert!(!Pushed.is_terminal());
+        assert!(Reported.allowed_sources().contains(&Pushing));
+        assert!(Pushing.allowed_sources().contains(&Pushed));
+        assert!(!CategoryState::claimable(false, false).contains(&Pushing));
+        assert!(CategoryState::claimable(true, false).contains(&Pushing));
+        assert!(!CategoryState::claimable(true, false).contains(&Pushed));
+        assert!(CategoryState::claimable(false, true).contains(&Pushed));
+        for redelivered in [false, true] {
+            for repush in [false, true] {
+                for from in CategoryState::claimable(redelivered, repush) {
+                    assert!(Pushing.allowed_sources().contains(from));
+                }
+            }
+        }
         assert!(Failed.allowed_sources().contains(&Queued));
     }
 
@@ -319,9 +363,12 @@ mod tests {
     fn job_state_is_derived_from_categories() {
         assert_eq!(JobState::derive([Queued, Queued]), JobState::Queued);
         assert_eq!(JobState::derive([Queued, Pushed]), JobState::InProgress);
-        assert_eq!(JobState::derive([Retrying, Pushed]), JobState::InProgress);
-        assert_eq!(JobState::derive([Pushed, Pushed]), JobState::Completed);
-        assert_eq!(JobState::derive([Pushed, Failed]), JobState::Partial);
+        assert_eq!(JobState::derive([Retrying, Reported]), JobState::InProgress);
+        assert_eq!(JobState::derive([Pushed, Pushed]), JobState::InProgress);
+        assert_eq!(JobState::derive([Reported, Reported]), JobState::Completed);
+        assert_eq!(JobState::derive([Reported, Failed]), JobState::Partial);
+        assert_eq!(JobState::derive([Reported, Unreported]), JobState::Partial);
+        assert_eq!(JobState::derive([Unreported, Unreported]), JobState::Failed);
         assert_eq!(JobState::derive([Expired, Failed]), JobState::Failed);
     }
 
@@ -348,6 +395,7 @@ mod tests {
                             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                         lane: if bulk { Lane::Bulk } else { Lane::Interactive },
                         attempt,
+                        repush: attempt % 3,
                     },
                 )
         }

@@ -5,9 +5,11 @@ pub mod batch;
 pub mod broker;
 pub mod category;
 pub mod channel;
+pub mod deadline;
 pub mod device;
 pub mod job;
 pub mod metric;
+pub mod report;
 pub mod retry;
 pub mod settings;
 pub mod shutdown;
@@ -25,6 +27,7 @@ mod tests {
         broker::QueueRole,
         device::{DeviceState, Gateway},
         job::{CategoryState, JobState, Lane},
+        report::ReportSource,
         store::{BatchState, WnsChannelStatus},
     };
     use crate::Category;
@@ -52,5 +55,6 @@ mod tests {
         agree(QueueRole::as_str);
         agree(WnsChannelStatus::as_str);
         agree(BatchState::as_str);
+        agree(ReportSource::as_str);
     }
 }

@@ -35,3 +35,13 @@ pub const QUEUE_DEPTH_READS: &str = "refresh_queue_depth_reads_total";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "refresh_http_connections_refused_total";
 /// Counter: requests answered 5040 at `REQUEST_TIMEOUT_MS` (api).
 pub const HTTP_REQUESTS_TIMED_OUT: &str = "refresh_http_requests_timed_out_total";
+/// Counter (`source`): device reports the api accepted and queued.
+pub const REPORTS_RECEIVED: &str = "refresh_reports_received_total";
+/// Counter (`source`): device reports a worker applied.
+pub const REPORTS_APPLIED: &str = "refresh_reports_applied_total";
+/// Histogram: from a category's push to the device's report of it.
+pub const REPORT_LATENCY: &str = "refresh_report_latency_seconds";
+/// Counter: categories pushed again because no report came by the deadline.
+pub const REPUSHES: &str = "refresh_repushes_total";
+/// Counter: categories ended `unreported`.
+pub const UNREPORTED: &str = "refresh_unreported_total";

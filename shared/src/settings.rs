@@ -27,7 +27,13 @@ pub struct AmqpSettings {
     /// Delays of the retry queues, in order: a job whose in-process retries are spent waits in
     /// the next tier instead of holding a consumer slot.
     pub retry_tiers: Vec<Duration>,
+    /// How long a pushed category waits for the device's report before it is pushed again (or
+    /// ends `unreported`): the TTL of the deadline queue.
+    pub report_deadline: Duration,
 }
+
+/// The longest report deadline: a day. A pushed category holds its device's claim until then.
+pub const MAX_REPORT_DEADLINE: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone)]
 pub struct MongoSettings {
@@ -142,9 +148,13 @@ impl Load for AmqpSettings {
             prefix: env.string("AMQP_PREFIX", "refresh"),
             confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
             retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
+            report_deadline: env.secs("REPORT_DEADLINE_SECS", 900),
         };
         if !amqp.prefix.starts_with("refresh") {
             env.refuse("AMQP_PREFIX: must start with 'refresh'");
+        }
+        if amqp.report_deadline.is_zero() || amqp.report_deadline > MAX_REPORT_DEADLINE {
+            env.refuse("REPORT_DEADLINE_SECS: must be 1 to 86400");
         }
         amqp
     }

@@ -1,5 +1,6 @@
 //! The consumer: a supervisor loop that (re)connects, and per connection one stream per queue —
-//! the interactive lane, the bulk lane and the batches to expand — each with its own prefetch and
+//! the interactive lane, the bulk lane, the batches to expand, the device reports and the passed
+//! report deadlines — each with its own prefetch and
 //! its own bounded pool of deliveries in flight, each delivery answered with exactly one ack,
 //! reject or nack. Separate pools are what keeps a single-device refresh from ever waiting
 //! behind a batch: the bulk lane can only use its own slots.
@@ -22,8 +23,10 @@ use lapin::{
 use refresh_shared::{
     batch::ExpandBatch,
     broker::{BrokerError, Topology, connect},
+    deadline::ReportDeadline,
     job::{Lane, RefreshJob},
     metric,
+    report::DeviceReport,
     retry::{RetryPolicy, WaitEnd},
     settings::AmqpSettings,
 };
@@ -60,6 +63,8 @@ pub struct Consumer {
 enum Work {
     Jobs(Lane),
     Batches,
+    Reports,
+    Deadlines,
 }
 
 impl Work {
@@ -68,6 +73,8 @@ impl Work {
             Work::Jobs(Lane::Interactive) => WorkQueue::Interactive,
             Work::Jobs(Lane::Bulk) => WorkQueue::Bulk,
             Work::Batches => WorkQueue::Batches,
+            Work::Reports => WorkQueue::Reports,
+            Work::Deadlines => WorkQueue::Deadlines,
         }
     }
 }
@@ -126,6 +133,21 @@ impl Consumer {
                 // thousands of publishes, and another worker can take the next batch.
                 prefetch: 1,
                 slots: 1,
+            },
+            Stream {
+                queue: topology.reports_queue(),
+                work: Work::Reports,
+                // A fleet reporting at once waits here, not in the database: a bounded number
+                // applied at once, the next ones at hand.
+                prefetch: u16::try_from(self.worker.report_concurrency * 2).unwrap_or(u16::MAX),
+                slots: self.worker.report_concurrency,
+            },
+            Stream {
+                queue: topology.deadlines_due_queue(),
+                work: Work::Deadlines,
+                // A deadline check is a read and, rarely, a publish or a write.
+                prefetch: 64,
+                slots: 32,
             },
         ];
         all.into_iter()
@@ -244,6 +266,8 @@ impl Consumer {
             match work {
                 Work::Jobs(lane) => handle_job(&dispatcher, lane, delivery).await,
                 Work::Batches => handle_batch(&dispatcher, &expander, delivery).await,
+                Work::Reports => handle_report(&dispatcher, delivery).await,
+                Work::Deadlines => handle_deadline(&dispatcher, delivery).await,
             }
         }
     }
@@ -344,6 +368,38 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
     };
     let span = tracing::info_span!("batch", batch_id = %message.batch_id);
     let verdict = until_answered(dispatcher, || expander.expand(message.batch_id))
+        .instrument(span)
+        .await;
+    answer(&delivery, verdict).await;
+}
+
+/// Applies one device report and answers its delivery exactly once.
+async fn handle_report(dispatcher: &Dispatcher, delivery: Delivery) {
+    let report = match DeviceReport::decode(&delivery.data) {
+        Ok(report) => report,
+        Err(error) => {
+            tracing::error!(%error, "undecodable report dead-lettered");
+            return answer(&delivery, Answer::DeadLetter).await;
+        }
+    };
+    let span = tracing::info_span!("report", device_id = %report.device_id);
+    let verdict = until_answered(dispatcher, || dispatcher.apply_report(&report))
+        .instrument(span)
+        .await;
+    answer(&delivery, verdict).await;
+}
+
+/// Checks one passed report deadline and answers its delivery exactly once.
+async fn handle_deadline(dispatcher: &Dispatcher, delivery: Delivery) {
+    let deadline = match ReportDeadline::decode(&delivery.data) {
+        Ok(deadline) => deadline,
+        Err(error) => {
+            tracing::error!(%error, "undecodable report deadline dead-lettered");
+            return answer(&delivery, Answer::DeadLetter).await;
+        }
+    };
+    let span = tracing::info_span!("deadline", job_id = %deadline.job_id);
+    let verdict = until_answered(dispatcher, || dispatcher.check_deadline(&deadline))
         .instrument(span)
         .await;
     answer(&delivery, verdict).await;

@@ -5,7 +5,7 @@ use crate::{
     gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
     in_flight::InFlight,
 };
-use bson::DateTime;
+use bson::{DateTime, oid::ObjectId};
 use futures::{
     FutureExt, StreamExt,
     future::{BoxFuture, join_all},
@@ -14,6 +14,7 @@ use futures::{
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
+    deadline::{DEADLINE_MESSAGE_VERSION, ReportDeadline},
     device::{Gateway, Refreshable},
     job::{CategoryState, Lane, RefreshJob},
     metric,
@@ -32,6 +33,13 @@ pub enum Halt {
     /// A job's retry could not be parked in a retry queue: the job is handed back.
     #[error("could not park the job in a retry queue: {0}")]
     Park(BrokerError),
+    /// A message the job's progress depends on (a report deadline, a repush) was not taken by
+    /// the broker: the delivery is handed back and tried again.
+    #[error("could not publish {what}: {error}")]
+    Publish {
+        what: &'static str,
+        error: BrokerError,
+    },
     /// The broker did not take a publish of an expansion, which resumes from its checkpoint.
     #[error("the broker did not take a publish: {0}")]
     Broker(#[from] BrokerError),
@@ -50,9 +58,13 @@ enum Step {
 
 /// How one category's processing in this delivery ended.
 enum Ended {
-    /// Pushed through this gateway with this many pushes, not yet recorded: recorded together
-    /// with the job's other categories that finish at the same time.
-    Pushed(Gateway, u32),
+    /// Pushed through `gateway` with this many pushes, the last taken `at`, not yet recorded:
+    /// recorded together with the job's other categories that finish at the same time.
+    Pushed {
+        gateway: Gateway,
+        attempts: u32,
+        at: DateTime,
+    },
     /// Failed, expired, or already settled by someone else.
     Settled,
     /// In-process retries are spent: the category waits in the next retry queue.
@@ -66,6 +78,10 @@ pub struct Dispatcher {
     /// Parks jobs in the retry queues.
     pub retry_publisher: Arc<Publisher>,
     pub job_max_age: Duration,
+    /// Further pushes of a category not reported by its deadline.
+    pub repush_limit: u32,
+    /// `REPORT_DEADLINE_SECS`, for the reason an unreported category gives.
+    pub report_deadline: Duration,
     /// Longest a delivery waits out a database outage before it is handed back.
     pub hold_limit: Duration,
     pub shutdown: CancellationToken,
@@ -103,7 +119,7 @@ impl Dispatcher {
         };
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
-        let claim = claim_update(CategoryState::claimable(redelivered));
+        let claim = claim_update(CategoryState::claimable(redelivered, job.repush > 0));
         let claimed = self
             .store
             .transition(job.job_id, &job.categories, &claim)
@@ -129,8 +145,20 @@ impl Dispatcher {
                 .chain(std::iter::from_fn(|| steps.next().now_or_never().flatten()));
             for step in ready.collect::<Vec<_>>() {
                 match step {
-                    Step::Ended(category, Ok(Ended::Pushed(gateway, attempts))) => {
-                        pushed.push((category, gateway, attempts));
+                    Step::Ended(
+                        category,
+                        Ok(Ended::Pushed {
+                            gateway,
+                            attempts,
+                            at,
+                        }),
+                    ) => {
+                        pushed.push(Pushed {
+                            category,
+                            gateway,
+                            attempts,
+                            at,
+                        });
                     }
                     Step::Ended(category, Ok(Ended::Deferred)) => deferred.push(category),
                     Step::Ended(_, Ok(Ended::Settled)) | Step::Recorded(Ok(())) => {}
@@ -167,7 +195,7 @@ impl Dispatcher {
 
     /// Runs a store write until it succeeds, waiting out database outages for up to
     /// `WORKER_HOLD_LIMIT_MS`; fails on other store errors, a longer outage, or shutdown.
-    async fn durably<T, F, Fut>(&self, write: F) -> Result<T, Halt>
+    pub async fn durably<T, F, Fut>(&self, write: F) -> Result<T, Halt>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -200,7 +228,30 @@ impl Dispatcher {
         results.into_iter().try_for_each(|ended| ended.map(drop))
     }
 
-    /// Records `categories` of `job` as ended by `outcome`: each write covers them all, and
+    /// Publishes with `publish`, waiting out another task's reconnection of the shared
+    /// publisher (it fails fast meanwhile) for up to [`PUBLISH_PATIENCE`]: handing the
+    /// delivery back for that would push its categories a second time.
+    pub async fn publish<F, Fut>(&self, what: &'static str, publish: F) -> Result<(), Halt>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let started = std::time::Instant::now();
+        loop {
+            match publish().await {
+                Err(BrokerError::Reconnecting) if started.elapsed() < PUBLISH_PATIENCE => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+                    }
+                }
+                Err(error) => return Err(Halt::Publish { what, error }),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Records `categories` of `job` as moved by `outcome`: each write covers them all, and
     /// falls back to one category at a time when some were settled or claimed elsewhere.
     async fn settle(
         &self,
@@ -208,81 +259,94 @@ impl Dispatcher {
         categories: &[Category],
         outcome: &Outcome<'_>,
     ) -> Result<(), Halt> {
-        // The device first: whoever sees the job settled also sees the device up to date.
-        // Both writes outlast a database outage: giving up here would forget an outcome (a
-        // push already made) and redo it.
+        // An ending frees the device's claim, the device first: whoever sees the job settled
+        // also sees the device up to date. A push does not: the category stays outstanding
+        // until the device reports it. Every write outlasts a database outage: giving up here
+        // would forget an outcome (a push already made) and redo it.
         let store = &self.store;
-        let refreshed_at = (outcome.to == CategoryState::Pushed).then(DateTime::now);
         let (organization, device, job_id) = (job.organization_id, job.device_id, job.job_id);
-        let released = self
-            .durably(|| {
-                store.settle_refreshes(organization, device, categories, job_id, refreshed_at)
-            })
-            .await?;
-        if !released && categories.len() > 1 {
-            for &category in categories {
-                self.durably(|| {
-                    store.settle_refresh(organization, device, category, job_id, refreshed_at)
-                })
-                .await?;
-            }
+        if outcome.to.is_terminal() {
+            release(self, organization, device, categories, job_id, None).await?;
         }
         let update = CategoryUpdate {
             attempts: outcome.attempts,
             gateway: outcome.gateway,
             last_error: outcome.error.map(str::to_owned),
+            pushed_at: outcome.pushed_at,
             ..CategoryUpdate::to(outcome.to)
         };
         let applied = self
             .durably(|| store.transition(job_id, categories, &update))
             .await?;
-        let recorded: Vec<Category> = match (applied, categories) {
-            (true, _) => categories.to_vec(),
-            (false, [_]) => Vec::new(),
+        let (mut recorded, mut missed) = (Vec::new(), Vec::new());
+        match (applied, categories) {
+            (true, _) => recorded = categories.to_vec(),
+            (false, [category]) => missed.push(*category),
             (false, _) => {
-                let mut recorded = Vec::new();
                 for category in categories {
+                    let single = std::slice::from_ref(category);
                     if self
-                        .durably(|| {
-                            store.transition(job_id, std::slice::from_ref(category), &update)
-                        })
+                        .durably(|| store.transition(job_id, single, &update))
                         .await?
                     {
                         recorded.push(*category);
+                    } else {
+                        missed.push(*category);
                     }
                 }
-                recorded
             }
-        };
+        }
+        if outcome.to == CategoryState::Pushed {
+            // Not recorded as pushed: the device may have reported it already.
+            for category in missed {
+                self.durably(|| store.record_push_of_reported(job_id, category, &update))
+                    .await?;
+            }
+        }
         for category in recorded {
             settled(job, category, outcome);
         }
         Ok(())
     }
 
-    /// Records pushes that finished together: one settle per gateway and attempt count, so the
-    /// usual job (every category pushed at the first try) costs one write per collection.
-    async fn record_pushed(
-        &self,
-        job: &RefreshJob,
-        pushed: &[(Category, Gateway, u32)],
-    ) -> Result<(), Halt> {
-        let mut groups: Vec<((Gateway, u32), Vec<Category>)> = Vec::new();
-        for &(category, gateway, attempts) in pushed {
+    /// Records pushes that finished together: first their report deadline, then one write per
+    /// gateway and attempt count, so the usual job (every category pushed at the first try)
+    /// costs one publish and one write.
+    async fn record_pushed(&self, job: &RefreshJob, pushed: &[Pushed]) -> Result<(), Halt> {
+        // The deadline before the record: a category recorded `pushed` always has one coming.
+        // (Should the record fail, the deadline finds the category not pushed and lets it be.)
+        let deadline = ReportDeadline {
+            version: DEADLINE_MESSAGE_VERSION,
+            job_id: job.job_id,
+            organization_id: job.organization_id,
+            device_id: job.device_id,
+            lane: job.lane,
+            categories: pushed.iter().map(|p| p.category).collect(),
+            repush: job.repush,
+        };
+        let publisher = &self.retry_publisher;
+        self.publish("a report deadline", || {
+            publisher.publish_deadline(&deadline)
+        })
+        .await?;
+        let mut groups: Vec<((Gateway, u32, DateTime), Vec<Category>)> = Vec::new();
+        for push in pushed {
+            let key = (push.gateway, push.attempts, push.at);
             match groups
                 .iter_mut()
-                .find(|(key, _)| *key == (gateway, attempts))
+                .find(|(k, _)| (k.0, k.1) == (key.0, key.1))
             {
-                Some((_, categories)) => categories.push(category),
-                None => groups.push(((gateway, attempts), vec![category])),
+                Some((_, categories)) => categories.push(push.category),
+                None => groups.push((key, vec![push.category])),
             }
         }
-        for ((gateway, attempts), categories) in groups {
+        for ((gateway, attempts, at), categories) in groups {
             let outcome = Outcome {
                 to: CategoryState::Pushed,
                 gateway: Some(gateway),
                 attempts,
                 error: None,
+                pushed_at: Some(at),
             };
             self.settle(job, &categories, &outcome).await?;
         }
@@ -298,7 +362,8 @@ impl Dispatcher {
         claimed: bool,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
-        if !claimed && !attempt.claim(CategoryState::claimable(redelivered)).await? {
+        let claimable = CategoryState::claimable(redelivered, job.repush > 0);
+        if !claimed && !attempt.claim(claimable).await? {
             tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
             return Ok(Ended::Settled);
         }
@@ -358,7 +423,13 @@ impl Dispatcher {
             attempt.made += 1;
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
-                Verdict::Pushed => return Ok(Ended::Pushed(route.gateway(), attempt.made)),
+                Verdict::Pushed => {
+                    return Ok(Ended::Pushed {
+                        gateway: route.gateway(),
+                        attempts: attempt.made,
+                        at: DateTime::now(),
+                    });
+                }
                 Verdict::DeviceUnreachable => match next_routes.next() {
                     Some(next) => {
                         tracing::info!(job_id = %job.job_id, %category, %detail, "falling back to the next route");
@@ -482,6 +553,7 @@ impl<'a> Attempt<'a> {
             gateway,
             attempts: self.made,
             error,
+            pushed_at: None,
         };
         self.dispatcher
             .settle(self.job, &[self.category], &outcome)
@@ -491,13 +563,52 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// How categories ended, to be recorded.
+/// How categories ended (or were pushed), to be recorded.
 struct Outcome<'a> {
     to: CategoryState,
     gateway: Option<Gateway>,
     /// Pushes not yet added to the stored `attempts`.
     attempts: u32,
     error: Option<&'a str>,
+    /// When the gateway took the push, for `pushed`.
+    pushed_at: Option<DateTime>,
+}
+
+/// One category pushed in this delivery, not yet recorded.
+struct Pushed {
+    category: Category,
+    gateway: Gateway,
+    attempts: u32,
+    at: DateTime,
+}
+
+/// How long a publish waits out another task's reconnection of the shared publisher.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Frees `job`'s claim on `categories` of the device (they are no longer outstanding), with
+/// `reported_at` as their refresh time when the device reported them: all in one write when the
+/// job holds them all, else one at a time (a job that no longer holds a claim changes nothing).
+pub async fn release(
+    dispatcher: &Dispatcher,
+    organization: ObjectId,
+    device: ObjectId,
+    categories: &[Category],
+    job: ObjectId,
+    reported_at: Option<DateTime>,
+) -> Result<(), Halt> {
+    let store = &dispatcher.store;
+    let at = reported_at;
+    let released = dispatcher
+        .durably(|| store.settle_refreshes(organization, device, categories, job, at))
+        .await?;
+    if !released && categories.len() > 1 {
+        for &category in categories {
+            dispatcher
+                .durably(|| store.settle_refresh(organization, device, category, job, at))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// How `device` can be reached, in the order to try: its agent, then its live WNS channel.

@@ -2,11 +2,13 @@
 //! outcome.
 
 mod consumer;
+mod deadlines;
 mod dispatch;
 mod expander;
 pub mod gateway;
 mod health;
 mod in_flight;
+mod reports;
 pub mod settings;
 
 use anyhow::Context;
@@ -65,6 +67,8 @@ impl Worker {
             push_retry: settings.worker.push_retry,
             retry_publisher: Arc::clone(&publisher),
             job_max_age: settings.worker.job_max_age,
+            repush_limit: settings.worker.repush_limit,
+            report_deadline: settings.core.amqp.report_deadline,
             hold_limit: settings.worker.hold_limit,
             shutdown: shutdown.clone(),
             in_flight: in_flight::InFlight::default(),

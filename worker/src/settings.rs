@@ -18,7 +18,7 @@ pub struct Settings {
     pub core: Core,
     pub worker: WorkerSettings,
     pub gateways: GatewaySettings,
-    /// A batch's device whose categories were pushed this recently is skipped (coalesced).
+    /// A batch's device whose categories were reported this recently is skipped (coalesced).
     pub refresh_skip_window: Duration,
     /// After SIGTERM/SIGINT, how long jobs in flight may take to finish before the rest is
     /// handed back (redelivered).
@@ -60,7 +60,16 @@ pub struct WorkerSettings {
     /// away before it is handed back to the queue: RabbitMQ closes the channel of a consumer
     /// that holds a delivery past its consumer timeout (30 minutes by default).
     pub hold_limit: Duration,
+    /// Device reports applied at once.
+    pub report_concurrency: usize,
+    /// Further pushes of a category whose device did not report by the deadline, before it
+    /// ends `unreported`.
+    pub repush_limit: u32,
 }
+
+/// The most `REPUSH_LIMIT` may be: a device that did not answer ten wake-ups will not answer
+/// the eleventh.
+const MAX_REPUSH_LIMIT: u32 = 10;
 
 /// A queue a worker can consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +77,8 @@ pub enum WorkQueue {
     Interactive,
     Bulk,
     Batches,
+    Reports,
+    Deadlines,
 }
 
 impl FromStr for WorkQueue {
@@ -78,7 +89,11 @@ impl FromStr for WorkQueue {
             "interactive" => Ok(WorkQueue::Interactive),
             "bulk" => Ok(WorkQueue::Bulk),
             "batches" => Ok(WorkQueue::Batches),
-            other => Err(format!("'{other}' is not interactive, bulk or batches")),
+            "reports" => Ok(WorkQueue::Reports),
+            "deadlines" => Ok(WorkQueue::Deadlines),
+            other => Err(format!(
+                "'{other}' is not interactive, bulk, batches, reports or deadlines"
+            )),
         }
     }
 }
@@ -105,7 +120,10 @@ impl Load for WorkerSettings {
             concurrency: env.parse("WORKER_CONCURRENCY", "256"),
             bulk_concurrency: env.parse("WORKER_BULK_CONCURRENCY", "8"),
             batch_chunk_size: env.parse("BATCH_CHUNK_SIZE", "500"),
-            queues: env.list("WORKER_QUEUES", "interactive,bulk,batches"),
+            queues: env.list(
+                "WORKER_QUEUES",
+                "interactive,bulk,batches,reports,deadlines",
+            ),
             push_timeout: env.millis("PUSH_TIMEOUT_MS", 5_000),
             push_retry: RetryPolicy {
                 initial: env.millis("PUSH_RETRY_INITIAL_MS", 500),
@@ -115,7 +133,15 @@ impl Load for WorkerSettings {
             },
             job_max_age: env.secs("JOB_MAX_AGE_SECS", 3_600),
             hold_limit: env.millis("WORKER_HOLD_LIMIT_MS", 300_000),
+            report_concurrency: env.parse("WORKER_REPORT_CONCURRENCY", "64"),
+            repush_limit: env.parse("REPUSH_LIMIT", "2"),
         };
+        if !(1..=4096).contains(&worker.report_concurrency) {
+            env.refuse("WORKER_REPORT_CONCURRENCY: must be between 1 and 4096");
+        }
+        if worker.repush_limit > MAX_REPUSH_LIMIT {
+            env.refuse("REPUSH_LIMIT: must be between 0 and 10");
+        }
         if worker.prefetch == 0 || worker.concurrency == 0 {
             env.refuse("WORKER_PREFETCH and WORKER_CONCURRENCY: must be at least 1");
         } else if worker.concurrency > usize::from(worker.prefetch) {

@@ -7,7 +7,10 @@
 //! another request's confirm. A dead connection is replaced on the next publish.
 
 use super::{BrokerError, Topology, connect};
-use crate::{batch::ExpandBatch, job::RefreshJob, settings::AmqpSettings};
+use crate::{
+    batch::ExpandBatch, deadline::ReportDeadline, job::RefreshJob, report::DeviceReport,
+    settings::AmqpSettings,
+};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -116,6 +119,22 @@ impl Publisher {
             body: expand.encode(),
         };
         let queue = self.topology.batches_queue();
+        self.publish_to("", &queue, &message).await
+    }
+
+    /// Queues a device's report for a worker to apply.
+    pub async fn publish_report(&self, report: &DeviceReport) -> Result<(), BrokerError> {
+        let id = report.job_id.unwrap_or(report.device_id).to_hex();
+        let message = Message::new(&id, report.encode());
+        self.publish_to("", &self.topology.reports_queue(), &message)
+            .await
+    }
+
+    /// Starts the wait for a pushed category's report: the deadline comes back due after
+    /// `REPORT_DEADLINE_SECS`.
+    pub async fn publish_deadline(&self, deadline: &ReportDeadline) -> Result<(), BrokerError> {
+        let message = Message::new(&deadline.job_id.to_hex(), deadline.encode());
+        let queue = self.topology.deadlines_waiting_queue();
         self.publish_to("", &queue, &message).await
     }
 

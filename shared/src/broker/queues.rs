@@ -2,7 +2,7 @@
 //! queue (what is there and why; putting messages back on the queue they died in).
 
 use super::{BrokerError, Publisher, QueueDepth, QueueRole, Topology, topology::depth};
-use crate::{batch::ExpandBatch, job::RefreshJob};
+use crate::{batch::ExpandBatch, deadline::ReportDeadline, job::RefreshJob, report::DeviceReport};
 use lapin::{
     Channel,
     message::Delivery,
@@ -23,7 +23,8 @@ pub struct DeadLetter {
     pub reason: Option<String>,
     /// The queue it died in, where a replay puts it back.
     pub queue: Option<String>,
-    /// What it is, when it decodes: `job <id> device <id> [categories]` or `batch <id>`.
+    /// What it is, when it decodes: `job <id> device <id> [categories]`, `batch <id>`,
+    /// `report device <id> [categories]` or `deadline job <id> repush <n>`.
     pub summary: String,
     pub bytes: usize,
 }
@@ -53,6 +54,18 @@ impl DeadLetter {
             )
         } else if let Ok(expand) = ExpandBatch::decode(&delivery.data) {
             format!("batch {}", expand.batch_id)
+        } else if let Ok(report) = DeviceReport::decode(&delivery.data) {
+            let categories: Vec<&str> = report.categories.keys().map(|c| c.as_str()).collect();
+            format!(
+                "report device {} [{}]",
+                report.device_id,
+                categories.join(",")
+            )
+        } else if let Ok(deadline) = ReportDeadline::decode(&delivery.data) {
+            format!(
+                "deadline job {} repush {}",
+                deadline.job_id, deadline.repush
+            )
         } else {
             "undecodable".to_owned()
         };

@@ -19,6 +19,7 @@ const DELIVERY_LIMIT: i64 = 10;
 pub struct Topology {
     prefix: String,
     retry_tiers: Vec<Duration>,
+    report_deadline: Duration,
 }
 
 impl Topology {
@@ -26,6 +27,7 @@ impl Topology {
         Topology {
             prefix: settings.prefix.clone(),
             retry_tiers: settings.retry_tiers.clone(),
+            report_deadline: settings.report_deadline,
         }
     }
 
@@ -63,6 +65,26 @@ impl Topology {
         format!("{}.batches", self.prefix)
     }
 
+    /// Device reports waiting to be applied.
+    pub fn reports_queue(&self) -> String {
+        format!("{}.reports", self.prefix)
+    }
+
+    /// Where report deadlines wait out `REPORT_DEADLINE_SECS` (named by it, like the retry
+    /// tiers: a changed deadline gets a queue of its own, and the old one still drains).
+    pub fn deadlines_waiting_queue(&self) -> String {
+        format!(
+            "{}.deadlines.{}s",
+            self.prefix,
+            self.report_deadline.as_secs()
+        )
+    }
+
+    /// Report deadlines that have passed, for a worker to check.
+    pub fn deadlines_due_queue(&self) -> String {
+        format!("{}.deadlines.due", self.prefix)
+    }
+
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
     }
@@ -86,6 +108,9 @@ impl Topology {
             (self.jobs_queue(Lane::Interactive), QueueRole::Work),
             (self.jobs_queue(Lane::Bulk), QueueRole::Work),
             (self.batches_queue(), QueueRole::Batches),
+            (self.reports_queue(), QueueRole::Reports),
+            (self.deadlines_waiting_queue(), QueueRole::Deadlines),
+            (self.deadlines_due_queue(), QueueRole::Deadlines),
         ];
         for lane in Lane::ALL {
             let retries =
@@ -147,6 +172,20 @@ impl Topology {
         // Same guarantees as the work queues: an expansion request is never dropped, and one
         // that keeps killing its worker ends up in the dead queue.
         declare_queue(channel, &self.batches_queue(), self.work_queue_arguments()).await?;
+        // Reports and due deadlines are work like jobs: never dropped, poison dead-lettered.
+        declare_queue(channel, &self.reports_queue(), self.work_queue_arguments()).await?;
+        declare_queue(
+            channel,
+            &self.deadlines_due_queue(),
+            self.work_queue_arguments(),
+        )
+        .await?;
+        declare_queue(
+            channel,
+            &self.deadlines_waiting_queue(),
+            self.deadlines_waiting_arguments(),
+        )
+        .await?;
 
         for lane in Lane::ALL {
             for (round, delay) in self.retry_tiers.iter().enumerate() {
@@ -181,7 +220,22 @@ impl Topology {
 }
 
 impl Topology {
-    /// A work queue (either lane, or the batches queue).
+    /// The deadline queue: like a retry queue, every message has the same TTL and nothing
+    /// consumes it; an expired deadline goes (through the default exchange) to the due queue.
+    fn deadlines_waiting_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let ttl = i64::try_from(self.report_deadline.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        insert_str(&mut arguments, "x-dead-letter-exchange", "");
+        insert_str(
+            &mut arguments,
+            "x-dead-letter-routing-key",
+            &self.deadlines_due_queue(),
+        );
+        arguments
+    }
+
+    /// A work queue (either lane, the batches, reports or due deadlines queue).
     fn work_queue_arguments(&self) -> FieldTable {
         let mut arguments = quorum_arguments();
         // Rejected (poison) and over-delivered messages go to the dead queue, not away.
@@ -258,6 +312,10 @@ pub enum QueueRole {
     Batches,
     /// Jobs waiting out a retry delay.
     Retry,
+    /// Device reports waiting to be applied.
+    Reports,
+    /// Report deadlines, waiting to pass or passed and waiting for a worker.
+    Deadlines,
     /// Dead letters, waiting for an operator.
     Dead,
 }
@@ -268,6 +326,8 @@ impl QueueRole {
             QueueRole::Work => "work",
             QueueRole::Batches => "batches",
             QueueRole::Retry => "retry",
+            QueueRole::Reports => "reports",
+            QueueRole::Deadlines => "deadlines",
             QueueRole::Dead => "dead",
         }
     }

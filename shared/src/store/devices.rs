@@ -26,7 +26,7 @@ pub struct Device {
     pub tags: Vec<String>,
     #[serde(default)]
     pub push: PushRoutes,
-    /// Categories asked for and not yet settled (pushed, failed or expired).
+    /// Categories asked for and not yet ended (reported, failed, expired or unreported).
     #[serde(default)]
     pub refresh_info_needed: Vec<Category>,
     #[serde(default)]
@@ -34,6 +34,17 @@ pub struct Device {
     /// The job that last claimed each category: the one a duplicate request is merged into.
     #[serde(default)]
     pub last_refresh_job: BTreeMap<Category, ObjectId>,
+    /// The key the device's agent reports with, hashed; none until one is issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<NodeKey>,
+}
+
+/// A device's node key, as stored: only its SHA-256 hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeKey {
+    pub hash: String,
+    pub issued_at: DateTime,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -117,6 +128,8 @@ pub struct NewDevice {
     pub imei: Option<String>,
     pub tags: Vec<String>,
     pub push: PushRoutes,
+    /// The hash of a node key issued with the device.
+    pub node_key_hash: Option<String>,
 }
 
 impl Device {
@@ -140,6 +153,10 @@ impl Device {
             refresh_info_needed: Vec::new(),
             info_refreshed_at: BTreeMap::new(),
             last_refresh_job: BTreeMap::new(),
+            node_key: new.node_key_hash.map(|hash| NodeKey {
+                hash,
+                issued_at: DateTime::now(),
+            }),
         }
     }
 }
@@ -149,7 +166,7 @@ impl Device {
 pub struct Claim {
     /// Claimed by the job: it pushes these.
     pub ours: Vec<Category>,
-    /// Left to the job already holding them (outstanding, or pushed within the skip window).
+    /// Left to the job already holding them (outstanding, or reported within the skip window).
     pub theirs: Vec<Category>,
 }
 
@@ -272,7 +289,7 @@ impl Store {
     }
 
     /// Claims all of `categories` for `job` in one atomic update, or none: only if no job has
-    /// any of them outstanding and none was pushed after `not_refreshed_since`. The device
+    /// any of them outstanding and none was reported after `not_refreshed_since`. The device
     /// document is the lock, so concurrent requests for the same (device, category) yield one
     /// claim. (No `$or` in the filter: some servers then scan the collection instead of using
     /// `_id`.)
@@ -351,7 +368,8 @@ impl Store {
     }
 
     /// Ends `job`'s claim on `category`: it is no longer outstanding, and `refreshed_at` is
-    /// recorded when it was pushed. A job that no longer holds the claim changes nothing.
+    /// recorded when the device reported it (the skip window counts from then). A job that no
+    /// longer holds the claim changes nothing.
     pub async fn settle_refresh(
         &self,
         organization: ObjectId,
@@ -395,6 +413,52 @@ impl Store {
         Ok(result.matched_count == 1)
     }
 
+    /// A device by id, whatever its organization: for a device proving who it is with its
+    /// node key (the key, not a tenant's token, says which organization it is in).
+    pub async fn device_by_id(&self, id: ObjectId) -> Result<Option<Device>, StoreError> {
+        Ok(self.devices.find_one(doc! { "_id": id }).await?)
+    }
+
+    /// The device whose node key hashes to `hash`.
+    pub async fn device_by_node_key(&self, hash: &str) -> Result<Option<Device>, StoreError> {
+        Ok(self.devices.find_one(doc! { "nodeKey.hash": hash }).await?)
+    }
+
+    /// Gives a device of `organization` a new node key (the old one stops working); false
+    /// when there is no such device.
+    pub async fn issue_node_key(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        hash: &str,
+    ) -> Result<bool, StoreError> {
+        let key = doc! { "hash": hash, "issuedAt": DateTime::now() };
+        let result = self
+            .devices
+            .update_one(
+                tenant(organization, doc! { "_id": device }),
+                doc! { "$set": { "nodeKey": key } },
+            )
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Takes a device's node key away; false when there is no such device.
+    pub async fn revoke_node_key(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .devices
+            .update_one(
+                tenant(organization, doc! { "_id": device }),
+                doc! { "$unset": { "nodeKey": "" } },
+            )
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
     pub async fn mark_wns_channel_dead(
         &self,
         organization: ObjectId,
@@ -428,7 +492,7 @@ fn lookup_keys(key: &str) -> Document {
 }
 
 /// Adds to `filter` the conditions of claiming all of `categories` (none outstanding, none
-/// pushed after `not_refreshed_since`) and returns the update that claims them for `job`.
+/// reported after `not_refreshed_since`) and returns the update that claims them for `job`.
 fn claim_all(
     filter: &mut Document,
     categories: &[Category],

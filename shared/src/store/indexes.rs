@@ -42,6 +42,9 @@ impl Store {
                 // takes `_id`.
                 index(doc! { "organization": 1, "state": 1, "_id": 1 }, false),
                 index(doc! { "organization": 1, "_id": 1 }, false),
+                // A device reporting is found by its node key's hash. Not unique: most devices
+                // have none, and 256 random bits do not collide.
+                index(doc! { "nodeKey.hash": 1 }, false),
             ],
         )
         .await?;
@@ -77,6 +80,13 @@ impl Store {
                 .keys(doc! { "createdAt": 1 })
                 .options(expiring)
                 .build()],
+        )
+        .await?;
+        // One document per (device, category): the upsert that stores a report relies on it to
+        // refuse an older report instead of adding a second document.
+        ensure(
+            &self.inventory,
+            [index(doc! { "device": 1, "category": 1 }, true)],
         )
         .await?;
         // The audit trail of a tenant, newest first.

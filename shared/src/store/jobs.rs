@@ -4,6 +4,7 @@ use crate::{
     batch::DeviceOutcome,
     device::Gateway,
     job::{CategoryState, JobState, Lane, MESSAGE_VERSION, RefreshJob},
+    report::{DeviceReport, ReportSource},
 };
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
@@ -40,7 +41,13 @@ pub struct CategoryRecord {
     pub attempts: u32,
     pub gateway: Option<Gateway>,
     pub last_error: Option<String>,
+    /// When a gateway last took a wake-up for it.
     pub pushed_at: Option<DateTime>,
+    /// When the worker applied the device's report of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_source: Option<ReportSource>,
 }
 
 impl JobRecord {
@@ -70,6 +77,8 @@ impl JobRecord {
                         gateway: None,
                         last_error: None,
                         pushed_at: None,
+                        reported_at: None,
+                        report_source: None,
                     };
                     (category, record)
                 })
@@ -92,6 +101,7 @@ impl JobRecord {
             requested_at: OffsetDateTime::now_utc(),
             lane: self.lane,
             attempt: 0,
+            repush: 0,
         }
     }
 
@@ -105,7 +115,7 @@ impl JobRecord {
     }
 }
 
-/// A category pushed after the returned instant is not pushed again (the skip window).
+/// A category reported after the returned instant is not pushed again (the skip window).
 pub fn skip_cutoff(window: std::time::Duration) -> DateTime {
     let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     DateTime::from_millis(DateTime::now().timestamp_millis().saturating_sub(window))
@@ -121,6 +131,8 @@ pub struct CategoryUpdate {
     pub attempts: u32,
     pub gateway: Option<Gateway>,
     pub last_error: Option<String>,
+    /// When the gateway took the push this write records.
+    pub pushed_at: Option<DateTime>,
 }
 
 impl CategoryUpdate {
@@ -131,6 +143,7 @@ impl CategoryUpdate {
             attempts: 0,
             gateway: None,
             last_error: None,
+            pushed_at: None,
         }
     }
 }
@@ -288,8 +301,8 @@ impl Store {
             if let Some(error) = &update.last_error {
                 set.insert(field("lastError"), error.as_str());
             }
-            if update.to == CategoryState::Pushed {
-                set.insert(field("pushedAt"), DateTime::now());
+            if let Some(at) = update.pushed_at {
+                set.insert(field("pushedAt"), at);
             }
             if update.attempts > 0 {
                 inc.insert(field("attempts"), i64::from(update.attempts));
@@ -301,5 +314,70 @@ impl Store {
         }
         let result = self.jobs.update_one(filter, change).await?;
         Ok(result.matched_count == 1)
+    }
+
+    /// Records `category` of `report`'s job as reported, if that job is the reporting device's
+    /// own (same organization, same device) and the category may still end so. Returns whether
+    /// it applied: a redelivered report, a finished job or another tenant's job change nothing.
+    pub async fn record_reported(
+        &self,
+        report: &DeviceReport,
+        job: ObjectId,
+        category: Category,
+    ) -> Result<bool, StoreError> {
+        let field = |name: &str| format!("categories.{category}.{name}");
+        let sources: Vec<&str> = CategoryState::Reported
+            .allowed_sources()
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        let filter = tenant(
+            report.organization_id,
+            doc! {
+                "_id": job,
+                "device": report.device_id,
+                field("state"): { "$in": sources },
+            },
+        );
+        let now = DateTime::now();
+        let change = doc! { "$set": {
+            "updatedAt": now,
+            field("state"): CategoryState::Reported.as_str(),
+            field("reportedAt"): now,
+            field("reportSource"): report.source.as_str(),
+        } };
+        let result = self.jobs.update_one(filter, change).await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Records the push of a category the device reported before the push itself was recorded
+    /// (a fast device answers while the worker is still writing): the push's gateway, attempts
+    /// and time, once (only while no later push is recorded).
+    pub async fn record_push_of_reported(
+        &self,
+        job: ObjectId,
+        category: Category,
+        update: &CategoryUpdate,
+    ) -> Result<(), StoreError> {
+        let field = |name: &str| format!("categories.{category}.{name}");
+        let Some(at) = update.pushed_at else {
+            return Ok(());
+        };
+        let filter = doc! {
+            "_id": job,
+            field("state"): CategoryState::Reported.as_str(),
+            // Not `$lt`: that would not match a category never pushed before (null).
+            field("pushedAt"): { "$not": { "$gte": at } },
+        };
+        let mut set = doc! { field("pushedAt"): at };
+        if let Some(gateway) = update.gateway {
+            set.insert(field("gateway"), gateway.as_str());
+        }
+        let change = doc! {
+            "$set": set,
+            "$inc": { field("attempts"): i64::from(update.attempts) },
+        };
+        self.jobs.update_one(filter, change).await?;
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod batches;
 mod devices;
 mod idempotency;
 mod indexes;
+mod inventory;
 mod jobs;
 mod organizations;
 mod tokens;
@@ -14,11 +15,12 @@ mod tokens;
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
 pub use devices::{
-    Claim, Device, DeviceSummary, NewDevice, PushRoutes, WnsChannel, WnsChannelStatus,
+    Claim, Device, DeviceSummary, NewDevice, NodeKey, PushRoutes, WnsChannel, WnsChannelStatus,
 };
 pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation,
 };
+pub use inventory::{InventoryRecord, NodeValue};
 pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff};
 pub use organizations::Organization;
 pub use tokens::ApiToken;
@@ -41,6 +43,7 @@ pub const BATCHES: &str = "refresh_batches";
 pub const BATCH_DEVICES: &str = "refresh_batch_devices";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const AUDIT_EVENTS: &str = "audit_events";
+pub const INVENTORY: &str = "win_device_inventory";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,13 +79,17 @@ impl StoreError {
         matches!(self, StoreError::Unavailable(_))
     }
 
+    /// Whether `error` is a duplicate-key write error.
+    fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+        matches!(&*error.kind, ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == 11000)
+    }
+
     /// Maps a duplicate-key write error to [`StoreError::Duplicate`] naming `what`.
     fn duplicate_as(error: mongodb::error::Error, what: impl FnOnce() -> String) -> StoreError {
-        match &*error.kind {
-            ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == 11000 => {
-                StoreError::Duplicate(what())
-            }
-            _ => error.into(),
+        if StoreError::is_duplicate_key(&error) {
+            StoreError::Duplicate(what())
+        } else {
+            error.into()
         }
     }
 }
@@ -106,6 +113,7 @@ pub struct Store {
     batch_devices: Collection<DevicePage>,
     idempotency_keys: Collection<IdempotencyRecord>,
     audit_events: Collection<AuditEvent>,
+    inventory: Collection<InventoryRecord>,
 }
 
 impl Store {
@@ -137,6 +145,7 @@ impl Store {
             batch_devices: database.collection(BATCH_DEVICES),
             idempotency_keys: database.collection(IDEMPOTENCY_KEYS),
             audit_events: database.collection(AUDIT_EVENTS),
+            inventory: database.collection(INVENTORY),
             database,
         }
     }

@@ -41,7 +41,8 @@ pub struct PushPayload {
 #[derive(Debug, Serialize)]
 pub struct CategoryPaths {
     pub name: Category,
-    pub paths: &'static [&'static str],
+    /// The nodes the device re-reads for the category.
+    pub paths: Vec<&'static str>,
 }
 
 impl PushPayload {
@@ -51,7 +52,7 @@ impl PushPayload {
             device_id: device_id.to_hex(),
             categories: vec![CategoryPaths {
                 name: category,
-                paths: category.oma_dm_paths(),
+                paths: category.nodes().collect(),
             }],
         }
     }
