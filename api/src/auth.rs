@@ -57,7 +57,7 @@ impl Authenticated {
 
 /// The token of `Authorization: Bearer <token>`, telling "no token" apart from "not a bearer
 /// token at all".
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = validate::single(&parts.headers, "Authorization")
         .map_err(|problem| ApiError::Validation(vec![problem]))?;
     let Some(value) = value else {

@@ -6,6 +6,7 @@ mod auth_cache;
 mod error;
 mod idempotency;
 mod limits;
+mod node_auth;
 mod openapi;
 mod rate_limit;
 mod routes;
@@ -13,6 +14,7 @@ mod server;
 pub mod settings;
 mod state;
 mod strict_json;
+mod tls;
 mod validate;
 
 pub use error::{ApiError, FieldProblem};
@@ -41,6 +43,9 @@ const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(60);
 pub struct App {
     server: Server,
     addr: SocketAddr,
+    /// The listener devices report to (`DEVICE_ADDR`).
+    device_server: Server,
+    device_addr: SocketAddr,
     shutdown_grace: std::time::Duration,
     state: AppState,
     amqp: AmqpSettings,
@@ -63,12 +68,33 @@ impl App {
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.api.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let device_listener = TcpListener::bind(settings.device.addr)
+            .await
+            .with_context(|| format!("binding DEVICE_ADDR {}", settings.device.addr))?;
+        let device_addr = device_listener
+            .local_addr()
+            .context("reading the bound device address")?;
+        let tls = settings
+            .device
+            .tls
+            .as_ref()
+            .map(tls::acceptor)
+            .transpose()?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
-        let state = AppState::new(&settings.api, store, Arc::new(publisher), audit);
+        let state = AppState::new(
+            &settings.api,
+            &settings.device,
+            store,
+            Arc::new(publisher),
+            audit,
+        );
         let router = routes::router(state.clone(), &settings.api);
+        let device_router = routes::device_router(state.clone(), &settings.api, &settings.device);
         Ok(App {
-            server: Server::new(listener, router, &settings.api),
+            server: Server::new(listener, router, &settings.api, None),
             addr,
+            device_server: Server::new(device_listener, device_router, &settings.api, tls),
+            device_addr,
             shutdown_grace: settings.shutdown_grace,
             state,
             amqp: settings.core.amqp,
@@ -81,6 +107,11 @@ impl App {
         self.addr
     }
 
+    /// The device listener's bound address.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
     /// Serves until `shutdown` resolves, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let state = self.state.clone();
@@ -91,7 +122,7 @@ impl App {
                 state.rate_limits.retain_recent();
             }
         });
-        tracing::info!(addr = %self.local_addr(), "refresh-api listening");
+        tracing::info!(addr = %self.local_addr(), device_addr = %self.device_addr, "refresh-api listening");
         let stop = CancellationToken::new();
         refresh_shared::shutdown::cancel_on(shutdown, stop.clone());
         let (state, amqp, followed) = (self.state.clone(), self.amqp.clone(), stop.clone());
@@ -99,7 +130,10 @@ impl App {
             let invalidate = |what| state.auth_cache.invalidate(what);
             invalidations::follow(&amqp, "refresh-api invalidations", invalidate, followed).await;
         });
-        self.server.run(stop, self.shutdown_grace).await;
+        tokio::join!(
+            self.server.run(stop.clone(), self.shutdown_grace),
+            self.device_server.run(stop, self.shutdown_grace),
+        );
         sweeper.abort();
         invalidations.abort();
         self.audit_writer.finish().await;

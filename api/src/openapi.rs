@@ -73,6 +73,8 @@ pub mod schema {
         BatchState = shared::store::BatchState;
         /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
         QueueRole = shared::broker::QueueRole;
+        /// Who sent a report: the device agent, or the device's OMA-DM client.
+        ReportSource = shared::report::ReportSource;
     }
 }
 
@@ -371,17 +373,28 @@ macro_rules! parameters {
     )*};
 }
 
+fn win_device_id() -> Parameter {
+    parameter(
+        "winDeviceId",
+        ParameterIn::Path,
+        validate::DEVICE_PATTERN,
+        "The device's 24-hex id, IMEI or serial number, looked up inside the organization",
+    )
+}
+
 parameters! {
     /// `POST …/devices/{winDeviceId}/info`.
-    RefreshParams = [
+    RefreshParams = [organization_id(), win_device_id(), idempotency_key()];
+    /// `GET …/devices/{winDeviceId}/inventory`.
+    InventoryParams = [
         organization_id(),
+        win_device_id(),
         parameter(
-            "winDeviceId",
-            ParameterIn::Path,
-            validate::DEVICE_PATTERN,
-            "The device's 24-hex id, IMEI or serial number, looked up inside the organization",
+            "categories",
+            ParameterIn::Query,
+            validate::CATEGORY_LIST_PATTERN,
+            "The categories to show, comma-separated (all when absent)",
         ),
-        idempotency_key(),
     ];
     /// `POST …/refresh-batches`.
     CreateBatchParams = [organization_id(), idempotency_key()];

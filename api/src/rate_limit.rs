@@ -3,7 +3,7 @@
 //! Failed authentications are limited per client address, since they have no token to count.
 
 use crate::error::seconds_rounded_up;
-use crate::settings::ApiSettings;
+use crate::settings::{ApiSettings, DeviceListenerSettings};
 use axum::{
     extract::Request,
     http::{HeaderMap, HeaderValue},
@@ -35,6 +35,8 @@ type Limiter = RateLimiter<
 pub struct RateLimits {
     tokens: Limiter,
     organizations: Limiter,
+    /// Reports per device, on the device listener.
+    devices: Limiter,
     failures: governor::DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses over their failure allowance → until when their requests are refused.
     blocked: Mutex<HashMap<IpAddr, Instant>>,
@@ -52,7 +54,7 @@ pub struct Standing {
 }
 
 impl RateLimits {
-    pub fn new(settings: &ApiSettings) -> RateLimits {
+    pub fn new(settings: &ApiSettings, device: &DeviceListenerSettings) -> RateLimits {
         let limiter = |rate: NonZeroU32, burst: NonZeroU32| {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
                 .with_middleware::<StateInformationMiddleware>()
@@ -63,6 +65,7 @@ impl RateLimits {
                 settings.organization_rate_limit_per_second,
                 settings.organization_rate_limit_burst,
             ),
+            devices: limiter(device.rate_limit_per_second, device.rate_limit_burst),
             failures: RateLimiter::keyed(
                 Quota::per_second(settings.auth_failure_rate_limit_per_second)
                     .allow_burst(settings.auth_failure_burst),
@@ -100,9 +103,15 @@ impl RateLimits {
         })
     }
 
+    /// Counts one report of `device`: its standing, `Err` when refused.
+    pub fn check_device(&self, device: ObjectId) -> Result<Standing, Standing> {
+        check(&self.devices, device)
+    }
+
     /// Drops the state of keys not seen for a while, so it does not grow with every token.
     pub fn retain_recent(&self) {
         self.tokens.retain_recent();
+        self.devices.retain_recent();
         self.organizations.retain_recent();
         self.failures.retain_recent();
         let now = Instant::now();
@@ -182,7 +191,11 @@ mod tests {
         settings.organization_rate_limit_per_second = NonZeroU32::MIN;
         settings.organization_rate_limit_burst =
             NonZeroU32::new(organization_burst).expect("burst");
-        RateLimits::new(&settings)
+        RateLimits::new(&settings, &device_defaults())
+    }
+
+    fn device_defaults() -> DeviceListenerSettings {
+        DeviceListenerSettings::from_lookup(|_| None).expect("defaults are valid")
     }
 
     #[test]
@@ -229,7 +242,7 @@ mod tests {
         let mut settings = ApiSettings::from_lookup(|_| None).expect("defaults are valid");
         settings.auth_failure_rate_limit_per_second = NonZeroU32::MIN;
         settings.auth_failure_burst = NonZeroU32::new(3).expect("burst");
-        let limits = RateLimits::new(&settings);
+        let limits = RateLimits::new(&settings, &device_defaults());
         let (attacker, other) = (
             "192.0.2.1".parse().expect("ip"),
             "192.0.2.2".parse().expect("ip"),

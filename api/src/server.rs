@@ -1,5 +1,6 @@
 //! The HTTP/1 accept loop. `axum::serve` offers neither a header read timeout nor a connection
-//! limit; this loop is the few lines that add both, with a graceful shutdown.
+//! limit; this loop is the few lines that add both, with a graceful shutdown, and TLS for the
+//! device listener.
 
 use crate::error::ApiError;
 use crate::settings::ApiSettings;
@@ -7,12 +8,17 @@ use axum::{Router, extract::ConnectInfo, response::IntoResponse};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
+    server::graceful::{GracefulShutdown, Watcher},
     service::TowerToHyperService,
 };
 use refresh_shared::metric;
 use std::{convert::Infallible, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -25,10 +31,18 @@ pub struct Server {
     router: Router,
     http: http1::Builder,
     connections: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+    /// Longest a TLS handshake may take: `HEADER_READ_TIMEOUT_MS`, like the headers after it.
+    handshake_timeout: Duration,
 }
 
 impl Server {
-    pub fn new(listener: TcpListener, router: Router, settings: &ApiSettings) -> Server {
+    pub fn new(
+        listener: TcpListener,
+        router: Router,
+        settings: &ApiSettings,
+        tls: Option<TlsAcceptor>,
+    ) -> Server {
         let mut http = http1::Builder::new();
         // The timer drives the header read timeout; hyper applies it from the moment the
         // connection waits for a request, so it also ends idle keep-alive connections.
@@ -39,6 +53,8 @@ impl Server {
             router,
             http,
             connections: Arc::new(Semaphore::new(settings.max_connections)),
+            tls,
+            handshake_timeout: settings.header_read_timeout,
         }
     }
 
@@ -62,10 +78,10 @@ impl Server {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
-            let io = TokioIo::new(stream);
             let Ok(open) = self.connections.clone().try_acquire_owned() else {
                 metrics::counter!(metric::HTTP_CONNECTIONS_REFUSED).increment(1);
-                tokio::spawn(refuse(self.http.clone(), io));
+                let tls = self.tls.clone().map(|tls| (tls, self.handshake_timeout));
+                tokio::spawn(refuse(self.http.clone(), stream, tls));
                 continue;
             };
             let router = self.router.clone();
@@ -73,12 +89,21 @@ impl Server {
                 request.extensions_mut().insert(ConnectInfo(client));
                 request
             });
-            let connection = self
-                .http
-                .serve_connection(io, TowerToHyperService::new(service));
-            let connection = graceful.watch(connection);
+            let service = TowerToHyperService::new(service);
+            let (http, watcher) = (self.http.clone(), graceful.watcher());
+            let (tls, handshake_timeout) = (self.tls.clone(), self.handshake_timeout);
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let served = match tls {
+                    None => serve(&http, watcher, stream, service).await,
+                    Some(tls) => {
+                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve(&http, watcher, stream, service).await,
+                            Ok(Err(error)) => Err(error.to_string()),
+                            Err(_) => Err("TLS handshake timed out".to_owned()),
+                        }
+                    }
+                };
+                if let Err(error) = served {
                     // Clients that hang up, stall their headers or send garbage end here.
                     tracing::debug!(%error, %client, "connection ended with an error");
                 }
@@ -95,12 +120,44 @@ impl Server {
     }
 }
 
+/// Serves one connection's requests until it closes, or the server stops.
+async fn serve<S, T>(
+    http: &http1::Builder,
+    watcher: Watcher,
+    stream: T,
+    service: S,
+) -> Result<(), String>
+where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(stream), service);
+    watcher
+        .watch(connection)
+        .await
+        .map_err(|error| error.to_string())
+}
+
 /// A connection over `MAX_CONNECTIONS`: its first request is answered 503 5030, then it closes.
-/// It costs a task only until that request's head is read, `HEADER_READ_TIMEOUT_MS` at most.
-async fn refuse(mut http: http1::Builder, io: TokioIo<tokio::net::TcpStream>) {
+/// It costs a task only until that request's head is read, `HEADER_READ_TIMEOUT_MS` at most
+/// (after the TLS handshake, on a TLS listener, bounded by the same time).
+async fn refuse(mut http: http1::Builder, stream: TcpStream, tls: Option<(TlsAcceptor, Duration)>) {
     http.keep_alive(false);
     let busy = service_fn(|_| async { Ok::<_, Infallible>(ApiError::Overloaded.into_response()) });
-    if let Err(error) = http.serve_connection(io, busy).await {
+    let ended = match tls {
+        None => http.serve_connection(TokioIo::new(stream), busy).await,
+        Some((tls, handshake_timeout)) => {
+            match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), busy).await,
+                _ => return,
+            }
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%error, "refused connection ended with an error");
     }
 }

@@ -2,12 +2,13 @@
 //! Configuration).
 
 use refresh_shared::settings::{self, Core, Env, Load};
-use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub core: Core,
     pub api: ApiSettings,
+    pub device: DeviceListenerSettings,
     /// After SIGTERM/SIGINT, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -17,6 +18,7 @@ impl Load for Settings {
         Settings {
             core: Core::read(env),
             api: ApiSettings::read(env),
+            device: DeviceListenerSettings::read(env),
             shutdown_grace: settings::shutdown_grace(env),
         }
     }
@@ -59,7 +61,7 @@ pub struct ApiSettings {
     /// refused (429) before any token lookup, so unknown tokens cannot make the database work.
     pub auth_failure_rate_limit_per_second: NonZeroU32,
     pub auth_failure_burst: NonZeroU32,
-    /// A category pushed this recently is not pushed again: the request is answered with the
+    /// A category reported this recently is not pushed again: the request is answered with the
     /// job that pushed it.
     pub refresh_skip_window: Duration,
     /// How long a token or organization read from MongoDB is reused (0: read every time). A
@@ -113,6 +115,59 @@ impl Load for ApiSettings {
     }
 }
 
+/// The listener devices report to (`DEVICE_ADDR`): the main listener's connection, header
+/// and timeout limits, with its own body limit, TLS and rate limit per device.
+#[derive(Debug, Clone)]
+pub struct DeviceListenerSettings {
+    pub addr: SocketAddr,
+    /// Certificate chain and private key (PEM) to serve TLS with; plain HTTP without them
+    /// (behind a terminating proxy, or on a laptop).
+    pub tls: Option<TlsFiles>,
+    /// Body limit of a report.
+    pub report_body_limit_bytes: usize,
+    /// Reports per device.
+    pub rate_limit_per_second: NonZeroU32,
+    pub rate_limit_burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The largest `REPORT_BODY_LIMIT_BYTES`: a report is read whole before it is checked.
+const MAX_REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+impl Load for DeviceListenerSettings {
+    fn read(env: &mut Env<'_>) -> DeviceListenerSettings {
+        let cert: String = env.string("DEVICE_TLS_CERT", "");
+        let key: String = env.string("DEVICE_TLS_KEY", "");
+        let tls = match (cert.is_empty(), key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => {
+                env.refuse("DEVICE_TLS_CERT and DEVICE_TLS_KEY: set both, or neither");
+                None
+            }
+        };
+        let device = DeviceListenerSettings {
+            addr: env.parse("DEVICE_ADDR", "127.0.0.1:8443"),
+            tls,
+            report_body_limit_bytes: env.parse("REPORT_BODY_LIMIT_BYTES", "1048576"),
+            rate_limit_per_second: env.parse("DEVICE_RATE_LIMIT_PER_SECOND", "2"),
+            rate_limit_burst: env.parse("DEVICE_RATE_LIMIT_BURST", "20"),
+        };
+        if !(1..=MAX_REPORT_BODY_LIMIT).contains(&device.report_body_limit_bytes) {
+            env.refuse("REPORT_BODY_LIMIT_BYTES: must be 1 to 16777216");
+        }
+        device
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +183,21 @@ mod tests {
         assert_eq!(s.api.body_limit_bytes, 16 * 1024);
         assert_eq!(s.api.refresh_skip_window, Duration::from_secs(30));
         assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.device.addr.to_string(), "127.0.0.1:8443");
+        assert_eq!(s.device.report_body_limit_bytes, 1024 * 1024);
+        assert!(s.device.tls.is_none());
+    }
+
+    #[test]
+    fn device_tls_needs_both_files_and_reports_stay_bounded() {
+        let err = settings(&[
+            ("DEVICE_TLS_CERT", "/etc/cert.pem"),
+            ("REPORT_BODY_LIMIT_BYTES", "999999999"),
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("DEVICE_TLS_KEY"), "{text}");
+        assert!(text.contains("REPORT_BODY_LIMIT_BYTES"), "{text}");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 use crate::{
-    audit::AuditLog, auth_cache::AuthCache, rate_limit::RateLimits, settings::ApiSettings,
+    audit::AuditLog,
+    auth_cache::AuthCache,
+    rate_limit::RateLimits,
+    settings::{ApiSettings, DeviceListenerSettings},
 };
 use refresh_shared::{
     broker::{Publisher, Queues},
@@ -32,6 +35,7 @@ pub struct Inner {
 impl AppState {
     pub fn new(
         settings: &ApiSettings,
+        device: &DeviceListenerSettings,
         store: Store,
         publisher: Arc<Publisher>,
         audit: AuditLog,
@@ -42,7 +46,7 @@ impl AppState {
             store,
             queues: Queues::new(Arc::clone(&publisher)),
             publisher,
-            rate_limits: RateLimits::new(settings),
+            rate_limits: RateLimits::new(settings, device),
             refresh_skip_window: settings.refresh_skip_window,
             request_timeout: settings.request_timeout,
             auth_cache: AuthCache::new(settings.auth_cache_ttl),

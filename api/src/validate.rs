@@ -7,9 +7,12 @@ use refresh_shared::{
     Category,
     batch::{DeviceFilter, MAX_BATCH_DEVICES},
     device::DeviceState,
+    report::CategoryReport,
     store::Organization,
 };
 use serde_json::Value;
+use std::collections::BTreeMap;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// `organizationId`, as the upstream page gives it.
 pub const ORGANIZATION_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9\-]{3,}))$";
@@ -23,6 +26,8 @@ pub const DEVICE_PATTERN: &str = r"^(([a-fA-F0-9]{24})|([a-zA-Z0-9_]{1,128}))$";
 pub const MAX_DEVICE_KEY_CHARS: usize = 128;
 /// `jobId`, `batchId`: an ObjectId in hex.
 pub const OBJECT_ID_PATTERN: &str = "^[a-fA-F0-9]{24}$";
+/// `?categories=`: category names, comma-separated.
+pub const CATEGORY_LIST_PATTERN: &str = "^(hardware|applications|certificates|network|security|os)(,(hardware|applications|certificates|network|security|os))*$";
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
@@ -308,6 +313,133 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldProbl
             "must be 1 to 255 visible ASCII characters",
         )),
     }
+}
+
+/// A device's report, as the agent sends it (CONTRACT §5), before the node checks every
+/// report gets ([`DeviceReport::problems`](refresh_shared::report::DeviceReport::problems)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportBody {
+    pub job_id: Option<ObjectId>,
+    pub collected_at: OffsetDateTime,
+    pub categories: BTreeMap<Category, CategoryReport>,
+}
+
+/// How far ahead of this server's clock a device's `collectedAt` may be: clocks drift, but a
+/// report dated next year would never be overwritten by the truth.
+pub const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// Parses `{"jobId"?, "collectedAt", "categories": {"<category>": {"nodes", "errors"?}}}`.
+pub fn report_body(body: &[u8]) -> Result<ReportBody, Vec<FieldProblem>> {
+    let mut fields = json_object(body)?;
+    let mut problems = unknown_fields(&fields, &["jobId", "collectedAt", "categories"]);
+    let job_id = match fields.remove("jobId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => object_id("jobId", &id)
+            .map_err(|problem| problems.push(problem))
+            .ok(),
+        Some(_) => {
+            problems.push(FieldProblem::new("jobId", "must be a 24-hex id"));
+            None
+        }
+    };
+    let collected_at = match fields.remove("collectedAt") {
+        Some(Value::String(at)) => match OffsetDateTime::parse(&at, &Rfc3339) {
+            Ok(at) if at - OffsetDateTime::now_utc() > MAX_CLOCK_SKEW => {
+                problems.push(FieldProblem::new(
+                    "collectedAt",
+                    "is more than 5 minutes ahead of the server's clock",
+                ));
+                None
+            }
+            Ok(at) => Some(at),
+            Err(_) => {
+                problems.push(FieldProblem::new("collectedAt", "must be an RFC 3339 time"));
+                None
+            }
+        },
+        None => {
+            problems.push(FieldProblem::new("collectedAt", "is required"));
+            None
+        }
+        Some(_) => {
+            problems.push(FieldProblem::new("collectedAt", "must be an RFC 3339 time"));
+            None
+        }
+    };
+    let categories = match fields.remove("categories") {
+        Some(Value::Object(reported)) if !reported.is_empty() => {
+            report_categories(reported, &mut problems)
+        }
+        Some(Value::Object(_)) => {
+            problems.push(FieldProblem::new(
+                "categories",
+                "must name at least one category",
+            ));
+            None
+        }
+        None => {
+            problems.push(FieldProblem::new("categories", "is required"));
+            None
+        }
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "categories",
+                "must be an object of categories",
+            ));
+            None
+        }
+    };
+    match (collected_at, categories) {
+        (Some(collected_at), Some(categories)) if problems.is_empty() => Ok(ReportBody {
+            job_id,
+            collected_at,
+            categories,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn report_categories(
+    reported: serde_json::Map<String, Value>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<BTreeMap<Category, CategoryReport>> {
+    let mut categories = BTreeMap::new();
+    for (name, value) in reported {
+        let field = format!("categories.{name}");
+        let category = name
+            .parse::<Category>()
+            .map_err(|e| problems.push(FieldProblem::new(field.as_str(), e.to_string())));
+        let report = serde_json::from_value::<CategoryReport>(value).map_err(|e| {
+            problems.push(FieldProblem::new(
+                field.as_str(),
+                format!("must be {{\"nodes\": {{uri: value}}, \"errors\"?: {{uri: status}}}}: {e}"),
+            ));
+        });
+        if let (Ok(category), Ok(report)) = (category, report) {
+            categories.insert(category, report);
+        }
+    }
+    Some(categories)
+}
+
+/// `?categories=a,b`: category names, comma-separated, duplicates merged; none given is all.
+pub fn category_list(raw: Option<&str>) -> Result<Vec<Category>, FieldProblem> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let mut categories = Vec::new();
+    for name in raw.split(',') {
+        let category: Category =
+            name.trim()
+                .parse()
+                .map_err(|e: refresh_shared::category::UnknownCategory| {
+                    FieldProblem::new("categories", e.to_string())
+                })?;
+        if !categories.contains(&category) {
+            categories.push(category);
+        }
+    }
+    Ok(categories)
 }
 
 fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Vec<FieldProblem>> {

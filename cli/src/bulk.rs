@@ -25,10 +25,11 @@ struct BatchStatus {
 struct Counts {
     pending: u64,
     queued: u64,
-    pushed: u64,
+    reported: u64,
     partial: u64,
     failed: u64,
     expired: u64,
+    unreported: u64,
     skipped: SkippedCounts,
 }
 
@@ -96,10 +97,10 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
                 bar.set_length(view.total);
                 bar.set_position(view.total.saturating_sub(counts.pending + counts.queued));
                 bar.set_message(format!(
-                    "{}: pushed {} failed {} skipped {}",
+                    "{}: reported {} not reported {} skipped {}",
                     view.state.as_str(),
-                    counts.pushed,
-                    counts.failed + counts.partial + counts.expired,
+                    counts.reported,
+                    counts.failed + counts.partial + counts.expired + counts.unreported,
                     counts.skipped.total()
                 ));
                 if view.state.is_final() {
@@ -189,14 +190,15 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
 fn summary(view: &BatchStatus) -> String {
     let c = &view.counts;
     format!(
-        "batch {} {}: {} devices\n  pushed {}  partial {}  failed {}  expired {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
+        "batch {} {}: {} devices\n  reported {}  partial {}  failed {}  expired {}  unreported {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
         view.id,
         view.state.as_str(),
         view.total,
-        c.pushed,
+        c.reported,
         c.partial,
         c.failed,
         c.expired,
+        c.unreported,
         c.skipped.not_found,
         c.skipped.not_active,
         c.skipped.coalesced,

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use refresh_shared::{
     broker::{DeadLetter, Invalidation, Publisher, Queues},
     device::{DeviceState, Gateway},
+    job::CategoryState,
     settings::Load,
     store::{NewDevice, Organization, PushRoutes, Store, WnsChannel},
+    token,
 };
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
@@ -122,6 +124,23 @@ enum OrgCommand {
 enum DeviceCommand {
     /// Create a device in an organization.
     Create(NewDeviceArgs),
+    /// Manage the key a device's agent reports with.
+    #[command(subcommand)]
+    NodeKey(NodeKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeKeyCommand {
+    /// Issue a new node key (the old one stops working); printed this once, stored hashed.
+    Rotate {
+        #[arg(long)]
+        device: ObjectId,
+    },
+    /// Take the device's node key away: its reports are refused (401) from now on.
+    Revoke {
+        #[arg(long)]
+        device: ObjectId,
+    },
 }
 
 #[derive(clap::Args)]
@@ -145,6 +164,9 @@ struct NewDeviceArgs {
     /// A tag bulk refreshes can select the device by; repeat for more.
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// Issue a node key for the device's agent too (printed this once).
+    #[arg(long)]
+    node_key: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -337,6 +359,12 @@ async fn run(
             create_organization(store, slug, name).await
         }
         Command::Device(DeviceCommand::Create(args)) => create_device(settings, store, args).await,
+        Command::Device(DeviceCommand::NodeKey(NodeKeyCommand::Rotate { device })) => {
+            rotate_node_key(store, device).await
+        }
+        Command::Device(DeviceCommand::NodeKey(NodeKeyCommand::Revoke { device })) => {
+            revoke_node_key(store, device).await
+        }
         Command::Token(TokenCommand::Create {
             org,
             permissions,
@@ -382,7 +410,9 @@ async fn create_device(
         push,
         channel_uri,
         tags,
+        node_key,
     } = args;
+    let node_key = node_key.then(token::generate_node_key);
     let org = organization(store, &org).await?;
     let wns = push
         .contains(&PushArg::Wns)
@@ -407,6 +437,7 @@ async fn create_device(
                 agent: push.contains(&PushArg::Agent),
                 wns,
             },
+            node_key_hash: node_key.as_ref().map(|key| key.hash.clone()),
         })
         .await?;
     let routes: Vec<Gateway> = device
@@ -416,11 +447,18 @@ async fn create_device(
         .into_iter()
         .chain(device.push.wns.as_ref().map(|_| Gateway::Wns))
         .collect();
+    let mut text = format!(
+        "device {} created in {} ({})",
+        device.id, org.slug, device.state
+    );
+    if let Some(key) = &node_key {
+        text.push_str(&format!(
+            "; its node key is shown only this once:\n{}",
+            key.plaintext
+        ));
+    }
     Ok(Output {
-        text: format!(
-            "device {} created in {} ({})",
-            device.id, org.slug, device.state
-        ),
+        text,
         json: json!({
             "id": device.id.to_hex(),
             "organizationId": org.id.to_hex(),
@@ -430,7 +468,40 @@ async fn create_device(
             "push": routes,
             "tags": device.tags,
             "wnsChannelUri": device.push.wns.as_ref().map(WnsChannel::uri),
+            "nodeKey": node_key.map(|key| key.plaintext),
         }),
+    })
+}
+
+/// `device node-key rotate`: the new key is printed this once.
+async fn rotate_node_key(store: &Store, device: ObjectId) -> anyhow::Result<Output> {
+    let organization = device_organization(store, device).await?;
+    store.ensure_indexes().await.context("creating indexes")?;
+    let key = token::generate_node_key();
+    if !store
+        .issue_node_key(organization, device, &key.hash)
+        .await?
+    {
+        bail!("device {device} is gone");
+    }
+    Ok(Output {
+        text: format!(
+            "device {device} has a new node key (the old one no longer works); it is shown only this once:\n{}",
+            key.plaintext
+        ),
+        json: json!({ "deviceId": device.to_hex(), "nodeKey": key.plaintext }),
+    })
+}
+
+/// `device node-key revoke`: the key stops working at once (it is read on every report).
+async fn revoke_node_key(store: &Store, device: ObjectId) -> anyhow::Result<Output> {
+    let organization = device_organization(store, device).await?;
+    if !store.revoke_node_key(organization, device).await? {
+        bail!("device {device} is gone");
+    }
+    Ok(Output {
+        text: format!("device {device}: node key revoked"),
+        json: json!({ "deviceId": device.to_hex(), "revoked": true }),
     })
 }
 
@@ -502,11 +573,21 @@ async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
         .await?
         .with_context(|| format!("no job {id}"))?;
     let time = |at: bson::DateTime| at.try_to_rfc3339_string().ok();
-    let mut text = format!("job {id} ({:?}) for device {}", job.state(), job.device);
+    let reported = job
+        .categories
+        .values()
+        .filter(|c| c.state == CategoryState::Reported)
+        .count();
+    let mut text = format!(
+        "job {id} ({}) for device {}: {reported} of {} categories reported",
+        job.state().as_str(),
+        job.device,
+        job.categories.len()
+    );
     let mut categories = serde_json::Map::new();
     for (category, c) in &job.categories {
         text.push_str(&format!(
-            "\n  {category:<13} {:<9} attempts {} via {} {}",
+            "\n  {category:<13} {:<10} attempts {} via {} {}",
             c.state.as_str(),
             c.attempts,
             c.gateway.map_or("-", Gateway::as_str),
@@ -520,6 +601,8 @@ async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
                 "gateway": c.gateway,
                 "lastError": c.last_error,
                 "pushedAt": c.pushed_at.and_then(time),
+                "reportedAt": c.reported_at.and_then(time),
+                "reportSource": c.report_source,
             }),
         );
     }
@@ -530,9 +613,19 @@ async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
         "createdAt": time(job.created_at),
         "updatedAt": time(job.updated_at),
         "state": job.state(),
+        "reported": reported,
         "categories": categories,
     });
     Ok(Output { json, text })
+}
+
+/// The organization of device `id` (operators name a device by id alone).
+async fn device_organization(store: &Store, id: ObjectId) -> anyhow::Result<ObjectId> {
+    let device = store
+        .device_by_id(id)
+        .await?
+        .with_context(|| format!("no device {id}"))?;
+    Ok(device.organization)
 }
 
 async fn organization(store: &Store, reference: &str) -> anyhow::Result<Organization> {

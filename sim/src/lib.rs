@@ -6,7 +6,12 @@
 //! - `POST /wns/channels/{channelId}`: a WNS channel; needs that token, `X-WNS-Type: wns/raw`
 //!   and `Content-Type: application/octet-stream`, like the real service.
 //! - `GET /_sim/pushes`: every push received, with the answer given.
-//! - `POST /_sim/faults`: what to answer next (see [`FaultPlan`]); `{"mode":"ok"}` resets.
+//! - `POST /_sim/faults`: what to answer next (see [`FaultPlan`]); `{"mode":"ok"}` resets the
+//!   gateways' answers (and sets the devices' from the same body).
+//! - `POST /_sim/devices`: a device the sim answers for: after an agent push it reports through
+//!   the product's device route (see [`devices`]); `GET /_sim/reports`: what devices sent.
+
+pub mod devices;
 
 use axum::{
     Json, Router,
@@ -16,11 +21,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use devices::{ReportMode, SentReport, SimDevice};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -83,13 +89,42 @@ pub struct FaultPlan {
     pub latency_ms: u64,
     /// Seconds for `Retry-After` (agent 429) and `X-WNS-CONTINUE-AFTER` (WNS 406); default 1.
     pub retry_after: Option<u64>,
+    /// How registered devices answer pushes (default: they report).
+    pub report: Option<ReportMode>,
+    /// How long a device takes before it reports.
+    #[serde(default)]
+    pub report_delay_ms: u64,
 }
 
-#[derive(Default)]
 struct SimState {
     pushes: Mutex<Vec<PushRecord>>,
     plan: Mutex<FaultPlan>,
     tokens: Mutex<HashSet<String>>,
+    devices: Mutex<HashMap<String, SimDevice>>,
+    /// Where devices report: the product's device listener.
+    device_api: Mutex<Option<String>>,
+    reports: Mutex<Vec<SentReport>>,
+    /// Jobs a device in `partial` mode has answered already.
+    partial_jobs: Mutex<HashSet<String>>,
+    http: reqwest::Client,
+}
+
+impl SimState {
+    fn new(device_api: Option<String>) -> SimState {
+        SimState {
+            pushes: Mutex::default(),
+            plan: Mutex::default(),
+            tokens: Mutex::default(),
+            devices: Mutex::default(),
+            device_api: Mutex::new(device_api),
+            reports: Mutex::default(),
+            partial_jobs: Mutex::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,34 +134,46 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub fn router() -> Router {
+fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/agent/v1/devices/{device_id}/refresh", post(agent_push))
         .route("/wns/token", post(wns_token))
         .route("/wns/channels/{channel_id}", post(wns_push))
         .route("/_sim/pushes", get(pushes))
         .route("/_sim/faults", post(set_faults))
-        .with_state(Arc::new(SimState::default()))
+        .route("/_sim/devices", post(devices::register))
+        .route("/_sim/reports", get(devices::reports))
+        .with_state(state)
 }
 
 /// A running sim; stops when dropped.
 pub struct SimServer {
     pub addr: SocketAddr,
+    state: Arc<SimState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SimServer {
-    pub async fn start(addr: SocketAddr) -> std::io::Result<SimServer> {
+    /// Serves on `addr`; its devices report to `device_api` (the product's `DEVICE_ADDR`, as a
+    /// URL), once it is known (see [`SimServer::report_to`]).
+    pub async fn start(addr: SocketAddr, device_api: Option<String>) -> std::io::Result<SimServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let state = Arc::new(SimState::new(device_api));
+        let app = router(Arc::clone(&state));
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router()).await;
+            let _ = axum::serve(listener, app).await;
         });
-        Ok(SimServer { addr, task })
+        Ok(SimServer { addr, state, task })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the sim's devices report from now on.
+    pub fn report_to(&self, device_api: &str) {
+        *lock(&self.state.device_api) = Some(device_api.trim_end_matches('/').to_owned());
     }
 }
 
@@ -144,7 +191,11 @@ async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response
     match serde_json::from_slice::<FaultPlan>(&body) {
         Ok(plan) => {
             *lock(&state.plan) = if plan.mode == Mode::Ok {
-                FaultPlan::default()
+                FaultPlan {
+                    report: plan.report,
+                    report_delay_ms: plan.report_delay_ms,
+                    ..FaultPlan::default()
+                }
             } else {
                 plan
             };
@@ -165,14 +216,19 @@ async fn agent_push(
     Path(device_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    answer(
+    let answer = answer(
         &state,
         SimGateway::Agent,
-        device_id,
+        device_id.clone(),
         &body,
         StatusCode::ACCEPTED,
     )
-    .await
+    .await;
+    if answer.status().is_success() {
+        let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        devices::after_push(&state, &device_id, &payload);
+    }
+    answer
 }
 
 async fn wns_token(State(state): State<Arc<SimState>>, body: Bytes) -> Response {

@@ -1,4 +1,6 @@
 //! Serves the push-gateway simulator on `SIM_ADDR` (default 127.0.0.1:8090) until SIGINT/SIGTERM.
+//! Its devices report to `SIM_DEVICE_API_URL` (default `http://127.0.0.1:8443`, the api's
+//! default `DEVICE_ADDR`).
 
 use anyhow::Context;
 use push_gateway_sim::SimServer;
@@ -10,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:8090".to_owned())
         .parse()
         .context("SIM_ADDR must be host:port")?;
-    let sim = SimServer::start(addr)
+    let device_api =
+        std::env::var("SIM_DEVICE_API_URL").unwrap_or_else(|_| "http://127.0.0.1:8443".to_owned());
+    let sim = SimServer::start(addr, Some(device_api))
         .await
         .with_context(|| format!("binding SIM_ADDR {addr}"))?;
     println!("push-gateway-sim listening on {}", sim.url());

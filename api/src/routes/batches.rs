@@ -227,10 +227,13 @@ pub struct BatchCounts {
     pub pending: u64,
     /// Has a job that is not finished.
     pub queued: u64,
-    pub pushed: u64,
+    /// Every category reported by the device.
+    pub reported: u64,
     pub partial: u64,
     pub failed: u64,
     pub expired: u64,
+    /// Pushed, and nothing reported by the deadline.
+    pub unreported: u64,
     pub skipped: Skipped,
 }
 
@@ -243,10 +246,11 @@ impl BatchCounts {
         } = self.skipped;
         self.pending
             + self.queued
-            + self.pushed
+            + self.reported
             + self.partial
             + self.failed
             + self.expired
+            + self.unreported
             + not_found
             + not_active
             + coalesced
@@ -277,10 +281,11 @@ impl From<&BatchRecord> for BatchView {
         let counts = BatchCounts {
             pending: batch.total.saturating_sub(accepted + batch.skipped.total()),
             queued: accepted - settled,
-            pushed: outcome(DeviceOutcome::Pushed),
+            reported: outcome(DeviceOutcome::Reported),
             partial: outcome(DeviceOutcome::Partial),
             failed: outcome(DeviceOutcome::Failed),
             expired: outcome(DeviceOutcome::Expired),
+            unreported: outcome(DeviceOutcome::Unreported),
             skipped: Skipped {
                 not_found,
                 not_active,

@@ -15,6 +15,7 @@ use refresh_shared::{
     Category,
     device::Gateway,
     job::{CategoryState, JobState},
+    report::ReportSource,
     store::JobRecord,
     token::PERMISSION_DEVICE_INFO,
 };
@@ -47,6 +48,10 @@ pub struct CategoryView {
     pub gateway: Option<Gateway>,
     pub last_error: Option<String>,
     pub pushed_at: Option<String>,
+    /// When the device's report of the category was applied.
+    pub reported_at: Option<String>,
+    #[schema(value_type = Option<schema::ReportSource>)]
+    pub report_source: Option<ReportSource>,
 }
 
 impl From<&JobRecord> for JobView {
@@ -68,6 +73,8 @@ impl From<&JobRecord> for JobView {
                         gateway: record.gateway,
                         last_error: record.last_error.clone(),
                         pushed_at: record.pushed_at.map(rfc3339),
+                        reported_at: record.reported_at.map(rfc3339),
+                        report_source: record.report_source,
                     };
                     (category, view)
                 })

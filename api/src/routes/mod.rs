@@ -1,12 +1,14 @@
 mod batches;
 mod health;
+mod inventory;
 mod jobs;
 mod ops;
 mod refresh;
+mod reports;
 
 pub use batches::BatchView;
 
-use crate::settings::ApiSettings;
+use crate::settings::{ApiSettings, DeviceListenerSettings};
 use crate::{
     error::{ApiError, FieldProblem},
     limits::{self, Limits, Slots},
@@ -39,6 +41,7 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(refresh::refresh_device_info))
         .routes(routes!(jobs::get_job))
+        .routes(routes!(inventory::get_inventory))
         .routes((schemas, paths, create_batch))
         .routes(routes!(batches::get_batch))
         .routes(routes!(ops::queues))
@@ -50,11 +53,38 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
 
 pub fn router(state: AppState, settings: &ApiSettings) -> Router {
     let (router, document) = documented(settings).split_for_parts();
-    router
+    guarded(
+        router.layer(Extension(Document::new(&document))),
+        settings.body_limit_bytes,
+        settings,
+    )
+    .with_state(state)
+}
+
+/// The device listener's routes: only what devices send.
+pub fn device_router(
+    state: AppState,
+    settings: &ApiSettings,
+    device: &DeviceListenerSettings,
+) -> Router {
+    let routes = Router::new().route(
+        "/v1/agent/windows/devices/{device_id}/reports",
+        axum::routing::post(reports::submit_report),
+    );
+    guarded(routes, device.report_body_limit_bytes, settings).with_state(state)
+}
+
+/// `routes` behind what every listener enforces: the envelope for unknown routes and methods,
+/// the body limit, panics answered 500, the rate-limit headers, and the request limits.
+fn guarded(
+    routes: Router<AppState>,
+    body_limit_bytes: usize,
+    settings: &ApiSettings,
+) -> Router<AppState> {
+    routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(Extension(Document::new(&document)))
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
                 "handler panicked".into(),
@@ -66,7 +96,6 @@ pub fn router(state: AppState, settings: &ApiSettings) -> Router {
             limits::enforce,
         ))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// `{"status": true, "data": …}`: every success answer that carries data.

@@ -247,7 +247,7 @@ fn validate_request(
 }
 
 /// Publishes the job with the categories it claimed on the device. A category another job has
-/// outstanding, or pushed within the skip window, is left to that job; when that leaves
+/// outstanding, or reported within the skip window, is left to that job; when that leaves
 /// nothing, the answer is that job. Returns the id the caller should follow.
 async fn enqueue(
     state: &AppState,
