@@ -57,6 +57,21 @@ async fn declare_quorum(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Messages ready in `queue` now (a passive declare, on a channel of its own).
+pub async fn ready(connection: &Connection, queue: &str) -> anyhow::Result<u32> {
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .with_context(|| format!("reading the depth of {queue}"))?;
+    let _ = channel.close(200, "bye".into()).await;
+    Ok(declared.message_count())
+}
+
 pub async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     channel

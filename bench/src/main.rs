@@ -12,7 +12,7 @@ use bson::oid::ObjectId;
 use clap::{Parser, Subcommand, ValueEnum};
 use refresh_shared::{Category, job::Lane, settings::Load, store::JobRecord};
 use refresh_worker::settings::WorkerSettings;
-use report::{Bulk, Ceilings, Endpoint, Interference, Memory, Report, WorkerRun};
+use report::{Bulk, Ceilings, Endpoint, Interference, Memory, Report, Reports, WorkerRun};
 use serde_json::{Value, json};
 use stack::{Process, Stack};
 use std::{
@@ -78,6 +78,8 @@ enum Size {
 struct Plan {
     endpoint: Duration,
     devices: usize,
+    /// Devices whose reports are queued all at once for the reports row.
+    reporters: usize,
     slow_jobs: u64,
     waiting: usize,
     quiet: Duration,
@@ -90,6 +92,7 @@ impl Size {
             Size::Smoke => Plan {
                 endpoint: Duration::from_secs(2),
                 devices: 600,
+                reporters: 50,
                 slow_jobs: 200,
                 waiting: 10_000,
                 quiet: Duration::from_secs(1),
@@ -98,6 +101,7 @@ impl Size {
             Size::Full => Plan {
                 endpoint: Duration::from_secs(15),
                 devices: 100_000,
+                reporters: 10_000,
                 slow_jobs: 10_000,
                 waiting: 1_000_000,
                 quiet: Duration::from_secs(5),
@@ -184,6 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         endpoint,
         worker,
         bulk,
+        reports,
         interference,
         worker_peak_kib,
         waiting_peak_kib,
@@ -198,6 +203,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         endpoint,
         worker,
         bulk,
+        reports,
         interference,
         memory: Memory {
             api_peak_mib: mib(api_peak_kib),
@@ -221,6 +227,7 @@ struct Measured {
     endpoint: Endpoint,
     worker: Vec<WorkerRun>,
     bulk: Bulk,
+    reports: Reports,
     interference: Interference,
     worker_peak_kib: u64,
     waiting_peak_kib: u64,
@@ -243,6 +250,9 @@ async fn measure(
         .devices(organization.id, plan.devices, "fleet")
         .await?;
     let solo = stack.devices(organization.id, 1_000, "solo").await?;
+    stack
+        .devices(organization.id, plan.reporters, "reporters")
+        .await?;
     let org = organization.id.to_hex();
     let refresh_url = |device: &ObjectId| {
         format!(
@@ -302,11 +312,18 @@ async fn measure(
         ..bulk
     };
 
+    let reports = reports(stack, &org, &tokens[0], plan.reporters, connection).await?;
+    let reports = Reports {
+        database_ratio: reports.per_second / ceilings.database_pairs_per_second,
+        ..reports
+    };
+
     let waiting_peak_kib = waiting_memory(stack, plan, connection).await?;
     Ok(Measured {
         endpoint,
         worker,
         bulk,
+        reports,
         interference: Interference { quiet, draining },
         worker_peak_kib: stack.worker_peak_kib,
         waiting_peak_kib,
@@ -596,10 +613,75 @@ async fn batch(
             queued_per_second: devices as f64 / queued_seconds,
             ratio: 0.0,
             finished_seconds,
-            pushed: view["counts"]["pushed"].as_u64().unwrap_or(0),
+            reported: view["counts"]["reported"].as_u64().unwrap_or(0),
         },
         draining,
     ))
+}
+
+/// Measurement 5: device reports applied per second. A batch of `devices` is pushed by a
+/// worker that does not apply reports, so the devices' reports all wait in their queue; then
+/// a worker is started and timed until it has applied them all.
+async fn reports(
+    stack: &mut Stack,
+    organization: &str,
+    token: &str,
+    devices: usize,
+    connection: &lapin::Connection,
+) -> anyhow::Result<Reports> {
+    eprintln!("reports of {devices} devices at once…");
+    stack.stop_worker().await?;
+    stack
+        .start_worker_with(&[("WORKER_QUEUES", "interactive,bulk,batches,deadlines")])
+        .await?;
+    let batches = format!(
+        "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-batches",
+        stack.api_url
+    );
+    let mut body = refresh_body();
+    body["filter"] = json!({ "state": "ACTIVE", "tags": ["reporters"] });
+    stack
+        .http
+        .post(&batches)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    let reports = (devices * CATEGORIES.len()) as u64;
+    let queue = stack.topology().reports_queue();
+    let started = Instant::now();
+    loop {
+        let waiting = bare::ready(connection, &queue).await?;
+        if u64::from(waiting) >= reports {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("{waiting} of {reports} reports queued in {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.stop_worker().await?;
+    let started = Instant::now();
+    stack.start_worker().await?;
+    loop {
+        let applied = stack.reports_applied().await?;
+        if applied >= reports {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("the worker applied {applied} of {reports} reports in {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Reports {
+        devices: devices as u64,
+        reports,
+        seconds,
+        per_second: reports as f64 / seconds,
+        database_ratio: 0.0,
+    })
 }
 
 fn time_now() -> String {

@@ -12,6 +12,7 @@ pub struct Report {
     pub endpoint: Endpoint,
     pub worker: Vec<WorkerRun>,
     pub bulk: Bulk,
+    pub reports: Reports,
     pub interference: Interference,
     pub memory: Memory,
     pub targets: Vec<Target>,
@@ -59,9 +60,22 @@ pub struct Bulk {
     pub queued_per_second: f64,
     /// Devices queued/s over ceiling 3's messages/s.
     pub ratio: f64,
-    /// From the 202 until the batch reads `completed`.
+    /// From the 202 until the batch reads `completed` (every device reported).
     pub finished_seconds: f64,
-    pub pushed: u64,
+    pub reported: u64,
+}
+
+/// Device reports queued all at once (the devices of a batch, answering while no worker
+/// applied reports), then applied by one worker.
+#[derive(Debug, Serialize)]
+pub struct Reports {
+    pub devices: u64,
+    pub reports: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    /// Reports/s over ceiling 0's pairs/s: each report is an upsert, a claim freed, a guarded
+    /// job write and a job read.
+    pub database_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +222,15 @@ impl Report {
             b.queued_per_second,
             b.queued_seconds,
             b.finished_seconds
+        );
+        let r = &self.reports;
+        println!(
+            "{:<44} {:>10.0}/s   {:.2}x ceiling 0, {} reports in {:.1} s",
+            format!("reports applied ({} devices at once)", r.devices),
+            r.per_second,
+            r.database_ratio,
+            r.reports,
+            r.seconds
         );
         load("single device, quiet", &self.interference.quiet);
         load("single device, batch draining", &self.interference.draining);

@@ -9,7 +9,7 @@ use refresh_shared::{
     device::DeviceState,
     settings::{Core, Load},
     store::{Device, NewDevice, Organization, PushRoutes, Store},
-    token::PERMISSION_DEVICE_INFO,
+    token::{self, NewToken, PERMISSION_DEVICE_INFO},
 };
 use refresh_testkit::{
     env,
@@ -109,9 +109,13 @@ impl Stack {
         logs: &Path,
     ) -> anyhow::Result<Stack> {
         let (api_addr, worker_addr, sim_addr) = (free_addr()?, free_addr()?, free_addr()?);
+        let device_addr = free_addr()?;
         let sim_url = format!("http://{sim_addr}");
         let mut local = vec![
             ("API_ADDR", api_addr.to_string()),
+            ("DEVICE_ADDR", device_addr.to_string()),
+            // The sim's devices report to the api's device listener.
+            ("SIM_DEVICE_API_URL", format!("http://{device_addr}")),
             ("WORKER_ADDR", worker_addr.to_string()),
             ("SIM_ADDR", sim_addr.to_string()),
             ("LOG_FORMAT", "json".to_owned()),
@@ -149,7 +153,16 @@ impl Stack {
     }
 
     pub async fn start_worker(&mut self) -> anyhow::Result<()> {
-        self.worker = Some(Process::spawn("refresh-worker", &self.env, &self.logs)?);
+        self.start_worker_with(&[]).await
+    }
+
+    /// Starts the worker with some of its settings overridden.
+    pub async fn start_worker_with(&mut self, overrides: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut env = self.env.clone();
+        for (name, value) in overrides {
+            env.insert((*name).to_owned(), (*value).to_owned());
+        }
+        self.worker = Some(Process::spawn("refresh-worker", &env, &self.logs)?);
         wait_ready(&self.http, &format!("{}/readyz", self.worker_url), PATIENCE).await
     }
 
@@ -163,6 +176,18 @@ impl Stack {
 
     /// Categories the running worker has recorded `pushed` (its `refresh_categories_total`).
     pub async fn categories_pushed(&self) -> anyhow::Result<u64> {
+        self.worker_counter("refresh_categories_total", r#"outcome="pushed""#)
+            .await
+    }
+
+    /// Device reports the running worker has applied.
+    pub async fn reports_applied(&self) -> anyhow::Result<u64> {
+        self.worker_counter("refresh_reports_applied_total", "")
+            .await
+    }
+
+    /// The sum of a counter's samples whose labels contain `labels`, on the worker's page.
+    async fn worker_counter(&self, name: &str, labels: &str) -> anyhow::Result<u64> {
         let page = self
             .http
             .get(format!("{}/metrics", self.worker_url))
@@ -170,8 +195,7 @@ impl Stack {
             .await?
             .text()
             .await?;
-        let pushed = prometheus::samples(&page, "refresh_categories_total", r#"outcome="pushed""#);
-        Ok(pushed.sum::<f64>() as u64)
+        Ok(prometheus::samples(&page, name, labels).sum::<f64>() as u64)
     }
 
     /// Sets the sim's answers (`{"mode":"ok"}` resets).
@@ -191,7 +215,8 @@ impl Stack {
         Ok(seed::organization(&self.store, "bench", &permissions, tokens).await?)
     }
 
-    /// `count` active devices of `organization` reachable through the agent, tagged `tag`.
+    /// `count` active devices of `organization` reachable through the agent, tagged `tag`,
+    /// each with a node key and registered with the sim, which reports for them.
     pub async fn devices(
         &self,
         organization: ObjectId,
@@ -201,8 +226,11 @@ impl Stack {
         let mut devices = Vec::with_capacity(count);
         while devices.len() < count {
             let chunk = (count - devices.len()).min(1_000);
-            let new = (0..chunk)
-                .map(|n| {
+            let keys: Vec<NewToken> = (0..chunk).map(|_| token::generate_node_key()).collect();
+            let new = keys
+                .iter()
+                .enumerate()
+                .map(|(n, key)| {
                     let number = devices.len() + n;
                     NewDevice {
                         organization,
@@ -214,10 +242,25 @@ impl Stack {
                             agent: true,
                             wns: None,
                         },
+                        node_key_hash: Some(key.hash.clone()),
                     }
                 })
                 .collect();
-            devices.extend(self.store.create_devices(new).await?);
+            let created = self.store.create_devices(new).await?;
+            let registrations: Vec<Value> = created
+                .iter()
+                .zip(&keys)
+                .map(|(device, key)| {
+                    serde_json::json!({ "deviceId": device.id.to_hex(), "nodeKey": key.plaintext })
+                })
+                .collect();
+            self.http
+                .post(format!("{}/_sim/devices", self.sim_url))
+                .json(&registrations)
+                .send()
+                .await?
+                .error_for_status()?;
+            devices.extend(created);
         }
         Ok(devices)
     }

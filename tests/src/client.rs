@@ -6,9 +6,12 @@ use crate::{
     wait::{DEADLINE, wait_until},
 };
 use bson::oid::ObjectId;
-use push_gateway_sim::PushRecord;
+use push_gateway_sim::{PushRecord, devices::SentReport};
 use refresh_api::BatchView;
-use refresh_shared::store::{Device, JobRecord};
+use refresh_shared::{
+    job::CategoryState,
+    store::{Device, JobRecord},
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -105,16 +108,76 @@ impl TestStack {
             .expect("job exists")
     }
 
-    /// Waits until the job reads `settled` (no category queued, pushing or retrying).
+    /// Waits until every category of the job has ended (reported, failed, expired or
+    /// unreported), its record whole: a category the device reported before its push was
+    /// recorded gets the push's time and gateway a moment later.
     pub async fn wait_for_settled_job(&self, id: &str) -> JobRecord {
         wait_until(&format!("job {id} to settle"), DEADLINE, || async {
             let job = self.job(id).await;
             job.categories
                 .values()
-                .all(|c| c.state.is_terminal())
+                .all(|c| {
+                    c.state.is_terminal()
+                        && (c.state != CategoryState::Reported || c.pushed_at.is_some())
+                })
                 .then_some(job)
         })
         .await
+    }
+
+    /// Waits until no category of the job is queued, being pushed or waiting to be: each is
+    /// pushed (waiting for the device's report) or ended. What a device that cannot report
+    /// (reached through WNS alone, or told not to) gets to.
+    pub async fn wait_for_pushed_job(&self, id: &str) -> JobRecord {
+        wait_until(&format!("job {id} to be pushed"), DEADLINE, || async {
+            let job = self.job(id).await;
+            job.categories
+                .values()
+                .all(|c| c.state == CategoryState::Pushed || c.state.is_terminal())
+                .then_some(job)
+        })
+        .await
+    }
+
+    /// Refreshes `categories` of `device`, then waits for every category to be pushed (or to
+    /// end otherwise).
+    pub async fn pushed_refresh(
+        &self,
+        device: &Device,
+        categories: &[&str],
+    ) -> (String, JobRecord) {
+        let job_id = self.refresh_device(device, categories).await.job_id();
+        let job = self.wait_for_pushed_job(&job_id).await;
+        (job_id, job)
+    }
+
+    /// `POST /v1/agent/windows/devices/{device}/reports` on the device listener with
+    /// `node_key` (none: no `Authorization`).
+    pub async fn report(&self, device: &str, node_key: Option<&str>, body: &Value) -> Answer {
+        let url = format!("{}/v1/agent/windows/devices/{device}/reports", self.devices);
+        let mut request = self.http.post(url).json(body);
+        if let Some(key) = node_key {
+            request = request.bearer_auth(key);
+        }
+        Answer::of(request).await
+    }
+
+    /// What the sim's devices reported, with the answers they got.
+    pub async fn sim_reports(&self) -> Vec<SentReport> {
+        serde_json::from_value(self.sim("/_sim/reports", None).await).expect("sent reports")
+    }
+
+    /// `GET …/devices/{device}/inventory[?categories=…]` with `token`.
+    pub async fn inventory(&self, device: &str, categories: Option<&str>, token: &str) -> Answer {
+        let mut url = format!(
+            "{}/v1/organizations/{}/mdm/windows/enterprise/devices/{device}/inventory",
+            self.api,
+            self.org_id()
+        );
+        if let Some(categories) = categories {
+            url.push_str(&format!("?categories={categories}"));
+        }
+        Answer::of(self.http.get(url).bearer_auth(token)).await
     }
 
     pub async fn sim(&self, path: &str, body: Option<Value>) -> Value {

@@ -5,9 +5,10 @@ use bson::oid::ObjectId;
 use refresh_shared::{
     device::DeviceState,
     store::{Device, NewDevice, Organization, PushRoutes, WnsChannel},
-    token::PERMISSION_DEVICE_INFO,
+    token::{self, PERMISSION_DEVICE_INFO},
 };
 use refresh_testkit::seed;
+use serde_json::{Value, json};
 
 impl TestStack {
     /// An ACTIVE device reachable through the agent and (with a channel on the sim) WNS.
@@ -20,6 +21,7 @@ impl TestStack {
             .await
     }
 
+    /// A device of `organization`; its agent (simulated by the sim) reports after a push.
     pub async fn device_in(
         &self,
         organization: ObjectId,
@@ -27,29 +29,69 @@ impl TestStack {
         agent: bool,
         wns: bool,
     ) -> Device {
-        let new = self.new_device(organization, state, agent, wns, &[]);
-        self.store.create_device(new).await.expect("create device")
+        self.device_with_key(organization, state, agent, wns)
+            .await
+            .0
+    }
+
+    /// Like [`TestStack::device_in`], with the device's node key.
+    pub async fn device_with_key(
+        &self,
+        organization: ObjectId,
+        state: DeviceState,
+        agent: bool,
+        wns: bool,
+    ) -> (Device, String) {
+        let (new, key) = self.new_device(organization, state, agent, wns, &[]);
+        let device = self.store.create_device(new).await.expect("create device");
+        self.register_with_sim(&[(&device, &key)]).await;
+        (device, key)
     }
 
     /// `count` devices of the stack's organization in `state`, reachable through the agent,
-    /// carrying `tags`, created in a few writes.
+    /// carrying `tags`, created in a few writes, every one reporting after a push.
     pub async fn devices(&self, count: usize, state: DeviceState, tags: &[&str]) -> Vec<Device> {
+        let devices = self.devices_with_keys(count, state, tags).await;
+        devices.into_iter().map(|(device, _)| device).collect()
+    }
+
+    /// Like [`TestStack::devices`], with each device's node key.
+    pub async fn devices_with_keys(
+        &self,
+        count: usize,
+        state: DeviceState,
+        tags: &[&str],
+    ) -> Vec<(Device, String)> {
         let mut devices = Vec::with_capacity(count);
         for chunk in (0..count).collect::<Vec<_>>().chunks(1_000) {
-            let new = chunk
+            let (new, keys): (Vec<NewDevice>, Vec<String>) = chunk
                 .iter()
                 .map(|_| self.new_device(self.organization.id, state, true, false, tags))
-                .collect();
-            devices.extend(
-                self.store
-                    .create_devices(new)
-                    .await
-                    .expect("create devices"),
-            );
+                .unzip();
+            let created = self
+                .store
+                .create_devices(new)
+                .await
+                .expect("create devices");
+            let pairs: Vec<(&Device, &String)> = created.iter().zip(&keys).collect();
+            self.register_with_sim(&pairs).await;
+            devices.extend(created.into_iter().zip(keys));
         }
         devices
     }
 
+    /// Tells the sim to answer for these devices: after an agent push, each reports with its
+    /// node key.
+    pub async fn register_with_sim(&self, devices: &[(&Device, &String)]) {
+        let body: Vec<Value> = devices
+            .iter()
+            .map(|(device, key)| json!({ "deviceId": device.id.to_hex(), "nodeKey": key }))
+            .collect();
+        let answer = self.sim("/_sim/devices", Some(Value::Array(body))).await;
+        assert_eq!(answer["status"], Value::Bool(true), "{answer:?}");
+    }
+
+    /// A device and its node key, with a node key hash stored.
     fn new_device(
         &self,
         organization: ObjectId,
@@ -57,14 +99,15 @@ impl TestStack {
         agent: bool,
         wns: bool,
         tags: &[&str],
-    ) -> NewDevice {
+    ) -> (NewDevice, String) {
+        let key = token::generate_node_key();
         let unique = ObjectId::new().to_hex();
         let wns = wns.then(|| {
             let uri = format!("{}/wns/channels/{unique}", self.sim.url());
             WnsChannel::new(&uri, &self.settings.gateways.wns_channels)
                 .expect("the sim's channels are admitted")
         });
-        NewDevice {
+        let new = NewDevice {
             organization,
             state,
             serial_number: Some(format!("SN{}", &unique[12..])),
@@ -74,7 +117,9 @@ impl TestStack {
             )),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             push: PushRoutes { agent, wns },
-        }
+            node_key_hash: Some(key.hash),
+        };
+        (new, key.plaintext)
     }
 
     /// Another tenant: a new organization and a refresh token of its own.

@@ -27,6 +27,10 @@ pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String
     let mut local = vec![
         ("API_ADDR", "127.0.0.1:0".to_owned()),
         ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("DEVICE_ADDR", "127.0.0.1:0".to_owned()),
+        // The sim's devices report for every push; a test of the per-device limit sets its own.
+        ("DEVICE_RATE_LIMIT_PER_SECOND", "1000".to_owned()),
+        ("DEVICE_RATE_LIMIT_BURST", "1000".to_owned()),
         ("PUSH_RETRY_INITIAL_MS", "50".to_owned()),
         ("PUSH_RETRY_MAX_INTERVAL_MS", "200".to_owned()),
         ("PUSH_TIMEOUT_MS", "2000".to_owned()),
@@ -43,6 +47,8 @@ fn settings_of<S: Load>(vars: &HashMap<String, String>) -> S {
 /// A running api + worker + sim with one organization and a token for it.
 pub struct TestStack {
     pub api: String,
+    /// The api's device listener (`DEVICE_ADDR`), where devices report.
+    pub devices: String,
     pub worker: String,
     pub http: reqwest::Client,
     pub store: Store,
@@ -72,6 +78,7 @@ impl TestStack {
             .await
             .expect("build api");
         let api_addr = api.local_addr();
+        let device_addr = api.device_addr();
         tokio::spawn(api.run_until_stopped(stop.clone().cancelled_owned()));
         let worker = refresh_worker::Worker::build(settings.clone())
             .await
@@ -81,8 +88,7 @@ impl TestStack {
         TestStack::seeded(
             sim,
             settings,
-            api_addr,
-            worker_addr,
+            [api_addr, device_addr, worker_addr],
             Services::InProcess { stop },
         )
         .await
@@ -93,11 +99,10 @@ impl TestStack {
     pub async fn spawn_with(overrides: &[(&str, String)]) -> TestStack {
         let sim = start_sim().await;
         let mut vars = test_env(&sim, overrides);
-        let (api_addr, worker_addr) = (
-            free_addr().expect("a free port"),
-            free_addr().expect("a free port"),
-        );
+        let [api_addr, device_addr, worker_addr] =
+            [(); 3].map(|()| free_addr().expect("a free port"));
         vars.insert("API_ADDR".to_owned(), api_addr.to_string());
+        vars.insert("DEVICE_ADDR".to_owned(), device_addr.to_string());
         vars.insert("WORKER_ADDR".to_owned(), worker_addr.to_string());
         let settings = settings_of(&vars);
         let api = spawn_binary("refresh-api", &vars);
@@ -107,19 +112,22 @@ impl TestStack {
             api,
             worker,
         };
-        let stack = TestStack::seeded(sim, settings, api_addr, worker_addr, services).await;
+        let addrs = [api_addr, device_addr, worker_addr];
+        let stack = TestStack::seeded(sim, settings, addrs, services).await;
         stack.wait_ready(&stack.api.clone()).await;
         stack
     }
 
     /// Seeds an organization and a token, and waits for the worker to consume.
+    /// `addrs`: the api's, its device listener's and the worker's.
     async fn seeded(
         sim: SimServer,
         settings: refresh_worker::Settings,
-        api_addr: SocketAddr,
-        worker_addr: SocketAddr,
+        addrs: [SocketAddr; 3],
         services: Services,
     ) -> TestStack {
+        let [api_addr, device_addr, worker_addr] = addrs;
+        sim.report_to(&format!("http://{device_addr}"));
         let store = Store::connect(&settings.core.mongo, "refresh-tests")
             .await
             .expect("store");
@@ -131,6 +139,7 @@ impl TestStack {
         let token = tokens.pop().expect("one token");
         let stack = TestStack {
             api: format!("http://{api_addr}"),
+            devices: format!("http://{device_addr}"),
             worker: format!("http://{worker_addr}"),
             http: reqwest::Client::new(),
             store,
@@ -207,7 +216,7 @@ async fn start_sim() -> SimServer {
     if std::env::var_os("TEST_LOG").is_some() {
         refresh_shared::telemetry::init_tracing(refresh_shared::settings::LogFormat::Pretty);
     }
-    SimServer::start("127.0.0.1:0".parse().expect("address"))
+    SimServer::start("127.0.0.1:0".parse().expect("address"), None)
         .await
         .expect("start sim")
 }

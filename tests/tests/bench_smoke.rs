@@ -85,9 +85,17 @@ async fn the_smoke_run_measures_every_row() {
         assert!(jobs > 0, "{worker}");
         assert_eq!(worker["categories"].as_u64(), Some(jobs * 3), "{worker}");
     }
-    // Every device of the batch was pushed.
+    // Every device of the batch reported.
     assert_eq!(report["bulk"]["devices"].as_u64(), Some(600));
-    assert_eq!(report["bulk"]["pushed"].as_u64(), Some(600));
+    assert_eq!(report["bulk"]["reported"].as_u64(), Some(600));
+    // Every report of the reporters' batch was applied.
+    assert_eq!(report["reports"]["devices"].as_u64(), Some(50));
+    assert_eq!(report["reports"]["reports"].as_u64(), Some(150));
+    assert!(
+        report["reports"]["per_second"].as_f64() > Some(0.0),
+        "{}",
+        report["reports"]
+    );
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 8);
     std::fs::remove_dir_all(&out).ok();

@@ -118,7 +118,7 @@ async fn a_rabbitmq_restart_mid_stream_answers_only_200_or_503_and_loses_no_acce
         assert!(
             job.categories
                 .values()
-                .all(|c| c.state == CategoryState::Pushed),
+                .all(|c| c.state == CategoryState::Reported),
             "every 200-answered job completes: {job:?}"
         );
     }

@@ -57,7 +57,7 @@ async fn a_batch_by_ids_accounts_for_every_device_named() {
     assert_eq!(batch.state.as_str(), "completed", "{batch:?}");
     assert_eq!(batch.total, 12, "duplicates merged: {batch:?}");
     let counts = &batch.counts;
-    assert_eq!(counts.pushed, 5, "{batch:?}");
+    assert_eq!(counts.reported, 5, "{batch:?}");
     assert_eq!(counts.skipped.not_active, 1);
     assert_eq!(counts.skipped.not_found, 3, "deleted + two unknown");
     assert_eq!(counts.skipped.coalesced, 3, "twice named + fresh");
@@ -92,7 +92,7 @@ async fn a_batch_by_filter_takes_the_tagged_devices_in_the_state_asked() {
         )
         .await;
     let batch = stack.wait_for_batch(&by_state.batch_id(), DEADLINE).await;
-    assert_eq!((batch.total, batch.counts.pushed), (3, 3), "{batch:?}");
+    assert_eq!((batch.total, batch.counts.reported), (3, 3), "{batch:?}");
     let pushes = pushes_per_device(&stack).await;
     for device in &lab {
         assert_eq!(
@@ -108,7 +108,7 @@ async fn a_batch_by_filter_takes_the_tagged_devices_in_the_state_asked() {
         .await;
     let batch = stack.wait_for_batch(&any_state.batch_id(), DEADLINE).await;
     assert_eq!(batch.total, 4, "{batch:?}");
-    assert_eq!(batch.counts.pushed, 3);
+    assert_eq!(batch.counts.reported, 3);
     assert_eq!(batch.counts.skipped.not_active, 1);
 }
 
@@ -251,7 +251,7 @@ async fn idempotency_keys_give_the_same_answer_and_refuse_another_body() {
         4091
     );
     let view = stack.wait_for_batch(&batch, DEADLINE).await;
-    assert_eq!(view.counts.pushed, 1);
+    assert_eq!(view.counts.reported, 1);
     let batches = stack
         .collection::<store::BatchRecord>(store::BATCHES)
         .count_documents(bson::doc! {})
@@ -287,7 +287,7 @@ async fn a_large_batch_completes_and_its_counts_add_up() {
     println!("{size}-device batch: {batch:?} in {:?}", started.elapsed());
     assert_eq!(batch.state.as_str(), "completed");
     assert_eq!(batch.total, size as u64);
-    assert_eq!(batch.counts.pushed, size as u64, "{batch:?}");
+    assert_eq!(batch.counts.reported, size as u64, "{batch:?}");
     assert_eq!(batch.counts.sum(), batch.total);
     let pushes = pushes_per_device(&stack).await;
     let pushed_once: HashSet<&String> = pushes
@@ -316,7 +316,7 @@ async fn single_device_requests_complete_while_a_batch_drains() {
     refresh_tests::wait_until("the batch to be draining", DEADLINE, || async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let view: BatchView = stack.batch(&batch_id).await;
-        (view.counts.pushed > 0).then_some(())
+        (view.counts.reported > 0).then_some(())
     })
     .await;
 
@@ -337,7 +337,7 @@ async fn single_device_requests_complete_while_a_batch_drains() {
         "completed",
         "the singles finished before the batch: {view:?}"
     );
-    assert!(view.counts.pushed < view.total, "{view:?}");
+    assert!(view.counts.reported < view.total, "{view:?}");
 }
 
 #[tokio::test]

@@ -67,7 +67,7 @@ async fn a_batch_resumes_after_its_expanding_process_is_killed() {
         batch.counts
     );
     assert_eq!(batch.state.as_str(), "completed");
-    assert_eq!(batch.counts.pushed, 1_000, "{batch:?}");
+    assert_eq!(batch.counts.reported, 1_000, "{batch:?}");
     assert_eq!(batch.counts.sum(), 1_000);
 
     let mut per_device: HashMap<(String, String), usize> = HashMap::new();

@@ -29,9 +29,21 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
             "agent",
             "--push",
             "wns",
+            "--node-key",
         ])
         .await;
     assert_eq!(device["organizationId"], json!(org_id));
+    // The device's agent (the sim) reports with the key printed once.
+    let node_key = device["nodeKey"].as_str().unwrap().to_owned();
+    assert!(node_key.starts_with("dnk_"), "{device}");
+    let device_id = device["id"].as_str().unwrap().to_owned();
+    let created = stack
+        .store
+        .device_by_id(bson::oid::ObjectId::parse_str(&device_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    stack.register_with_sim(&[(&created, &node_key)]).await;
     assert_eq!(device["state"], json!("ACTIVE"));
     assert_eq!(device["push"], json!(["agent", "wns"]));
     assert!(
@@ -75,7 +87,15 @@ async fn an_operator_sets_up_a_tenant_whose_token_then_refreshes_a_device() {
     stack.wait_for_settled_job(&job_id).await;
     let job = stack.refreshctl(&["job", "get", &job_id]).await;
     assert_eq!(job["state"], json!("completed"));
-    assert_eq!(job["categories"]["certificates"]["state"], json!("pushed"));
+    assert_eq!(job["reported"], json!(1));
+    assert_eq!(
+        job["categories"]["certificates"]["state"],
+        json!("reported")
+    );
+    assert_eq!(
+        job["categories"]["certificates"]["reportSource"],
+        json!("agent")
+    );
 
     let revoked = stack
         .refreshctl(&[

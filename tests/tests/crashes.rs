@@ -51,7 +51,12 @@ async fn settle_and_audit(
 ) -> (usize, usize, usize) {
     let completed: bson::Document = CATEGORIES
         .iter()
-        .map(|c| (format!("categories.{c}.state"), bson::Bson::from("pushed")))
+        .map(|c| {
+            (
+                format!("categories.{c}.state"),
+                bson::Bson::from("reported"),
+            )
+        })
         .collect();
     wait_until("every job to complete", deadline, || async {
         // Counting, not reading every job, so the polling does not load the database.

@@ -736,7 +736,7 @@ async fn a_token_of_another_organization_can_neither_refresh_nor_read_this_ones_
             json!(expected),
             "{view}"
         );
-        assert_eq!(view["counts"]["pushed"], json!(0), "{view}");
+        assert_eq!(view["counts"]["reported"], json!(0), "{view}");
     }
     assert_eq!(
         stack.pushes().await.len(),

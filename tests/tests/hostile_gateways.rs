@@ -157,7 +157,7 @@ async fn a_gateway_asking_for_an_absurd_wait_neither_crashes_nor_holds_the_worke
         stack.fault(json!({ "mode": "ok" })).await;
         let other = stack.device_with(DeviceState::Active, true, false).await;
         let (_, job) = stack.settled_refresh(&other, &["os"]).await;
-        assert_eq!(job.categories[&Category::Os].state, CategoryState::Pushed);
+        assert_eq!(job.categories[&Category::Os].state, CategoryState::Reported);
     }
 }
 
@@ -187,7 +187,7 @@ async fn a_lost_broker_channel_never_pushes_a_recorded_category_twice() {
     assert!(
         job.categories
             .values()
-            .all(|c| c.state == CategoryState::Pushed),
+            .all(|c| c.state == CategoryState::Reported),
         "{job:?}"
     );
     // The redelivered copy is done too (its pushes, if it made any, answered).
@@ -234,6 +234,6 @@ async fn a_delivery_is_handed_back_when_the_database_stays_away_past_the_hold_li
     let job = stack.wait_for_settled_job(&job_id).await;
     assert_eq!(
         job.categories[&Category::Hardware].state,
-        CategoryState::Pushed
+        CategoryState::Reported
     );
 }

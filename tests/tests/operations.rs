@@ -165,7 +165,9 @@ async fn ops_queues_needs_its_permission_and_lists_every_queue() {
 async fn a_dead_job_is_listed_with_its_reason_and_replayed_to_completion() {
     // No interactive consumer at first: the job waits until the test rejects it, as a worker
     // that cannot process it would.
-    let stack = TestStack::start_with(&[("WORKER_QUEUES", "bulk,batches".to_owned())]).await;
+    let stack =
+        TestStack::start_with(&[("WORKER_QUEUES", "bulk,batches,reports,deadlines".to_owned())])
+            .await;
     let device = stack.device().await;
     let job_id = stack
         .refresh_device(&device, &["certificates"])
@@ -261,7 +263,7 @@ async fn refreshctl_bulk_follows_a_batch_to_its_summary() {
         .await;
     assert_eq!(by_file["state"], json!("completed"), "{by_file}");
     assert_eq!(by_file["total"], json!(4));
-    assert_eq!(by_file["counts"]["pushed"], json!(3));
+    assert_eq!(by_file["counts"]["reported"], json!(3));
     assert_eq!(by_file["counts"]["skipped"]["notFound"], json!(1));
     assert_eq!(stack.pushes().await.len(), 6);
 
@@ -272,7 +274,10 @@ async fn refreshctl_bulk_follows_a_batch_to_its_summary() {
         .await;
     assert_eq!(by_tag["state"], json!("completed"), "{by_tag}");
     assert_eq!(
-        (by_tag["total"].clone(), by_tag["counts"]["pushed"].clone()),
+        (
+            by_tag["total"].clone(),
+            by_tag["counts"]["reported"].clone()
+        ),
         (json!(3), json!(3))
     );
 

@@ -106,7 +106,7 @@ async fn with_rabbitmq_unreachable_the_endpoint_answers_503_and_leaves_no_job_qu
     assert!(
         job.categories
             .values()
-            .all(|c| c.state == CategoryState::Pushed),
+            .all(|c| c.state == CategoryState::Reported),
         "{job:?}"
     );
 }
@@ -161,7 +161,7 @@ async fn a_worker_mid_job_holds_it_through_a_mongodb_outage_and_finishes_it() {
     let hardware = &job.categories[&Category::Hardware];
     assert_eq!(
         (hardware.state, hardware.attempts),
-        (CategoryState::Pushed, 1),
+        (CategoryState::Reported, 1),
         "{hardware:?}"
     );
     assert_eq!(

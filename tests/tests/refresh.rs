@@ -5,6 +5,7 @@ use refresh_shared::{
     Category,
     device::{DeviceState, Gateway},
     job::{CategoryState, JobState},
+    report::ReportSource,
 };
 use refresh_tests::{Answer, TestStack};
 use reqwest::StatusCode;
@@ -14,7 +15,8 @@ fn upstream_example() -> serde_json::Value {
     json!({ "info": ["hardware", "applications", "certificates"] })
 }
 
-/// The upstream 200 shape plus `jobId`, then one push per category and a `completed` job.
+/// The upstream 200 shape plus `jobId`, then one push per category, the device's report of
+/// each, and a `completed` job.
 async fn refresh_completes(stack: &TestStack, organization: &str, device_key: &str) {
     let answer = stack
         .refresh(organization, device_key, &upstream_example())
@@ -34,10 +36,12 @@ async fn refresh_completes(stack: &TestStack, organization: &str, device_key: &s
         Category::Certificates,
     ] {
         let record = &job.categories[&category];
-        assert_eq!(record.state, CategoryState::Pushed);
+        assert_eq!(record.state, CategoryState::Reported, "{record:?}");
         assert_eq!(record.attempts, 1);
         assert_eq!(record.gateway, Some(Gateway::Agent));
-        assert!(record.pushed_at.is_some());
+        assert_eq!(record.report_source, Some(ReportSource::Agent));
+        let (pushed, reported) = (record.pushed_at.unwrap(), record.reported_at.unwrap());
+        assert!(reported >= pushed, "{record:?}");
     }
 
     let pushes = stack.pushes_for_job(&job_id).await;
@@ -107,11 +111,13 @@ async fn the_job_status_call_shows_every_category() {
     assert_eq!(categories.len(), 2, "duplicates are merged: {categories:?}");
     for name in ["os", "network"] {
         let category = &categories[name];
-        assert_eq!(category["state"], json!("pushed"));
+        assert_eq!(category["state"], json!("reported"));
         assert_eq!(category["attempts"], json!(1));
         assert_eq!(category["gateway"], json!("agent"));
         assert!(category["lastError"].is_null());
         assert!(category["pushedAt"].is_string());
+        assert!(category["reportedAt"].is_string());
+        assert_eq!(category["reportSource"], json!("agent"));
     }
 }
 
@@ -124,7 +130,7 @@ async fn transient_gateway_failures_are_retried_until_pushed() {
         .await;
     let (job_id, job) = stack.settled_refresh(&device, &["hardware"]).await;
     let hardware = &job.categories[&Category::Hardware];
-    assert_eq!(hardware.state, CategoryState::Pushed, "{hardware:?}");
+    assert_eq!(hardware.state, CategoryState::Reported, "{hardware:?}");
     assert_eq!(hardware.attempts, 3);
     assert_eq!(hardware.gateway, Some(Gateway::Agent));
     let statuses: Vec<u16> = stack
@@ -193,9 +199,12 @@ async fn when_the_agent_gateway_is_unreachable_the_push_goes_through_wns() {
     )])
     .await;
     let device = stack.device().await;
-    let (job_id, job) = stack.settled_refresh(&device, &["hardware", "os"]).await;
-    assert_eq!(job.state(), JobState::Completed, "{job:?}");
+    // Woken through WNS, a device reports in an OMA-DM session, not through its agent: the
+    // categories wait, pushed, for that report.
+    let (job_id, job) = stack.pushed_refresh(&device, &["hardware", "os"]).await;
+    assert_eq!(job.state(), JobState::InProgress, "{job:?}");
     for record in job.categories.values() {
+        assert_eq!(record.state, CategoryState::Pushed);
         assert_eq!(record.gateway, Some(Gateway::Wns));
         assert_eq!(
             record.attempts, 2,
@@ -218,7 +227,7 @@ async fn a_device_the_agent_cannot_reach_falls_back_to_wns() {
     stack
         .fault(json!({ "mode": "fault", "gateway": "agent", "status": 404 }))
         .await;
-    let (job_id, job) = stack.settled_refresh(&device, &["network"]).await;
+    let (job_id, job) = stack.pushed_refresh(&device, &["network"]).await;
     let network = &job.categories[&Category::Network];
     assert_eq!(
         (network.state, network.gateway),
