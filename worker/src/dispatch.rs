@@ -4,6 +4,7 @@
 use crate::{
     gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
     in_flight::InFlight,
+    reports::observe_report_latency,
 };
 use bson::{DateTime, oid::ObjectId};
 use futures::{
@@ -296,11 +297,15 @@ impl Dispatcher {
                 }
             }
         }
-        if outcome.to == CategoryState::Pushed {
+        if let (CategoryState::Pushed, Some(pushed_at)) = (outcome.to, outcome.pushed_at) {
             // Not recorded as pushed: the device may have reported it already.
             for category in missed {
-                self.durably(|| store.record_push_of_reported(job_id, category, &update))
+                let reported_at = self
+                    .durably(|| store.record_push_of_reported(job_id, category, &update))
                     .await?;
+                if let Some(reported_at) = reported_at {
+                    observe_report_latency(pushed_at, reported_at);
+                }
             }
         }
         for category in recorded {

@@ -50,15 +50,21 @@ impl Dispatcher {
     }
 }
 
-/// Records how long after its push each newly reported category was reported.
+/// Records how long after its push each newly reported category was reported (a category
+/// reported before its push was recorded is observed when the push is, in `dispatch`).
 fn observe_latency(job: &JobRecord, reported: &[Category]) {
     for category in reported {
         let Some(record) = job.categories.get(category) else {
             continue;
         };
         if let (Some(pushed), Some(reported)) = (record.pushed_at, record.reported_at) {
-            let millis = reported.timestamp_millis() - pushed.timestamp_millis();
-            metrics::histogram!(metric::REPORT_LATENCY).record(millis.max(0) as f64 / 1000.0);
+            observe_report_latency(pushed, reported);
         }
     }
+}
+
+/// One category's time from push to report.
+pub(crate) fn observe_report_latency(pushed: DateTime, reported: DateTime) {
+    let millis = reported.timestamp_millis() - pushed.timestamp_millis();
+    metrics::histogram!(metric::REPORT_LATENCY).record(millis.max(0) as f64 / 1000.0);
 }

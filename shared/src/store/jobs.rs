@@ -352,16 +352,17 @@ impl Store {
 
     /// Records the push of a category the device reported before the push itself was recorded
     /// (a fast device answers while the worker is still writing): the push's gateway, attempts
-    /// and time, once (only while no later push is recorded).
+    /// and time, once (only while no later push is recorded). Returns when the category was
+    /// reported, if this write recorded its push.
     pub async fn record_push_of_reported(
         &self,
         job: ObjectId,
         category: Category,
         update: &CategoryUpdate,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<DateTime>, StoreError> {
         let field = |name: &str| format!("categories.{category}.{name}");
         let Some(at) = update.pushed_at else {
-            return Ok(());
+            return Ok(None);
         };
         let filter = doc! {
             "_id": job,
@@ -377,7 +378,8 @@ impl Store {
             "$set": set,
             "$inc": { field("attempts"): i64::from(update.attempts) },
         };
-        self.jobs.update_one(filter, change).await?;
-        Ok(())
+        let before = self.jobs.find_one_and_update(filter, change).await?;
+        Ok(before
+            .and_then(|job| job.categories.get(&category)?.reported_at))
     }
 }
