@@ -14,14 +14,20 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test]
 async fn a_batch_resumes_after_its_expanding_process_is_killed() {
     // The worker process only expands batches: killing it interrupts an expansion and nothing
-    // else. The pushes are made by a second worker, in this test's process.
+    // else. The pushes (and the devices' reports) are handled by a second worker, in this
+    // test's process.
     let stack = TestStack::spawn_with(&[
         ("WORKER_QUEUES", "batches".to_owned()),
         ("BATCH_CHUNK_SIZE", "25".to_owned()),
     ])
     .await;
     let mut pusher_settings = stack.settings.clone();
-    pusher_settings.worker.queues = vec![WorkQueue::Interactive, WorkQueue::Bulk];
+    pusher_settings.worker.queues = vec![
+        WorkQueue::Interactive,
+        WorkQueue::Bulk,
+        WorkQueue::Reports,
+        WorkQueue::Deadlines,
+    ];
     pusher_settings.worker.addr = "127.0.0.1:0".parse().unwrap();
     pusher_settings.worker.bulk_concurrency = 16;
     let pusher = refresh_worker::Worker::build(pusher_settings)

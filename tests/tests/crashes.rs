@@ -196,3 +196,69 @@ async fn sigterm_under_load_exits_0_within_the_deadline_and_loses_nothing() {
     );
     assert_eq!(accepted, 300);
 }
+
+/// Reports waiting in their queue survive the worker being killed while it applies them: every
+/// one is applied, each exactly once in effect (one inventory document per device, with that
+/// device's own values).
+#[tokio::test]
+async fn killing_the_worker_while_reports_are_queued_loses_none() {
+    const REPORTS: usize = 1_000;
+    let stack = TestStack::spawn_with(&[]).await;
+    let devices = stack
+        .devices_with_keys(REPORTS, DeviceState::Active, &[])
+        .await;
+    // No worker: the reports queue up.
+    stack.kill_worker();
+    let collected_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let stack = &stack;
+    let statuses: Vec<u16> = stream::iter(&devices)
+        .map(|(device, key)| {
+            let body = json!({
+                "collectedAt": collected_at,
+                "categories": { "os": { "nodes": { "./DevDetail/SwV": format!("v-{}", device.id) } } },
+            });
+            async move {
+                stack
+                    .report(&device.id.to_hex(), Some(key), &body)
+                    .await
+                    .status
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|&s| s == 202), "{statuses:?}");
+
+    let inventory = stack.collection::<bson::Document>(store::INVENTORY);
+    let applied = || async { inventory.count_documents(bson::doc! {}).await.unwrap() };
+    stack.restart_worker().await;
+    let at_kill = wait_until("the worker to be applying reports", Duration::from_secs(120), || async {
+        let applied = applied().await;
+        (applied >= 100).then_some(applied)
+    })
+    .await;
+    stack.kill_worker();
+    stack.restart_worker().await;
+    wait_until("every report to be applied", Duration::from_secs(300), || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        (applied().await == REPORTS as u64).then_some(())
+    })
+    .await;
+    println!("kill -9 after {at_kill} of {REPORTS} reports applied: all {REPORTS} applied");
+    let records: Vec<store::InventoryRecord> = stack
+        .collection::<store::InventoryRecord>(store::INVENTORY)
+        .find(bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(records.len(), REPORTS);
+    for record in records {
+        assert_eq!(record.nodes.len(), 1);
+        assert_eq!(record.nodes[0].value, format!("v-{}", record.device));
+    }
+}

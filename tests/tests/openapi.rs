@@ -4,7 +4,7 @@
 
 use refresh_shared::{
     store::Device,
-    token::{PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES},
+    token::{PERMISSION_DEVICE_INFO, PERMISSION_DEVICE_READ, PERMISSION_OPS_QUEUES},
 };
 use refresh_tests::{Answer, TestStack};
 use reqwest::{Method, StatusCode, header};
@@ -29,6 +29,10 @@ const ROUTES: &[(&str, &str)] = &[
     (
         "get",
         "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-batches/{batchId}",
+    ),
+    (
+        "get",
+        "/v1/organizations/{organizationId}/mdm/windows/enterprise/devices/{winDeviceId}/inventory",
     ),
     ("get", "/v1/ops/queues"),
     ("get", "/healthz"),
@@ -81,7 +85,11 @@ struct Seeded {
 impl Seeded {
     async fn in_stack(stack: &TestStack) -> Seeded {
         let token = stack
-            .token_with(&[PERMISSION_DEVICE_INFO, PERMISSION_OPS_QUEUES])
+            .token_with(&[
+                PERMISSION_DEVICE_INFO,
+                PERMISSION_DEVICE_READ,
+                PERMISSION_OPS_QUEUES,
+            ])
             .await;
         let device = stack.device().await;
         let job = stack.refresh_device(&device, &["hardware"]).await.job_id();
@@ -317,7 +325,7 @@ values = [{batch:?}]
     // It ran what it was asked to: every operation the document lists (but the document itself,
     // which it reads rather than tests), and many cases.
     assert!(
-        stdout.contains("Operations:       8 selected / 8 total"),
+        stdout.contains("Operations:       9 selected / 9 total"),
         "{stdout}"
     );
     // "  838 generated, 838 passed, 10 skipped"
