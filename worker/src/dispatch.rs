@@ -298,13 +298,15 @@ impl Dispatcher {
             }
         }
         if let (CategoryState::Pushed, Some(pushed_at)) = (outcome.to, outcome.pushed_at) {
-            // Not recorded as pushed: the device may have reported it already.
+            // Not recorded as pushed: the device may have reported it already. The push
+            // happened all the same, and counts.
             for category in missed {
                 let reported_at = self
                     .durably(|| store.record_push_of_reported(job_id, category, &update))
                     .await?;
                 if let Some(reported_at) = reported_at {
                     observe_report_latency(pushed_at, reported_at);
+                    recorded.push(category);
                 }
             }
         }

@@ -379,7 +379,6 @@ impl Store {
             "$inc": { field("attempts"): i64::from(update.attempts) },
         };
         let before = self.jobs.find_one_and_update(filter, change).await?;
-        Ok(before
-            .and_then(|job| job.categories.get(&category)?.reported_at))
+        Ok(before.and_then(|job| job.categories.get(&category)?.reported_at))
     }
 }
