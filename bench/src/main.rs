@@ -91,9 +91,9 @@ impl Size {
         match self {
             Size::Smoke => Plan {
                 endpoint: Duration::from_secs(2),
-                devices: 600,
+                devices: 300,
                 reporters: 50,
-                slow_jobs: 200,
+                slow_jobs: 100,
                 waiting: 10_000,
                 quiet: Duration::from_secs(1),
                 watch: Duration::from_secs(2),
@@ -501,7 +501,7 @@ fn refreshes(
 }
 
 /// Starts the worker on `jobs` waiting jobs and times it until all their categories are
-/// recorded pushed.
+/// recorded pushed; then waits (untimed) for the devices' reports of them.
 async fn drain(
     stack: &mut Stack,
     sim_latency_ms: u64,
@@ -522,6 +522,19 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Not timed: the devices' reports of what was pushed, so that the next row finds every
+    // device's categories ended (a category still awaiting its report would coalesce the
+    // next row's requests into this row's jobs).
+    loop {
+        let applied = stack.reports_applied().await?;
+        if applied >= categories {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("the worker applied {applied} of {categories} reports in {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let categories_per_second = categories as f64 / seconds;
     Ok(WorkerRun {
         sim_latency_ms,

@@ -36,7 +36,8 @@ async fn the_smoke_run_measures_every_row() {
         "endpoint @64 connections",
         "worker categories, sim 0 ms",
         "worker categories, sim 100 ms",
-        "batch of 600 devices queued",
+        "batch of 300 devices queued",
+        "reports applied (50 devices at once)",
         "single device, batch draining",
         "worker RSS, 10000 messages waiting",
     ] {
@@ -86,8 +87,8 @@ async fn the_smoke_run_measures_every_row() {
         assert_eq!(worker["categories"].as_u64(), Some(jobs * 3), "{worker}");
     }
     // Every device of the batch reported.
-    assert_eq!(report["bulk"]["devices"].as_u64(), Some(600));
-    assert_eq!(report["bulk"]["reported"].as_u64(), Some(600));
+    assert_eq!(report["bulk"]["devices"].as_u64(), Some(300));
+    assert_eq!(report["bulk"]["reported"].as_u64(), Some(300));
     // Every report of the reporters' batch was applied.
     assert_eq!(report["reports"]["devices"].as_u64(), Some(50));
     assert_eq!(report["reports"]["reports"].as_u64(), Some(150));
