@@ -2,7 +2,7 @@
 
 use crate::{
     error::ApiError,
-    rate_limit::StandingSlot,
+    rate_limit::within_limit,
     state::AppState,
     validate::{self, OrganizationRef},
 };
@@ -12,7 +12,7 @@ use axum::{
 };
 use bson::{DateTime, oid::ObjectId};
 use refresh_shared::{store::Organization, token};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A caller whose token is known, unexpired, unrevoked and within its rate limit.
 #[derive(Debug, Clone)]
@@ -79,15 +79,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // Set by the server for every connection; absent only when the router is driven
-        // without one (then there is no address to limit).
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip());
-        if let Some(wait) = client.and_then(|client| state.rate_limits.blocked(client)) {
-            return Err(ApiError::RateLimited { retry_after: wait });
-        }
+        let client = unblocked_client(parts, state)?;
         let found = match bearer_token(parts) {
             Ok(presented) => state
                 .auth_cache
@@ -97,31 +89,42 @@ impl FromRequestParts<AppState> for Authenticated {
                 .ok_or(ApiError::Unauthorized),
             Err(refused) => Err(refused),
         };
-        let record = match found {
-            Ok(record) => record,
-            Err(refused) => {
-                let blocked = client.and_then(|client| state.rate_limits.failed(client));
-                return Err(match blocked {
-                    Some(wait) => ApiError::RateLimited { retry_after: wait },
-                    None => refused,
-                });
-            }
-        };
-        let checked = state.rate_limits.check(record.id, record.organization);
-        let (Ok(standing) | Err(standing)) = checked;
-        if let Some(slot) = parts.extensions.get::<StandingSlot>() {
-            slot.set(standing);
-        }
-        if checked.is_err() {
-            return Err(ApiError::RateLimited {
-                retry_after: standing.reset,
-            });
-        }
+        let record = found.map_err(|error| refused(state, client, error))?;
+        within_limit(
+            parts,
+            state.rate_limits.check(record.id, record.organization),
+        )?;
         Ok(Authenticated {
             token_id: record.id,
             organization: record.organization,
             permissions: record.permissions,
         })
+    }
+}
+
+/// The caller's address, unless it is blocked for failing to authenticate too often (then 429,
+/// before any lookup). Set by the server for every connection; absent only when the router is
+/// driven without one (then there is no address to limit).
+pub(crate) fn unblocked_client(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<IpAddr>, ApiError> {
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    match client.and_then(|client| state.rate_limits.blocked(client)) {
+        Some(wait) => Err(ApiError::RateLimited { retry_after: wait }),
+        None => Ok(client),
+    }
+}
+
+/// A failed authentication from `client`: counted against its address, and answered 429 once
+/// the address is over its allowance.
+pub(crate) fn refused(state: &AppState, client: Option<IpAddr>, error: ApiError) -> ApiError {
+    match client.and_then(|client| state.rate_limits.failed(client)) {
+        Some(wait) => ApiError::RateLimited { retry_after: wait },
+        None => error,
     }
 }
 

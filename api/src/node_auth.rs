@@ -2,18 +2,17 @@
 //! <node key>`), for the device listener's routes. A key reports for its own device only.
 
 use crate::{
-    auth::bearer_token,
+    auth::{bearer_token, refused, unblocked_client},
     error::{ApiError, FieldProblem},
-    rate_limit::StandingSlot,
+    rate_limit::within_limit,
     state::AppState,
     validate,
 };
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, Path},
+    extract::{FromRequestParts, Path},
     http::request::Parts,
 };
 use refresh_shared::{store::Device, token};
-use std::net::SocketAddr;
 use subtle::ConstantTimeEq;
 
 /// A device that proved itself with its node key, within its rate limit.
@@ -24,39 +23,17 @@ impl FromRequestParts<AppState> for ReportingDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip());
-        if let Some(wait) = client.and_then(|client| state.rate_limits.blocked(client)) {
-            return Err(ApiError::RateLimited { retry_after: wait });
-        }
+        let client = unblocked_client(parts, state)?;
         let found = match bearer_token(parts) {
             Ok(presented) => identify(parts, state, &token::hash(presented)).await,
             Err(refused) => Err(refused),
         };
-        let device = match found {
-            Ok(device) => device,
-            Err(error @ (ApiError::Unauthorized | ApiError::NoToken)) => {
-                // Guessing keys costs the guesser: the address is limited like a token guesser.
-                let blocked = client.and_then(|client| state.rate_limits.failed(client));
-                return Err(match blocked {
-                    Some(wait) => ApiError::RateLimited { retry_after: wait },
-                    None => error,
-                });
-            }
-            Err(other) => return Err(other),
-        };
-        let checked = state.rate_limits.check_device(device.id);
-        let (Ok(standing) | Err(standing)) = checked;
-        if let Some(slot) = parts.extensions.get::<StandingSlot>() {
-            slot.set(standing);
-        }
-        if checked.is_err() {
-            return Err(ApiError::RateLimited {
-                retry_after: standing.reset,
-            });
-        }
+        let device = found.map_err(|error| match error {
+            // Guessing keys costs the guesser, as guessing tokens does.
+            ApiError::Unauthorized | ApiError::NoToken => refused(state, client, error),
+            other => other,
+        })?;
+        within_limit(parts, state.rate_limits.check_device(device.id))?;
         Ok(ReportingDevice(device))
     }
 }

@@ -158,6 +158,24 @@ impl StandingSlot {
     }
 }
 
+/// Records `checked` (a caller's standing after counting its request) for the `RateLimit-*`
+/// headers; 429 when the request was refused.
+pub fn within_limit(
+    parts: &axum::http::request::Parts,
+    checked: Result<Standing, Standing>,
+) -> Result<(), crate::error::ApiError> {
+    let (Ok(standing) | Err(standing)) = checked;
+    if let Some(slot) = parts.extensions.get::<StandingSlot>() {
+        slot.set(standing);
+    }
+    match checked {
+        Ok(_) => Ok(()),
+        Err(_) => Err(crate::error::ApiError::RateLimited {
+            retry_after: standing.reset,
+        }),
+    }
+}
+
 /// Middleware: gives the handler a [`StandingSlot`] and turns what it holds afterwards into
 /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds, rounded up).
 pub async fn headers(mut request: Request, next: Next) -> Response {

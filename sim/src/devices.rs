@@ -3,12 +3,11 @@
 //! key), with fixture values for every node of the category (`Category::nodes`). How devices
 //! answer is part of the fault plan: `report` on/off/partial and `reportDelayMs`.
 
-use crate::{SimState, lock};
+use crate::{SimState, lock, refused};
 use axum::{
     Json,
     body::Bytes,
     extract::State,
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use refresh_shared::Category;
@@ -71,13 +70,7 @@ pub(crate) async fn register(State(state): State<Arc<SimState>>, body: Bytes) ->
             }
             Json(json!({ "status": true })).into_response()
         }
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            Json(
-                json!({ "status": false, "error": { "code": 1001, "message": error.to_string() } }),
-            ),
-        )
-            .into_response(),
+        Err(error) => refused(&error),
     }
 }
 

@@ -201,14 +201,14 @@ async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response
             };
             Json(json!({ "status": true })).into_response()
         }
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            Json(
-                json!({ "status": false, "error": { "code": 1001, "message": error.to_string() } }),
-            ),
-        )
-            .into_response(),
+        Err(error) => refused(&error),
     }
+}
+
+/// A body the sim cannot read: 400 in the product's envelope.
+fn refused(error: &serde_json::Error) -> Response {
+    let body = json!({ "status": false, "error": { "code": 1001, "message": error.to_string() } });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 async fn agent_push(

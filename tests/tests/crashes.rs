@@ -235,17 +235,25 @@ async fn killing_the_worker_while_reports_are_queued_loses_none() {
     let inventory = stack.collection::<bson::Document>(store::INVENTORY);
     let applied = || async { inventory.count_documents(bson::doc! {}).await.unwrap() };
     stack.restart_worker().await;
-    let at_kill = wait_until("the worker to be applying reports", Duration::from_secs(120), || async {
-        let applied = applied().await;
-        (applied >= 100).then_some(applied)
-    })
+    let at_kill = wait_until(
+        "the worker to be applying reports",
+        Duration::from_secs(120),
+        || async {
+            let applied = applied().await;
+            (applied >= 100).then_some(applied)
+        },
+    )
     .await;
     stack.kill_worker();
     stack.restart_worker().await;
-    wait_until("every report to be applied", Duration::from_secs(300), || async {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        (applied().await == REPORTS as u64).then_some(())
-    })
+    wait_until(
+        "every report to be applied",
+        Duration::from_secs(300),
+        || async {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            (applied().await == REPORTS as u64).then_some(())
+        },
+    )
     .await;
     println!("kill -9 after {at_kill} of {REPORTS} reports applied: all {REPORTS} applied");
     let records: Vec<store::InventoryRecord> = stack

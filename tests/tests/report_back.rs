@@ -61,7 +61,10 @@ async fn a_device_that_reports_completes_its_job_and_its_inventory_shows_every_n
     for record in job.categories.values() {
         assert_eq!(record.state, CategoryState::Reported, "{record:?}");
         assert_eq!(record.report_source, Some(ReportSource::Agent));
-        assert!(record.reported_at.unwrap() >= record.pushed_at.unwrap(), "{record:?}");
+        assert!(
+            record.reported_at.unwrap() >= record.pushed_at.unwrap(),
+            "{record:?}"
+        );
     }
     let stored = stack
         .store
@@ -87,14 +90,22 @@ async fn a_device_that_reports_completes_its_job_and_its_inventory_shows_every_n
         let nodes = inventory["nodes"].as_object().unwrap();
         assert_eq!(nodes.len(), category.nodes().count(), "{name}: {nodes:?}");
         for uri in category.nodes() {
-            assert_eq!(nodes[uri], json!(fixture(&device.id.to_hex(), uri)), "{uri}");
+            assert_eq!(
+                nodes[uri],
+                json!(fixture(&device.id.to_hex(), uri)),
+                "{uri}"
+            );
         }
     }
     // By IMEI, one category.
     let imei = device.summary.imei.clone().unwrap();
     let one = stack.inventory(&imei, Some("certificates"), &reader).await;
     assert_eq!(one.status, StatusCode::OK, "{:?}", one.body);
-    let keys: Vec<&String> = one.body["data"]["categories"].as_object().unwrap().keys().collect();
+    let keys: Vec<&String> = one.body["data"]["categories"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
     assert_eq!(keys, ["certificates"]);
 
     assert!(counter(&stack, &stack.api, "refresh_reports_received_total").await >= 3.0);
@@ -111,10 +122,11 @@ async fn the_inventory_read_needs_its_permission_and_stays_in_its_tenant() {
     let id = device.id.to_hex();
 
     let refresher = stack.token_with(&[PERMISSION_DEVICE_INFO]).await;
-    stack
-        .inventory(&id, None, &refresher)
-        .await
-        .assert_error(StatusCode::FORBIDDEN, 4003, "Forbidden");
+    stack.inventory(&id, None, &refresher).await.assert_error(
+        StatusCode::FORBIDDEN,
+        4003,
+        "Forbidden",
+    );
     let reader = stack.token_with(&[PERMISSION_DEVICE_READ]).await;
     let bad = stack.inventory(&id, Some("os,disks"), &reader).await;
     bad.assert_error(StatusCode::BAD_REQUEST, 1001, "Validation failed");
@@ -163,7 +175,10 @@ async fn a_device_that_never_reports_is_pushed_again_then_ends_unreported() {
         *per_category.entry(push.categories[0].clone()).or_default() += 1;
     }
     assert_eq!(per_category.len(), 3, "{per_category:?}");
-    assert!(per_category.values().all(|&n| n == 2), "exactly 2 pushes each: {per_category:?}");
+    assert!(
+        per_category.values().all(|&n| n == 2),
+        "exactly 2 pushes each: {per_category:?}"
+    );
     let stored = stack
         .store
         .device(stack.organization.id, device.id)
@@ -176,13 +191,21 @@ async fn a_device_that_never_reports_is_pushed_again_then_ends_unreported() {
     assert_eq!(sample(&worker, "refresh_repushes_total", ""), Some(3.0));
 
     // A device that reports some of what it is asked: the job is partial.
-    stack.fault(json!({ "mode": "ok", "report": "partial" })).await;
+    stack
+        .fault(json!({ "mode": "ok", "report": "partial" }))
+        .await;
     let other = stack.device().await;
     let (_, job) = stack.settled_refresh(&other, &categories).await;
     assert_eq!(job.state(), JobState::Partial, "{job:?}");
     let states: Vec<CategoryState> = job.categories.values().map(|c| c.state).collect();
-    let reported = states.iter().filter(|s| **s == CategoryState::Reported).count();
-    let unreported = states.iter().filter(|s| **s == CategoryState::Unreported).count();
+    let reported = states
+        .iter()
+        .filter(|s| **s == CategoryState::Reported)
+        .count();
+    let unreported = states
+        .iter()
+        .filter(|s| **s == CategoryState::Unreported)
+        .count();
     assert_eq!((reported, unreported), (1, 2), "{states:?}");
 }
 
@@ -194,15 +217,17 @@ async fn a_node_key_reports_for_its_own_device_only_and_stops_when_revoked() {
     let id = device.id.to_hex();
     let body = report_body(None, Category::Os, "v", OffsetDateTime::now_utc());
 
-    stack
-        .report(&id, None, &body)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, 4002, "No auth token");
+    stack.report(&id, None, &body).await.assert_error(
+        StatusCode::UNAUTHORIZED,
+        4002,
+        "No auth token",
+    );
     let unknown = format!("dnk_{}", "ab".repeat(32));
-    stack
-        .report(&id, Some(&unknown), &body)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+    stack.report(&id, Some(&unknown), &body).await.assert_error(
+        StatusCode::UNAUTHORIZED,
+        4001,
+        "Unauthorized",
+    );
     stack
         .report(&id, Some(&other_key), &body)
         .await
@@ -218,22 +243,27 @@ async fn a_node_key_reports_for_its_own_device_only_and_stops_when_revoked() {
         .refreshctl(&["device", "node-key", "rotate", "--device", &id])
         .await;
     let new_key = rotated["nodeKey"].as_str().unwrap().to_owned();
-    stack
-        .report(&id, Some(&key), &body)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+    stack.report(&id, Some(&key), &body).await.assert_error(
+        StatusCode::UNAUTHORIZED,
+        4001,
+        "Unauthorized",
+    );
     let accepted = stack.report(&id, Some(&new_key), &body).await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED, "{:?}", accepted.body);
-    assert_eq!(accepted.body, json!({ "status": true, "data": { "accepted": ["os"] } }));
+    assert_eq!(
+        accepted.body,
+        json!({ "status": true, "data": { "accepted": ["os"] } })
+    );
 
     let revoked = stack
         .refreshctl(&["device", "node-key", "revoke", "--device", &id])
         .await;
     assert_eq!(revoked["revoked"], json!(true));
-    stack
-        .report(&id, Some(&new_key), &body)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, 4001, "Unauthorized");
+    stack.report(&id, Some(&new_key), &body).await.assert_error(
+        StatusCode::UNAUTHORIZED,
+        4001,
+        "Unauthorized",
+    );
 
     // Only the one accepted report was applied, to its own device.
     wait_for_reports_applied(&stack, 1.0).await;
@@ -261,7 +291,8 @@ async fn malformed_reports_are_400_and_an_oversized_one_413_never_5xx() {
     );
     let now = rfc3339(OffsetDateTime::now_utc());
     let tomorrow = rfc3339(OffsetDateTime::now_utc() + time::Duration::days(1));
-    let os = |nodes: Value| json!({ "collectedAt": now, "categories": { "os": { "nodes": nodes } } });
+    let os =
+        |nodes: Value| json!({ "collectedAt": now, "categories": { "os": { "nodes": nodes } } });
     let long_uri = format!("./{}", "a".repeat(600));
     let bodies: Vec<String> = vec![
         "not json".into(),
@@ -285,7 +316,9 @@ async fn malformed_reports_are_400_and_an_oversized_one_413_never_5xx() {
             .to_string(),
         json!({ "collectedAt": now, "categories": { "os": { "nodes": {} } }, "extra": 1 })
             .to_string(),
-        format!(r#"{{"collectedAt":"{now}","collectedAt":"{now}","categories":{{"os":{{"nodes":{{}}}}}}}}"#),
+        format!(
+            r#"{{"collectedAt":"{now}","collectedAt":"{now}","categories":{{"os":{{"nodes":{{}}}}}}}}"#
+        ),
         json!({ "jobId": 7, "collectedAt": now, "categories": { "os": { "nodes": {} } } })
             .to_string(),
     ];
@@ -313,7 +346,9 @@ async fn malformed_reports_are_400_and_an_oversized_one_413_never_5xx() {
         .header("content-type", "text/plain")
         .body(os(json!({})).to_string());
     assert_eq!(Answer::of(wrong_type).await.error_code(), 1001);
-    let huge = os(json!({ "./a": "v".repeat(60_000), "./b": "v".repeat(60_000), "./c": "v".repeat(60_000), "./d": "v".repeat(60_000) }));
+    let huge = os(
+        json!({ "./a": "v".repeat(60_000), "./b": "v".repeat(60_000), "./c": "v".repeat(60_000), "./d": "v".repeat(60_000) }),
+    );
     stack
         .report(&device.id.to_hex(), Some(&key), &huge)
         .await
@@ -351,13 +386,22 @@ async fn a_report_for_another_organizations_job_changes_nothing_there() {
     stack.wait_for_pushed_job(&their_job).await;
 
     let (mine, key) = device_and_key(&stack).await;
-    let body = report_body(Some(&their_job), Category::Os, "forged", OffsetDateTime::now_utc());
+    let body = report_body(
+        Some(&their_job),
+        Category::Os,
+        "forged",
+        OffsetDateTime::now_utc(),
+    );
     let answer = stack.report(&mine.id.to_hex(), Some(&key), &body).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
     wait_for_reports_applied(&stack, 1.0).await;
 
     let job = stack.job(&their_job).await;
-    assert_eq!(job.categories[&Category::Os].state, CategoryState::Pushed, "{job:?}");
+    assert_eq!(
+        job.categories[&Category::Os].state,
+        CategoryState::Pushed,
+        "{job:?}"
+    );
     let inventory = stack.collection::<bson::Document>(INVENTORY);
     assert_eq!(
         inventory
@@ -368,7 +412,9 @@ async fn a_report_for_another_organizations_job_changes_nothing_there() {
     );
     assert_eq!(
         inventory
-            .count_documents(bson::doc! { "device": mine.id, "organization": stack.organization.id })
+            .count_documents(
+                bson::doc! { "device": mine.id, "organization": stack.organization.id }
+            )
             .await
             .unwrap(),
         1,
@@ -390,7 +436,10 @@ async fn a_report_applies_once_and_an_older_one_never_overwrites_a_newer() {
 
     let at = OffsetDateTime::now_utc() - time::Duration::minutes(10);
     let newer = report_body(Some(&job_id), Category::Os, "newer", at);
-    assert_eq!(stack.report(&id, Some(&key), &newer).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        stack.report(&id, Some(&key), &newer).await.status,
+        StatusCode::ACCEPTED
+    );
     let job = stack.wait_for_settled_job(&job_id).await;
     let reported_at = job.categories[&Category::Os].reported_at;
     assert_eq!(job.state(), JobState::Completed);
@@ -398,23 +447,38 @@ async fn a_report_applies_once_and_an_older_one_never_overwrites_a_newer() {
     assert_eq!(os_value(&first), json!("newer"));
 
     // The same report again (a device retrying, or a redelivery): applied, changing nothing.
-    assert_eq!(stack.report(&id, Some(&key), &newer).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        stack.report(&id, Some(&key), &newer).await.status,
+        StatusCode::ACCEPTED
+    );
     let older = report_body(None, Category::Os, "older", at - time::Duration::minutes(5));
-    assert_eq!(stack.report(&id, Some(&key), &older).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        stack.report(&id, Some(&key), &older).await.status,
+        StatusCode::ACCEPTED
+    );
     wait_for_reports_applied(&stack, 3.0).await;
     let after = stack.inventory(&id, None, &reader).await;
-    assert_eq!(after.body, first.body, "neither the repeat nor the older report wrote");
+    assert_eq!(
+        after.body, first.body,
+        "neither the repeat nor the older report wrote"
+    );
     let job = stack.job(&job_id).await;
     assert_eq!(job.categories[&Category::Os].reported_at, reported_at);
 
     // A newer one without a job: the inventory moves on, no job is touched.
     let latest = report_body(None, Category::Os, "latest", OffsetDateTime::now_utc());
-    assert_eq!(stack.report(&id, Some(&key), &latest).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        stack.report(&id, Some(&key), &latest).await.status,
+        StatusCode::ACCEPTED
+    );
     wait_for_reports_applied(&stack, 4.0).await;
     let now = stack.inventory(&id, None, &reader).await;
     assert_eq!(os_value(&now), json!("latest"));
     assert!(now.body["data"]["categories"]["os"]["jobId"].is_null());
-    assert_eq!(stack.job(&job_id).await.categories[&Category::Os].reported_at, reported_at);
+    assert_eq!(
+        stack.job(&job_id).await.categories[&Category::Os].reported_at,
+        reported_at
+    );
 }
 
 #[tokio::test]
@@ -434,13 +498,19 @@ async fn a_device_over_its_report_rate_is_429() {
     }
     assert_eq!(
         statuses,
-        [StatusCode::ACCEPTED, StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS]
+        [
+            StatusCode::ACCEPTED,
+            StatusCode::ACCEPTED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
     );
     let limited = stack.report(&device.id.to_hex(), Some(&key), &body).await;
     limited.assert_error(StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests");
     assert!(limited.headers.contains_key("retry-after"));
     // Another device is not held back.
-    let answer = stack.report(&other.id.to_hex(), Some(&other_key), &body).await;
+    let answer = stack
+        .report(&other.id.to_hex(), Some(&other_key), &body)
+        .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED);
 }
 
@@ -498,7 +568,9 @@ async fn reports_are_served_over_tls_when_a_certificate_is_configured() {
     let body = report_body(None, Category::Os, "over tls", OffsetDateTime::now_utc());
 
     let trusting = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
         .build()
         .unwrap();
     let request = trusting
@@ -510,7 +582,12 @@ async fn reports_are_served_over_tls_when_a_certificate_is_configured() {
     wait_for_reports_applied(&stack, 1.0).await;
 
     // Plain HTTP to the TLS listener gets no answer it could take for one.
-    let plain = stack.http.post(format!("http://localhost:{port}{path}")).json(&body).send().await;
+    let plain = stack
+        .http
+        .post(format!("http://localhost:{port}{path}"))
+        .json(&body)
+        .send()
+        .await;
     assert!(
         plain.is_err() || !plain.unwrap().status().is_success(),
         "plain HTTP was served"

@@ -4,7 +4,7 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     openapi::{InventoryParams, StatusErrors, schema},
-    routes::{Success, rfc3339, success},
+    routes::{Success, organization_and_device, rfc3339, success},
     state::AppState,
     validate,
 };
@@ -88,21 +88,7 @@ pub async fn get_inventory(
 ) -> Result<Json<Success<InventoryView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_READ)?;
     let mut problems = Vec::new();
-    let (organization, device_key) = match path {
-        Ok(Path((organization, device))) => (
-            validate::organization_ref(&organization)
-                .map_err(|p| problems.push(p))
-                .ok(),
-            validate::device_key(&device)
-                .map(str::to_owned)
-                .map_err(|p| problems.push(p))
-                .ok(),
-        ),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("path", rejection.body_text()));
-            (None, None)
-        }
-    };
+    let (organization, device_key) = organization_and_device(path, &mut problems);
     let categories = match query {
         Ok(Query(query)) => validate::category_list(query.categories.as_deref())
             .map_err(|p| problems.push(p))

@@ -142,6 +142,29 @@ fn organization_and_id(
     }
 }
 
+/// The `{organizationId}` and `{winDeviceId}` of a device route, each `None` when invalid, with
+/// what is wrong added to `problems`.
+fn organization_and_device(
+    path: Result<Path<(String, String)>, PathRejection>,
+    problems: &mut Vec<FieldProblem>,
+) -> (Option<OrganizationRef>, Option<String>) {
+    match path {
+        Ok(Path((organization, device))) => (
+            validate::organization_ref(&organization)
+                .map_err(|p| problems.push(p))
+                .ok(),
+            validate::device_key(&device)
+                .map(str::to_owned)
+                .map_err(|p| problems.push(p))
+                .ok(),
+        ),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("path", rejection.body_text()));
+            (None, None)
+        }
+    }
+}
+
 /// A timestamp as the answers show it.
 fn rfc3339(at: DateTime) -> String {
     at.try_to_rfc3339_string()

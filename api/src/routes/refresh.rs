@@ -7,7 +7,7 @@ use crate::{
     idempotency::{self, KeyCheck},
     limits,
     openapi::{RefreshBody, RefreshErrors, RefreshParams},
-    routes::{Success, success},
+    routes::{Success, organization_and_device, success},
     state::AppState,
     validate,
 };
@@ -222,21 +222,7 @@ fn validate_request(
     body: &[u8],
 ) -> Result<(validate::OrganizationRef, String, Vec<Category>), ApiError> {
     let mut problems = Vec::new();
-    let (organization, device) = match path {
-        Ok(Path((organization, device))) => (
-            validate::organization_ref(&organization)
-                .map_err(|p| problems.push(p))
-                .ok(),
-            validate::device_key(&device)
-                .map(str::to_owned)
-                .map_err(|p| problems.push(p))
-                .ok(),
-        ),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("path", rejection.body_text()));
-            (None, None)
-        }
-    };
+    let (organization, device) = organization_and_device(path, &mut problems);
     let categories = validate::json_body(headers, body, validate::refresh_body, &mut problems);
     match (organization, device, categories) {
         (Some(organization), Some(device), Some(categories)) => {
