@@ -408,7 +408,8 @@ async fn handle_deadline(dispatcher: &Dispatcher, delivery: Delivery) {
 /// Runs `work` to an answer, holding on (and trying again from the last recorded point) while
 /// the database is away, for up to `WORKER_HOLD_LIMIT_MS` from the first failure; then the
 /// delivery is handed back. A broker failure is held on too (an expansion resumes from its
-/// checkpoint); a job that could not be parked in a retry queue is handed back at once.
+/// checkpoint); a job that could not be parked in a retry queue, or whose report deadline or
+/// repush the broker did not take, is handed back at once.
 async fn until_answered<F, Fut>(dispatcher: &Dispatcher, work: F) -> Answer
 where
     F: Fn() -> Fut,
@@ -420,8 +421,10 @@ where
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
             Err(held @ Halt::HeldTooLong(_)) => return handed_back(&held),
-            Err(unparked @ Halt::Park(_)) => {
-                tracing::warn!(error = %unparked, "handed back");
+            // Handed back, not tried again here: a push already made but not recorded stays
+            // `pushing`, which only a redelivery may take over (and push again).
+            Err(unpublished @ (Halt::Park(_) | Halt::Publish { .. })) => {
+                tracing::warn!(error = %unpublished, "handed back");
                 return Answer::Requeue;
             }
             Err(Halt::Store(error)) if !error.is_unavailable() => {
