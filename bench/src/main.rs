@@ -80,6 +80,8 @@ struct Plan {
     devices: usize,
     /// Devices whose reports are queued all at once for the reports row.
     reporters: usize,
+    /// Devices the single caller of the interference rows refreshes in turn.
+    solo: usize,
     slow_jobs: u64,
     waiting: usize,
     quiet: Duration,
@@ -93,6 +95,7 @@ impl Size {
                 endpoint: Duration::from_secs(2),
                 devices: 300,
                 reporters: 50,
+                solo: 100,
                 slow_jobs: 100,
                 waiting: 10_000,
                 quiet: Duration::from_secs(1),
@@ -102,6 +105,7 @@ impl Size {
                 endpoint: Duration::from_secs(15),
                 devices: 100_000,
                 reporters: 10_000,
+                solo: 1_000,
                 slow_jobs: 10_000,
                 waiting: 1_000_000,
                 quiet: Duration::from_secs(5),
@@ -249,7 +253,7 @@ async fn measure(
     let fleet = stack
         .devices(organization.id, plan.devices, "fleet")
         .await?;
-    let solo = stack.devices(organization.id, 1_000, "solo").await?;
+    let solo = stack.devices(organization.id, plan.solo, "solo").await?;
     stack
         .devices(organization.id, plan.reporters, "reporters")
         .await?;
