@@ -309,12 +309,9 @@ async fn subscribe(
 
 /// Processes one job delivery and answers it exactly once.
 async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
-    let job = match RefreshJob::decode(&delivery.data) {
-        Ok(job) => job,
-        Err(error) => {
-            tracing::error!(%error, "undecodable message dead-lettered");
-            return answer(&delivery, Answer::DeadLetter).await;
-        }
+    let decoded = RefreshJob::decode(&delivery.data);
+    let Some(job) = decoded_or_dead(&delivery, "job", decoded).await else {
+        return;
     };
     if job.attempt == 0 {
         // How long it queued: a first delivery's age is its wait in the work queue.
@@ -348,6 +345,23 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     answer(&delivery, verdict).await;
 }
 
+/// The message `decoded` from `delivery`; or, when it does not decode, `None` once the delivery
+/// is dead-lettered: the same bytes would fail every consumer.
+async fn decoded_or_dead<T, E: std::fmt::Display>(
+    delivery: &Delivery,
+    what: &str,
+    decoded: Result<T, E>,
+) -> Option<T> {
+    match decoded {
+        Ok(message) => Some(message),
+        Err(error) => {
+            tracing::error!(%error, what, "undecodable message dead-lettered");
+            answer(delivery, Answer::DeadLetter).await;
+            None
+        }
+    }
+}
+
 /// What a panic said, when it said it with a string.
 fn panic_text(panic: &(dyn Any + Send)) -> &str {
     panic
@@ -359,12 +373,9 @@ fn panic_text(panic: &(dyn Any + Send)) -> &str {
 
 /// Expands one batch and answers its delivery exactly once.
 async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: Delivery) {
-    let message = match ExpandBatch::decode(&delivery.data) {
-        Ok(message) => message,
-        Err(error) => {
-            tracing::error!(%error, "undecodable expansion request dead-lettered");
-            return answer(&delivery, Answer::DeadLetter).await;
-        }
+    let decoded = ExpandBatch::decode(&delivery.data);
+    let Some(message) = decoded_or_dead(&delivery, "expansion request", decoded).await else {
+        return;
     };
     let span = tracing::info_span!("batch", batch_id = %message.batch_id);
     let verdict = until_answered(dispatcher, || expander.expand(message.batch_id))
@@ -375,12 +386,9 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
 
 /// Applies one device report and answers its delivery exactly once.
 async fn handle_report(dispatcher: &Dispatcher, delivery: Delivery) {
-    let report = match DeviceReport::decode(&delivery.data) {
-        Ok(report) => report,
-        Err(error) => {
-            tracing::error!(%error, "undecodable report dead-lettered");
-            return answer(&delivery, Answer::DeadLetter).await;
-        }
+    let decoded = DeviceReport::decode(&delivery.data);
+    let Some(report) = decoded_or_dead(&delivery, "report", decoded).await else {
+        return;
     };
     let span = tracing::info_span!("report", device_id = %report.device_id);
     let verdict = until_answered(dispatcher, || dispatcher.apply_report(&report))
@@ -391,12 +399,9 @@ async fn handle_report(dispatcher: &Dispatcher, delivery: Delivery) {
 
 /// Checks one passed report deadline and answers its delivery exactly once.
 async fn handle_deadline(dispatcher: &Dispatcher, delivery: Delivery) {
-    let deadline = match ReportDeadline::decode(&delivery.data) {
-        Ok(deadline) => deadline,
-        Err(error) => {
-            tracing::error!(%error, "undecodable report deadline dead-lettered");
-            return answer(&delivery, Answer::DeadLetter).await;
-        }
+    let decoded = ReportDeadline::decode(&delivery.data);
+    let Some(deadline) = decoded_or_dead(&delivery, "report deadline", decoded).await else {
+        return;
     };
     let span = tracing::info_span!("deadline", job_id = %deadline.job_id);
     let verdict = until_answered(dispatcher, || dispatcher.check_deadline(&deadline))
