@@ -4,7 +4,8 @@
 //! - `POST /agent/v1/devices/{deviceId}/refresh`: the agent gateway (202 when it takes a push).
 //! - `POST /wns/token`: WNS OAuth client credentials → a bearer token.
 //! - `POST /wns/channels/{channelId}`: a WNS channel; needs that token, `X-WNS-Type: wns/raw`
-//!   and `Content-Type: application/octet-stream`, like the real service.
+//!   and `Content-Type: application/octet-stream`, like the real service, and records
+//!   `X-WNS-Cache-Policy`, `X-WNS-TTL` and the job named by `MS-CV`.
 //! - `GET /_sim/pushes`: every push received, with the answer given.
 //! - `POST /_sim/faults`: what to answer next (see [`FaultPlan`]); `{"mode":"ok"}` resets the
 //!   gateways' answers (and sets the devices' from the same body).
@@ -53,9 +54,34 @@ pub struct PushRecord {
     pub at: String,
     /// The status the sim answered with.
     pub status: u16,
+    /// What a WNS push asked of WNS: keep it for an offline device (`X-WNS-Cache-Policy`), and
+    /// for how long (`X-WNS-TTL`, seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
 
 impl PushRecord {
+    /// A push as it arrived, before the sim answers it.
+    fn new(
+        gateway: SimGateway,
+        target: String,
+        job_id: Option<String>,
+        categories: Vec<String>,
+    ) -> PushRecord {
+        PushRecord {
+            gateway,
+            target,
+            job_id,
+            categories,
+            at: String::new(),
+            status: 0,
+            cache_policy: None,
+            ttl_secs: None,
+        }
+    }
+
     /// When the sim answered the push.
     pub fn time(&self) -> OffsetDateTime {
         OffsetDateTime::parse(&self.at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -216,16 +242,21 @@ async fn agent_push(
     Path(device_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let answer = answer(
-        &state,
+    let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let categories = payload["categories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let push = PushRecord::new(
         SimGateway::Agent,
         device_id.clone(),
-        &body,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+        payload["jobId"].as_str().map(str::to_owned),
+        categories,
+    );
+    let answer = answer(&state, push, StatusCode::ACCEPTED).await;
     if answer.status().is_success() {
-        let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         devices::after_push(&state, &device_id, &payload);
     }
     answer
@@ -272,20 +303,29 @@ async fn wns_push(
         && headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v == "application/octet-stream");
-    if !raw {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let ttl_secs = text("x-wns-ttl").map(|ttl| ttl.parse::<u64>());
+    // Like WNS: a raw push of at most 5 KB, a TTL that is a number of seconds.
+    if !raw || body.len() > 5 * 1024 || matches!(ttl_secs, Some(Err(_))) {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    answer(&state, SimGateway::Wns, channel_id, &body, StatusCode::OK).await
+    // A WNS payload names no job: the correlation vector does.
+    let push = PushRecord {
+        cache_policy: text("x-wns-cache-policy"),
+        ttl_secs: ttl_secs.and_then(Result::ok),
+        ..PushRecord::new(SimGateway::Wns, channel_id, text("ms-cv"), Vec::new())
+    };
+    answer(&state, push, StatusCode::OK).await
 }
 
-/// Decides the answer from the fault plan, records the push, and answers.
-async fn answer(
-    state: &SimState,
-    gateway: SimGateway,
-    target: String,
-    body: &[u8],
-    success: StatusCode,
-) -> Response {
+/// Decides the answer from the fault plan, records the push with it, and answers.
+async fn answer(state: &SimState, mut push: PushRecord, success: StatusCode) -> Response {
+    let gateway = push.gateway;
     let (status, latency, retry_after) = {
         let mut plan = lock(&state.plan);
         if plan.mode == Mode::Fault && plan.gateway.is_none_or(|g| g == gateway) {
@@ -305,26 +345,11 @@ async fn answer(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let categories = payload["categories"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                .collect()
-        })
+    push.at = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
         .unwrap_or_default();
-    lock(&state.pushes).push(PushRecord {
-        gateway,
-        target,
-        job_id: payload["jobId"].as_str().map(str::to_owned),
-        categories,
-        at: OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default(),
-        status: status.as_u16(),
-    });
+    push.status = status.as_u16();
+    lock(&state.pushes).push(push);
     let mut response = status.into_response();
     let seconds = HeaderValue::from(retry_after);
     let headers = response.headers_mut();

@@ -218,6 +218,17 @@ async fn when_the_agent_gateway_is_unreachable_the_push_goes_through_wns() {
             .iter()
             .all(|p| p.gateway == SimGateway::Wns && p.status == 200)
     );
+    // As Windows expects an MDM push: kept for an offline device while the job lives (an
+    // hour by default), and naming no category (the session hands out the reads).
+    for push in &pushes {
+        assert_eq!(push.cache_policy.as_deref(), Some("cache"), "{push:?}");
+        assert!(
+            push.ttl_secs
+                .is_some_and(|ttl| (3_500..=3_600).contains(&ttl)),
+            "{push:?}"
+        );
+        assert!(push.categories.is_empty(), "{push:?}");
+    }
 }
 
 #[tokio::test]

@@ -391,7 +391,8 @@ impl Dispatcher {
                 .settle(CategoryState::Failed, None, Some(reason))
                 .await;
         };
-        let payload = PushPayload::new(job.job_id, job.device_id, category);
+        let expires_at = job.requested_at + self.job_max_age;
+        let payload = PushPayload::new(job.job_id, job.device_id, category, expires_at);
         self.push_until_settled(&mut attempt, first, fallbacks, &payload)
             .await
     }

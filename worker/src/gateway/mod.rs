@@ -11,6 +11,7 @@ use classify::Verdict;
 use refresh_shared::{Category, channel::ChannelPolicy, device::Gateway, metric};
 use serde::Serialize;
 use std::time::Duration;
+use time::OffsetDateTime;
 
 /// One way to reach a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +29,19 @@ impl Route<'_> {
     }
 }
 
-/// What a device is asked to re-report; the same document goes to the agent and, as the raw
-/// payload, through WNS.
+/// What a device is asked to re-report: the document the agent gets. Through WNS only the job
+/// id travels (as the correlation vector): Windows ignores an MDM push's payload, and the
+/// device is handed its reads in the OMA-DM session the push wakes it for.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PushPayload {
     pub job_id: String,
     pub device_id: String,
     pub categories: Vec<CategoryPaths>,
+    /// When the job stops being worth a push (`JOB_MAX_AGE_SECS` after the request): WNS
+    /// drops a cached push for an offline device then.
+    #[serde(skip)]
+    pub expires_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,10 +52,16 @@ pub struct CategoryPaths {
 }
 
 impl PushPayload {
-    pub fn new(job_id: ObjectId, device_id: ObjectId, category: Category) -> PushPayload {
+    pub fn new(
+        job_id: ObjectId,
+        device_id: ObjectId,
+        category: Category,
+        expires_at: OffsetDateTime,
+    ) -> PushPayload {
         PushPayload {
             job_id: job_id.to_hex(),
             device_id: device_id.to_hex(),
+            expires_at,
             categories: vec![CategoryPaths {
                 name: category,
                 paths: category.nodes().collect(),

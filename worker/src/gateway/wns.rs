@@ -7,11 +7,14 @@ use refresh_shared::device::Gateway;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use url::Url;
 
 /// Renew a token this long before WNS would expire it, so no push carries a dying token.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// The raw payload: Windows ignores it (MS-MDM push), so it says nothing but what it is for.
+const WAKE_UP: &[u8] = b"mdm-session";
 /// The longest a token is reused, whatever `expires_in` says (WNS issues them for a day).
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -48,15 +51,11 @@ impl WnsGateway {
 
     /// Pushes to `channel`, which the caller checked against the channel policy.
     pub async fn push(&self, channel: Url, payload: &PushPayload) -> PushResult {
-        let body = match serde_json::to_vec(payload) {
-            Ok(body) => body,
-            Err(error) => return permanent(format!("payload could not be encoded: {error}")),
-        };
         let token = match self.token(false).await {
             Ok(token) => token,
             Err(result) => return result,
         };
-        let result = self.send(&channel, &token, &body, &payload.job_id).await;
+        let result = self.send(&channel, &token, payload).await;
         if result.verdict != Verdict::RenewToken {
             return result;
         }
@@ -65,7 +64,7 @@ impl WnsGateway {
             Ok(token) => token,
             Err(result) => return result,
         };
-        let result = self.send(&channel, &token, &body, &payload.job_id).await;
+        let result = self.send(&channel, &token, payload).await;
         match result.verdict {
             Verdict::RenewToken => {
                 permanent("WNS rejected a freshly issued token (401)".to_owned())
@@ -74,23 +73,20 @@ impl WnsGateway {
         }
     }
 
-    async fn send(
-        &self,
-        channel: &Url,
-        token: &SecretString,
-        body: &[u8],
-        job_id: &str,
-    ) -> PushResult {
+    async fn send(&self, channel: &Url, token: &SecretString, payload: &PushPayload) -> PushResult {
         let request = self
             .http
             .post(channel.clone())
             .bearer_auth(token.expose_secret())
-            // A raw notification: delivered to the app's background task, never shown.
+            // A raw notification: for an MDM channel it only wakes the DM client.
             .header("X-WNS-Type", "wns/raw")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            // An offline device gets the push when it reconnects, while the job still wants it.
+            .header("X-WNS-Cache-Policy", "cache")
+            .header("X-WNS-TTL", time_to_live(payload.expires_at).to_string())
             // Correlation vector: lets a push be traced from our job to Microsoft's logs.
-            .header("MS-CV", job_id)
-            .body(body.to_vec());
+            .header("MS-CV", &payload.job_id)
+            .body(WAKE_UP);
         match request.send().await {
             Ok(response) => PushResult::answered(
                 classify::wns(response.status(), response.headers()),
@@ -157,6 +153,13 @@ impl WnsGateway {
             renew_at: Instant::now() + lifetime,
         })
     }
+}
+
+/// The seconds until `expires_at`, at least one: a push sent at all is worth delivering now.
+fn time_to_live(expires_at: OffsetDateTime) -> i64 {
+    (expires_at - OffsetDateTime::now_utc())
+        .whole_seconds()
+        .max(1)
 }
 
 fn permanent(detail: String) -> PushResult {
