@@ -243,6 +243,7 @@ impl Stack {
                             wns: None,
                         },
                         node_key_hash: Some(key.hash.clone()),
+                        omadm: None,
                     }
                 })
                 .collect();

@@ -11,9 +11,12 @@ use refresh_shared::{
     device::{DeviceState, Gateway},
     job::CategoryState,
     settings::Load,
-    store::{NewDevice, Organization, PushRoutes, Store, WnsChannel},
+    store::{
+        NewDevice, OmaDmIdentity, Organization, PushRoutes, Store, WnsChannel, cert_thumbprint,
+    },
     token,
 };
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
 
@@ -167,6 +170,16 @@ struct NewDeviceArgs {
     /// Issue a node key for the device's agent too (printed this once).
     #[arg(long)]
     node_key: bool,
+    /// The id the device's OMA-DM client names itself by (SyncHdr Source); needs the
+    /// client certificate's thumbprint or the certificate.
+    #[arg(long, requires = "certificate")]
+    dm_device_id: Option<String>,
+    /// SHA-256 thumbprint of the device's client certificate (hex, ':' allowed).
+    #[arg(long, group = "certificate", requires = "dm_device_id")]
+    cert_thumbprint: Option<String>,
+    /// The device's client certificate (PEM): its thumbprint is stored, not the certificate.
+    #[arg(long = "cert", group = "certificate", requires = "dm_device_id")]
+    cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -411,7 +424,13 @@ async fn create_device(
         channel_uri,
         tags,
         node_key,
+        dm_device_id,
+        cert_thumbprint,
+        cert,
     } = args;
+    let omadm = dm_device_id
+        .map(|id| omadm_identity(&id, cert_thumbprint, cert))
+        .transpose()?;
     let node_key = node_key.then(token::generate_node_key);
     let org = organization(store, &org).await?;
     let wns = push
@@ -438,6 +457,7 @@ async fn create_device(
                 wns,
             },
             node_key_hash: node_key.as_ref().map(|key| key.hash.clone()),
+            omadm,
         })
         .await?;
     let routes: Vec<Gateway> = device
@@ -469,8 +489,28 @@ async fn create_device(
             "tags": device.tags,
             "wnsChannelUri": device.push.wns.as_ref().map(WnsChannel::uri),
             "nodeKey": node_key.map(|key| key.plaintext),
+            "dmDeviceId": device.omadm.as_ref().map(OmaDmIdentity::dm_device_id),
+            "certThumbprint": device.omadm.as_ref().map(OmaDmIdentity::cert_thumbprint),
         }),
     })
+}
+
+/// `--dm-device-id` with `--cert-thumbprint`, or with the thumbprint of `--cert`'s certificate.
+fn omadm_identity(
+    dm_device_id: &str,
+    thumbprint: Option<String>,
+    cert: Option<std::path::PathBuf>,
+) -> anyhow::Result<OmaDmIdentity> {
+    let thumbprint = match (thumbprint, cert) {
+        (Some(thumbprint), _) => thumbprint,
+        (None, Some(path)) => {
+            let der = CertificateDer::from_pem_file(&path)
+                .with_context(|| format!("--cert {}: not a PEM certificate", path.display()))?;
+            cert_thumbprint(&der)
+        }
+        (None, None) => bail!("--dm-device-id needs --cert-thumbprint or --cert"),
+    };
+    OmaDmIdentity::new(dm_device_id, &thumbprint).context("--dm-device-id / --cert-thumbprint")
 }
 
 /// `device node-key rotate`: the new key is printed this once.

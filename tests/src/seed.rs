@@ -118,6 +118,7 @@ impl TestStack {
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             push: PushRoutes { agent, wns },
             node_key_hash: Some(key.hash),
+            omadm: None,
         };
         (new, key.plaintext)
     }

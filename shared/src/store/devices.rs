@@ -37,6 +37,75 @@ pub struct Device {
     /// The key the device's agent reports with, hashed; none until one is issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_key: Option<NodeKey>,
+    /// Who the device's OMA-DM client is: none for a device that never opens a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omadm: Option<OmaDmIdentity>,
+}
+
+/// How a device's OMA-DM client is known in a management session: the certificate it shows
+/// over TLS (by its SHA-256 thumbprint) and the id it names itself by (`SyncHdr/Source`).
+/// Both must match; neither is a secret, the TLS handshake proves the key behind the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OmaDmIdentity {
+    dm_device_id: String,
+    cert_thumbprint: String,
+}
+
+/// Why an OMA-DM identity cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OmaDmIdentityRefused {
+    #[error("the DM device id must be 1 to {MAX_DM_DEVICE_ID_CHARS} printable characters")]
+    DeviceId,
+    #[error(
+        "the certificate thumbprint must be a SHA-256 digest: 64 hex digits (':' between pairs allowed)"
+    )]
+    Thumbprint,
+}
+
+/// The longest DM device id stored (Windows' are GUIDs or 32 hex digits).
+pub const MAX_DM_DEVICE_ID_CHARS: usize = 128;
+
+impl OmaDmIdentity {
+    /// An identity from what an operator typed; the thumbprint in any case, with or without
+    /// the ':' between byte pairs that `openssl x509 -fingerprint -sha256` prints.
+    pub fn new(
+        dm_device_id: &str,
+        cert_thumbprint: &str,
+    ) -> Result<OmaDmIdentity, OmaDmIdentityRefused> {
+        let printable = !dm_device_id.is_empty()
+            && dm_device_id.chars().count() <= MAX_DM_DEVICE_ID_CHARS
+            && !dm_device_id.chars().any(char::is_control);
+        if !printable {
+            return Err(OmaDmIdentityRefused::DeviceId);
+        }
+        let digits: String = cert_thumbprint
+            .chars()
+            .filter(|&c| c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(OmaDmIdentityRefused::Thumbprint);
+        }
+        Ok(OmaDmIdentity {
+            dm_device_id: dm_device_id.to_owned(),
+            cert_thumbprint: digits,
+        })
+    }
+
+    pub fn dm_device_id(&self) -> &str {
+        &self.dm_device_id
+    }
+
+    pub fn cert_thumbprint(&self) -> &str {
+        &self.cert_thumbprint
+    }
+}
+
+/// The thumbprint a certificate is stored and looked up by: SHA-256 of its DER, lowercase hex.
+pub fn cert_thumbprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
 }
 
 /// A device's node key, as stored: only its SHA-256 hash.
@@ -130,6 +199,7 @@ pub struct NewDevice {
     pub push: PushRoutes,
     /// The hash of a node key issued with the device.
     pub node_key_hash: Option<String>,
+    pub omadm: Option<OmaDmIdentity>,
 }
 
 impl Device {
@@ -157,6 +227,7 @@ impl Device {
                 hash,
                 issued_at: DateTime::now(),
             }),
+            omadm: new.omadm,
         }
     }
 }
@@ -424,6 +495,38 @@ impl Store {
         Ok(self.devices.find_one(doc! { "nodeKey.hash": hash }).await?)
     }
 
+    /// The device whose OMA-DM client showed the certificate with `thumbprint` and named
+    /// itself `dm_device_id`: both must be that device's.
+    pub async fn device_by_omadm_identity(
+        &self,
+        thumbprint: &str,
+        dm_device_id: &str,
+    ) -> Result<Option<Device>, StoreError> {
+        let filter = doc! { "omadm.certThumbprint": thumbprint, "omadm.dmDeviceId": dm_device_id };
+        Ok(self.devices.find_one(filter).await?)
+    }
+
+    /// Stores the WNS channel a device reported in its management session (Windows renews a
+    /// channel about every 15 days): active, whatever the old one's status was.
+    pub async fn replace_wns_channel(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        channel: &WnsChannel,
+    ) -> Result<(), StoreError> {
+        let set = doc! {
+            "push.wns.channelUri": channel.uri(),
+            "push.wns.status": WnsChannelStatus::Active.as_str(),
+        };
+        self.devices
+            .update_one(
+                tenant(organization, doc! { "_id": device }),
+                doc! { "$set": set, "$unset": { "push.wns.deadSince": "" } },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Gives a device of `organization` a new node key (the old one stops working); false
     /// when there is no such device.
     pub async fn issue_node_key(
@@ -527,4 +630,30 @@ fn device_filter(filter: &DeviceFilter, after: Option<ObjectId>) -> bson::Docume
         query.insert("_id", doc! { "$gt": after });
     }
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_omadm_identity_takes_a_thumbprint_as_openssl_prints_it_and_refuses_anything_else() {
+        let printed = "AB:".repeat(31) + "CD";
+        let identity = OmaDmIdentity::new("6F1A2B3C-DM", &printed).unwrap();
+        assert_eq!(identity.cert_thumbprint(), "ab".repeat(31) + "cd");
+        assert_eq!(identity.dm_device_id(), "6F1A2B3C-DM");
+        for thumbprint in ["ab".repeat(31), "zz".repeat(32), String::new()] {
+            assert_eq!(
+                OmaDmIdentity::new("id", &thumbprint),
+                Err(OmaDmIdentityRefused::Thumbprint)
+            );
+        }
+        for id in [String::new(), "a\nb".to_owned(), "x".repeat(129)] {
+            assert_eq!(
+                OmaDmIdentity::new(&id, &"ab".repeat(32)),
+                Err(OmaDmIdentityRefused::DeviceId)
+            );
+        }
+        assert_eq!(cert_thumbprint(b"").len(), 64);
+    }
 }

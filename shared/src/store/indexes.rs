@@ -45,6 +45,8 @@ impl Store {
                 // A device reporting is found by its node key's hash. Not unique: most devices
                 // have none, and 256 random bits do not collide.
                 index(doc! { "nodeKey.hash": 1 }, false),
+                // A device opening an OMA-DM session is found by its certificate.
+                index(doc! { "omadm.certThumbprint": 1 }, false),
             ],
         )
         .await?;

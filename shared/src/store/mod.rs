@@ -15,7 +15,8 @@ mod tokens;
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
 pub use devices::{
-    Claim, Device, DeviceSummary, NewDevice, NodeKey, PushRoutes, WnsChannel, WnsChannelStatus,
+    Claim, Device, DeviceSummary, NewDevice, NodeKey, OmaDmIdentity, OmaDmIdentityRefused,
+    PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
 };
 pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation,
