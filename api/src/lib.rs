@@ -7,6 +7,7 @@ mod error;
 mod idempotency;
 mod limits;
 mod node_auth;
+mod omadm;
 mod openapi;
 mod rate_limit;
 mod routes;

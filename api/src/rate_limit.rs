@@ -164,8 +164,17 @@ pub fn within_limit(
     parts: &axum::http::request::Parts,
     checked: Result<Standing, Standing>,
 ) -> Result<(), crate::error::ApiError> {
+    within(parts.extensions.get::<StandingSlot>(), checked)
+}
+
+/// [`within_limit`] for a handler that learns who is counted only from the body: it holds
+/// the request's `slot` itself.
+pub fn within(
+    slot: Option<&StandingSlot>,
+    checked: Result<Standing, Standing>,
+) -> Result<(), crate::error::ApiError> {
     let (Ok(standing) | Err(standing)) = checked;
-    if let Some(slot) = parts.extensions.get::<StandingSlot>() {
+    if let Some(slot) = slot {
         slot.set(standing);
     }
     match checked {

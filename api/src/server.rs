@@ -2,8 +2,11 @@
 //! limit; this loop is the few lines that add both, with a graceful shutdown, and TLS for the
 //! device listener.
 
-use crate::error::ApiError;
 use crate::settings::ApiSettings;
+use crate::{
+    error::ApiError,
+    tls::{self, ClientCertificate},
+};
 use axum::{Router, extract::ConnectInfo, response::IntoResponse};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -12,7 +15,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use refresh_shared::metric;
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -85,19 +88,18 @@ impl Server {
                 continue;
             };
             let router = self.router.clone();
-            let service = router.map_request(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(client));
-                request
-            });
-            let service = TowerToHyperService::new(service);
             let (http, watcher) = (self.http.clone(), graceful.watcher());
             let (tls, handshake_timeout) = (self.tls.clone(), self.handshake_timeout);
             tokio::spawn(async move {
                 let served = match tls {
-                    None => serve(&http, watcher, stream, service).await,
+                    None => serve(&http, watcher, stream, service(router, client, None)).await,
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => serve(&http, watcher, stream, service).await,
+                            Ok(Ok(stream)) => {
+                                let certificate = tls::client_certificate(&stream);
+                                let service = service(router, client, certificate);
+                                serve(&http, watcher, stream, service).await
+                            }
                             Ok(Err(error)) => Err(error.to_string()),
                             Err(_) => Err("TLS handshake timed out".to_owned()),
                         }
@@ -118,6 +120,29 @@ impl Server {
             }
         }
     }
+}
+
+/// The router as one connection's service: every request carries the client's address and
+/// the certificate it showed, if any.
+fn service(
+    router: Router,
+    client: SocketAddr,
+    certificate: Option<ClientCertificate>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static {
+    let router = router.map_request(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(client));
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        request
+    });
+    TowerToHyperService::new(router)
 }
 
 /// Serves one connection's requests until it closes, or the server stops.

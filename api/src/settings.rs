@@ -1,7 +1,10 @@
 //! The api's settings: the core every binary reads, and the api's own section (README,
 //! Configuration).
 
-use refresh_shared::settings::{self, Core, Env, Load};
+use refresh_shared::{
+    channel::ChannelPolicy,
+    settings::{self, Core, Env, Load},
+};
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone)]
@@ -125,29 +128,45 @@ pub struct DeviceListenerSettings {
     pub tls: Option<TlsFiles>,
     /// Body limit of a report.
     pub report_body_limit_bytes: usize,
-    /// Reports per device.
+    /// Reports (and OMA-DM messages) per device.
     pub rate_limit_per_second: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
+    /// The largest SyncML message a device may send (`MDM_MAX_MSG_BYTES`); larger is 413.
+    pub mdm_max_msg_bytes: usize,
+    /// The WNS channels a device may report in a session (`WNS_CHANNEL_HOST_SUFFIXES`).
+    pub wns_channels: ChannelPolicy,
 }
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CA (PEM, one or more certificates) OMA-DM clients' certificates are verified
+    /// against; without it no client certificate is asked for and the OMA-DM route admits none.
+    pub client_ca: Option<PathBuf>,
 }
 
-/// The largest `REPORT_BODY_LIMIT_BYTES`: a report is read whole before it is checked.
+/// The largest `REPORT_BODY_LIMIT_BYTES` and `MDM_MAX_MSG_BYTES`: a report or a SyncML
+/// message is read whole before it is checked.
 const MAX_REPORT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 impl Load for DeviceListenerSettings {
     fn read(env: &mut Env<'_>) -> DeviceListenerSettings {
         let cert: String = env.string("DEVICE_TLS_CERT", "");
         let key: String = env.string("DEVICE_TLS_KEY", "");
+        let client_ca: String = env.string("DEVICE_CLIENT_CA", "");
+        let client_ca = (!client_ca.is_empty()).then(|| PathBuf::from(client_ca));
         let tls = match (cert.is_empty(), key.is_empty()) {
-            (true, true) => None,
+            (true, true) => {
+                if client_ca.is_some() {
+                    env.refuse("DEVICE_CLIENT_CA: needs DEVICE_TLS_CERT and DEVICE_TLS_KEY (client certificates come with TLS)");
+                }
+                None
+            }
             (false, false) => Some(TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
+                client_ca,
             }),
             _ => {
                 env.refuse("DEVICE_TLS_CERT and DEVICE_TLS_KEY: set both, or neither");
@@ -160,9 +179,14 @@ impl Load for DeviceListenerSettings {
             report_body_limit_bytes: env.parse("REPORT_BODY_LIMIT_BYTES", "1048576"),
             rate_limit_per_second: env.parse("DEVICE_RATE_LIMIT_PER_SECOND", "2"),
             rate_limit_burst: env.parse("DEVICE_RATE_LIMIT_BURST", "20"),
+            mdm_max_msg_bytes: env.parse("MDM_MAX_MSG_BYTES", "1048576"),
+            wns_channels: settings::wns_channels(env),
         };
         if !(1..=MAX_REPORT_BODY_LIMIT).contains(&device.report_body_limit_bytes) {
             env.refuse("REPORT_BODY_LIMIT_BYTES: must be 1 to 16777216");
+        }
+        if !(1..=MAX_REPORT_BODY_LIMIT).contains(&device.mdm_max_msg_bytes) {
+            env.refuse("MDM_MAX_MSG_BYTES: must be 1 to 16777216");
         }
         device
     }

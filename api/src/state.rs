@@ -1,11 +1,13 @@
 use crate::{
     audit::AuditLog,
     auth_cache::AuthCache,
+    omadm::Conversations,
     rate_limit::RateLimits,
     settings::{ApiSettings, DeviceListenerSettings},
 };
 use refresh_shared::{
     broker::{Publisher, Queues},
+    channel::ChannelPolicy,
     store::{DatabaseProbe, Store},
     telemetry::MetricsPage,
 };
@@ -30,6 +32,10 @@ pub struct Inner {
     /// `/readyz`'s view of the database.
     pub database_probe: DatabaseProbe,
     pub metrics_page: MetricsPage,
+    /// OMA-DM devices between the messages of their sessions.
+    pub conversations: Conversations,
+    /// The WNS channels a device may report (`WNS_CHANNEL_HOST_SUFFIXES`).
+    pub wns_channels: ChannelPolicy,
 }
 
 impl AppState {
@@ -51,6 +57,8 @@ impl AppState {
             request_timeout: settings.request_timeout,
             auth_cache: AuthCache::new(settings.auth_cache_ttl),
             audit,
+            conversations: Conversations::default(),
+            wns_channels: device.wns_channels.clone(),
         }))
     }
 }

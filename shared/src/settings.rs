@@ -132,7 +132,7 @@ pub fn auth_cache_ttl(env: &mut Env<'_>) -> Duration {
     env.millis("AUTH_CACHE_TTL_MS", 1_000)
 }
 
-/// `WNS_CHANNEL_HOST_SUFFIXES` (worker, and `refreshctl` recording a device's channel): the
+/// `WNS_CHANNEL_HOST_SUFFIXES` (worker; `refreshctl` and the api recording a device's channel): the
 /// WNS channel URIs a device may be given and the worker may push to.
 pub fn wns_channels(env: &mut Env<'_>) -> ChannelPolicy {
     env.parse("WNS_CHANNEL_HOST_SUFFIXES", ".notify.windows.com")

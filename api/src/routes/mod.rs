@@ -2,6 +2,7 @@ mod batches;
 mod health;
 mod inventory;
 mod jobs;
+mod omadm;
 mod ops;
 mod refresh;
 mod reports;
@@ -67,10 +68,14 @@ pub fn device_router(
     settings: &ApiSettings,
     device: &DeviceListenerSettings,
 ) -> Router {
-    let routes = Router::new().route(
-        "/v1/agent/windows/devices/{device_id}/reports",
-        axum::routing::post(reports::submit_report),
-    );
+    let session = axum::routing::post(omadm::management_session)
+        .layer(DefaultBodyLimit::max(device.mdm_max_msg_bytes));
+    let routes = Router::new()
+        .route(
+            "/v1/agent/windows/devices/{device_id}/reports",
+            axum::routing::post(reports::submit_report),
+        )
+        .route("/ManagementServer/MDM.svc", session);
     guarded(routes, device.report_body_limit_bytes, settings).with_state(state)
 }
 

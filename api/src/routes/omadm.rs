@@ -1,0 +1,137 @@
+//! `POST /ManagementServer/MDM.svc` (device listener): a Windows device's OMA-DM client in its
+//! management session (CONTRACT §5). The device is the one whose stored certificate thumbprint
+//! matches the certificate it showed over TLS and whose DM device id is the message's
+//! `SyncHdr/Source`; anything else is 401 with nothing recorded.
+
+use crate::{
+    auth::{refused, unblocked_client},
+    error::{ApiError, FieldProblem},
+    rate_limit::{StandingSlot, within},
+    routes::refresh::body_rejection,
+    state::AppState,
+    tls::ClientCertificate,
+};
+use axum::{
+    Extension,
+    body::Bytes,
+    extract::{FromRequestParts, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use refresh_shared::{metric, store::WnsChannel};
+use refresh_syncml::{CONTENT_TYPE, Limits, Message};
+use std::net::IpAddr;
+
+/// A client that showed a certificate the device CA issued, and is not blocked for failing to
+/// authenticate too often.
+pub struct CertifiedClient {
+    address: Option<IpAddr>,
+    certificate: ClientCertificate,
+}
+
+impl FromRequestParts<AppState> for CertifiedClient {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let address = unblocked_client(parts, state)?;
+        match parts.extensions.get::<ClientCertificate>() {
+            Some(certificate) => Ok(CertifiedClient {
+                address,
+                certificate: certificate.clone(),
+            }),
+            None => Err(refused(state, address, ApiError::Unauthorized)),
+        }
+    }
+}
+
+pub async fn management_session(
+    State(state): State<AppState>,
+    client: CertifiedClient,
+    slot: Option<Extension<StandingSlot>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_rejection)?;
+    syncml_content_type(&headers)?;
+    let message = Message::parse(&body, &Limits::default()).map_err(|error| {
+        ApiError::Validation(vec![FieldProblem::new("body", error.to_string())])
+    })?;
+    let device = state
+        .store
+        .device_by_omadm_identity(&client.certificate.thumbprint, &message.header.source)
+        .await?
+        .ok_or_else(|| refused(&state, client.address, ApiError::Unauthorized))?;
+    within(
+        slot.as_ref().map(|Extension(slot)| slot),
+        state.rate_limits.check_device(device.id),
+    )?;
+    let conversation = state.conversations.of(device.id).await;
+    // One message of a device at a time: its session is a conversation, not a crowd.
+    let mut conversation = conversation.lock().await;
+    let turn = conversation.turn(&device, &message).map_err(|refusal| {
+        ApiError::Validation(vec![FieldProblem::new("body", refusal.to_string())])
+    })?;
+    for report in &turn.reports {
+        if let Err(error) = state.publisher.publish_report(report).await {
+            // The session starts over when the device retries; nothing it answered is lost
+            // for good (its categories stay outstanding and are asked again).
+            *conversation = Default::default();
+            return Err(error.into());
+        }
+        metrics::counter!(metric::REPORTS_RECEIVED, "source" => report.source.as_str())
+            .increment(1);
+    }
+    if let Some(uri) = &turn.channel_uri {
+        record_channel(&state, &device, uri).await?;
+    }
+    if turn.ends_session {
+        conversation.forget_session();
+    }
+    let mut response = turn.reply.to_xml().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    Ok(response)
+}
+
+/// A SyncML message says so; anything else is not read.
+fn syncml_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(str::trim);
+    if media_type.is_some_and(|media_type| media_type.eq_ignore_ascii_case(CONTENT_TYPE)) {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(vec![FieldProblem::new(
+            "Content-Type",
+            format!("must be {CONTENT_TYPE}"),
+        )]))
+    }
+}
+
+/// Stores the channel URI the device reported, if the deployment admits it (the worker checks
+/// it again before every push); one it refuses is logged and left alone.
+async fn record_channel(
+    state: &AppState,
+    device: &refresh_shared::store::Device,
+    uri: &str,
+) -> Result<(), ApiError> {
+    if device.push.wns.as_ref().map(WnsChannel::uri) == Some(uri) {
+        return Ok(());
+    }
+    match WnsChannel::new(uri, &state.wns_channels) {
+        Ok(channel) => {
+            state
+                .store
+                .replace_wns_channel(device.organization, device.id, &channel)
+                .await?;
+            tracing::info!(device_id = %device.id, "the device reported a new WNS channel");
+        }
+        Err(refused) => {
+            tracing::warn!(device_id = %device.id, %refused, "the device reported a WNS channel this deployment refuses: kept the old one");
+        }
+    }
+    Ok(())
+}
