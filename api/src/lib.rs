@@ -79,7 +79,7 @@ impl App {
             .device
             .tls
             .as_ref()
-            .map(tls::acceptor)
+            .map(tls::device_tls)
             .transpose()?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
         let state = AppState::new(

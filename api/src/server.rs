@@ -5,7 +5,7 @@
 use crate::settings::ApiSettings;
 use crate::{
     error::ApiError,
-    tls::{self, ClientCertificate},
+    tls::{ClientCertificate, DeviceTls},
 };
 use axum::{Router, extract::ConnectInfo, response::IntoResponse};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -34,7 +34,7 @@ pub struct Server {
     router: Router,
     http: http1::Builder,
     connections: Arc<Semaphore>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<DeviceTls>,
     /// Longest a TLS handshake may take: `HEADER_READ_TIMEOUT_MS`, like the headers after it.
     handshake_timeout: Duration,
 }
@@ -44,7 +44,7 @@ impl Server {
         listener: TcpListener,
         router: Router,
         settings: &ApiSettings,
-        tls: Option<TlsAcceptor>,
+        tls: Option<DeviceTls>,
     ) -> Server {
         let mut http = http1::Builder::new();
         // The timer drives the header read timeout; hyper applies it from the moment the
@@ -83,7 +83,10 @@ impl Server {
             }
             let Ok(open) = self.connections.clone().try_acquire_owned() else {
                 metrics::counter!(metric::HTTP_CONNECTIONS_REFUSED).increment(1);
-                let tls = self.tls.clone().map(|tls| (tls, self.handshake_timeout));
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .map(|tls| (tls.acceptor.clone(), self.handshake_timeout));
                 tokio::spawn(refuse(self.http.clone(), stream, tls));
                 continue;
             };
@@ -94,9 +97,10 @@ impl Server {
                 let served = match tls {
                     None => serve(&http, watcher, stream, service(router, client, None)).await,
                     Some(tls) => {
-                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        let handshake = tls.acceptor.accept(stream);
+                        match tokio::time::timeout(handshake_timeout, handshake).await {
                             Ok(Ok(stream)) => {
-                                let certificate = tls::client_certificate(&stream);
+                                let certificate = tls.client_certificate(&stream);
                                 let service = service(router, client, certificate);
                                 serve(&http, watcher, stream, service).await
                             }

@@ -1,12 +1,24 @@
 //! TLS for the device listener: the certificate chain and key from `DEVICE_TLS_CERT` /
 //! `DEVICE_TLS_KEY` (PEM), served with rustls; and, with `DEVICE_CLIENT_CA`, the client
 //! certificates OMA-DM clients show, verified against that CA.
+//!
+//! A client certificate is verified once the handshake is done, not during it: the handshake
+//! only checks that the client holds the certificate's key. So a certificate the CA did not
+//! issue gets the route's clear 401 (which a device's logs and an operator can read) instead of
+//! a TLS alert, and a connection without one still serves the agent's node-key route.
 
 use crate::settings::TlsFiles;
 use anyhow::Context;
 use refresh_shared::store::cert_thumbprint;
-use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
 use std::{path::Path, sync::Arc};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
@@ -18,9 +30,85 @@ pub struct ClientCertificate {
     pub thumbprint: String,
 }
 
-/// An acceptor for the certificate and key in `files`; fails, naming the file, on anything
-/// unreadable, so a bad deployment stops at start rather than at the first device.
-pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+/// The device listener's TLS: the acceptor, and the verifier of client certificates.
+#[derive(Clone)]
+pub struct DeviceTls {
+    pub acceptor: TlsAcceptor,
+    client_ca: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl DeviceTls {
+    /// The certificate the client of `stream` showed, if it showed one and `DEVICE_CLIENT_CA`
+    /// issued it (and it is valid now).
+    pub fn client_certificate<T>(&self, stream: &TlsStream<T>) -> Option<ClientCertificate> {
+        let (_, connection) = stream.get_ref();
+        let (leaf, intermediates) = connection.peer_certificates()?.split_first()?;
+        let verifier = self.client_ca.as_ref()?;
+        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            Ok(_) => Some(ClientCertificate {
+                thumbprint: cert_thumbprint(leaf),
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "a client certificate DEVICE_CLIENT_CA does not vouch for");
+                None
+            }
+        }
+    }
+}
+
+/// Asks for a client certificate and checks the client holds its key, leaving the chain's
+/// verification to [`DeviceTls::client_certificate`] (see the module's comment).
+#[derive(Debug)]
+struct VerifiedAfterHandshake(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for VerifiedAfterHandshake {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The device listener's TLS for the certificate and key in `files`; fails, naming the file,
+/// on anything unreadable, so a bad deployment stops at start rather than at the first device.
+pub fn device_tls(files: &TlsFiles) -> anyhow::Result<DeviceTls> {
     let chain = certificates(&files.cert, "DEVICE_TLS_CERT")?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading DEVICE_TLS_KEY {}", files.key.display()))?;
@@ -28,6 +116,7 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     let config = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
+    let mut client_ca = None;
     let config = match &files.client_ca {
         // Certificates are asked for, not required: the agent's devices on the same listener
         // prove themselves with node keys; the OMA-DM route refuses a request without one.
@@ -42,22 +131,17 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
                 .allow_unauthenticated()
                 .build()
                 .with_context(|| format!("DEVICE_CLIENT_CA {}", ca.display()))?;
-            config.with_client_cert_verifier(verifier)
+            client_ca = Some(Arc::clone(&verifier));
+            config.with_client_cert_verifier(Arc::new(VerifiedAfterHandshake(verifier)))
         }
         None => config.with_no_client_auth(),
     };
     let config = config
         .with_single_cert(chain, key)
         .context("DEVICE_TLS_CERT and DEVICE_TLS_KEY do not make a usable pair")?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The verified certificate the client of `stream` showed, if it showed one.
-pub fn client_certificate<T>(stream: &TlsStream<T>) -> Option<ClientCertificate> {
-    let (_, connection) = stream.get_ref();
-    let leaf = connection.peer_certificates()?.first()?;
-    Some(ClientCertificate {
-        thumbprint: cert_thumbprint(leaf),
+    Ok(DeviceTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        client_ca,
     })
 }
 

@@ -126,7 +126,7 @@ enum OrgCommand {
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Create a device in an organization.
-    Create(NewDeviceArgs),
+    Create(Box<NewDeviceArgs>),
     /// Manage the key a device's agent reports with.
     #[command(subcommand)]
     NodeKey(NodeKeyCommand),
@@ -371,7 +371,7 @@ async fn run(
         Command::Org(OrgCommand::Create { slug, name }) => {
             create_organization(store, slug, name).await
         }
-        Command::Device(DeviceCommand::Create(args)) => create_device(settings, store, args).await,
+        Command::Device(DeviceCommand::Create(args)) => create_device(settings, store, *args).await,
         Command::Device(DeviceCommand::NodeKey(NodeKeyCommand::Rotate { device })) => {
             rotate_node_key(store, device).await
         }

@@ -25,16 +25,38 @@ pub enum ReportMode {
     On,
     /// Never report.
     Off,
-    /// Report the first category pushed for each job, never the others.
+    /// Report the first category pushed for each job, never the others (OMA-DM: answer only
+    /// the first category the server reads).
     Partial,
+    /// OMA-DM: open the session, take the server's reads, hang up without answering (an agent
+    /// device does not report).
+    Drop,
 }
 
-/// A device the sim answers for.
+/// A device the sim answers for: its agent reports with a node key; its DM client (with a DM
+/// identity, a certificate and its key, and the WNS channel it listens on) opens sessions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SimDevice {
     pub device_id: String,
-    pub node_key: String,
+    pub node_key: Option<String>,
+    pub dm_device_id: Option<String>,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+    /// The id of the sim's WNS channel the device listens on (`…/wns/channels/{channelId}`).
+    pub channel_id: Option<String>,
+    /// Nodes the device does not have: their `Get` is answered 404.
+    #[serde(default)]
+    pub lacks: Vec<String>,
+    /// A WNS channel the device renewed: reported in the first message of its sessions.
+    pub renewed_channel_uri: Option<String>,
+}
+
+impl SimDevice {
+    /// The device runs a DM client: it has a DM identity and a certificate to show.
+    pub fn speaks_omadm(&self) -> bool {
+        self.dm_device_id.is_some() && self.cert_pem.is_some() && self.key_pem.is_some()
+    }
 }
 
 /// One report a simulated device sent, with the answer it got.
@@ -97,7 +119,7 @@ pub(crate) fn after_push(state: &Arc<SimState>, device_id: &str, payload: &Value
     };
     let categories: Vec<Category> = match mode {
         ReportMode::On => pushed,
-        ReportMode::Off => Vec::new(),
+        ReportMode::Off | ReportMode::Drop => Vec::new(),
         ReportMode::Partial => {
             // Only the first category any push of this job named.
             let Some(job) = job_id.clone() else {
@@ -135,7 +157,7 @@ async fn send(
     job_id: Option<String>,
     categories: &[Category],
 ) {
-    let Some(base) = lock(&state.device_api).clone() else {
+    let (Some(base), Some(node_key)) = (lock(&state.device_api).clone(), &device.node_key) else {
         return;
     };
     let reported: serde_json::Map<String, Value> = categories
@@ -167,7 +189,7 @@ async fn send(
         let status = match state
             .http
             .post(&url)
-            .bearer_auth(&device.node_key)
+            .bearer_auth(node_key)
             .json(&body)
             .send()
             .await

@@ -11,8 +11,11 @@
 //!   gateways' answers (and sets the devices' from the same body).
 //! - `POST /_sim/devices`: a device the sim answers for: after an agent push it reports through
 //!   the product's device route (see [`devices`]); `GET /_sim/reports`: what devices sent.
+//!   After a WNS push to its channel, a device with a DM identity opens an OMA-DM session (see
+//!   [`omadm`]); `POST /_sim/sessions` makes one poll now; `GET /_sim/sessions`: what they said.
 
 pub mod devices;
+pub mod omadm;
 
 use axum::{
     Json, Router,
@@ -133,6 +136,11 @@ struct SimState {
     /// Jobs a device in `partial` mode has answered already.
     partial_jobs: Mutex<HashSet<String>>,
     http: reqwest::Client,
+    /// The CA the product's device listener certificate is checked against, when it has TLS.
+    server_ca: Mutex<Option<reqwest::Certificate>>,
+    /// Devices in a session now, and whether a push came during it (one more session after).
+    in_session: Mutex<HashMap<String, bool>>,
+    sessions: Mutex<Vec<omadm::SessionRecord>>,
 }
 
 impl SimState {
@@ -145,11 +153,21 @@ impl SimState {
             device_api: Mutex::new(device_api),
             reports: Mutex::default(),
             partial_jobs: Mutex::default(),
+            server_ca: Mutex::default(),
+            in_session: Mutex::default(),
+            sessions: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl SimState {
+    /// How registered devices answer now.
+    fn report_mode(&self) -> ReportMode {
+        lock(&self.plan).report.unwrap_or_default()
     }
 }
 
@@ -169,6 +187,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/faults", post(set_faults))
         .route("/_sim/devices", post(devices::register))
         .route("/_sim/reports", get(devices::reports))
+        .route("/_sim/sessions", get(omadm::sessions).post(omadm::poll))
         .with_state(state)
 }
 
@@ -200,6 +219,12 @@ impl SimServer {
     /// Where the sim's devices report from now on.
     pub fn report_to(&self, device_api: &str) {
         *lock(&self.state.device_api) = Some(device_api.trim_end_matches('/').to_owned());
+    }
+
+    /// Devices trust the product's device listener certificate if `ca_pem` issued it.
+    pub fn trust(&self, ca_pem: &[u8]) -> Result<(), reqwest::Error> {
+        *lock(&self.state.server_ca) = Some(reqwest::Certificate::from_pem(ca_pem)?);
+        Ok(())
     }
 }
 
@@ -318,9 +343,18 @@ async fn wns_push(
     let push = PushRecord {
         cache_policy: text("x-wns-cache-policy"),
         ttl_secs: ttl_secs.and_then(Result::ok),
-        ..PushRecord::new(SimGateway::Wns, channel_id, text("ms-cv"), Vec::new())
+        ..PushRecord::new(
+            SimGateway::Wns,
+            channel_id.clone(),
+            text("ms-cv"),
+            Vec::new(),
+        )
     };
-    answer(&state, push, StatusCode::OK).await
+    let answer = answer(&state, push, StatusCode::OK).await;
+    if answer.status().is_success() {
+        omadm::after_push(&state, &channel_id);
+    }
+    answer
 }
 
 /// Decides the answer from the fault plan, records the push with it, and answers.

@@ -239,7 +239,7 @@ fn tree(source: &str, limits: &Limits) -> Result<Element, ParseError> {
                 let element = element(&start)?;
                 match open.last_mut() {
                     Some(parent) => parent.children.push(element),
-                    None => return Ok(element),
+                    None => return nothing_after(&mut reader).map(|()| element),
                 }
             }
             Event::End(_) => {
@@ -250,7 +250,7 @@ fn tree(source: &str, limits: &Limits) -> Result<Element, ParseError> {
                 element.inner.end = before;
                 match open.last_mut() {
                     Some(parent) => parent.children.push(element),
-                    None => return Ok(element),
+                    None => return nothing_after(&mut reader).map(|()| element),
                 }
             }
             Event::Text(text) => {
@@ -282,6 +282,30 @@ fn tree(source: &str, limits: &Limits) -> Result<Element, ParseError> {
             Event::DocType(_) => return Err(ParseError::DocType),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Eof => return Err(ParseError::Truncated),
+        }
+    }
+}
+
+/// Checks that only blanks, comments and processing instructions follow the root element: a
+/// second document in the same body is not silently ignored.
+fn nothing_after(reader: &mut Reader<&[u8]>) -> Result<(), ParseError> {
+    loop {
+        match reader.read_event() {
+            Ok(Event::Eof) => return Ok(()),
+            Ok(Event::Comment(_) | Event::PI(_)) => {}
+            Ok(Event::Text(text)) if text.iter().all(u8::is_ascii_whitespace) => {}
+            Ok(_) => {
+                return Err(ParseError::Malformed {
+                    position: reader.buffer_position(),
+                    reason: "content after the root element".to_owned(),
+                });
+            }
+            Err(error) => {
+                return Err(ParseError::Malformed {
+                    position: reader.error_position(),
+                    reason: error.to_string(),
+                });
+            }
         }
     }
 }

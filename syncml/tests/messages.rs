@@ -165,6 +165,7 @@ fn what_is_not_a_syncml_1_2_message_is_refused_with_a_reason() {
             "well-formed",
         ),
         ("<html><body/></html>".to_owned(), "root element"),
+        (format!("{SESSION_START}<SyncML/>"), "after the root"),
         (String::new(), "ends before"),
     ];
     for (xml, expected) in cases {

@@ -8,6 +8,7 @@
 
 mod cli;
 mod client;
+pub mod omadm;
 mod processes;
 pub mod proxy;
 pub mod raw;

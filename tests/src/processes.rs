@@ -30,6 +30,15 @@ impl TestStack {
         }
     }
 
+    /// The api process's id (a stack of real binaries only).
+    pub fn api_pid(&self) -> u32 {
+        let services = self.services.lock().expect("services lock");
+        match &*services {
+            Services::Processes { api, .. } => api.id(),
+            Services::InProcess { .. } => panic!("start the stack with TestStack::spawn_with"),
+        }
+    }
+
     /// `kill -9` of the worker process.
     pub fn kill_worker(&self) {
         self.with_worker(|_, worker| {

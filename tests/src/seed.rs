@@ -92,7 +92,7 @@ impl TestStack {
     }
 
     /// A device and its node key, with a node key hash stored.
-    fn new_device(
+    pub(crate) fn new_device(
         &self,
         organization: ObjectId,
         state: DeviceState,
