@@ -102,6 +102,27 @@ struct Gathered {
     job: Option<ObjectId>,
 }
 
+/// What the server's answer to a device message does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// It asks for reads.
+    Read,
+    /// It asks for the rest of the device's package (Alert 1222).
+    Continue,
+    /// It asks for nothing: the session is over.
+    End,
+}
+
+impl Next {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Next::Read => "read",
+            Next::Continue => "continued",
+            Next::End => "ended",
+        }
+    }
+}
+
 /// The server's answer to one device message, and what the message completed.
 #[derive(Debug)]
 pub struct Turn {
@@ -111,8 +132,7 @@ pub struct Turn {
     pub reports: Vec<DeviceReport>,
     /// A WNS channel URI the device reported (`DMClient/…/Push/ChannelURI`).
     pub channel_uri: Option<String>,
-    /// The reply asks for nothing more: the session is over.
-    pub ends_session: bool,
+    pub next: Next,
 }
 
 /// Why a message ends the session without an answer.
@@ -158,22 +178,27 @@ impl Conversation {
             reply.status(header.msg_id, command.cmd_id, command.kind.name(), code);
         }
         let reports = self.complete(device);
-        if aborted {
-            self.forget_session();
+        let next = if aborted {
+            Next::End
         } else if !message.is_final {
             // The device's package goes on in its next message: ask for it, and nothing else yet.
             reply.command(CommandKind::Alert, |command| {
                 command.data = Some(alert::NEXT_MESSAGE.to_owned());
             });
+            Next::Continue
+        } else if self.ask(device, header.msg_id, &mut reply) {
+            Next::Read
         } else {
-            self.ask(device, header.msg_id, &mut reply);
+            Next::End
+        };
+        if next == Next::End {
+            self.forget_session();
         }
-        let ends_session = !reply.asks_anything();
         Ok(Turn {
             reply: reply.message,
             reports,
             channel_uri,
-            ends_session,
+            next,
         })
     }
 
@@ -183,7 +208,7 @@ impl Conversation {
     }
 
     /// Drops what the session asked and gathered; what was reported lately is kept.
-    pub fn forget_session(&mut self) {
+    fn forget_session(&mut self) {
         let reported = std::mem::take(&mut self.reported);
         *self = Conversation {
             reported,
@@ -293,8 +318,9 @@ impl Conversation {
     }
 
     /// Adds the reads of every category outstanding on `device` and not asked for yet in this
-    /// session (nor reported lately) to `reply`.
-    fn ask(&mut self, device: &Device, msg_id: u32, reply: &mut Reply) {
+    /// session (nor reported lately) to `reply`; false when there is none.
+    fn ask(&mut self, device: &Device, msg_id: u32, reply: &mut Reply) -> bool {
+        let mut asked_any = false;
         self.reported.retain(|_, at| at.elapsed() < REPORTED_GRACE);
         let outstanding: BTreeSet<Category> = device.refresh_info_needed.iter().copied().collect();
         for category in outstanding {
@@ -302,6 +328,7 @@ impl Conversation {
                 continue;
             }
             self.asked.insert(category);
+            asked_any = true;
             let reads = category.reads();
             self.gathering.insert(
                 category,
@@ -335,6 +362,7 @@ impl Conversation {
                 );
             }
         }
+        asked_any
     }
 }
 
@@ -379,13 +407,6 @@ impl Reply {
         fill(&mut command);
         self.message.commands.push(command);
         cmd_id
-    }
-
-    fn asks_anything(&self) -> bool {
-        self.message
-            .commands
-            .iter()
-            .any(|command| command.kind != CommandKind::Status)
     }
 }
 
@@ -507,13 +528,13 @@ mod tests {
             .chain(Category::Os.nodes())
             .collect();
         assert_eq!(gets, expected);
-        assert!(reply.is_final && !turn.ends_session && turn.reports.is_empty());
+        assert!(reply.is_final && turn.next == Next::Read && turn.reports.is_empty());
 
         let lacking = "./Vendor/MSFT/DeviceStatus/TPM/SpecificationVersion";
         let turn = conversation
             .turn(&device, &answers("S1", &turn.reply, lacking))
             .unwrap();
-        assert!(turn.ends_session, "{:?}", turn.reply);
+        assert_eq!(turn.next, Next::End, "{:?}", turn.reply);
         assert!(
             turn.reply
                 .commands
@@ -550,7 +571,7 @@ mod tests {
         // A second push opens a second session before the worker applied the reports: the
         // categories still look outstanding, and are not read again.
         let turn = conversation.turn(&device, &opening("S2")).unwrap();
-        assert!(turn.ends_session, "{:?}", turn.reply);
+        assert_eq!(turn.next, Next::End, "{:?}", turn.reply);
     }
 
     #[test]
@@ -558,7 +579,7 @@ mod tests {
         let device = device(&[(Category::Os, ObjectId::new())]);
         let mut conversation = Conversation::default();
         let asked = conversation.turn(&device, &opening("S1")).unwrap();
-        assert!(!asked.ends_session);
+        assert_eq!(asked.next, Next::Read);
         // No answer to the reads; a new session (MsgID 1) some time later.
         let again = conversation.turn(&device, &opening("S2")).unwrap();
         assert_eq!(again.reply.commands.len(), asked.reply.commands.len());

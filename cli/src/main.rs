@@ -130,6 +130,37 @@ enum DeviceCommand {
     /// Manage the key a device's agent reports with.
     #[command(subcommand)]
     NodeKey(NodeKeyCommand),
+    /// Manage who the device's OMA-DM client is.
+    #[command(subcommand)]
+    Omadm(OmadmCommand),
+}
+
+#[derive(Subcommand)]
+enum OmadmCommand {
+    /// Set the device's DM device id and client certificate (a renewed certificate, or a
+    /// device enrolled after it was created); its sessions are refused with any other.
+    Set {
+        #[arg(long)]
+        device: ObjectId,
+        #[command(flatten)]
+        identity: OmadmArgs,
+    },
+}
+
+/// A DM client's identity, as `device create` and `device omadm set` take it.
+#[derive(clap::Args)]
+#[group(requires = "dm_device_id")]
+struct OmadmArgs {
+    /// The id the device's OMA-DM client names itself by (SyncHdr Source); needs the
+    /// client certificate's thumbprint or the certificate.
+    #[arg(long, requires = "certificate")]
+    dm_device_id: Option<String>,
+    /// SHA-256 thumbprint of the device's client certificate (hex, ':' allowed).
+    #[arg(long, group = "certificate")]
+    cert_thumbprint: Option<String>,
+    /// The device's client certificate (PEM): its thumbprint is stored, not the certificate.
+    #[arg(long = "cert", group = "certificate")]
+    cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -170,16 +201,8 @@ struct NewDeviceArgs {
     /// Issue a node key for the device's agent too (printed this once).
     #[arg(long)]
     node_key: bool,
-    /// The id the device's OMA-DM client names itself by (SyncHdr Source); needs the
-    /// client certificate's thumbprint or the certificate.
-    #[arg(long, requires = "certificate")]
-    dm_device_id: Option<String>,
-    /// SHA-256 thumbprint of the device's client certificate (hex, ':' allowed).
-    #[arg(long, group = "certificate", requires = "dm_device_id")]
-    cert_thumbprint: Option<String>,
-    /// The device's client certificate (PEM): its thumbprint is stored, not the certificate.
-    #[arg(long = "cert", group = "certificate", requires = "dm_device_id")]
-    cert: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    omadm: OmadmArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -378,6 +401,9 @@ async fn run(
         Command::Device(DeviceCommand::NodeKey(NodeKeyCommand::Revoke { device })) => {
             revoke_node_key(store, device).await
         }
+        Command::Device(DeviceCommand::Omadm(OmadmCommand::Set { device, identity })) => {
+            set_omadm_identity(store, device, identity).await
+        }
         Command::Token(TokenCommand::Create {
             org,
             permissions,
@@ -424,13 +450,9 @@ async fn create_device(
         channel_uri,
         tags,
         node_key,
-        dm_device_id,
-        cert_thumbprint,
-        cert,
+        omadm,
     } = args;
-    let omadm = dm_device_id
-        .map(|id| omadm_identity(&id, cert_thumbprint, cert))
-        .transpose()?;
+    let omadm = omadm.identity()?;
     let node_key = node_key.then(token::generate_node_key);
     let org = organization(store, &org).await?;
     let wns = push
@@ -495,22 +517,57 @@ async fn create_device(
     })
 }
 
-/// `--dm-device-id` with `--cert-thumbprint`, or with the thumbprint of `--cert`'s certificate.
-fn omadm_identity(
-    dm_device_id: &str,
-    thumbprint: Option<String>,
-    cert: Option<std::path::PathBuf>,
-) -> anyhow::Result<OmaDmIdentity> {
-    let thumbprint = match (thumbprint, cert) {
-        (Some(thumbprint), _) => thumbprint,
-        (None, Some(path)) => {
-            let der = CertificateDer::from_pem_file(&path)
-                .with_context(|| format!("--cert {}: not a PEM certificate", path.display()))?;
-            cert_thumbprint(&der)
-        }
-        (None, None) => bail!("--dm-device-id needs --cert-thumbprint or --cert"),
+impl OmadmArgs {
+    /// `--dm-device-id` with `--cert-thumbprint`, or with the thumbprint of `--cert`'s
+    /// certificate; none without `--dm-device-id`.
+    fn identity(self) -> anyhow::Result<Option<OmaDmIdentity>> {
+        let Some(dm_device_id) = self.dm_device_id else {
+            return Ok(None);
+        };
+        let thumbprint = match (self.cert_thumbprint, self.cert) {
+            (Some(thumbprint), _) => thumbprint,
+            (None, Some(path)) => {
+                let der = CertificateDer::from_pem_file(&path)
+                    .with_context(|| format!("--cert {}: not a PEM certificate", path.display()))?;
+                cert_thumbprint(&der)
+            }
+            (None, None) => bail!("--dm-device-id needs --cert-thumbprint or --cert"),
+        };
+        OmaDmIdentity::new(&dm_device_id, &thumbprint)
+            .map(Some)
+            .context("--dm-device-id / --cert-thumbprint")
+    }
+}
+
+/// `device omadm set`: the device's sessions need this identity from now on.
+async fn set_omadm_identity(
+    store: &Store,
+    device: ObjectId,
+    identity: OmadmArgs,
+) -> anyhow::Result<Output> {
+    let Some(identity) = identity.identity()? else {
+        bail!("--dm-device-id is required");
     };
-    OmaDmIdentity::new(dm_device_id, &thumbprint).context("--dm-device-id / --cert-thumbprint")
+    let organization = device_organization(store, device).await?;
+    store.ensure_indexes().await.context("creating indexes")?;
+    if !store
+        .set_omadm_identity(organization, device, &identity)
+        .await?
+    {
+        bail!("device {device} is gone");
+    }
+    Ok(Output {
+        text: format!(
+            "device {device}: DM device id {}, certificate {}",
+            identity.dm_device_id(),
+            identity.cert_thumbprint()
+        ),
+        json: json!({
+            "id": device.to_hex(),
+            "dmDeviceId": identity.dm_device_id(),
+            "certThumbprint": identity.cert_thumbprint(),
+        }),
+    })
 }
 
 /// `device node-key rotate`: the new key is printed this once.

@@ -37,6 +37,10 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "refresh_http_connections_refused_tot
 pub const HTTP_REQUESTS_TIMED_OUT: &str = "refresh_http_requests_timed_out_total";
 /// Counter (`source`): device reports the api accepted and queued.
 pub const REPORTS_RECEIVED: &str = "refresh_reports_received_total";
+/// Counter (`outcome`: `read`, `continued`, `ended`): OMA-DM messages the api answered, by
+/// what the answer did: asked for reads, asked for the rest of the device's package, or ended
+/// the session.
+pub const OMADM_MESSAGES: &str = "refresh_omadm_messages_total";
 /// Counter (`source`): device reports a worker applied.
 pub const REPORTS_APPLIED: &str = "refresh_reports_applied_total";
 /// Histogram: from a category's push to the device's report of it.

@@ -714,8 +714,53 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
         "{stderr}"
     );
 
-    // The device so registered opens a session and is served.
+    // A renewed certificate replaces the old one.
     let id = bson::oid::ObjectId::parse_str(created["id"].as_str().unwrap()).unwrap();
+    let old = ca.client(&dm_device_id);
+    let set = stack
+        .refreshctl(&[
+            "device",
+            "omadm",
+            "set",
+            "--device",
+            &id.to_hex(),
+            "--dm-device-id",
+            &dm_device_id,
+            "--cert-thumbprint",
+            &old.thumbprint,
+        ])
+        .await;
+    assert_eq!(set["certThumbprint"], json!(old.thumbprint));
+    let alone = stack
+        .refreshctl_output(&[
+            "device",
+            "omadm",
+            "set",
+            "--device",
+            &id.to_hex(),
+            "--cert-thumbprint",
+            &old.thumbprint,
+        ])
+        .await;
+    assert!(
+        !alone.status.success(),
+        "a thumbprint without the DM device id"
+    );
+    stack
+        .refreshctl(&[
+            "device",
+            "omadm",
+            "set",
+            "--device",
+            &id.to_hex(),
+            "--dm-device-id",
+            &dm_device_id,
+            "--cert-thumbprint",
+            &certificate.thumbprint,
+        ])
+        .await;
+
+    // The device so registered opens a session and is served.
     let device = stack.store.device_by_id(id).await.unwrap().unwrap();
     let dm = DmDevice {
         device,

@@ -84,9 +84,7 @@ pub async fn management_session(
     if let Some(uri) = &turn.channel_uri {
         record_channel(&state, &device, uri).await?;
     }
-    if turn.ends_session {
-        conversation.forget_session();
-    }
+    metrics::counter!(metric::OMADM_MESSAGES, "outcome" => turn.next.as_str()).increment(1);
     let mut response = turn.reply.to_xml().into_response();
     response
         .headers_mut()

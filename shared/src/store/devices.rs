@@ -506,6 +506,28 @@ impl Store {
         Ok(self.devices.find_one(filter).await?)
     }
 
+    /// Gives a device of `organization` a new OMA-DM identity (a renewed certificate); false
+    /// when there is no such device.
+    pub async fn set_omadm_identity(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        identity: &OmaDmIdentity,
+    ) -> Result<bool, StoreError> {
+        let set = doc! {
+            "omadm.dmDeviceId": identity.dm_device_id(),
+            "omadm.certThumbprint": identity.cert_thumbprint(),
+        };
+        let result = self
+            .devices
+            .update_one(
+                tenant(organization, doc! { "_id": device }),
+                doc! { "$set": set },
+            )
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
     /// Stores the WNS channel a device reported in its management session (Windows renews a
     /// channel about every 15 days): active, whatever the old one's status was.
     pub async fn replace_wns_channel(
