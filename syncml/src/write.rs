@@ -1,6 +1,6 @@
-//! Writing a message, elements in the order the SyncML 1.2 DTD gives them.
+//! Writing a message, elements in the order MS-MDM's syntax gives them.
 
-use crate::{Command, CommandKind, Header, Item, METINF, Message, NAMESPACE, VER_DTD, VER_PROTO};
+use crate::{Command, Header, Item, METINF, Message, NAMESPACE, VER_DTD, VER_PROTO};
 use quick_xml::{Writer, events::BytesText};
 use std::io::Cursor;
 
@@ -53,16 +53,13 @@ fn command(out: &mut Out, command: &Command) -> std::io::Result<()> {
             if let Some(cmd) = &command.cmd {
                 text(out, "Cmd", cmd)?;
             }
-            // An Alert's code comes before its items; a Status's after them (the DTD's order).
-            let data_first = command.kind != CommandKind::Status;
-            if data_first && let Some(data) = &command.data {
+            // Data before the items, for an Alert's code as for a Status's (MS-MDM 2.2.6.1,
+            // 2.2.7.2).
+            if let Some(data) = &command.data {
                 text(out, "Data", data)?;
             }
             for item in &command.items {
                 self::item(out, item)?;
-            }
-            if !data_first && let Some(data) = &command.data {
-                text(out, "Data", data)?;
             }
             Ok(())
         })?;
