@@ -75,11 +75,17 @@ impl App {
         let device_addr = device_listener
             .local_addr()
             .context("reading the bound device address")?;
+        let client_ca = settings
+            .device
+            .client_ca
+            .as_deref()
+            .map(tls::ClientCa::load)
+            .transpose()?;
         let tls = settings
             .device
             .tls
             .as_ref()
-            .map(tls::device_tls)
+            .map(|files| tls::device_tls(files, client_ca.as_ref()))
             .transpose()?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
         let state = AppState::new(
@@ -88,6 +94,7 @@ impl App {
             store,
             Arc::new(publisher),
             audit,
+            client_ca,
         );
         let router = routes::router(state.clone(), &settings.api);
         let device_router = routes::device_router(state.clone(), &settings.api, &settings.device);

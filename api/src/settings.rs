@@ -1,11 +1,17 @@
 //! The api's settings: the core every binary reads, and the api's own section (README,
 //! Configuration).
 
+use axum::http::HeaderName;
 use refresh_shared::{
     channel::ChannelPolicy,
     settings::{self, Core, Env, Load},
 };
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    path::PathBuf,
+    time::Duration,
+};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -135,15 +141,38 @@ pub struct DeviceListenerSettings {
     pub mdm_max_msg_bytes: usize,
     /// The WNS channels a device may report in a session (`WNS_CHANNEL_HOST_SUFFIXES`).
     pub wns_channels: ChannelPolicy,
+    /// The CA (PEM, one or more certificates) OMA-DM clients' certificates are verified
+    /// against; without it the OMA-DM route admits no device.
+    pub client_ca: Option<PathBuf>,
+    /// TLS-terminating proxies trusted to pass on the client certificate they verified
+    /// (`DEVICE_TRUSTED_PROXIES`): opt-in, and only from these addresses.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The header such a proxy puts the certificate in, URL-encoded PEM
+    /// (`DEVICE_CLIENT_CERT_HEADER`, as nginx's `$ssl_client_escaped_cert`).
+    pub client_cert_header: HeaderName,
 }
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// The CA (PEM, one or more certificates) OMA-DM clients' certificates are verified
-    /// against; without it no client certificate is asked for and the OMA-DM route admits none.
-    pub client_ca: Option<PathBuf>,
+}
+
+/// `DEVICE_TRUSTED_PROXIES`: IP addresses, comma-separated; empty (the default) trusts none.
+fn trusted_proxies(env: &mut Env<'_>) -> Vec<IpAddr> {
+    let raw = env.string("DEVICE_TRUSTED_PROXIES", "");
+    let parsed: Result<Vec<IpAddr>, _> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(str::parse)
+        .collect();
+    parsed.unwrap_or_else(|error| {
+        env.refuse(&format!(
+            "DEVICE_TRUSTED_PROXIES: {error} (IP addresses, comma-separated)"
+        ));
+        Vec::new()
+    })
 }
 
 /// The largest `REPORT_BODY_LIMIT_BYTES` and `MDM_MAX_MSG_BYTES`: a report or a SyncML
@@ -154,19 +183,11 @@ impl Load for DeviceListenerSettings {
     fn read(env: &mut Env<'_>) -> DeviceListenerSettings {
         let cert: String = env.string("DEVICE_TLS_CERT", "");
         let key: String = env.string("DEVICE_TLS_KEY", "");
-        let client_ca: String = env.string("DEVICE_CLIENT_CA", "");
-        let client_ca = (!client_ca.is_empty()).then(|| PathBuf::from(client_ca));
         let tls = match (cert.is_empty(), key.is_empty()) {
-            (true, true) => {
-                if client_ca.is_some() {
-                    env.refuse("DEVICE_CLIENT_CA: needs DEVICE_TLS_CERT and DEVICE_TLS_KEY (client certificates come with TLS)");
-                }
-                None
-            }
+            (true, true) => None,
             (false, false) => Some(TlsFiles {
                 cert: cert.into(),
                 key: key.into(),
-                client_ca,
             }),
             _ => {
                 env.refuse("DEVICE_TLS_CERT and DEVICE_TLS_KEY: set both, or neither");
@@ -181,7 +202,23 @@ impl Load for DeviceListenerSettings {
             rate_limit_burst: env.parse("DEVICE_RATE_LIMIT_BURST", "20"),
             mdm_max_msg_bytes: env.parse("MDM_MAX_MSG_BYTES", "1048576"),
             wns_channels: settings::wns_channels(env),
+            client_ca: Some(env.string("DEVICE_CLIENT_CA", ""))
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
+            trusted_proxies: trusted_proxies(env),
+            client_cert_header: env.parse("DEVICE_CLIENT_CERT_HEADER", "x-client-cert"),
         };
+        // A client certificate reaches the api through its own TLS, or from a trusted proxy.
+        if device.client_ca.is_some() && device.tls.is_none() && device.trusted_proxies.is_empty() {
+            env.refuse(
+                "DEVICE_CLIENT_CA: needs DEVICE_TLS_CERT and DEVICE_TLS_KEY, or DEVICE_TRUSTED_PROXIES (client certificates come with TLS)",
+            );
+        }
+        if !device.trusted_proxies.is_empty() && device.client_ca.is_none() {
+            env.refuse(
+                "DEVICE_TRUSTED_PROXIES: needs DEVICE_CLIENT_CA to verify what the proxies pass on",
+            );
+        }
         if !(1..=MAX_REPORT_BODY_LIMIT).contains(&device.report_body_limit_bytes) {
             env.refuse("REPORT_BODY_LIMIT_BYTES: must be 1 to 16777216");
         }
@@ -222,6 +259,33 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("DEVICE_TLS_KEY"), "{text}");
         assert!(text.contains("REPORT_BODY_LIMIT_BYTES"), "{text}");
+    }
+
+    #[test]
+    fn client_certificates_come_with_tls_or_from_a_trusted_proxy_and_are_always_verified() {
+        let text = settings(&[("DEVICE_CLIENT_CA", "/etc/ca.pem")])
+            .expect_err("a CA without TLS")
+            .to_string();
+        assert!(text.contains("DEVICE_CLIENT_CA"), "{text}");
+        let text = settings(&[("DEVICE_TRUSTED_PROXIES", "10.0.0.1")])
+            .expect_err("a proxy without a CA")
+            .to_string();
+        assert!(text.contains("needs DEVICE_CLIENT_CA"), "{text}");
+        let text = settings(&[
+            ("DEVICE_TRUSTED_PROXIES", "10.0.0.1, proxy.local"),
+            ("DEVICE_CLIENT_CA", "/etc/ca.pem"),
+        ])
+        .expect_err("a host name")
+        .to_string();
+        assert!(text.contains("DEVICE_TRUSTED_PROXIES"), "{text}");
+        let s = settings(&[
+            ("DEVICE_TRUSTED_PROXIES", "10.0.0.1, ::1"),
+            ("DEVICE_CLIENT_CA", "/etc/ca.pem"),
+            ("DEVICE_CLIENT_CERT_HEADER", "X-SSL-Client-Cert"),
+        ])
+        .expect("a proxy with a CA");
+        assert_eq!(s.device.trusted_proxies.len(), 2);
+        assert_eq!(s.device.client_cert_header.as_str(), "x-ssl-client-cert");
     }
 
     #[test]

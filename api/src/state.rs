@@ -4,13 +4,16 @@ use crate::{
     omadm::Conversations,
     rate_limit::RateLimits,
     settings::{ApiSettings, DeviceListenerSettings},
+    tls::ClientCa,
 };
+use axum::http::HeaderName;
 use refresh_shared::{
     broker::{Publisher, Queues},
     channel::ChannelPolicy,
     store::{DatabaseProbe, Store},
     telemetry::MetricsPage,
 };
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What every handler can reach; cheap to clone.
@@ -36,6 +39,11 @@ pub struct Inner {
     pub conversations: Conversations,
     /// The WNS channels a device may report (`WNS_CHANNEL_HOST_SUFFIXES`).
     pub wns_channels: ChannelPolicy,
+    /// What vouches for an OMA-DM client's certificate (`DEVICE_CLIENT_CA`).
+    pub client_ca: Option<ClientCa>,
+    /// Proxies whose verified client certificate header is believed, and that header.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub client_cert_header: HeaderName,
 }
 
 impl AppState {
@@ -45,6 +53,7 @@ impl AppState {
         store: Store,
         publisher: Arc<Publisher>,
         audit: AuditLog,
+        client_ca: Option<ClientCa>,
     ) -> AppState {
         AppState(Arc::new(Inner {
             database_probe: DatabaseProbe::new(store.clone()),
@@ -59,6 +68,9 @@ impl AppState {
             audit,
             conversations: Conversations::default(),
             wns_channels: device.wns_channels.clone(),
+            client_ca,
+            trusted_proxies: device.trusted_proxies.clone(),
+            client_cert_header: device.client_cert_header.clone(),
         }))
     }
 }

@@ -5,7 +5,8 @@
 //! A client certificate is verified once the handshake is done, not during it: the handshake
 //! only checks that the client holds the certificate's key. So a certificate the CA did not
 //! issue gets the route's clear 401 (which a device's logs and an operator can read) instead of
-//! a TLS alert, and a connection without one still serves the agent's node-key route.
+//! a TLS alert, and a connection without one still serves the agent's node-key route. A
+//! certificate a trusted proxy passes on is verified against the same CA (`routes/omadm.rs`).
 
 use crate::settings::TlsFiles;
 use anyhow::Context;
@@ -13,6 +14,7 @@ use refresh_shared::store::cert_thumbprint;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
     server::{
         WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -30,21 +32,34 @@ pub struct ClientCertificate {
     pub thumbprint: String,
 }
 
-/// The device listener's TLS: the acceptor, and the verifier of client certificates.
+/// `DEVICE_CLIENT_CA`: the CA device certificates must chain to, with rustls' WebPKI verifier.
 #[derive(Clone)]
-pub struct DeviceTls {
-    pub acceptor: TlsAcceptor,
-    client_ca: Option<Arc<dyn ClientCertVerifier>>,
-}
+pub struct ClientCa(Arc<dyn ClientCertVerifier>);
 
-impl DeviceTls {
-    /// The certificate the client of `stream` showed, if it showed one and `DEVICE_CLIENT_CA`
-    /// issued it (and it is valid now).
-    pub fn client_certificate<T>(&self, stream: &TlsStream<T>) -> Option<ClientCertificate> {
-        let (_, connection) = stream.get_ref();
-        let (leaf, intermediates) = connection.peer_certificates()?.split_first()?;
-        let verifier = self.client_ca.as_ref()?;
-        match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+impl ClientCa {
+    /// The CA certificates in the PEM file at `path`; fails, naming the variable, on anything
+    /// unreadable.
+    pub fn load(path: &Path) -> anyhow::Result<ClientCa> {
+        let mut roots = RootCertStore::empty();
+        for certificate in certificates(path, "DEVICE_CLIENT_CA")? {
+            roots.add(certificate).with_context(|| {
+                format!("DEVICE_CLIENT_CA {}: not a CA certificate", path.display())
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .with_context(|| format!("DEVICE_CLIENT_CA {}", path.display()))?;
+        Ok(ClientCa(verifier))
+    }
+
+    /// `chain` (the device's certificate first), if the CA issued it and it is valid now.
+    pub fn vouch_for(&self, chain: &[CertificateDer<'_>]) -> Option<ClientCertificate> {
+        let (leaf, intermediates) = chain.split_first()?;
+        match self
+            .0
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+        {
             Ok(_) => Some(ClientCertificate {
                 thumbprint: cert_thumbprint(leaf),
             }),
@@ -53,6 +68,24 @@ impl DeviceTls {
                 None
             }
         }
+    }
+}
+
+/// The device listener's TLS: the acceptor, and the CA client certificates are checked against.
+#[derive(Clone)]
+pub struct DeviceTls {
+    pub acceptor: TlsAcceptor,
+    client_ca: Option<ClientCa>,
+}
+
+impl DeviceTls {
+    /// The certificate the client of `stream` showed, if it showed one `DEVICE_CLIENT_CA`
+    /// vouches for.
+    pub fn client_certificate<T>(&self, stream: &TlsStream<T>) -> Option<ClientCertificate> {
+        let (_, connection) = stream.get_ref();
+        self.client_ca
+            .as_ref()?
+            .vouch_for(connection.peer_certificates()?)
     }
 }
 
@@ -106,33 +139,25 @@ impl ClientCertVerifier for VerifiedAfterHandshake {
     }
 }
 
-/// The device listener's TLS for the certificate and key in `files`; fails, naming the file,
-/// on anything unreadable, so a bad deployment stops at start rather than at the first device.
-pub fn device_tls(files: &TlsFiles) -> anyhow::Result<DeviceTls> {
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The device listener's TLS for the certificate and key in `files`, asking for client
+/// certificates when there is a `client_ca`; fails, naming the file, on anything unreadable,
+/// so a bad deployment stops at start rather than at the first device.
+pub fn device_tls(files: &TlsFiles, client_ca: Option<&ClientCa>) -> anyhow::Result<DeviceTls> {
     let chain = certificates(&files.cert, "DEVICE_TLS_CERT")?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading DEVICE_TLS_KEY {}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ServerConfig::builder_with_provider(Arc::clone(&provider))
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let mut client_ca = None;
-    let config = match &files.client_ca {
+    let config = match client_ca {
         // Certificates are asked for, not required: the agent's devices on the same listener
         // prove themselves with node keys; the OMA-DM route refuses a request without one.
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates(ca, "DEVICE_CLIENT_CA")? {
-                roots.add(certificate).with_context(|| {
-                    format!("DEVICE_CLIENT_CA {}: not a CA certificate", ca.display())
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .with_context(|| format!("DEVICE_CLIENT_CA {}", ca.display()))?;
-            client_ca = Some(Arc::clone(&verifier));
-            config.with_client_cert_verifier(Arc::new(VerifiedAfterHandshake(verifier)))
+        Some(ClientCa(verifier)) => {
+            config.with_client_cert_verifier(Arc::new(VerifiedAfterHandshake(Arc::clone(verifier))))
         }
         None => config.with_no_client_auth(),
     };
@@ -141,7 +166,7 @@ pub fn device_tls(files: &TlsFiles) -> anyhow::Result<DeviceTls> {
         .context("DEVICE_TLS_CERT and DEVICE_TLS_KEY do not make a usable pair")?;
     Ok(DeviceTls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
-        client_ca,
+        client_ca: client_ca.cloned(),
     })
 }
 

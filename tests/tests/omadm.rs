@@ -778,3 +778,82 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
     assert_eq!(session.outcome, SessionOutcome::Ended, "{session:#?}");
     assert_eq!(session.exchanges[0].status, 200);
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_may_pass_on_the_certificate_it_verified_and_nobody_else_may() {
+    let ca = Authority::new("device-refresh test devices");
+    let dir = std::env::temp_dir().join(format!("refresh-proxy-{}", bson::oid::ObjectId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let ca_path = ca_file.display().to_string();
+    // The proxy terminates TLS: the api's device listener is plain HTTP behind it.
+    let stack = TestStack::start_with(&[
+        ("DEVICE_CLIENT_CA", ca_path.clone()),
+        ("DEVICE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
+    ])
+    .await;
+    let elsewhere = TestStack::start_with(&[
+        ("DEVICE_CLIENT_CA", ca_path),
+        ("DEVICE_TRUSTED_PROXIES", "127.0.0.2".to_owned()),
+    ])
+    .await;
+    std::fs::remove_dir_all(&dir).ok();
+    let passing = |issued: &refresh_tests::omadm::Issued| {
+        let pem = format!("{}{}", issued.cert_pem, ca.ca_pem());
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    for stack in [&stack, &elsewhere] {
+        stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    }
+    let dm = stack.dm_device(&ca, &[]).await;
+    stack.pushed_refresh(&dm.device, &["os"]).await;
+    let url = format!("{}/ManagementServer/MDM.svc", stack.devices);
+    let body = format!(
+        r#"<SyncML xmlns="SYNCML:SYNCML1.2"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>{url}</LocURI></Target><Source><LocURI>{}</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1201</Data></Alert><Final/></SyncBody></SyncML>"#,
+        dm.dm_device_id
+    );
+    let post = |url: String, certificate: Option<String>| {
+        let mut request = stack
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body.clone());
+        if let Some(certificate) = certificate {
+            request = request.header("x-client-cert", certificate);
+        }
+        request.send()
+    };
+
+    let answer = post(url.clone(), Some(passing(&dm.certificate)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let reply = parse(&answer.text().await.unwrap());
+    let asked: Vec<String> = reads(&reply).into_iter().map(|(_, uri)| uri).collect();
+    assert_eq!(asked, Category::Os.nodes().collect::<Vec<_>>());
+
+    // The api checks what the proxy passes on against the CA itself, and wants it at all.
+    let foreign = Authority::new("somebody else's CA").client(&dm.dm_device_id);
+    for (case, certificate) in [
+        ("a certificate of another CA", Some(passing(&foreign))),
+        ("no certificate", None),
+        ("not a certificate", Some("garbage%0A".to_owned())),
+    ] {
+        let answer = post(url.clone(), certificate).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{case}");
+    }
+
+    // An api that trusts another address believes no such header.
+    let other = elsewhere.dm_device(&ca, &[]).await;
+    let answer = elsewhere
+        .http
+        .post(format!("{}/ManagementServer/MDM.svc", elsewhere.devices))
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .header("x-client-cert", passing(&other.certificate))
+        .body(body.replace(&dm.dm_device_id, &other.dm_device_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+}

@@ -18,12 +18,14 @@ use axum::{
     http::{HeaderMap, HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
 };
+use percent_encoding::percent_decode;
 use refresh_shared::{metric, store::WnsChannel};
 use refresh_syncml::{CONTENT_TYPE, Limits, Message};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 use std::net::IpAddr;
 
-/// A client that showed a certificate the device CA issued, and is not blocked for failing to
-/// authenticate too often.
+/// A client that showed a certificate the device CA issued (to the api's TLS, or to a trusted
+/// proxy that passed it on), and is not blocked for failing to authenticate too often.
 pub struct CertifiedClient {
     address: Option<IpAddr>,
     certificate: ClientCertificate,
@@ -34,14 +36,36 @@ impl FromRequestParts<AppState> for CertifiedClient {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let address = unblocked_client(parts, state)?;
-        match parts.extensions.get::<ClientCertificate>() {
+        let certificate = match parts.extensions.get::<ClientCertificate>() {
+            Some(certificate) => Some(certificate.clone()),
+            None => address.and_then(|address| passed_on(parts, state, address)),
+        };
+        match certificate {
             Some(certificate) => Ok(CertifiedClient {
                 address,
-                certificate: certificate.clone(),
+                certificate,
             }),
             None => Err(refused(state, address, ApiError::Unauthorized)),
         }
     }
+}
+
+/// The certificate a trusted proxy (`DEVICE_TRUSTED_PROXIES`) verified and passed on in
+/// `DEVICE_CLIENT_CERT_HEADER` as URL-encoded PEM, if `address` is one and the CA vouches for
+/// it too. From any other address the header means nothing.
+fn passed_on(parts: &Parts, state: &AppState, address: IpAddr) -> Option<ClientCertificate> {
+    if !state.trusted_proxies.contains(&address) {
+        return None;
+    }
+    let mut values = parts.headers.get_all(&state.client_cert_header).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let pem = percent_decode(value.as_bytes()).collect::<Vec<u8>>();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    state.client_ca.as_ref()?.vouch_for(&chain)
 }
 
 pub async fn management_session(
