@@ -212,15 +212,17 @@ fn tree(source: &str, limits: &Limits) -> Result<Element, ParseError> {
             position: reader.error_position(),
             reason: error.to_string(),
         })?;
+        if matches!(event, Event::Start(_) | Event::Empty(_)) {
+            elements += 1;
+            if elements > limits.max_elements {
+                return Err(ParseError::TooMany {
+                    what: "elements",
+                    limit: limits.max_elements,
+                });
+            }
+        }
         match event {
             Event::Start(start) => {
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(ParseError::TooMany {
-                        what: "elements",
-                        limit: limits.max_elements,
-                    });
-                }
                 if open.len() == limits.max_depth {
                     return Err(ParseError::TooDeep(limits.max_depth));
                 }
@@ -229,13 +231,6 @@ fn tree(source: &str, limits: &Limits) -> Result<Element, ParseError> {
                 open.push(element);
             }
             Event::Empty(start) => {
-                elements += 1;
-                if elements > limits.max_elements {
-                    return Err(ParseError::TooMany {
-                        what: "elements",
-                        limit: limits.max_elements,
-                    });
-                }
                 let element = element(&start)?;
                 match open.last_mut() {
                     Some(parent) => parent.children.push(element),

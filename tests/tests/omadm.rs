@@ -46,6 +46,47 @@ fn reads(message: &Message) -> Vec<(CommandKind, String)> {
         .collect()
 }
 
+/// The header of a device's first message to `url`, from `source`.
+fn header(url: &str, source: &str) -> String {
+    format!(
+        "<SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>{url}</LocURI></Target><Source><LocURI>{source}</LocURI></Source></SyncHdr>"
+    )
+}
+
+/// A device's first message with `commands`, then Final.
+fn message(url: &str, source: &str, commands: &str) -> String {
+    let header = header(url, source);
+    format!(
+        r#"<SyncML xmlns="SYNCML:SYNCML1.2">{header}<SyncBody>{commands}<Final/></SyncBody></SyncML>"#
+    )
+}
+
+/// A device's first message, with nothing in it but a client-initiated session's alert.
+fn opening(url: &str, source: &str) -> String {
+    message(
+        url,
+        source,
+        "<Alert><CmdID>1</CmdID><Data>1201</Data></Alert>",
+    )
+}
+
+/// `body` posted as SyncML to `url` by `client`, with `certificate` in the proxy's header.
+async fn post_syncml(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    certificate: Option<String>,
+) -> reqwest::Response {
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(body);
+    if let Some(certificate) = certificate {
+        request = request.header("x-client-cert", certificate);
+    }
+    request.send().await.expect("an answer")
+}
+
 /// The sessions in which the server read anything.
 fn reading_sessions(sessions: &[SessionRecord]) -> Vec<&SessionRecord> {
     sessions
@@ -326,11 +367,6 @@ async fn strangers_are_refused_with_401_and_nothing_is_recorded() {
     stack.fault(json!({ "mode": "ok", "report": "off" })).await;
     let (job_id, _) = stack.pushed_refresh(&dm.device, &["os"]).await;
     let url = format!("{}/ManagementServer/MDM.svc", stack.device_url());
-    let opening = |source: &str| {
-        format!(
-            r#"<SyncML xmlns="SYNCML:SYNCML1.2"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>{url}</LocURI></Target><Source><LocURI>{source}</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1201</Data></Alert><Final/></SyncBody></SyncML>"#
-        )
-    };
     let foreign = Authority::new("somebody else's CA").client(&dm.dm_device_id);
     let cases = [
         ("no certificate", None, dm.dm_device_id.clone()),
@@ -352,26 +388,14 @@ async fn strangers_are_refused_with_401_and_nothing_is_recorded() {
     ];
     for (case, identity, source) in cases {
         let client = TestStack::dm_client(&ca, identity);
-        let answer = client
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(opening(&source))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let answer = post_syncml(&client, &url, opening(&url, &source), None).await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{case}");
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["error"]["code"], json!(4001), "{case}: {body}");
     }
     // The device itself is served, and asked for its outstanding category.
     let client = TestStack::dm_client(&ca, Some(&dm.certificate));
-    let answer = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-        .body(opening(&dm.dm_device_id))
-        .send()
-        .await
-        .unwrap();
+    let answer = post_syncml(&client, &url, opening(&url, &dm.dm_device_id), None).await;
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(
         answer.headers()[reqwest::header::CONTENT_TYPE],
@@ -437,16 +461,9 @@ async fn hostile_syncml_gets_clear_errors_never_a_5xx_and_memory_stays_bounded()
         TestStack::spawn_omadm(&ca, &[("DEVICE_RATE_LIMIT_BURST", "1000".to_owned())]).await;
     let dm = stack.dm_device(&ca, &[]).await;
     let url = format!("{}/ManagementServer/MDM.svc", stack.device_url());
-    let header = format!(
-        "<SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>9</SessionID><MsgID>1</MsgID><Target><LocURI>{url}</LocURI></Target><Source><LocURI>{}</LocURI></Source></SyncHdr>",
-        dm.dm_device_id
-    );
-    let message = |body: &str| {
-        format!(
-            r#"<SyncML xmlns="SYNCML:SYNCML1.2">{header}<SyncBody>{body}<Final/></SyncBody></SyncML>"#
-        )
-    };
-    let valid = message("<Alert><CmdID>1</CmdID><Data>1201</Data></Alert>");
+    let header = header(&url, &dm.dm_device_id);
+    let message = |commands: &str| message(&url, &dm.dm_device_id, commands);
+    let valid = opening(&url, &dm.dm_device_id);
     let laughs = format!(
         r#"<?xml version="1.0"?><!DOCTYPE SyncML [<!ENTITY a "aaaaaaaaaa">{}]>{}"#,
         (1..10)
@@ -564,13 +581,7 @@ async fn hostile_syncml_gets_clear_errors_never_a_5xx_and_memory_stays_bounded()
     let pid = stack.api_pid();
     let before = refresh_testkit::process::rss(pid).expect("the api's memory");
     for (case, body) in bodies.drain(..) {
-        let answer = client
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let answer = post_syncml(&client, &url, body, None).await;
         let status = answer.status();
         let body: Value = answer
             .json()
@@ -591,13 +602,7 @@ async fn hostile_syncml_gets_clear_errors_never_a_5xx_and_memory_stays_bounded()
         }
     }
     for (case, body) in answered_in_syncml {
-        let answer = client
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post_syncml(&client, &url, body, None).await;
         assert_eq!(answer.status(), StatusCode::OK, "{case}");
         let reply = parse(&answer.text().await.unwrap());
         let codes: Vec<Option<u16>> = reply.commands[1..]
@@ -621,13 +626,7 @@ async fn hostile_syncml_gets_clear_errors_never_a_5xx_and_memory_stays_bounded()
         .unwrap();
     assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
     // Still serving, and none of it cost memory that stayed.
-    let answer = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-        .body(valid)
-        .send()
-        .await
-        .unwrap();
+    let answer = post_syncml(&client, &url, valid, None).await;
     assert_eq!(answer.status(), StatusCode::OK);
     let after = refresh_testkit::process::rss(pid).expect("the api's memory");
     assert!(
@@ -652,8 +651,9 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
     std::fs::create_dir_all(&dir).unwrap();
     let cert_file = dir.join("device.pem");
     std::fs::write(&cert_file, &certificate.cert_pem).unwrap();
-    let created = stack
-        .refreshctl(&[
+    // `device create` and `device omadm set` with an identity: `--dm-device-id ID` then `more`.
+    let create = |id: &str, more: &[&str]| -> Vec<String> {
+        let head = [
             "device",
             "create",
             "--org",
@@ -661,11 +661,41 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
             "--push",
             "wns",
             "--dm-device-id",
+            id,
+        ];
+        head.iter()
+            .chain(more)
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
+    let set = |device: &str, more: &[&str]| -> Vec<String> {
+        let head = ["device", "omadm", "set", "--device", device];
+        head.iter()
+            .chain(more)
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
+    let stack = &stack;
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stack.refreshctl_output(&args).await
+    };
+    let json_of = |output: std::process::Output| -> Value {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+
+    let created = json_of(
+        run(create(
             &dm_device_id,
-            "--cert",
-            cert_file.to_str().unwrap(),
-        ])
-        .await;
+            &["--cert", cert_file.to_str().unwrap()],
+        ))
+        .await,
+    );
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(created["dmDeviceId"], json!(dm_device_id));
     assert_eq!(created["certThumbprint"], json!(certificate.thumbprint));
@@ -678,35 +708,15 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
         .chunks(2)
         .map(|pair| String::from_utf8_lossy(pair).to_uppercase())
         .collect();
-    let second = stack
-        .refreshctl(&[
-            "device",
-            "create",
-            "--org",
-            &org,
-            "--push",
-            "wns",
-            "--dm-device-id",
+    let second = json_of(
+        run(create(
             "DM-SECOND",
-            "--cert-thumbprint",
-            &printed.join(":"),
-        ])
-        .await;
+            &["--cert-thumbprint", &printed.join(":")],
+        ))
+        .await,
+    );
     assert_eq!(second["certThumbprint"], json!(certificate.thumbprint));
-    let refused = stack
-        .refreshctl_output(&[
-            "device",
-            "create",
-            "--org",
-            &org,
-            "--push",
-            "wns",
-            "--dm-device-id",
-            "DM-THIRD",
-            "--cert-thumbprint",
-            "abc",
-        ])
-        .await;
+    let refused = run(create("DM-THIRD", &["--cert-thumbprint", "abc"])).await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -714,53 +724,42 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
         "{stderr}"
     );
 
-    // A renewed certificate replaces the old one.
-    let id = bson::oid::ObjectId::parse_str(created["id"].as_str().unwrap()).unwrap();
+    // A renewed certificate replaces the old one; a thumbprint alone is refused.
+    let id = created["id"].as_str().unwrap().to_owned();
     let old = ca.client(&dm_device_id);
-    let set = stack
-        .refreshctl(&[
-            "device",
-            "omadm",
-            "set",
-            "--device",
-            &id.to_hex(),
-            "--dm-device-id",
-            &dm_device_id,
-            "--cert-thumbprint",
-            &old.thumbprint,
-        ])
-        .await;
-    assert_eq!(set["certThumbprint"], json!(old.thumbprint));
-    let alone = stack
-        .refreshctl_output(&[
-            "device",
-            "omadm",
-            "set",
-            "--device",
-            &id.to_hex(),
-            "--cert-thumbprint",
-            &old.thumbprint,
-        ])
-        .await;
+    let renewed = json_of(
+        run(set(
+            &id,
+            &[
+                "--dm-device-id",
+                &dm_device_id,
+                "--cert-thumbprint",
+                &old.thumbprint,
+            ],
+        ))
+        .await,
+    );
+    assert_eq!(renewed["certThumbprint"], json!(old.thumbprint));
+    let alone = run(set(&id, &["--cert-thumbprint", &old.thumbprint])).await;
     assert!(
         !alone.status.success(),
         "a thumbprint without the DM device id"
     );
-    stack
-        .refreshctl(&[
-            "device",
-            "omadm",
-            "set",
-            "--device",
-            &id.to_hex(),
-            "--dm-device-id",
-            &dm_device_id,
-            "--cert-thumbprint",
-            &certificate.thumbprint,
-        ])
-        .await;
+    json_of(
+        run(set(
+            &id,
+            &[
+                "--dm-device-id",
+                &dm_device_id,
+                "--cert-thumbprint",
+                &certificate.thumbprint,
+            ],
+        ))
+        .await,
+    );
 
     // The device so registered opens a session and is served.
+    let id = bson::oid::ObjectId::parse_str(&id).unwrap();
     let device = stack.store.device_by_id(id).await.unwrap().unwrap();
     let dm = DmDevice {
         device,
@@ -809,25 +808,14 @@ async fn a_trusted_proxy_may_pass_on_the_certificate_it_verified_and_nobody_else
     let dm = stack.dm_device(&ca, &[]).await;
     stack.pushed_refresh(&dm.device, &["os"]).await;
     let url = format!("{}/ManagementServer/MDM.svc", stack.devices);
-    let body = format!(
-        r#"<SyncML xmlns="SYNCML:SYNCML1.2"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto><SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>{url}</LocURI></Target><Source><LocURI>{}</LocURI></Source></SyncHdr><SyncBody><Alert><CmdID>1</CmdID><Data>1201</Data></Alert><Final/></SyncBody></SyncML>"#,
-        dm.dm_device_id
-    );
-    let post = |url: String, certificate: Option<String>| {
-        let mut request = stack
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body.clone());
-        if let Some(certificate) = certificate {
-            request = request.header("x-client-cert", certificate);
-        }
-        request.send()
-    };
-
-    let answer = post(url.clone(), Some(passing(&dm.certificate)))
-        .await
-        .unwrap();
+    let body = opening(&url, &dm.dm_device_id);
+    let answer = post_syncml(
+        &stack.http,
+        &url,
+        body.clone(),
+        Some(passing(&dm.certificate)),
+    )
+    .await;
     assert_eq!(answer.status(), StatusCode::OK);
     let reply = parse(&answer.text().await.unwrap());
     let asked: Vec<String> = reads(&reply).into_iter().map(|(_, uri)| uri).collect();
@@ -840,20 +828,20 @@ async fn a_trusted_proxy_may_pass_on_the_certificate_it_verified_and_nobody_else
         ("no certificate", None),
         ("not a certificate", Some("garbage%0A".to_owned())),
     ] {
-        let answer = post(url.clone(), certificate).await.unwrap();
+        let answer = post_syncml(&stack.http, &url, body.clone(), certificate).await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{case}");
     }
 
     // An api that trusts another address believes no such header.
     let other = elsewhere.dm_device(&ca, &[]).await;
-    let answer = elsewhere
-        .http
-        .post(format!("{}/ManagementServer/MDM.svc", elsewhere.devices))
-        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-        .header("x-client-cert", passing(&other.certificate))
-        .body(body.replace(&dm.dm_device_id, &other.dm_device_id))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}/ManagementServer/MDM.svc", elsewhere.devices);
+    let body = opening(&url, &other.dm_device_id);
+    let answer = post_syncml(
+        &elsewhere.http,
+        &url,
+        body,
+        Some(passing(&other.certificate)),
+    )
+    .await;
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 }
