@@ -6,6 +6,8 @@
 //! Windows does not use WBXML for MDM.
 
 mod read;
+#[cfg(test)]
+mod tests;
 mod write;
 
 pub use read::{Limits, ParseError};

@@ -1,6 +1,6 @@
 //! Reading and writing messages shaped like MS-MDM's protocol examples, and refusing hostile ones.
 
-use refresh_syncml::{Command, CommandKind, Header, Item, Limits, Message, ParseError};
+use crate::{Command, CommandKind, Header, Item, Limits, Message, ParseError};
 
 /// A device's first message of a session, as MS-MDM's example shapes it.
 const SESSION_START: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
