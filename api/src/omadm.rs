@@ -36,8 +36,8 @@ const CONVERSATION_IDLE: Duration = Duration::from_secs(300);
 /// How long a category reported in a session is not read again by the next one: time for the
 /// worker to apply the report and free the device's claim.
 const REPORTED_GRACE: Duration = Duration::from_secs(60);
-/// The reads one category's answers may gather, across a session's messages, before the
-/// session is refused: a device with a valid certificate is still not trusted to be small.
+/// The bytes of answers (node names and values) a session may gather across its messages
+/// before it is refused: a device with a valid certificate is still not trusted to be small.
 const MAX_GATHERED_BYTES: usize = 8 * 1024 * 1024;
 /// The format of the `AppInventoryQuery` a `Replace` carries.
 const QUERY_FORMAT: &str = "xml";
@@ -169,7 +169,10 @@ impl Conversation {
                     status::OK
                 }
                 CommandKind::Results => {
-                    self.results(command)?;
+                    if let Err(refusal) = self.results(command) {
+                        self.forget_session();
+                        return Err(refusal);
+                    }
                     channel_uri = channel_uri.or_else(|| reported_channel(command));
                     status::OK
                 }
@@ -583,6 +586,41 @@ mod tests {
         // No answer to the reads; a new session (MsgID 1) some time later.
         let again = conversation.turn(&device, &opening("S2")).unwrap();
         assert_eq!(again.reply.commands.len(), asked.reply.commands.len());
+    }
+
+    #[test]
+    fn a_session_gathering_too_much_is_refused_and_forgotten() {
+        let device = device(&[(Category::Certificates, ObjectId::new())]);
+        let mut conversation = Conversation::default();
+        let asked = conversation.turn(&device, &opening("S1")).unwrap();
+        let get = &asked.reply.commands[2];
+        let value = "x".repeat(MAX_VALUE_BYTES);
+        let results = |cmd_id: u32| Command {
+            msg_ref: Some(1),
+            cmd_ref: Some(get.cmd_id),
+            items: (0..64)
+                .map(|i| Item {
+                    source: Some(format!(
+                        "./Vendor/MSFT/CertificateStore/Root/System/{cmd_id}-{i}"
+                    )),
+                    data: Some(value.clone()),
+                    ..Item::default()
+                })
+                .collect(),
+            ..Command::new(CommandKind::Results, cmd_id)
+        };
+        // 64 × 64 KiB = 4 MiB a message, in a package that never ends.
+        let mut split = message("S1", 2, vec![results(1)]);
+        split.is_final = false;
+        let turn = conversation.turn(&device, &split).unwrap();
+        assert_eq!(turn.next, Next::Continue);
+        let mut more = message("S1", 3, vec![results(1), results(2)]);
+        more.is_final = false;
+        assert!(matches!(
+            conversation.turn(&device, &more),
+            Err(Refusal::TooMuchGathered)
+        ));
+        assert!(conversation.gathering.is_empty() && conversation.awaiting.is_empty());
     }
 
     #[test]

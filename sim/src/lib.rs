@@ -54,6 +54,9 @@ pub struct PushRecord {
     pub target: String,
     pub job_id: Option<String>,
     pub categories: Vec<String>,
+    /// When the push arrived (RFC 3339). Not when it was answered: a push its sender gave up
+    /// on (a timeout, a killed worker) may be answered after the sender did more, but it was
+    /// made before.
     pub at: String,
     /// The status the sim answered with.
     pub status: u16,
@@ -66,7 +69,7 @@ pub struct PushRecord {
 }
 
 impl PushRecord {
-    /// A push as it arrived, before the sim answers it.
+    /// A push as it arrives, before the sim answers it.
     fn new(
         gateway: SimGateway,
         target: String,
@@ -78,14 +81,16 @@ impl PushRecord {
             target,
             job_id,
             categories,
-            at: String::new(),
+            at: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
             status: 0,
             cache_policy: None,
             ttl_secs: None,
         }
     }
 
-    /// When the sim answered the push.
+    /// When the push arrived.
     pub fn time(&self) -> OffsetDateTime {
         OffsetDateTime::parse(&self.at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
@@ -379,9 +384,6 @@ async fn answer(state: &SimState, mut push: PushRecord, success: StatusCode) -> 
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    push.at = OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default();
     push.status = status.as_u16();
     lock(&state.pushes).push(push);
     let mut response = status.into_response();

@@ -43,7 +43,8 @@ async fn all_jobs(stack: &TestStack) -> Vec<JobRecord> {
 
 /// Waits until every job is completed, then checks the sim's records against the jobs:
 /// returns (pushes accepted by the gateway, pushes made again after the category was recorded
-/// pushed, pushes made twice before it was recorded).
+/// pushed, pushes made twice before it was recorded). A push is made when it reaches the
+/// gateway: one a killed worker sent is answered later, but was made before.
 async fn settle_and_audit(
     stack: &TestStack,
     jobs: usize,
@@ -99,6 +100,11 @@ async fn settle_and_audit(
         *per_category.entry(key.clone()).or_default() += 1;
         let at_ms = i64::try_from(push.time().unix_timestamp_nanos() / 1_000_000).unwrap();
         if at_ms > pushed_at[&key] {
+            // Named, so a failure says which push and which record.
+            println!(
+                "pushed after it was recorded: {push:?}, recorded pushedAt {} ms",
+                pushed_at[&key]
+            );
             after_recorded += 1;
         }
     }

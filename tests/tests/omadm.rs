@@ -157,7 +157,12 @@ async fn a_wns_device_is_read_in_its_management_session_and_its_refresh_complete
     );
 
     // One session read everything, once, and its messages are shaped as MS-MDM's examples.
-    let sessions = stack.sessions().await;
+    // (The sim records a session when it ends, which may be after the job settled.)
+    let sessions = wait_until("the reading session's record", DEADLINE, || async {
+        let sessions = stack.sessions().await;
+        (!reading_sessions(&sessions).is_empty()).then_some(sessions)
+    })
+    .await;
     let reading = reading_sessions(&sessions);
     assert_eq!(reading.len(), 1, "{sessions:#?}");
     let session = reading[0];
@@ -288,7 +293,11 @@ async fn one_session_reads_what_two_jobs_wait_for_once() {
             assert_eq!(record.report_source, Some(ReportSource::Omadm));
         }
     }
-    let sessions = stack.sessions().await;
+    let sessions = wait_until("the session's record", DEADLINE, || async {
+        let sessions = stack.sessions().await;
+        (!sessions.is_empty()).then_some(sessions)
+    })
+    .await;
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     let reply = parse(&sessions[0].exchanges[0].received);
     let mut read: BTreeMap<String, usize> = BTreeMap::new();
@@ -356,6 +365,59 @@ async fn a_device_that_drops_mid_session_is_pushed_again_and_read_then() {
         pushes.len() >= 2,
         "pushed again after the deadline: {pushes:?}"
     );
+}
+
+#[tokio::test]
+async fn what_a_device_leaves_unanswered_stays_outstanding() {
+    let ca = Authority::new("device-refresh test devices");
+    let stack = TestStack::start_omadm(&ca, &[]).await;
+    let dm = stack.dm_device(&ca, &[]).await;
+    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    let (job_id, _) = stack.pushed_refresh(&dm.device, &["hardware", "os"]).await;
+    // The device answers the reads of the first category it is asked for, and ends its
+    // package without a word about the other.
+    stack
+        .fault(json!({ "mode": "ok", "report": "partial" }))
+        .await;
+    stack
+        .sim(
+            "/_sim/sessions",
+            Some(json!({ "deviceId": dm.device.id.to_hex() })),
+        )
+        .await;
+    let job = wait_until("hardware reported", DEADLINE, || async {
+        let job = stack.job(&job_id).await;
+        (job.categories[&Category::Hardware].state == CategoryState::Reported).then_some(job)
+    })
+    .await;
+    assert_eq!(
+        job.categories[&Category::Hardware].report_source,
+        Some(ReportSource::Omadm)
+    );
+    // The session ended when the server had nothing left to ask (the unanswered reads are not
+    // asked twice in one session); the category waits, pushed, for its deadline.
+    let sessions = wait_until("the session's record", DEADLINE, || async {
+        let sessions = stack.sessions().await;
+        (!sessions.is_empty()).then_some(sessions)
+    })
+    .await;
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert_eq!(sessions[0].outcome, SessionOutcome::Ended);
+    assert_eq!(sessions[0].exchanges.len(), 2);
+    let job = stack.job(&job_id).await;
+    assert_eq!(
+        job.categories[&Category::Os].state,
+        CategoryState::Pushed,
+        "{job:?}"
+    );
+    assert_eq!(job.state(), JobState::InProgress);
+    let device = stack
+        .store
+        .device(stack.organization.id, dm.device.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.refresh_info_needed, [Category::Os]);
 }
 
 #[tokio::test]
