@@ -31,7 +31,7 @@ use bson::{Document, doc, oid::ObjectId};
 use mongodb::{
     Client, Collection, Database,
     error::{ErrorKind, WriteFailure},
-    options::ClientOptions,
+    options::{Acknowledgment, ClientOptions},
 };
 use secrecy::ExposeSecret;
 use std::time::Duration;
@@ -125,6 +125,15 @@ impl Store {
         // An unreachable server must turn into a 503 quickly, not after the driver's 30 s.
         options.server_selection_timeout = Some(settings.server_timeout);
         options.connect_timeout = Some(settings.server_timeout);
+        // What a 200 or 202 promises must survive the loss of the primary (CONTRACT §7):
+        // acknowledged by a majority of a replica set (on a single server, that server). A `w`
+        // in MONGODB_URI is the operator's to set, and wins. Retryable writes are the driver's
+        // default, kept: a write interrupted by an election is retried once.
+        if options.write_concern.as_ref().is_none_or(|concern| concern.w.is_none()) {
+            let mut concern = options.write_concern.take().unwrap_or_default();
+            concern.w = Some(Acknowledgment::Majority);
+            options.write_concern = Some(concern);
+        }
         let client = Client::with_options(options)?;
         Ok(Store::new(client.database(&settings.database)))
     }
@@ -187,5 +196,39 @@ impl DatabaseProbe {
                 pinged.is_ok()
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+    use std::time::Duration;
+
+    async fn write_concern_of(uri: &str) -> Option<Acknowledgment> {
+        let settings = MongoSettings {
+            uri: SecretString::from(uri.to_owned()),
+            database: "unused".to_owned(),
+            server_timeout: Duration::from_secs(1),
+        };
+        // The driver connects lazily: nothing listens there, and nothing needs to.
+        let store = Store::connect(&settings, "test").await.expect("a valid URI");
+        store.database().write_concern().and_then(|concern| concern.w.clone())
+    }
+
+    #[tokio::test]
+    async fn writes_are_acknowledged_by_a_majority_unless_the_uri_says_otherwise() {
+        assert_eq!(
+            write_concern_of("mongodb://127.0.0.1:1").await,
+            Some(Acknowledgment::Majority)
+        );
+        assert_eq!(
+            write_concern_of("mongodb://127.0.0.1:1/?journal=true").await,
+            Some(Acknowledgment::Majority)
+        );
+        assert_eq!(
+            write_concern_of("mongodb://127.0.0.1:1/?w=2").await,
+            Some(Acknowledgment::Nodes(2))
+        );
     }
 }
