@@ -18,7 +18,8 @@ pub struct Core {
 
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    /// Holds the broker password, hence secret.
+    /// One broker URL, or the nodes of a cluster comma-separated; holds the broker password,
+    /// hence secret.
     pub url: SecretString,
     /// Prefix of every exchange and queue name; must start with `refresh`.
     pub prefix: String,
@@ -150,6 +151,9 @@ impl Load for AmqpSettings {
             retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
             report_deadline: env.secs("REPORT_DEADLINE_SECS", 900),
         };
+        if let Err(error) = crate::broker::nodes(&amqp.url) {
+            env.refuse(&error.to_string());
+        }
         if !amqp.prefix.starts_with("refresh") {
             env.refuse("AMQP_PREFIX: must start with 'refresh'");
         }
@@ -277,6 +281,24 @@ mod tests {
             s.amqp.retry_tiers,
             [10, 60, 600].map(Duration::from_secs).to_vec()
         );
+    }
+
+    #[test]
+    fn amqp_url_names_one_node_or_several_and_a_bad_one_is_refused_without_its_password() {
+        let cluster = "amqp://u:p@rabbit-1:5672/%2f, amqp://u:p@rabbit-2:5672/%2f";
+        let s = core(&[("AMQP_URL", cluster)]).expect("a cluster");
+        assert_eq!(crate::broker::nodes(&s.amqp.url).expect("nodes").len(), 2);
+        let text = core(&[(
+            "AMQP_URL",
+            "amqp://u:hunter2@rabbit-1/%2f,http://u:hunter2@x",
+        )])
+        .expect_err("a node that is not AMQP")
+        .to_string();
+        assert!(
+            text.contains("AMQP_URL") && text.contains("node 2"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::processes::{Services, spawn_binary};
 use push_gateway_sim::SimServer;
 use refresh_shared::{
-    broker::Topology,
+    broker::{self, Topology},
     settings::{Core, Load, MongoSettings},
     store::{Organization, Store},
     token::PERMISSION_DEVICE_INFO,
@@ -14,7 +14,6 @@ use refresh_testkit::{
     process::{free_addr, wait_ready},
     seed, teardown,
 };
-use secrecy::ExposeSecret;
 use std::{collections::HashMap, net::SocketAddr};
 use tokio_util::sync::CancellationToken;
 
@@ -189,7 +188,7 @@ impl Drop for TestStack {
             database: self.settings.core.mongo.database.clone(),
             ..environment.mongo
         };
-        let amqp_url = environment.amqp.url.expose_secret().to_owned();
+        let amqp_url = environment.amqp.url;
         let topology = Topology::new(&self.settings.core.amqp);
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -201,8 +200,7 @@ impl Drop for TestStack {
                 if let Ok(store) = Store::connect(&mongo, "refresh-tests-cleanup").await {
                     let _ = store.database().drop().await;
                 }
-                if let Ok(broker) = lapin::Connection::connect(&amqp_url, Default::default()).await
-                {
+                if let Ok(broker) = broker::connect(&amqp_url, "refresh-tests-cleanup").await {
                     let _ = teardown::delete_topology(&broker, &topology).await;
                     let _ = broker.close(200, "bye".into()).await;
                 }

@@ -170,3 +170,37 @@ async fn a_worker_mid_job_holds_it_through_a_mongodb_outage_and_finishes_it() {
         "held, not pushed again"
     );
 }
+
+#[tokio::test]
+async fn a_process_whose_broker_node_goes_away_moves_to_another_node_of_amqp_url() {
+    // Two ways to the broker stand for two nodes of a cluster: whichever each process took,
+    // cutting it leaves the other.
+    let (first, first_url) = Proxy::rabbitmq().await;
+    let (second, second_url) = Proxy::rabbitmq().await;
+    let stack = TestStack::start_with(&[("AMQP_URL", format!("{first_url},{second_url}"))]).await;
+    let device = stack.device().await;
+    let (_, job) = stack.settled_refresh(&device, &["os"]).await;
+    assert_eq!(job.categories[&Category::Os].state, CategoryState::Reported);
+
+    for (down, category) in [(&first, "hardware"), (&second, "network")] {
+        down.cut();
+        // Until every process has moved, a refresh may be refused 503; none is lost.
+        let job_id = wait_until(
+            "a refresh accepted through the other node",
+            DEADLINE,
+            || async {
+                let answer = stack.refresh_device(&device, &[category]).await;
+                match answer.status {
+                    StatusCode::OK => Some(answer.job_id()),
+                    StatusCode::SERVICE_UNAVAILABLE => None,
+                    other => panic!("{other}: {:?}", answer.body),
+                }
+            },
+        )
+        .await;
+        let job = stack.wait_for_settled_job(&job_id).await;
+        let state = job.categories[&category.parse::<Category>().unwrap()].state;
+        assert_eq!(state, CategoryState::Reported, "{job:?}");
+        down.restore();
+    }
+}

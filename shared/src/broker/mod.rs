@@ -7,7 +7,7 @@ mod publisher;
 mod queues;
 mod topology;
 
-pub use connection::connect;
+pub use connection::{connect, nodes};
 pub use invalidations::Invalidation;
 pub use publisher::Publisher;
 pub use queues::{DeadLetter, Queues, Replayed};

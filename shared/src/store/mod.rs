@@ -129,7 +129,11 @@ impl Store {
         // acknowledged by a majority of a replica set (on a single server, that server). A `w`
         // in MONGODB_URI is the operator's to set, and wins. Retryable writes are the driver's
         // default, kept: a write interrupted by an election is retried once.
-        if options.write_concern.as_ref().is_none_or(|concern| concern.w.is_none()) {
+        if options
+            .write_concern
+            .as_ref()
+            .is_none_or(|concern| concern.w.is_none())
+        {
             let mut concern = options.write_concern.take().unwrap_or_default();
             concern.w = Some(Acknowledgment::Majority);
             options.write_concern = Some(concern);
@@ -212,8 +216,13 @@ mod tests {
             server_timeout: Duration::from_secs(1),
         };
         // The driver connects lazily: nothing listens there, and nothing needs to.
-        let store = Store::connect(&settings, "test").await.expect("a valid URI");
-        store.database().write_concern().and_then(|concern| concern.w.clone())
+        let store = Store::connect(&settings, "test")
+            .await
+            .expect("a valid URI");
+        store
+            .database()
+            .write_concern()
+            .and_then(|concern| concern.w.clone())
     }
 
     #[tokio::test]
