@@ -16,6 +16,7 @@ pub mod settings;
 mod state;
 mod strict_json;
 mod tls;
+mod trace;
 mod validate;
 
 pub use error::{ApiError, FieldProblem};

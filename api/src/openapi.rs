@@ -359,6 +359,15 @@ fn idempotency_key() -> Parameter {
     )
 }
 
+fn traceparent() -> Parameter {
+    parameter(
+        "traceparent",
+        ParameterIn::Header,
+        crate::trace::TRACEPARENT_PATTERN,
+        "W3C trace context: the refresh continues the caller's trace (its job's messages, logs and gateway requests carry it); without one, or with one that is not valid, a new trace starts",
+    )
+}
+
 /// Declares a type whose `IntoParams` lists the given parameters.
 macro_rules! parameters {
     ($($(#[$doc:meta])* $name:ident = [$($parameter:expr),* $(,)?];)*) => {$(
@@ -384,7 +393,7 @@ fn win_device_id() -> Parameter {
 
 parameters! {
     /// `POST …/devices/{winDeviceId}/info`.
-    RefreshParams = [organization_id(), win_device_id(), idempotency_key()];
+    RefreshParams = [organization_id(), win_device_id(), idempotency_key(), traceparent()];
     /// `GET …/devices/{winDeviceId}/inventory`.
     InventoryParams = [
         organization_id(),
@@ -397,7 +406,7 @@ parameters! {
         ),
     ];
     /// `POST …/refresh-batches`.
-    CreateBatchParams = [organization_id(), idempotency_key()];
+    CreateBatchParams = [organization_id(), idempotency_key(), traceparent()];
     /// `GET …/refresh-jobs/{jobId}`.
     JobParams = [
         organization_id(),

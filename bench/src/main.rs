@@ -149,7 +149,7 @@ fn sample_message() -> Vec<u8> {
         &CATEGORIES,
         Lane::Interactive,
     )
-    .message(CATEGORIES.to_vec())
+    .message(CATEGORIES.to_vec(), None)
     .encode()
 }
 

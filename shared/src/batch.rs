@@ -4,6 +4,7 @@
 use crate::{
     device::DeviceState,
     job::{CategoryState, hex_object_id},
+    trace::TraceParent,
 };
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -33,13 +34,18 @@ pub struct ExpandBatch {
     pub version: u16,
     #[serde(with = "hex_object_id")]
     pub batch_id: ObjectId,
+    /// The batch request's trace context, in the message's `traceparent` header: the batch's
+    /// jobs carry it on.
+    #[serde(skip)]
+    pub trace: Option<TraceParent>,
 }
 
 impl ExpandBatch {
-    pub fn new(batch_id: ObjectId) -> ExpandBatch {
+    pub fn new(batch_id: ObjectId, trace: Option<TraceParent>) -> ExpandBatch {
         ExpandBatch {
             version: EXPAND_MESSAGE_VERSION,
             batch_id,
+            trace,
         }
     }
 
@@ -188,7 +194,7 @@ mod tests {
 
     #[test]
     fn the_expand_message_round_trips() {
-        let message = ExpandBatch::new(ObjectId::new());
+        let message = ExpandBatch::new(ObjectId::new(), None);
         assert_eq!(ExpandBatch::decode(&message.encode()).ok(), Some(message));
         assert!(
             ExpandBatch::decode(br#"{"version":2,"batchId":"65a1b2c3d4e5f6a7b8c9d0e1"}"#).is_err()

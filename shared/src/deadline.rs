@@ -5,6 +5,7 @@
 use crate::{
     Category,
     job::{Lane, hex_object_id},
+    trace::TraceParent,
 };
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ pub struct ReportDeadline {
     pub categories: Vec<Category>,
     /// Pushes made after the first, because earlier deadlines passed without a report.
     pub repush: u32,
+    /// The refresh's trace context, in the message's `traceparent` header.
+    #[serde(skip)]
+    pub trace: Option<TraceParent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,7 @@ mod tests {
             lane: Lane::Bulk,
             categories: vec![Category::Os],
             repush: 1,
+            trace: None,
         };
         assert_eq!(
             ReportDeadline::decode(&deadline.encode()).ok(),

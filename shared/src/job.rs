@@ -1,7 +1,7 @@
 //! A refresh job: the message the api publishes, the per-category states the worker records,
 //! and the transition rules every write-back is guarded by.
 
-use crate::Category;
+use crate::{Category, trace::TraceParent};
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use strum::EnumIter;
@@ -35,6 +35,10 @@ pub struct RefreshJob {
     /// by the deadline (0 for a first push; absent on the wire then).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub repush: u32,
+    /// The refresh's trace context: it travels in the message's `traceparent` header, not in
+    /// the body.
+    #[serde(skip)]
+    pub trace: Option<TraceParent>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -280,6 +284,7 @@ mod tests {
             lane: Lane::Interactive,
             attempt: 0,
             repush: 0,
+            trace: None,
         }
     }
 
@@ -396,6 +401,7 @@ mod tests {
                         lane: if bulk { Lane::Bulk } else { Lane::Interactive },
                         attempt,
                         repush: attempt % 3,
+                        trace: None,
                     },
                 )
         }

@@ -17,6 +17,7 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod trace;
 
 pub use category::Category;
 

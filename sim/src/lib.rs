@@ -66,15 +66,19 @@ pub struct PushRecord {
     pub cache_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// The W3C trace context the push came with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl PushRecord {
-    /// A push as it arrives, before the sim answers it.
+    /// A push as it arrives with `headers`, before the sim answers it.
     fn new(
         gateway: SimGateway,
         target: String,
         job_id: Option<String>,
         categories: Vec<String>,
+        headers: &HeaderMap,
     ) -> PushRecord {
         PushRecord {
             gateway,
@@ -87,6 +91,10 @@ impl PushRecord {
             status: 0,
             cache_policy: None,
             ttl_secs: None,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
         }
     }
 
@@ -270,6 +278,7 @@ fn refused(error: &serde_json::Error) -> Response {
 async fn agent_push(
     State(state): State<Arc<SimState>>,
     Path(device_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -284,6 +293,7 @@ async fn agent_push(
         device_id.clone(),
         payload["jobId"].as_str().map(str::to_owned),
         categories,
+        &headers,
     );
     let answer = answer(&state, push, StatusCode::ACCEPTED).await;
     if answer.status().is_success() {
@@ -353,6 +363,7 @@ async fn wns_push(
             channel_id.clone(),
             text("ms-cv"),
             Vec::new(),
+            &headers,
         )
     };
     let answer = answer(&state, push, StatusCode::OK).await;

@@ -223,6 +223,21 @@ impl TestStack {
         serde_json::from_value(self.sim("/_sim/pushes", None).await).expect("push records")
     }
 
+    /// The trace ids the pushes for `job` carried (`traceparent`), one per push; panics on a
+    /// push without a valid one.
+    pub async fn push_trace_ids(&self, job: &str) -> Vec<String> {
+        self.pushes_for_job(job)
+            .await
+            .iter()
+            .map(|push| {
+                let value = push.traceparent.as_deref().unwrap_or_default();
+                refresh_shared::trace::TraceParent::parse(value)
+                    .unwrap_or_else(|| panic!("a push without a trace context: {push:?}"))
+                    .trace_id()
+            })
+            .collect()
+    }
+
     pub async fn pushes_for_job(&self, job: &str) -> Vec<PushRecord> {
         let mut pushes = self.pushes().await;
         pushes.retain(|p| p.job_id.as_deref() == Some(job));

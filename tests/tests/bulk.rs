@@ -86,13 +86,26 @@ async fn a_batch_by_filter_takes_the_tagged_devices_in_the_state_asked() {
     stack.devices(1, DeviceState::Provisioning, &["lab"]).await;
     stack.devices(2, DeviceState::Active, &["office"]).await;
 
-    let by_state = stack
-        .bulk(
+    // Sent in a caller's trace: the batch's expansion and every job go on in it.
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let request = stack
+        .http
+        .post(stack.batches_url(&stack.org_id()))
+        .bearer_auth(&stack.token)
+        .header("traceparent", caller)
+        .json(
             &json!({ "info": ["os", "network"], "filter": { "state": "ACTIVE", "tags": ["lab"] } }),
-        )
-        .await;
+        );
+    let by_state = Answer::of(request).await;
     let batch = stack.wait_for_batch(&by_state.batch_id(), DEADLINE).await;
     assert_eq!((batch.total, batch.counts.reported), (3, 3), "{batch:?}");
+    for push in stack.pushes().await {
+        let sent = push.traceparent.unwrap_or_default();
+        assert!(
+            sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{sent}"
+        );
+    }
     let pushes = pushes_per_device(&stack).await;
     for device in &lab {
         assert_eq!(

@@ -288,6 +288,58 @@ async fn a_gateway_that_keeps_failing_ends_the_category_failed_with_its_reason()
         waited >= time::Duration::seconds(1),
         "the third push came from the retry queue: {waited}"
     );
+    // The retry queue kept the job's trace.
+    let traces = stack.push_trace_ids(&job_id).await;
+    assert!(traces.iter().all(|trace| *trace == traces[0]), "{traces:?}");
+}
+
+#[tokio::test]
+async fn a_refresh_carries_the_caller_s_trace_to_every_push_or_starts_one() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = stack
+        .http
+        .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+        .bearer_auth(&stack.token)
+        .header("traceparent", caller)
+        .json(&json!({ "info": ["hardware", "os"] }));
+    let job_id = Answer::of(request).await.job_id();
+    stack.wait_for_settled_job(&job_id).await;
+    let pushes = stack.pushes_for_job(&job_id).await;
+    assert_eq!(pushes.len(), 2);
+    for push in &pushes {
+        let sent = push.traceparent.as_deref().unwrap_or_default();
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{push:?}"
+        );
+        assert_ne!(sent, caller, "each hop is a span of its own");
+    }
+
+    // Without one, or with one that is not valid, the api starts a trace of its own.
+    let mut started = Vec::new();
+    for (header, categories) in [
+        (None, json!(["network", "security"])),
+        (Some("00-not-a-trace-01"), json!(["applications"])),
+    ] {
+        let mut request = stack
+            .http
+            .post(stack.refresh_url(&stack.org_id(), &device.id.to_hex()))
+            .bearer_auth(&stack.token)
+            .json(&json!({ "info": categories }));
+        if let Some(header) = header {
+            request = request.header("traceparent", header);
+        }
+        let job_id = Answer::of(request).await.job_id();
+        stack.wait_for_settled_job(&job_id).await;
+        let traces = stack.push_trace_ids(&job_id).await;
+        assert!(!traces.is_empty());
+        assert!(traces.iter().all(|trace| *trace == traces[0]), "{traces:?}");
+        started.push(traces[0].clone());
+    }
+    assert_ne!(started[0], started[1]);
+    assert!(!started.contains(&"4bf92f3577b34da6a3ce929d0e0e4736".to_owned()));
 }
 
 #[tokio::test]

@@ -179,6 +179,9 @@ async fn a_device_that_never_reports_is_pushed_again_then_ends_unreported() {
         per_category.values().all(|&n| n == 2),
         "exactly 2 pushes each: {per_category:?}"
     );
+    // The deadline's repush went on in the refresh's trace.
+    let traces = stack.push_trace_ids(&job_id).await;
+    assert!(traces.iter().all(|trace| *trace == traces[0]), "{traces:?}");
     let stored = stack
         .store
         .device(stack.organization.id, device.id)

@@ -22,13 +22,14 @@ use lapin::{
 };
 use refresh_shared::{
     batch::ExpandBatch,
-    broker::{BrokerError, Topology, connect},
+    broker::{BrokerError, Topology, connect, trace_of},
     deadline::ReportDeadline,
     job::{Lane, RefreshJob},
     metric,
     report::DeviceReport,
     retry::{RetryPolicy, WaitEnd},
     settings::AmqpSettings,
+    trace::TraceParent,
 };
 use std::{
     any::Any,
@@ -310,9 +311,10 @@ async fn subscribe(
 /// Processes one job delivery and answers it exactly once.
 async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
     let decoded = RefreshJob::decode(&delivery.data);
-    let Some(job) = decoded_or_dead(&delivery, "job", decoded).await else {
+    let Some(mut job) = decoded_or_dead(&delivery, "job", decoded).await else {
         return;
     };
+    job.trace = trace_of(&delivery.properties);
     if job.attempt == 0 {
         // How long it queued: a first delivery's age is its wait in the work queue.
         let waited = (OffsetDateTime::now_utc() - job.requested_at)
@@ -321,7 +323,7 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
         metrics::histogram!(metric::JOB_QUEUE_WAIT, "lane" => lane.as_str()).record(waited);
         metrics::gauge!(metric::JOB_LAST_QUEUE_WAIT, "lane" => lane.as_str()).set(waited);
     }
-    let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str());
+    let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str(), trace_id = trace_id(job.trace));
     let redelivered = delivery.redelivered;
     let verdict = async {
         let processed = until_answered(dispatcher, || dispatcher.process(&job, redelivered));
@@ -377,8 +379,10 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
     let Some(message) = decoded_or_dead(&delivery, "expansion request", decoded).await else {
         return;
     };
-    let span = tracing::info_span!("batch", batch_id = %message.batch_id);
-    let verdict = until_answered(dispatcher, || expander.expand(message.batch_id))
+    let trace = trace_of(&delivery.properties);
+    let span =
+        tracing::info_span!("batch", batch_id = %message.batch_id, trace_id = trace_id(trace));
+    let verdict = until_answered(dispatcher, || expander.expand(message.batch_id, trace))
         .instrument(span)
         .await;
     answer(&delivery, verdict).await;
@@ -400,14 +404,20 @@ async fn handle_report(dispatcher: &Dispatcher, delivery: Delivery) {
 /// Checks one passed report deadline and answers its delivery exactly once.
 async fn handle_deadline(dispatcher: &Dispatcher, delivery: Delivery) {
     let decoded = ReportDeadline::decode(&delivery.data);
-    let Some(deadline) = decoded_or_dead(&delivery, "report deadline", decoded).await else {
+    let Some(mut deadline) = decoded_or_dead(&delivery, "report deadline", decoded).await else {
         return;
     };
-    let span = tracing::info_span!("deadline", job_id = %deadline.job_id);
+    deadline.trace = trace_of(&delivery.properties);
+    let span = tracing::info_span!("deadline", job_id = %deadline.job_id, trace_id = trace_id(deadline.trace));
     let verdict = until_answered(dispatcher, || dispatcher.check_deadline(&deadline))
         .instrument(span)
         .await;
     answer(&delivery, verdict).await;
+}
+
+/// The trace id a span logs: empty for a message that came without a trace context.
+fn trace_id(trace: Option<TraceParent>) -> String {
+    trace.map(|trace| trace.trace_id()).unwrap_or_default()
 }
 
 /// Runs `work` to an answer, holding on (and trying again from the last recorded point) while

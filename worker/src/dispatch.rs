@@ -330,6 +330,7 @@ impl Dispatcher {
             lane: job.lane,
             categories: pushed.iter().map(|p| p.category).collect(),
             repush: job.repush,
+            trace: job.trace,
         };
         let publisher = &self.retry_publisher;
         self.publish("a report deadline", || {
@@ -392,7 +393,7 @@ impl Dispatcher {
                 .await;
         };
         let expires_at = job.requested_at + self.job_max_age;
-        let payload = PushPayload::new(job.job_id, job.device_id, category, expires_at);
+        let payload = PushPayload::new(job.job_id, job.device_id, category, expires_at, job.trace);
         self.push_until_settled(&mut attempt, first, fallbacks, &payload)
             .await
     }

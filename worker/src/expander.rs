@@ -20,6 +20,7 @@ use refresh_shared::{
     job::{Lane, RefreshJob},
     metric,
     store::{BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff},
+    trace::TraceParent,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -52,8 +53,9 @@ struct Planned {
 }
 
 impl Expander {
-    /// Expands `batch_id` from its checkpoint to the end. Safe to call again after a halt.
-    pub async fn expand(&self, batch_id: ObjectId) -> Result<(), Halt> {
+    /// Expands `batch_id` from its checkpoint to the end, its jobs in the batch request's
+    /// `trace`. Safe to call again after a halt.
+    pub async fn expand(&self, batch_id: ObjectId, trace: Option<TraceParent>) -> Result<(), Halt> {
         let Some(batch) = self.store.batch_by_id(batch_id).await? else {
             tracing::warn!(%batch_id, "batch to expand no longer exists");
             return Ok(());
@@ -73,7 +75,7 @@ impl Expander {
             let chunk_started = std::time::Instant::now();
             let (entries, mut progress, last) = self.next_chunk(&batch, &expansion).await?;
             let looked_up = chunk_started.elapsed();
-            self.expand_chunk(&batch, entries, resuming, &mut progress)
+            self.expand_chunk(&batch, entries, resuming, &mut progress, trace)
                 .await?;
             resuming = false;
             tracing::debug!(?looked_up, took = ?chunk_started.elapsed(), "chunk expanded");
@@ -169,6 +171,7 @@ impl Expander {
         entries: Vec<Entry>,
         resuming: bool,
         progress: &mut ChunkProgress,
+        trace: Option<TraceParent>,
     ) -> Result<(), Halt> {
         let existing = if resuming {
             self.jobs_of_earlier_run(batch, &entries).await?
@@ -178,7 +181,7 @@ impl Expander {
         let (planned, new_jobs) = plan(batch, entries, &existing, progress);
         self.store.insert_jobs(&new_jobs).await?;
         let claims = self.claim(planned).await?;
-        self.publish_claimed(claims, progress).await
+        self.publish_claimed(claims, progress, trace).await
     }
 
     /// The jobs an interrupted run made for the devices of `entries`, by device.
@@ -229,6 +232,7 @@ impl Expander {
         &self,
         claims: Vec<(Planned, Claim)>,
         progress: &mut ChunkProgress,
+        trace: Option<TraceParent>,
     ) -> Result<(), Halt> {
         let store = &self.store;
         let mut coalesced = Vec::new();
@@ -243,7 +247,7 @@ impl Expander {
                 store.drop_categories(job.id, &theirs).await?;
             }
             progress.accepted += 1;
-            messages.push(job.message(ours));
+            messages.push(job.message(ours, trace));
         }
         store.delete_jobs(&coalesced).await?;
 

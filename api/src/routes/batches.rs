@@ -9,6 +9,7 @@ use crate::{
     openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors, schema},
     routes::{Success, organization_and_id, refresh::body_rejection, rfc3339, success},
     state::AppState,
+    trace::request_trace,
     validate::{self, BulkRequest, BulkTarget, OrganizationRef},
 };
 use axum::{
@@ -27,6 +28,7 @@ use refresh_shared::{
     metric,
     store::{self, AuditAction, AuditResult, BatchRecord, BatchState},
     token::PERMISSION_DEVICE_INFO,
+    trace::TraceParent,
 };
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -65,6 +67,7 @@ pub async fn create_batch(
 ) -> Result<(StatusCode, Json<Success<BatchAccepted>>), ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let body = body.map_err(body_rejection)?;
+    let trace = request_trace(&headers);
     let (organization, request, key) = validate_request(path, &headers, &body)?;
     let organization = caller.organization(&state, &organization).await?;
     let (device_ids, filter, total) = match request.target {
@@ -104,12 +107,12 @@ pub async fn create_batch(
         filter,
         total,
     );
-    let queued = queue(&state, &batch, &device_ids).await;
+    let queued = queue(&state, &batch, &device_ids, trace).await;
     idempotency::finish(&state, held, queued.as_ref().map(|()| batch.id)).await;
     queued?;
     audit::record(&state, accepted(AuditResult::Accepted, batch.id)).await;
     metrics::counter!(metric::BATCHES_ACCEPTED).increment(1);
-    tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, "batch accepted");
+    tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, trace_id = %trace.trace_id(), "batch accepted");
     Ok(batch_answer(batch.id))
 }
 
@@ -149,11 +152,12 @@ async fn queue(
     state: &AppState,
     batch: &BatchRecord,
     device_ids: &[String],
+    trace: TraceParent,
 ) -> Result<(), ApiError> {
     state.store.insert_batch(batch, device_ids).await?;
     if let Err(error) = state
         .publisher
-        .publish_expansion(&ExpandBatch::new(batch.id))
+        .publish_expansion(&ExpandBatch::new(batch.id, Some(trace)))
         .await
     {
         let reason = "not queued: the broker was unavailable";

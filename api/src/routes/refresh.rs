@@ -9,6 +9,7 @@ use crate::{
     openapi::{RefreshBody, RefreshErrors, RefreshParams},
     routes::{Success, organization_and_device, success},
     state::AppState,
+    trace::request_trace,
     validate,
 };
 use axum::{
@@ -29,6 +30,7 @@ use refresh_shared::{
     metric,
     store::{AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, skip_cutoff},
     token::PERMISSION_DEVICE_INFO,
+    trace::TraceParent,
 };
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -73,6 +75,7 @@ pub async fn refresh_device_info(
     let body = body.map_err(body_rejection)?;
     let (organization_ref, device_key, categories) = validate_request(path, &headers, &body)?;
     let key = validate::idempotency_key(&headers).map_err(|p| ApiError::Validation(vec![p]))?;
+    let trace = request_trace(&headers);
 
     let organization = caller.organization(&state, &organization_ref).await?;
     let job_id = ObjectId::new();
@@ -104,7 +107,8 @@ pub async fn refresh_device_info(
         id: job_id,
         ..JobRecord::new(organization.id, device.id, &categories, Lane::Interactive)
     };
-    let enqueued = record_and_enqueue(&state, &job, &categories, claimed_whole, cutoff).await;
+    let enqueued =
+        record_and_enqueue(&state, &job, &categories, claimed_whole, cutoff, trace).await;
     idempotency::finish(&state, held, enqueued.as_ref().copied()).await;
     let job_id = enqueued?;
     let coalesced = job_id != job.id;
@@ -126,6 +130,7 @@ pub async fn refresh_device_info(
         token_id = %caller.token_id,
         categories = ?categories,
         coalesced,
+        trace_id = %trace.trace_id(),
         "refresh accepted"
     );
     Ok(job_answer(job_id))
@@ -173,6 +178,7 @@ async fn record_and_enqueue(
     categories: &[Category],
     claimed_whole: Option<Claim>,
     cutoff: DateTime,
+    trace: TraceParent,
 ) -> Result<ObjectId, ApiError> {
     let claim = async {
         match claimed_whole {
@@ -188,7 +194,7 @@ async fn record_and_enqueue(
     // The record and the claim do not depend on each other: one round trip's wait, not two.
     let (inserted, claimed) = tokio::join!(state.store.insert_job(job), claim);
     let enqueued = match (inserted, claimed) {
-        (Ok(()), Ok(claim)) => enqueue(state, job, categories, claim).await,
+        (Ok(()), Ok(claim)) => enqueue(state, job, categories, claim, trace).await,
         (Err(error), _) | (_, Err(error)) => Err(error.into()),
     };
     if enqueued.is_err() {
@@ -240,6 +246,7 @@ async fn enqueue(
     job: &JobRecord,
     categories: &[Category],
     claim: Claim,
+    trace: TraceParent,
 ) -> Result<ObjectId, ApiError> {
     let store = &state.store;
     let Claim {
@@ -266,7 +273,10 @@ async fn enqueue(
     if !theirs.is_empty() {
         store.drop_categories(job.id, &theirs).await?;
     }
-    state.publisher.publish(&job.message(ours)).await?;
+    state
+        .publisher
+        .publish(&job.message(ours, Some(trace)))
+        .await?;
     metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Interactive.as_str()).increment(1);
     Ok(job.id)
 }

@@ -8,6 +8,17 @@ mod queues;
 mod topology;
 
 pub use connection::{connect, nodes};
+
+/// The trace context a message carries in its `traceparent` header, if it carries a valid one.
+pub fn trace_of(properties: &lapin::BasicProperties) -> Option<crate::trace::TraceParent> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(crate::trace::HEADER)? {
+        lapin::types::AMQPValue::LongString(value) => {
+            crate::trace::TraceParent::parse(&String::from_utf8_lossy(value.as_bytes()))
+        }
+        _ => None,
+    }
+}
 pub use invalidations::Invalidation;
 pub use publisher::Publisher;
 pub use queues::{DeadLetter, Queues, Replayed};

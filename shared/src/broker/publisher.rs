@@ -8,12 +8,17 @@
 
 use super::{BrokerError, Topology, connect};
 use crate::{
-    batch::ExpandBatch, deadline::ReportDeadline, job::RefreshJob, report::DeviceReport,
+    batch::ExpandBatch,
+    deadline::ReportDeadline,
+    job::RefreshJob,
+    report::DeviceReport,
     settings::AmqpSettings,
+    trace::{self, TraceParent},
 };
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
 };
 use secrecy::SecretString;
 use std::{
@@ -40,10 +45,11 @@ struct Link {
     channel: Channel,
 }
 
-/// A body and the id it is published under.
+/// A body, the id it is published under, and the trace it belongs to.
 pub(super) struct Message {
     id: String,
     body: Vec<u8>,
+    trace: Option<TraceParent>,
 }
 
 impl Message {
@@ -51,13 +57,14 @@ impl Message {
         Message {
             id: id.to_owned(),
             body,
+            trace: None,
         }
     }
 
     fn job(job: &RefreshJob) -> Message {
         Message {
-            id: job.job_id.to_hex(),
-            body: job.encode(),
+            trace: job.trace,
+            ..Message::new(&job.job_id.to_hex(), job.encode())
         }
     }
 }
@@ -115,8 +122,8 @@ impl Publisher {
     /// Queues the expansion of a batch.
     pub async fn publish_expansion(&self, expand: &ExpandBatch) -> Result<(), BrokerError> {
         let message = Message {
-            id: expand.batch_id.to_hex(),
-            body: expand.encode(),
+            trace: expand.trace,
+            ..Message::new(&expand.batch_id.to_hex(), expand.encode())
         };
         let queue = self.topology.batches_queue();
         self.publish_to("", &queue, &message).await
@@ -133,7 +140,10 @@ impl Publisher {
     /// Starts the wait for a pushed category's report: the deadline comes back due after
     /// `REPORT_DEADLINE_SECS`.
     pub async fn publish_deadline(&self, deadline: &ReportDeadline) -> Result<(), BrokerError> {
-        let message = Message::new(&deadline.job_id.to_hex(), deadline.encode());
+        let message = Message {
+            trace: deadline.trace,
+            ..Message::new(&deadline.job_id.to_hex(), deadline.encode())
+        };
         let queue = self.topology.deadlines_waiting_queue();
         self.publish_to("", &queue, &message).await
     }
@@ -145,7 +155,7 @@ impl Publisher {
         id: String,
         body: Vec<u8>,
     ) -> Result<(), BrokerError> {
-        self.publish_to("", queue, &Message { id, body }).await
+        self.publish_to("", queue, &Message::new(&id, body)).await
     }
 
     /// A channel of its own for reading queues: a failed passive declare or get closes the
@@ -181,11 +191,19 @@ impl Publisher {
         routing_key: &str,
         message: &Message,
     ) -> Result<(), BrokerError> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
             // The job (or batch) id doubles as message id: operators find dead letters by it.
             .with_message_id(message.id.as_str().into());
+        if let Some(trace) = message.trace {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                trace::HEADER.into(),
+                AMQPValue::LongString(trace.to_string().into()),
+            );
+            properties = properties.with_headers(headers);
+        }
         let confirm = channel
             .basic_publish(
                 exchange.into(),

@@ -5,6 +5,7 @@ use crate::{
     device::Gateway,
     job::{CategoryState, JobState, Lane, MESSAGE_VERSION, RefreshJob},
     report::{DeviceReport, ReportSource},
+    trace::TraceParent,
 };
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
@@ -90,8 +91,9 @@ impl JobRecord {
         JobState::derive(self.categories.values().map(|c| c.state))
     }
 
-    /// The message that hands this job's `categories` to a worker for the first time.
-    pub fn message(&self, categories: Vec<Category>) -> RefreshJob {
+    /// The message that hands this job's `categories` to a worker for the first time, in the
+    /// trace of the request that made it.
+    pub fn message(&self, categories: Vec<Category>, trace: Option<TraceParent>) -> RefreshJob {
         RefreshJob {
             version: MESSAGE_VERSION,
             job_id: self.id,
@@ -102,6 +104,7 @@ impl JobRecord {
             lane: self.lane,
             attempt: 0,
             repush: 0,
+            trace,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The management agent's push gateway: `POST {AGENT_GATEWAY_URL}/agent/v1/devices/{id}/refresh`.
 
 use super::{PushPayload, PushResult, classify};
-use refresh_shared::device::Gateway;
+use refresh_shared::{device::Gateway, trace};
 use url::Url;
 
 pub struct AgentGateway {
@@ -27,14 +27,11 @@ impl AgentGateway {
                 };
             }
         };
-        match self
-            .http
-            .post(url)
-            .header("MS-CV", &payload.job_id)
-            .json(payload)
-            .send()
-            .await
-        {
+        let mut request = self.http.post(url).header("MS-CV", &payload.job_id);
+        if let Some(traceparent) = payload.traceparent() {
+            request = request.header(trace::HEADER, traceparent);
+        }
+        match request.json(payload).send().await {
             Ok(response) => PushResult::answered(
                 classify::agent(response.status(), response.headers()),
                 Gateway::Agent,

@@ -8,7 +8,9 @@ mod wns;
 use crate::settings::GatewaySettings;
 use bson::oid::ObjectId;
 use classify::Verdict;
-use refresh_shared::{Category, channel::ChannelPolicy, device::Gateway, metric};
+use refresh_shared::{
+    Category, channel::ChannelPolicy, device::Gateway, metric, trace::TraceParent,
+};
 use serde::Serialize;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -42,6 +44,9 @@ pub struct PushPayload {
     /// drops a cached push for an offline device then.
     #[serde(skip)]
     pub expires_at: OffsetDateTime,
+    /// The refresh's trace: each push request carries a span of it (`traceparent`).
+    #[serde(skip)]
+    pub trace: Option<TraceParent>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,16 +57,23 @@ pub struct CategoryPaths {
 }
 
 impl PushPayload {
+    /// The `traceparent` one push request sends: a span of its own in the refresh's trace.
+    fn traceparent(&self) -> Option<String> {
+        self.trace.map(|trace| trace.child().to_string())
+    }
+
     pub fn new(
         job_id: ObjectId,
         device_id: ObjectId,
         category: Category,
         expires_at: OffsetDateTime,
+        trace: Option<TraceParent>,
     ) -> PushPayload {
         PushPayload {
             job_id: job_id.to_hex(),
             device_id: device_id.to_hex(),
             expires_at,
+            trace,
             categories: vec![CategoryPaths {
                 name: category,
                 paths: category.nodes().collect(),

@@ -3,7 +3,7 @@
 
 use super::{PushPayload, PushResult, agent::without_url, classify, classify::Verdict};
 use crate::settings::GatewaySettings;
-use refresh_shared::device::Gateway;
+use refresh_shared::{device::Gateway, trace};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -87,6 +87,10 @@ impl WnsGateway {
             // Correlation vector: lets a push be traced from our job to Microsoft's logs.
             .header("MS-CV", &payload.job_id)
             .body(WAKE_UP);
+        let request = match payload.traceparent() {
+            Some(traceparent) => request.header(trace::HEADER, traceparent),
+            None => request,
+        };
         match request.send().await {
             Ok(response) => PushResult::answered(
                 classify::wns(response.status(), response.headers()),
