@@ -13,7 +13,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use refresh_shared::batch::MAX_BATCH_DEVICES;
+use refresh_shared::{batch::MAX_BATCH_DEVICES, trace};
 use serde_json::json;
 use std::collections::BTreeMap;
 use utoipa::{
@@ -359,13 +359,18 @@ fn idempotency_key() -> Parameter {
     )
 }
 
+/// `traceparent`: any string. One that is not a valid trace context is not refused (W3C: the
+/// receiver starts a new trace), so the document states no pattern a caller could be refused by.
 fn traceparent() -> Parameter {
-    parameter(
-        "traceparent",
-        ParameterIn::Header,
-        crate::trace::TRACEPARENT_PATTERN,
-        "W3C trace context: the refresh continues the caller's trace (its job's messages, logs and gateway requests carry it); without one, or with one that is not valid, a new trace starts",
-    )
+    ParameterBuilder::new()
+        .name(trace::HEADER)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`): the refresh continues the caller's trace (its job's messages, logs and gateway requests carry it); without one, or with one that is not valid, a new trace starts",
+        ))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
 }
 
 /// Declares a type whose `IntoParams` lists the given parameters.

@@ -4,10 +4,6 @@
 use axum::http::HeaderMap;
 use refresh_shared::trace::{HEADER, TraceParent};
 
-/// What a `traceparent` looks like (the OpenAPI document's pattern; one that does not parse
-/// is not refused, it starts a new trace).
-pub const TRACEPARENT_PATTERN: &str = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$";
-
 /// The context the api sends on: a span of its own in the caller's trace, or a new trace when
 /// the caller sent none, or one that is not valid (the recommendation's rule: restart).
 pub fn request_trace(headers: &HeaderMap) -> TraceParent {
