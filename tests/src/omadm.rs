@@ -2,7 +2,7 @@
 //! committed), a stack whose device listener serves TLS with client certificates, and devices
 //! whose DM client (the sim) opens sessions with a certificate of their own.
 
-use crate::TestStack;
+use crate::{DEADLINE, TestStack, wait_until};
 use bson::oid::ObjectId;
 use push_gateway_sim::omadm::SessionRecord;
 use rcgen::{
@@ -171,6 +171,27 @@ impl TestStack {
     /// Every session the sim's DM clients held, with what was said.
     pub async fn sessions(&self) -> Vec<SessionRecord> {
         serde_json::from_value(self.sim("/_sim/sessions", None).await).expect("session records")
+    }
+
+    /// The sessions, once at least `count` are recorded (the sim records a session when it
+    /// ends, which may be after what it reported was applied).
+    pub async fn recorded_sessions(&self, count: usize) -> Vec<SessionRecord> {
+        wait_until(&format!("{count} sessions recorded"), DEADLINE, || async {
+            let sessions = self.sessions().await;
+            (sessions.len() >= count).then_some(sessions)
+        })
+        .await
+    }
+
+    /// `device`'s DM client opens a session now, as on its own polling schedule.
+    pub async fn poll(&self, device: ObjectId) {
+        let answer = self
+            .sim(
+                "/_sim/sessions",
+                Some(json!({ "deviceId": device.to_hex() })),
+            )
+            .await;
+        assert_eq!(answer["status"], Value::Bool(true), "{answer:?}");
     }
 
     /// An HTTP client that trusts `authority`'s server certificate and shows `identity`, if any.

@@ -280,12 +280,7 @@ async fn one_session_reads_what_two_jobs_wait_for_once() {
 
     // Back online, the device polls once.
     stack.fault(json!({ "mode": "ok", "report": "on" })).await;
-    stack
-        .sim(
-            "/_sim/sessions",
-            Some(json!({ "deviceId": dm.device.id.to_hex() })),
-        )
-        .await;
+    stack.poll(dm.device.id).await;
     for job in [&first, &second] {
         let job = stack.wait_for_settled_job(job).await;
         assert_eq!(job.state(), JobState::Completed, "{job:?}");
@@ -293,11 +288,7 @@ async fn one_session_reads_what_two_jobs_wait_for_once() {
             assert_eq!(record.report_source, Some(ReportSource::Omadm));
         }
     }
-    let sessions = wait_until("the session's record", DEADLINE, || async {
-        let sessions = stack.sessions().await;
-        (!sessions.is_empty()).then_some(sessions)
-    })
-    .await;
+    let sessions = stack.recorded_sessions(1).await;
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     let reply = parse(&sessions[0].exchanges[0].received);
     let mut read: BTreeMap<String, usize> = BTreeMap::new();
@@ -312,17 +303,8 @@ async fn one_session_reads_what_two_jobs_wait_for_once() {
     assert!(read.values().all(|&n| n == 1), "each node once: {read:?}");
 
     // Everything reported: the next session is asked for nothing.
-    stack
-        .sim(
-            "/_sim/sessions",
-            Some(json!({ "deviceId": dm.device.id.to_hex() })),
-        )
-        .await;
-    let sessions = wait_until("the second session", DEADLINE, || async {
-        let sessions = stack.sessions().await;
-        (sessions.len() == 2).then_some(sessions)
-    })
-    .await;
+    stack.poll(dm.device.id).await;
+    let sessions = stack.recorded_sessions(2).await;
     assert_eq!(sessions[1].exchanges.len(), 1, "{:#?}", sessions[1]);
     assert_eq!(sessions[1].outcome, SessionOutcome::Ended);
     assert!(reads(&parse(&sessions[1].exchanges[0].received)).is_empty());
@@ -379,12 +361,7 @@ async fn what_a_device_leaves_unanswered_stays_outstanding() {
     stack
         .fault(json!({ "mode": "ok", "report": "partial" }))
         .await;
-    stack
-        .sim(
-            "/_sim/sessions",
-            Some(json!({ "deviceId": dm.device.id.to_hex() })),
-        )
-        .await;
+    stack.poll(dm.device.id).await;
     let job = wait_until("hardware reported", DEADLINE, || async {
         let job = stack.job(&job_id).await;
         (job.categories[&Category::Hardware].state == CategoryState::Reported).then_some(job)
@@ -396,11 +373,7 @@ async fn what_a_device_leaves_unanswered_stays_outstanding() {
     );
     // The session ended when the server had nothing left to ask (the unanswered reads are not
     // asked twice in one session); the category waits, pushed, for its deadline.
-    let sessions = wait_until("the session's record", DEADLINE, || async {
-        let sessions = stack.sessions().await;
-        (!sessions.is_empty()).then_some(sessions)
-    })
-    .await;
+    let sessions = stack.recorded_sessions(1).await;
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     assert_eq!(sessions[0].outcome, SessionOutcome::Ended);
     assert_eq!(sessions[0].exchanges.len(), 2);
@@ -497,12 +470,7 @@ async fn a_channel_the_device_renews_is_stored() {
         "renewedChannelUri": renewed,
     });
     stack.sim("/_sim/devices", Some(body)).await;
-    stack
-        .sim(
-            "/_sim/sessions",
-            Some(json!({ "deviceId": dm.device.id.to_hex() })),
-        )
-        .await;
+    stack.poll(dm.device.id).await;
     let device = wait_until("the renewed channel", DEADLINE, || async {
         let device = stack
             .store
@@ -829,13 +797,8 @@ async fn an_operator_registers_a_dm_device_by_its_certificate_and_it_is_served()
         certificate,
     };
     stack.register_dm_device(&dm, &[]).await;
-    stack
-        .sim("/_sim/sessions", Some(json!({ "deviceId": id.to_hex() })))
-        .await;
-    let session = wait_until("the session", DEADLINE, || async {
-        stack.sessions().await.pop()
-    })
-    .await;
+    stack.poll(id).await;
+    let session = stack.recorded_sessions(1).await.remove(0);
     assert_eq!(session.outcome, SessionOutcome::Ended, "{session:#?}");
     assert_eq!(session.exchanges[0].status, 200);
 }
