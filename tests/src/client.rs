@@ -99,6 +99,15 @@ impl TestStack {
         self.organization.id.to_hex()
     }
 
+    /// The device as the database holds it now (of the stack's organization).
+    pub async fn stored_device(&self, id: ObjectId) -> Device {
+        self.store
+            .device(self.organization.id, id)
+            .await
+            .expect("read device")
+            .expect("device exists")
+    }
+
     pub async fn job(&self, id: &str) -> JobRecord {
         let id = ObjectId::parse_str(id).expect("job id");
         self.store

@@ -266,13 +266,18 @@ fn check_closing(sent: &str, received: &str) {
     assert_eq!(answered, results, "{received}");
 }
 
-#[tokio::test]
-async fn one_session_reads_what_two_jobs_wait_for_once() {
+/// A TLS stack and a DM device that is offline: pushes go out, it does not connect until told.
+async fn offline_dm_device() -> (TestStack, DmDevice) {
     let ca = Authority::new("device-refresh test devices");
     let stack = TestStack::start_omadm(&ca, &[]).await;
     let dm = stack.dm_device(&ca, &[]).await;
-    // The device is offline: the pushes go out, nobody connects.
     stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    (stack, dm)
+}
+
+#[tokio::test]
+async fn one_session_reads_what_two_jobs_wait_for_once() {
+    let (stack, dm) = offline_dm_device().await;
     let (first, _) = stack.pushed_refresh(&dm.device, &["hardware"]).await;
     let (second, _) = stack.pushed_refresh(&dm.device, &["os", "hardware"]).await;
     assert_ne!(first, second);
@@ -351,10 +356,7 @@ async fn a_device_that_drops_mid_session_is_pushed_again_and_read_then() {
 
 #[tokio::test]
 async fn what_a_device_leaves_unanswered_stays_outstanding() {
-    let ca = Authority::new("device-refresh test devices");
-    let stack = TestStack::start_omadm(&ca, &[]).await;
-    let dm = stack.dm_device(&ca, &[]).await;
-    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    let (stack, dm) = offline_dm_device().await;
     let (job_id, _) = stack.pushed_refresh(&dm.device, &["hardware", "os"]).await;
     // The device answers the reads of the first category it is asked for, and ends its
     // package without a word about the other.
@@ -384,12 +386,7 @@ async fn what_a_device_leaves_unanswered_stays_outstanding() {
         "{job:?}"
     );
     assert_eq!(job.state(), JobState::InProgress);
-    let device = stack
-        .store
-        .device(stack.organization.id, dm.device.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let device = stack.stored_device(dm.device.id).await;
     assert_eq!(device.refresh_info_needed, [Category::Os]);
 }
 
@@ -472,12 +469,7 @@ async fn a_channel_the_device_renews_is_stored() {
     stack.sim("/_sim/devices", Some(body)).await;
     stack.poll(dm.device.id).await;
     let device = wait_until("the renewed channel", DEADLINE, || async {
-        let device = stack
-            .store
-            .device(stack.organization.id, dm.device.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let device = stack.stored_device(dm.device.id).await;
         (device.push.live_wns_channel() == Some(renewed.as_str())).then_some(device)
     })
     .await;
