@@ -15,17 +15,13 @@ use refresh_shared::{
 use refresh_tests::{Answer, DEADLINE, TestStack, sample, wait_until};
 use refresh_worker::settings::WorkQueue;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 async fn broker(stack: &TestStack) -> Connection {
-    Connection::connect(
-        stack.settings.core.amqp.url.expose_secret(),
-        Default::default(),
-    )
-    .await
-    .expect("connect to RabbitMQ")
+    refresh_shared::broker::connect(&stack.settings.core.amqp.url, "refresh-tests")
+        .await
+        .expect("connect to RabbitMQ")
 }
 
 /// Puts `count` messages in the dead queue, as a worker's rejections would, and returns once the

@@ -375,21 +375,18 @@ async fn a_category_not_pushed_within_the_maximum_age_expires() {
 #[tokio::test]
 async fn a_message_that_cannot_be_decoded_is_dead_lettered() {
     use lapin::{
-        BasicProperties, Connection,
+        BasicProperties,
         options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
         types::AMQPValue,
     };
     use refresh_shared::{broker::Topology, job::Lane};
-    use secrecy::ExposeSecret;
 
     let stack = TestStack::start().await;
     let topology = Topology::new(&stack.settings.core.amqp);
-    let connection = Connection::connect(
-        stack.settings.core.amqp.url.expose_secret(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        refresh_shared::broker::connect(&stack.settings.core.amqp.url, "refresh-tests")
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_publish(

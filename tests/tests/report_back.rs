@@ -519,17 +519,14 @@ async fn a_device_over_its_report_rate_is_429() {
 
 #[tokio::test]
 async fn a_poison_report_message_is_dead_lettered_with_its_reason() {
-    use lapin::{BasicProperties, Connection, options::BasicPublishOptions};
-    use secrecy::ExposeSecret;
+    use lapin::{BasicProperties, options::BasicPublishOptions};
 
     let stack = TestStack::start().await;
     let topology = refresh_shared::broker::Topology::new(&stack.settings.core.amqp);
-    let connection = Connection::connect(
-        stack.settings.core.amqp.url.expose_secret(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        refresh_shared::broker::connect(&stack.settings.core.amqp.url, "refresh-tests")
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_publish(
