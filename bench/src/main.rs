@@ -515,30 +515,28 @@ async fn drain(
     let categories = jobs * CATEGORIES.len() as u64;
     stack.start_worker().await?;
     let started = Instant::now();
-    loop {
-        let pushed = stack.categories_pushed().await?;
-        if pushed >= categories {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            bail!("the worker recorded {pushed} of {categories} categories in {DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pushed = || stack.categories_pushed();
+    until_counted(
+        "categories the worker recorded pushed",
+        categories,
+        started,
+        FAST_POLL,
+        pushed,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     // Not timed: the devices' reports of what was pushed, so that the next row finds every
     // device's categories ended (a category still awaiting its report would coalesce the
     // next row's requests into this row's jobs).
-    loop {
-        let applied = stack.reports_applied().await?;
-        if applied >= categories {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            bail!("the worker applied {applied} of {categories} reports in {DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let applied = || stack.reports_applied();
+    until_counted(
+        "reports the worker applied",
+        categories,
+        started,
+        FAST_POLL,
+        applied,
+    )
+    .await?;
     let categories_per_second = categories as f64 / seconds;
     Ok(WorkerRun {
         sim_latency_ms,
@@ -636,6 +634,36 @@ async fn batch(
     ))
 }
 
+/// How often a timed row looks at its counter: often, so the time measured is close.
+const FAST_POLL: Duration = Duration::from_millis(20);
+/// How often an untimed wait looks at the broker.
+const SLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Reads `count` every `every` until it reaches `target`; fails, saying how far it got, once
+/// `DEADLINE` has passed since `started`.
+async fn until_counted<F, Fut>(
+    what: &str,
+    target: u64,
+    started: Instant,
+    every: Duration,
+    count: F,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    loop {
+        let counted = count().await?;
+        if counted >= target {
+            return Ok(());
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("{what}: {counted} of {target} in {DEADLINE:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Measurement 5: device reports applied per second. A batch of `devices` is pushed by a
 /// worker that does not apply reports, so the devices' reports all wait in their queue; then
 /// a worker is started and timed until it has applied them all.
@@ -668,29 +696,20 @@ async fn reports(
     let reports = (devices * CATEGORIES.len()) as u64;
     let queue = stack.topology().reports_queue();
     let started = Instant::now();
-    loop {
-        let waiting = bare::ready(connection, &queue).await?;
-        if u64::from(waiting) >= reports {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            bail!("{waiting} of {reports} reports queued in {DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let waiting = || async { Ok(u64::from(bare::ready(connection, &queue).await?)) };
+    until_counted("reports queued", reports, started, SLOW_POLL, waiting).await?;
     stack.stop_worker().await?;
     let started = Instant::now();
     stack.start_worker().await?;
-    loop {
-        let applied = stack.reports_applied().await?;
-        if applied >= reports {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            bail!("the worker applied {applied} of {reports} reports in {DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let applied = || stack.reports_applied();
+    until_counted(
+        "reports the worker applied",
+        reports,
+        started,
+        FAST_POLL,
+        applied,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Reports {
         devices: devices as u64,
