@@ -518,14 +518,8 @@ impl Store {
             "omadm.dmDeviceId": identity.dm_device_id(),
             "omadm.certThumbprint": identity.cert_thumbprint(),
         };
-        let result = self
-            .devices
-            .update_one(
-                tenant(organization, doc! { "_id": device }),
-                doc! { "$set": set },
-            )
-            .await?;
-        Ok(result.matched_count == 1)
+        self.update_device(organization, device, doc! { "$set": set })
+            .await
     }
 
     /// Stores the WNS channel a device reported in its management session (Windows renews a
@@ -540,12 +534,8 @@ impl Store {
             "push.wns.channelUri": channel.uri(),
             "push.wns.status": WnsChannelStatus::Active.as_str(),
         };
-        self.devices
-            .update_one(
-                tenant(organization, doc! { "_id": device }),
-                doc! { "$set": set, "$unset": { "push.wns.deadSince": "" } },
-            )
-            .await?;
+        let change = doc! { "$set": set, "$unset": { "push.wns.deadSince": "" } };
+        self.update_device(organization, device, change).await?;
         Ok(())
     }
 
@@ -558,14 +548,8 @@ impl Store {
         hash: &str,
     ) -> Result<bool, StoreError> {
         let key = doc! { "hash": hash, "issuedAt": DateTime::now() };
-        let result = self
-            .devices
-            .update_one(
-                tenant(organization, doc! { "_id": device }),
-                doc! { "$set": { "nodeKey": key } },
-            )
-            .await?;
-        Ok(result.matched_count == 1)
+        self.update_device(organization, device, doc! { "$set": { "nodeKey": key } })
+            .await
     }
 
     /// Takes a device's node key away; false when there is no such device.
@@ -574,12 +558,20 @@ impl Store {
         organization: ObjectId,
         device: ObjectId,
     ) -> Result<bool, StoreError> {
+        self.update_device(organization, device, doc! { "$unset": { "nodeKey": "" } })
+            .await
+    }
+
+    /// Applies `change` to the device `device` of `organization`; false when there is none.
+    async fn update_device(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        change: Document,
+    ) -> Result<bool, StoreError> {
         let result = self
             .devices
-            .update_one(
-                tenant(organization, doc! { "_id": device }),
-                doc! { "$unset": { "nodeKey": "" } },
-            )
+            .update_one(tenant(organization, doc! { "_id": device }), change)
             .await?;
         Ok(result.matched_count == 1)
     }
