@@ -74,7 +74,13 @@ pub fn object_id(field: &str, raw: &str) -> Result<ObjectId, FieldProblem> {
 /// has, RFC 8259): a body the client encoded otherwise would be read as something it did not
 /// send.
 fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
-    let refused = || FieldProblem::new("Content-Type", "must be application/json (UTF-8)");
+    content_type(headers, "application/json")
+}
+
+/// The body is of `media_type`, in UTF-8 (no charset parameter, or that one): said by one
+/// `Content-Type` header.
+pub fn content_type(headers: &HeaderMap, media_type: &str) -> Result<(), FieldProblem> {
+    let refused = || FieldProblem::new("Content-Type", format!("must be {media_type} (UTF-8)"));
     let value = single(headers, "Content-Type")
         .map_err(|_| refused())?
         .and_then(|v| v.to_str().ok())
@@ -88,7 +94,7 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), FieldProblem> {
         }
         _ => true,
     });
-    if essence.eq_ignore_ascii_case("application/json") && utf8 {
+    if essence.eq_ignore_ascii_case(media_type) && utf8 {
         Ok(())
     } else {
         Err(refused())

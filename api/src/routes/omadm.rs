@@ -10,6 +10,7 @@ use crate::{
     routes::refresh::body_rejection,
     state::AppState,
     tls::ClientCertificate,
+    validate,
 };
 use axum::{
     Extension,
@@ -57,10 +58,8 @@ fn passed_on(parts: &Parts, state: &AppState, address: IpAddr) -> Option<ClientC
     if !state.trusted_proxies.contains(&address) {
         return None;
     }
-    let mut values = parts.headers.get_all(&state.client_cert_header).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
+    // Two are ambiguous: neither is believed.
+    let value = validate::single(&parts.headers, state.client_cert_header.as_str()).ok()??;
     let pem = percent_decode(value.as_bytes()).collect::<Vec<u8>>();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -76,7 +75,8 @@ pub async fn management_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_rejection)?;
-    syncml_content_type(&headers)?;
+    validate::content_type(&headers, CONTENT_TYPE)
+        .map_err(|problem| ApiError::Validation(vec![problem]))?;
     let message = Message::parse(&body, &Limits::default()).map_err(|error| {
         ApiError::Validation(vec![FieldProblem::new("body", error.to_string())])
     })?;
@@ -114,23 +114,6 @@ pub async fn management_session(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     Ok(response)
-}
-
-/// A SyncML message says so; anything else is not read.
-fn syncml_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(str::trim);
-    if media_type.is_some_and(|media_type| media_type.eq_ignore_ascii_case(CONTENT_TYPE)) {
-        Ok(())
-    } else {
-        Err(ApiError::Validation(vec![FieldProblem::new(
-            "Content-Type",
-            format!("must be {CONTENT_TYPE}"),
-        )]))
-    }
 }
 
 /// Stores the channel URI the device reported, if the deployment admits it (the worker checks
