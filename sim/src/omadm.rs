@@ -34,7 +34,7 @@ const MAX_MESSAGES: u32 = 20;
 /// How long a device waits for the server's answer to one message.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The route a DM client posts its messages to.
-pub const MANAGEMENT_PATH: &str = "/ManagementServer/MDM.svc";
+const MANAGEMENT_PATH: &str = "/ManagementServer/MDM.svc";
 
 /// One session as the device lived it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -184,18 +184,12 @@ impl Message {
 /// Status codes this product sends or reads (OMA DM 1.2 representation protocol).
 pub mod status {
     pub const OK: u16 = 200;
-    /// The command was accepted for processing (the answer comes later).
-    pub const ACCEPTED: u16 = 202;
-    /// Authentication accepted (the header's status once the client is known).
-    pub const AUTHENTICATED: u16 = 212;
     /// The first code that is not a success.
     pub const FIRST_FAILURE: u16 = 300;
     pub const NOT_FOUND: u16 = 404;
-    pub const NOT_ALLOWED: u16 = 405;
     /// An optional feature the recipient does not support.
     pub const OPTIONAL_FEATURE_NOT_SUPPORTED: u16 = 406;
     pub const REQUEST_ENTITY_TOO_LARGE: u16 = 413;
-    pub const COMMAND_FAILED: u16 = 500;
 }
 
 /// Alert codes (MS-MDM 2.2.7.2).
