@@ -1,9 +1,10 @@
 //! Secrets stay secret: the real api and worker, logging everything they can (`RUST_LOG=trace`),
 //! never write a bearer token or the WNS client secret to their logs, whatever the callers send.
 
-use refresh_tests::{Answer, TestStack};
+use refresh_tests::{Answer, TestStack, wait_until};
 use reqwest::{StatusCode, header};
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_and_secrets_never_reach_the_logs() {
@@ -63,12 +64,21 @@ async fn tokens_and_secrets_never_reach_the_logs() {
         ])
         .await;
     assert_eq!(revoke["revoked"], json!(true));
-    let refused = Answer::of(
-        stack
-            .http
-            .post(&url)
-            .bearer_auth(&revoked_token)
-            .json(&json!({ "info": ["os"] })),
+    assert_eq!(revoke["apisTold"], json!(true));
+    // The announcement reaches the api a moment after refreshctl has it confirmed: poll (the
+    // token was cached by the loop above, and the 1 s TTL alone would also end it).
+    let refused = wait_until(
+        "the api to refuse the revoked token",
+        Duration::from_secs(5),
+        || async {
+            let request = stack
+                .http
+                .post(&url)
+                .bearer_auth(&revoked_token)
+                .json(&json!({ "info": ["os"] }));
+            let answer = Answer::of(request).await;
+            (answer.status != StatusCode::OK).then_some(answer)
+        },
     )
     .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
