@@ -21,6 +21,9 @@ pub struct AmqpSettings {
     /// One broker URL, or the nodes of a cluster comma-separated; holds the broker password,
     /// hence secret.
     pub url: SecretString,
+    /// How many nodes a quorum queue is replicated on when it is created (`AMQP_QUORUM_SIZE`,
+    /// default the nodes `AMQP_URL` lists, at most 3).
+    pub quorum_size: u32,
     /// Prefix of every exchange and queue name; must start with `refresh`.
     pub prefix: String,
     /// How long a publish may wait for the broker's confirm before the caller gets a 503.
@@ -32,6 +35,9 @@ pub struct AmqpSettings {
     /// ends `unreported`): the TTL of the deadline queue.
     pub report_deadline: Duration,
 }
+
+/// The largest quorum a queue may be created with: more members only slow every write down.
+pub const MAX_QUORUM_SIZE: u32 = 7;
 
 /// The longest report deadline: a day. A pushed category holds its device's claim until then.
 pub const MAX_REPORT_DEADLINE: Duration = Duration::from_secs(86_400);
@@ -144,15 +150,25 @@ pub fn wns_channels(env: &mut Env<'_>) -> ChannelPolicy {
 
 impl Load for AmqpSettings {
     fn read(env: &mut Env<'_>) -> AmqpSettings {
+        let url = env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let nodes = crate::broker::nodes(&url);
+        let listed = nodes.as_ref().map_or(1, Vec::len);
+        let default_quorum = listed.clamp(1, 3).to_string();
         let amqp = AmqpSettings {
-            url: env.secret("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            quorum_size: env.parse("AMQP_QUORUM_SIZE", &default_quorum),
+            url,
             prefix: env.string("AMQP_PREFIX", "refresh"),
             confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
             retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
             report_deadline: env.secs("REPORT_DEADLINE_SECS", 900),
         };
-        if let Err(error) = crate::broker::nodes(&amqp.url) {
+        if let Err(error) = nodes {
             env.refuse(&error.to_string());
+        }
+        if amqp.quorum_size == 0 || amqp.quorum_size > MAX_QUORUM_SIZE {
+            env.refuse(&format!(
+                "AMQP_QUORUM_SIZE: must be 1 to {MAX_QUORUM_SIZE}"
+            ));
         }
         if !amqp.prefix.starts_with("refresh") {
             env.refuse("AMQP_PREFIX: must start with 'refresh'");
@@ -281,6 +297,29 @@ mod tests {
             s.amqp.retry_tiers,
             [10, 60, 600].map(Duration::from_secs).to_vec()
         );
+        assert_eq!(s.amqp.quorum_size, 1, "one node listed");
+    }
+
+    #[test]
+    fn quorum_size_defaults_to_the_listed_nodes_up_to_three_and_is_bounded() {
+        let nodes = |n: usize| {
+            (1..=n)
+                .map(|k| format!("amqp://u:p@rabbit-{k}:5672/%2f"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for (listed, quorum) in [(2, 2), (3, 3), (5, 3)] {
+            let s = core(&[("AMQP_URL", &nodes(listed))]).expect("a cluster");
+            assert_eq!(s.amqp.quorum_size, quorum, "{listed} nodes");
+        }
+        let s = core(&[("AMQP_URL", &nodes(5)), ("AMQP_QUORUM_SIZE", "5")]).expect("five");
+        assert_eq!(s.amqp.quorum_size, 5);
+        for bad in ["0", "8", "three"] {
+            let text = core(&[("AMQP_QUORUM_SIZE", bad)])
+                .expect_err(bad)
+                .to_string();
+            assert!(text.contains("AMQP_QUORUM_SIZE"), "{text}");
+        }
     }
 
     #[test]

@@ -160,9 +160,7 @@ impl Consumer {
     async fn consume_once(&self) -> Result<(), BrokerError> {
         let connection = connect(&self.amqp.url, "refresh-worker").await?;
         let topology = Topology::new(&self.amqp);
-        topology
-            .declare(&connection.create_channel().await?)
-            .await?;
+        topology.declare(&connection).await?;
         // Any stream that loses its channel stops the others: the supervisor reconnects all.
         let lost = CancellationToken::new();
         let streams = self.streams(&topology);

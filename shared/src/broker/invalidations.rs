@@ -78,8 +78,8 @@ async fn follow_once(
     invalidate: &impl Fn(Invalidation),
 ) -> Result<(), BrokerError> {
     let connection = connect(&settings.url, name).await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     // Server-named, exclusive and auto-deleted: a queue of this process only, gone with it.
     let queue = channel
         .queue_declare(

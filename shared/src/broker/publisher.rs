@@ -255,8 +255,8 @@ impl Publisher {
             return Ok(link);
         }
         let connection = connect(&self.url, &self.name).await?;
+        self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
