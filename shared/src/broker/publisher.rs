@@ -175,9 +175,12 @@ impl Publisher {
         let result = self
             .publish_on(&link.channel, exchange, routing_key, message)
             .await;
+        // A nack too: a channel whose quorum queue lost its leader (its node died) can go on
+        // nacking every publish to it after a new leader is elected (seen on RabbitMQ 3.10);
+        // a new channel routes to the new leader.
         if matches!(
             result,
-            Err(BrokerError::Protocol(_) | BrokerError::ConfirmTimeout(_))
+            Err(BrokerError::Protocol(_) | BrokerError::ConfirmTimeout(_) | BrokerError::Nacked)
         ) {
             self.forget(&link);
         }
