@@ -166,9 +166,7 @@ impl Load for AmqpSettings {
             env.refuse(&error.to_string());
         }
         if amqp.quorum_size == 0 || amqp.quorum_size > MAX_QUORUM_SIZE {
-            env.refuse(&format!(
-                "AMQP_QUORUM_SIZE: must be 1 to {MAX_QUORUM_SIZE}"
-            ));
+            env.refuse(&format!("AMQP_QUORUM_SIZE: must be 1 to {MAX_QUORUM_SIZE}"));
         }
         if !amqp.prefix.starts_with("refresh") {
             env.refuse("AMQP_PREFIX: must start with 'refresh'");

@@ -4,10 +4,13 @@
 //! against the real RabbitMQ and MongoDB named by `AMQP_URL` / `MONGODB_URI`, and a real
 //! push-gateway-sim, with a fresh database and queue prefix per test. Its parts: starting and
 //! tearing it down (`stack`), the processes a test can kill (`processes`), the data a test needs
-//! (`seed`), the HTTP calls a test makes (`client`) and `refreshctl` (`cli`).
+//! (`seed`), the HTTP calls a test makes (`client`), `refreshctl` (`cli`), the audit after a
+//! kill (`audit`) and the local RabbitMQ cluster (`cluster`).
 
+mod audit;
 mod cli;
 mod client;
+pub mod cluster;
 pub mod omadm;
 mod processes;
 pub mod proxy;
@@ -16,8 +19,9 @@ mod seed;
 mod stack;
 mod wait;
 
+pub use audit::PushAudit;
 pub use client::Answer;
-pub use processes::binary;
+pub use processes::{Another, binary};
 pub use refresh_testkit::prometheus::sample;
 pub use stack::{TestStack, test_env};
 pub use wait::{DEADLINE, wait_until};

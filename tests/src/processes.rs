@@ -1,6 +1,7 @@
 //! The api and worker as processes a test can kill, signal and restart.
 
 use crate::{TestStack, wait::wait_until};
+use refresh_testkit::process::free_addr;
 use std::{
     collections::HashMap,
     process::{Child, ExitStatus, Stdio},
@@ -21,6 +22,11 @@ pub(crate) enum Services {
 }
 
 impl TestStack {
+    /// Runs `action` on the environment the processes were started with.
+    fn with_env<T>(&self, action: impl FnOnce(&HashMap<String, String>) -> T) -> T {
+        self.with_worker(|env, _| action(env))
+    }
+
     /// Runs `action` on the worker process (and the environment it was started with).
     fn with_worker<T>(&self, action: impl FnOnce(&HashMap<String, String>, &mut Child) -> T) -> T {
         let mut services = self.services.lock().expect("services lock");
@@ -64,10 +70,50 @@ impl TestStack {
         (status, started.elapsed())
     }
 
+    /// Starts another `refresh-api` or `refresh-worker` process of this stack's deployment (a
+    /// stack of real binaries only): the same database, broker and queue prefix, ports of its
+    /// own; ready when this returns.
+    pub async fn spawn_another(&self, name: &str) -> Another {
+        let mut env = self.with_env(Clone::clone);
+        let mut port = |variable: &str| {
+            let addr = free_addr().expect("a free port");
+            env.insert(variable.to_owned(), addr.to_string());
+            format!("http://{addr}")
+        };
+        let base = match name {
+            "refresh-api" => {
+                port("DEVICE_ADDR");
+                port("API_ADDR")
+            }
+            "refresh-worker" => port("WORKER_ADDR"),
+            other => panic!("{other} is not a service"),
+        };
+        let another = Another {
+            child: spawn_binary(name, &env),
+            base,
+        };
+        self.wait_ready(&another.base).await;
+        another
+    }
+
     /// Starts a new worker process in place of the one that was killed or stopped.
     pub async fn restart_worker(&self) {
         self.with_worker(|env, worker| *worker = spawn_binary("refresh-worker", env));
         self.wait_ready(&self.worker).await;
+    }
+}
+
+/// A process [`TestStack::spawn_another`] started; killed when dropped.
+pub struct Another {
+    child: Child,
+    /// Where it serves: the api's `API_ADDR`, the worker's `WORKER_ADDR`.
+    pub base: String,
+}
+
+impl Drop for Another {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 }
 

@@ -60,6 +60,9 @@ pub struct TestStack {
     pub token: String,
     /// Behind a lock so a test can kill the worker while it is submitting through `&self`.
     pub(crate) services: std::sync::Mutex<Services>,
+    /// The broker the test's queues are deleted from at the end, when not the environment's
+    /// `AMQP_URL` (see [`TestStack::cleaning_up_on`]).
+    cleanup_broker: Option<String>,
 }
 
 impl TestStack {
@@ -147,6 +150,7 @@ impl TestStack {
             organization,
             token,
             services: std::sync::Mutex::new(services),
+            cleanup_broker: None,
         };
         stack.wait_ready(&stack.worker.clone()).await;
         stack
@@ -156,6 +160,14 @@ impl TestStack {
     /// back (the product itself reaches it only through `Store`'s queries).
     pub fn collection<T: Send + Sync>(&self, name: &str) -> mongodb::Collection<T> {
         self.store.database().collection(name)
+    }
+
+    /// Deletes the test's queues from the broker at `amqp_url` when it ends, rather than from
+    /// the environment's: for a stack on another broker (a cluster) that no proxy of the test
+    /// stands in front of (a proxy cannot forward while the test's runtime is in the drop).
+    pub fn cleaning_up_on(mut self, amqp_url: &str) -> TestStack {
+        self.cleanup_broker = Some(amqp_url.to_owned());
+        self
     }
 
     /// Waits until `base`'s `/readyz` answers 200.
@@ -188,7 +200,10 @@ impl Drop for TestStack {
             database: self.settings.core.mongo.database.clone(),
             ..environment.mongo
         };
-        let amqp_url = environment.amqp.url;
+        let amqp_url = match self.cleanup_broker.take() {
+            Some(url) => url.into(),
+            None => environment.amqp.url,
+        };
         let topology = Topology::new(&self.settings.core.amqp);
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

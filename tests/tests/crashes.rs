@@ -2,12 +2,10 @@
 //! category is pushed again once it is recorded `pushed`.
 
 use futures::{StreamExt, TryStreamExt, stream};
-use push_gateway_sim::PushRecord;
-use refresh_shared::store;
-use refresh_shared::{device::DeviceState, job::JobState, store::JobRecord};
-use refresh_tests::{TestStack, wait_until};
+use refresh_shared::{device::DeviceState, store};
+use refresh_tests::{PushAudit, TestStack, wait_until};
 use serde_json::json;
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 const CATEGORIES: [&str; 3] = ["hardware", "applications", "certificates"];
 
@@ -28,88 +26,6 @@ async fn submit(stack: &TestStack, count: usize) -> Vec<String> {
         .buffer_unordered(32)
         .collect()
         .await
-}
-
-async fn all_jobs(stack: &TestStack) -> Vec<JobRecord> {
-    stack
-        .collection::<store::JobRecord>(store::JOBS)
-        .find(bson::doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
-}
-
-/// Waits until every job is completed, then checks the sim's records against the jobs:
-/// returns (pushes accepted by the gateway, pushes made again after the category was recorded
-/// pushed, pushes made twice before it was recorded). A push is made when it reaches the
-/// gateway: one a killed worker sent is answered later, but was made before.
-async fn settle_and_audit(
-    stack: &TestStack,
-    jobs: usize,
-    deadline: Duration,
-) -> (usize, usize, usize) {
-    let completed: bson::Document = CATEGORIES
-        .iter()
-        .map(|c| {
-            (
-                format!("categories.{c}.state"),
-                bson::Bson::from("reported"),
-            )
-        })
-        .collect();
-    wait_until("every job to complete", deadline, || async {
-        // Counting, not reading every job, so the polling does not load the database.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let done = stack
-            .collection::<store::JobRecord>(store::JOBS)
-            .count_documents(completed.clone())
-            .await
-            .unwrap();
-        (usize::try_from(done).unwrap() == jobs).then_some(())
-    })
-    .await;
-    let records = all_jobs(stack).await;
-    assert_eq!(records.len(), jobs);
-    assert!(records.iter().all(|j| j.state() == JobState::Completed));
-    let pushed_at: HashMap<(String, String), i64> = records
-        .iter()
-        .flat_map(|job| {
-            job.categories.iter().map(|(category, record)| {
-                let at = record
-                    .pushed_at
-                    .expect("completed categories have pushedAt");
-                (
-                    (job.id.to_hex(), category.to_string()),
-                    at.timestamp_millis(),
-                )
-            })
-        })
-        .collect();
-    let accepted: Vec<PushRecord> = stack
-        .pushes()
-        .await
-        .into_iter()
-        .filter(|p| (200..300).contains(&p.status))
-        .collect();
-    let mut after_recorded = 0;
-    let mut per_category: HashMap<(String, String), usize> = HashMap::new();
-    for push in &accepted {
-        let key = (push.job_id.clone().unwrap(), push.categories[0].clone());
-        *per_category.entry(key.clone()).or_default() += 1;
-        let at_ms = i64::try_from(push.time().unix_timestamp_nanos() / 1_000_000).unwrap();
-        if at_ms > pushed_at[&key] {
-            // Named, so a failure says which push and which record.
-            println!(
-                "pushed after it was recorded: {push:?}, recorded pushedAt {} ms",
-                pushed_at[&key]
-            );
-            after_recorded += 1;
-        }
-    }
-    let twice_before = per_category.values().map(|n| n - 1).sum::<usize>() - after_recorded;
-    (accepted.len(), after_recorded, twice_before)
 }
 
 /// Jobs in the kill test: `CRASH_TEST_JOBS`, default 200 so the suite stays quick on the
@@ -151,8 +67,18 @@ async fn killing_the_worker_mid_stream_loses_nothing_and_repushes_nothing_record
     assert_eq!(jobs.len(), count);
     stack.restart_worker().await;
 
-    let (accepted, after_recorded, twice_before) =
-        settle_and_audit(&stack, count, Duration::from_secs(600)).await;
+    let PushAudit {
+        accepted,
+        after_recorded,
+        twice_before,
+    } = stack
+        .settle_and_audit(&jobs, &CATEGORIES, Duration::from_secs(600))
+        .await;
+    assert_eq!(
+        stack.all_jobs().await.len(),
+        count,
+        "no job but those accepted"
+    );
     println!(
         "kill -9 after {pushed_at_kill} pushes: {count} jobs x 3 categories completed; \
          {accepted} pushes accepted, {after_recorded} after the category was recorded pushed, \
@@ -190,8 +116,13 @@ async fn sigterm_under_load_exits_0_within_the_deadline_and_loses_nothing() {
     assert!(took <= grace + Duration::from_secs(1), "{took:?}");
 
     stack.restart_worker().await;
-    let (accepted, after_recorded, twice_before) =
-        settle_and_audit(&stack, jobs.len(), Duration::from_secs(120)).await;
+    let PushAudit {
+        accepted,
+        after_recorded,
+        twice_before,
+    } = stack
+        .settle_and_audit(&jobs, &CATEGORIES, Duration::from_secs(120))
+        .await;
     println!(
         "then: {accepted} pushes accepted, {after_recorded} after recorded, {twice_before} repeated"
     );

@@ -316,7 +316,12 @@ impl Declarer<'_> {
         Ok(())
     }
 
-    async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+    async fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
         self.channel
             .queue_bind(
                 queue.into(),
