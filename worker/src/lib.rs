@@ -16,7 +16,7 @@ use consumer::Consumer;
 use dispatch::Dispatcher;
 use expander::Expander;
 use refresh_shared::{
-    broker::{Publisher, Queues},
+    broker::{Publisher, Queues, holds},
     store::{DatabaseProbe, Store},
 };
 pub use settings::Settings;
@@ -47,8 +47,6 @@ impl Worker {
         let store = Store::open(&settings.core.mongo, "refresh-worker")
             .await
             .context("opening MongoDB (is MONGODB_URI reachable?)")?;
-        let gateways = gateway::Gateways::new(&settings.gateways, settings.worker.push_timeout)
-            .context("building the gateway HTTP client")?;
         let listener = TcpListener::bind(settings.worker.addr)
             .await
             .with_context(|| format!("binding WORKER_ADDR {}", settings.worker.addr))?;
@@ -60,6 +58,9 @@ impl Worker {
             &settings.core.amqp,
             "refresh-worker-publisher",
         ));
+        let gateways = gateway::Gateways::new(&settings.gateways, settings.worker.push_timeout)
+            .context("building the gateway HTTP client")?
+            .announcing_to(Arc::clone(&publisher));
         let shutdown = CancellationToken::new();
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
@@ -117,7 +118,17 @@ impl Worker {
         let server = axum::serve(self.listener, health::router(self.probes))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let grace = self.consumer.shutdown_grace;
-        let stopped = async { tokio::join!(server, self.consumer.run()) };
+        let gateways = &self.consumer.dispatcher.gateways;
+        let holds = holds::follow(
+            &self.consumer.amqp,
+            "refresh-worker holds",
+            |hold| gateways.keep(&hold),
+            stop.clone(),
+        );
+        let stopped = async {
+            let (served, (), ()) = tokio::join!(server, self.consumer.run(), holds);
+            served
+        };
         // A stop is bounded whatever hangs (a broker that never answers the close, a probe
         // connection that stays open): deliveries still unacked go back to the queue anyway.
         let deadline = async {
@@ -125,7 +136,7 @@ impl Worker {
             tokio::time::sleep(grace + CLOSE_MARGIN).await;
         };
         tokio::select! {
-            (served, ()) = stopped => served.context("serving the probe endpoints"),
+            served = stopped => served.context("serving the probe endpoints"),
             () = deadline => {
                 tracing::warn!(?grace, "shutdown overran the grace period: exiting anyway");
                 Ok(())

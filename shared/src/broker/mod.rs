@@ -1,7 +1,9 @@
-//! RabbitMQ: connection, topology, the confirming publisher, reading the queues, and cache
-//! invalidation announcements.
+//! RabbitMQ: connection, topology, the confirming publisher, reading the queues, and the
+//! announcements every process of a kind hears (cache invalidations, gateway holds).
 
 mod connection;
+mod fanout;
+pub mod holds;
 pub mod invalidations;
 mod publisher;
 mod queues;
@@ -19,6 +21,7 @@ pub fn trace_of(properties: &lapin::BasicProperties) -> Option<crate::trace::Tra
         _ => None,
     }
 }
+pub use holds::GatewayHold;
 pub use invalidations::Invalidation;
 pub use publisher::Publisher;
 pub use queues::{DeadLetter, Queues, Replayed};

@@ -97,6 +97,11 @@ impl Topology {
         format!("{}.invalidations", self.prefix)
     }
 
+    /// Fanout of gateway holds to every running worker (see `holds`).
+    pub fn holds_exchange(&self) -> String {
+        format!("{}.holds", self.prefix)
+    }
+
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.prefix)
     }
@@ -130,6 +135,7 @@ impl Topology {
             self.jobs_exchange(),
             self.dead_exchange(),
             self.invalidations_exchange(),
+            self.holds_exchange(),
         ]
     }
 
@@ -165,10 +171,10 @@ impl Topology {
             .bind(&self.dead_queue(), &self.dead_exchange(), "")
             .await?;
 
-        // Fanout: every api's own queue gets every invalidation.
-        declare
-            .exchange(&self.invalidations_exchange(), ExchangeKind::Fanout)
-            .await?;
+        // Fanouts: every api's own queue gets every invalidation, every worker's every hold.
+        for exchange in [self.invalidations_exchange(), self.holds_exchange()] {
+            declare.exchange(&exchange, ExchangeKind::Fanout).await?;
+        }
 
         // Direct: the lane is the routing key.
         declare

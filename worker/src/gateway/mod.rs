@@ -9,10 +9,15 @@ use crate::settings::GatewaySettings;
 use bson::oid::ObjectId;
 use classify::Verdict;
 use refresh_shared::{
-    Category, channel::ChannelPolicy, device::Gateway, metric, trace::TraceParent,
+    Category,
+    broker::{GatewayHold, Publisher},
+    channel::ChannelPolicy,
+    device::Gateway,
+    metric,
+    trace::TraceParent,
 };
 use serde::Serialize;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use time::OffsetDateTime;
 
 /// One way to reach a device.
@@ -104,6 +109,8 @@ pub struct Gateways {
     pacing: pacing::Pacing,
     /// Checked before every WNS push: a channel URI read from the database is never trusted.
     channels: ChannelPolicy,
+    /// Where holds a gateway asks for are announced to the other workers.
+    announcer: Option<Arc<Publisher>>,
 }
 
 impl Gateways {
@@ -124,7 +131,17 @@ impl Gateways {
             wns: wns::WnsGateway::new(http, settings),
             pacing,
             channels: settings.wns_channels.clone(),
+            announcer: None,
         })
+    }
+
+    /// Announces every hold a gateway asks for through `publisher`, so that the other workers
+    /// keep it too.
+    pub fn announcing_to(self, publisher: Arc<Publisher>) -> Gateways {
+        Gateways {
+            announcer: Some(publisher),
+            ..self
+        }
     }
 
     /// How long pushes through `route` to this device must still wait, after the gateway
@@ -151,8 +168,18 @@ impl Gateways {
         metrics::histogram!(metric::PUSH_DURATION, "gateway" => route.gateway().as_str())
             .record(started.elapsed().as_secs_f64());
         if let Verdict::Retry { after: Some(pause) } = result.verdict {
-            self.pacing.hold_for(route, &payload.device_id, pause);
+            let hold = self.pacing.hold_for(route, &payload.device_id, pause);
+            if let Some(announcer) = &self.announcer
+                && let Err(error) = announcer.announce_hold(&hold).await
+            {
+                tracing::warn!(%error, "a gateway hold was not announced to the other workers");
+            }
         }
         result
+    }
+
+    /// Keeps a hold another worker announced.
+    pub fn keep(&self, hold: &GatewayHold) {
+        self.pacing.keep(hold);
     }
 }
