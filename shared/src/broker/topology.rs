@@ -214,6 +214,8 @@ impl Topology {
                 }
             }
         }
+        // The connection goes on serving its owner: the channel of the declarations is done.
+        let _ = declare.channel.close(200, "declared".into()).await;
         Ok(())
     }
 
