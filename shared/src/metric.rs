@@ -27,6 +27,8 @@ pub const WORKER_DELIVERIES_HANDED_BACK: &str = "refresh_worker_deliveries_hande
 pub const QUEUE_MESSAGES_READY: &str = "refresh_queue_messages_ready";
 /// Gauge (`queue`, `role`): consumers attached to a queue.
 pub const QUEUE_CONSUMERS: &str = "refresh_queue_consumers";
+/// Gauge: 1 when this process is the one of the deployment that reports the queue depths.
+pub const QUEUE_DEPTH_REPORTER: &str = "refresh_queue_depth_reporter";
 /// Gauge: 1 when the last read of the queue depths succeeded.
 pub const QUEUE_DEPTH_READABLE: &str = "refresh_queue_depth_readable";
 /// Counter: reads of the queue depths from the broker.

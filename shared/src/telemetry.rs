@@ -1,6 +1,11 @@
 //! Logs (tracing) and metrics (Prometheus text), set up once per process.
 
-use crate::{broker::Queues, metric, settings::LogFormat, snapshot::Snapshot};
+use crate::{
+    broker::{QueueDepth, Queues},
+    metric,
+    settings::LogFormat,
+    snapshot::Snapshot,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::{sync::OnceLock, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
@@ -33,9 +38,11 @@ pub fn metrics() -> &'static PrometheusHandle {
 pub const QUEUE_DEPTHS_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// The `/metrics` page with the broker's queue depths, read at most every
-/// [`QUEUE_DEPTHS_MAX_AGE`] however often it is scraped.
+/// [`QUEUE_DEPTHS_MAX_AGE`] however often it is scraped, and shown by one process of the
+/// deployment only ([`Queues::depths_to_report`]): summed over every process scraped, they are
+/// the broker's counts.
 pub struct MetricsPage {
-    depths: Snapshot<()>,
+    depths: Snapshot<Option<Vec<QueueDepth>>>,
 }
 
 impl Default for MetricsPage {
@@ -48,30 +55,55 @@ impl Default for MetricsPage {
 
 impl MetricsPage {
     pub async fn render(&self, queues: &Queues) -> String {
-        self.depths.get(|| read_queue_depths(queues)).await;
-        metrics().render()
+        let depths = self.depths.get(|| read_queue_depths(queues)).await;
+        let mut page = metrics().render();
+        if let Some(depths) = depths {
+            render_depths(&mut page, &depths);
+        }
+        page
     }
 }
 
-/// Sets the queue gauges from the broker (when it can be reached; otherwise the depths are left
-/// out rather than shown stale).
-async fn read_queue_depths(queues: &Queues) {
+/// The queue depths, when this process reports them (otherwise, or when the broker cannot be
+/// reached, they are left out rather than shown stale).
+async fn read_queue_depths(queues: &Queues) -> Option<Vec<QueueDepth>> {
     metrics::counter!(metric::QUEUE_DEPTH_READS).increment(1);
-    match queues.depths().await {
-        Ok(depths) => {
-            for depth in depths {
-                let labels = [
-                    ("queue", depth.name),
-                    ("role", depth.role.as_str().to_owned()),
-                ];
-                metrics::gauge!(metric::QUEUE_MESSAGES_READY, &labels).set(f64::from(depth.ready));
-                metrics::gauge!(metric::QUEUE_CONSUMERS, &labels).set(f64::from(depth.consumers));
-            }
-            metrics::gauge!(metric::QUEUE_DEPTH_READABLE).set(1.0);
-        }
-        Err(error) => {
-            tracing::warn!(%error, "queue depths not readable for /metrics");
-            metrics::gauge!(metric::QUEUE_DEPTH_READABLE).set(0.0);
-        }
+    let read = queues.depths_to_report().await;
+    metrics::gauge!(metric::QUEUE_DEPTH_READABLE).set(if read.is_ok() { 1.0 } else { 0.0 });
+    let reporting = matches!(read, Ok(Some(_)));
+    metrics::gauge!(metric::QUEUE_DEPTH_REPORTER).set(if reporting { 1.0 } else { 0.0 });
+    read.unwrap_or_else(|error| {
+        tracing::warn!(%error, "queue depths not readable for /metrics");
+        None
+    })
+}
+
+/// Appends the queue gauges to a page: they are not in the recorder, since a process that
+/// stops reporting them must stop showing them.
+fn render_depths(page: &mut String, depths: &[QueueDepth]) {
+    render_gauge(page, metric::QUEUE_MESSAGES_READY, depths, |depth| {
+        depth.ready
+    });
+    render_gauge(page, metric::QUEUE_CONSUMERS, depths, |depth| {
+        depth.consumers
+    });
+}
+
+fn render_gauge(
+    page: &mut String,
+    name: &str,
+    depths: &[QueueDepth],
+    value: impl Fn(&QueueDepth) -> u32,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(page, "# TYPE {name} gauge");
+    for depth in depths {
+        let _ = writeln!(
+            page,
+            "{name}{{queue=\"{}\",role=\"{}\"}} {}",
+            depth.name,
+            depth.role.as_str(),
+            value(depth)
+        );
     }
 }

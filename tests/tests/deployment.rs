@@ -1,9 +1,9 @@
 //! Several processes of one deployment on one broker: what one of them learns about a
-//! gateway holds for all.
+//! gateway holds for all, and the queue gauges add up over them.
 
 use futures::future::join_all;
-use refresh_shared::{device::DeviceState, store::WnsChannel};
-use refresh_tests::{TestStack, sample, wait_until};
+use refresh_shared::{broker::Topology, device::DeviceState, job::Lane, store::WnsChannel};
+use refresh_tests::{DEADLINE, TestStack, sample, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -88,4 +88,69 @@ async fn a_wns_pause_one_worker_is_asked_for_stops_every_worker_pushing_to_that_
         after[0] > before[0] && after[1] > before[1],
         "both workers pushed to the channel: {before:?} then {after:?}"
     );
+}
+
+/// The messages ready in `queue` on a `/metrics` page (none when the page does not show them).
+fn ready_in(page: &str, queue: &str) -> f64 {
+    sample(
+        page,
+        "refresh_queue_messages_ready",
+        &format!("queue=\"{queue}\""),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summed_over_the_workers_the_queue_gauges_are_the_brokers_counts() {
+    // Workers that leave the interactive lane alone: its jobs wait in the queue.
+    let stack = TestStack::spawn_with(&[("WORKER_QUEUES", "bulk".to_owned())]).await;
+    let other = stack.spawn_another("refresh-worker").await;
+    let devices = join_all((0..5).map(|_| stack.device())).await;
+    for device in &devices {
+        let answer = stack.refresh_device(device, &["os"]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
+    let queues = stack.refreshctl(&["queues"]).await;
+    let broker = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == json!(queue))
+        .expect("the work queue")["ready"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(broker, 5.0);
+
+    let workers = [stack.worker.clone(), other.base.clone()];
+    let pages = join_all(workers.iter().map(|worker| stack.metrics(worker))).await;
+    let summed: f64 = pages.iter().map(|page| ready_in(page, &queue)).sum();
+    assert_eq!(summed, broker, "summed over both workers");
+    let reporters: Vec<bool> = pages
+        .iter()
+        .map(|page| sample(page, "refresh_queue_depth_reporter", "") == Some(1.0))
+        .collect();
+    assert_eq!(
+        reporters.iter().filter(|r| **r).count(),
+        1,
+        "one reporter: {reporters:?}"
+    );
+
+    // The reporter goes: the other takes over.
+    let survivor = if reporters[0] {
+        stack.kill_worker();
+        workers[1].clone()
+    } else {
+        drop(other);
+        workers[0].clone()
+    };
+    wait_until(
+        "the other worker to report the depths",
+        DEADLINE,
+        || async {
+            let page = stack.metrics(&survivor).await;
+            (ready_in(&page, &queue) == broker).then_some(())
+        },
+    )
+    .await;
 }

@@ -6,8 +6,9 @@ use crate::{batch::ExpandBatch, deadline::ReportDeadline, job::RefreshJob, repor
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions},
-    types::AMQPValue,
+    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
+    types::{AMQPValue, FieldTable},
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -83,6 +84,15 @@ impl DeadLetter {
     }
 }
 
+/// RESOURCE_LOCKED: the exclusive queue is another connection's.
+fn held_elsewhere(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
+    )
+}
+
 /// What a replay did.
 #[derive(Debug, Default, Serialize)]
 pub struct Replayed {
@@ -106,6 +116,32 @@ impl Queues {
 
     fn topology(&self) -> &Topology {
         self.publisher.topology()
+    }
+
+    /// Every queue's depth now, if this process is the deployment's one reporter of the queue
+    /// depths on `/metrics` (so that summing them over processes gives the broker's counts):
+    /// the one whose connection holds the exclusive queue `{prefix}.queue-gauges`. It is
+    /// claimed on every read, so when its holder goes (and the broker deletes it with that
+    /// connection) the next process to read takes over.
+    pub async fn depths_to_report(&self) -> Result<Option<Vec<QueueDepth>>, BrokerError> {
+        let channel = self.publisher.inspection_channel().await?;
+        let claim = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let name = self.topology().queue_gauges_claim();
+        let claimed = channel
+            .queue_declare(name.as_str().into(), claim, FieldTable::default())
+            .await;
+        match claimed {
+            Ok(_) => {}
+            // Another connection holds it (and the broker closed the channel).
+            Err(error) if held_elsewhere(&error) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        }
+        let depths = self.topology().depths(&channel).await;
+        let _ = channel.close(200, "bye".into()).await;
+        depths.map(Some)
     }
 
     /// Every queue's depth now.

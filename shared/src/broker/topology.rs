@@ -97,6 +97,12 @@ impl Topology {
         format!("{}.invalidations", self.prefix)
     }
 
+    /// The exclusive queue whose holder reports the queue depths on `/metrics` (see
+    /// `Queues::depths_to_report`). Not a queue anything goes through.
+    pub fn queue_gauges_claim(&self) -> String {
+        format!("{}.queue-gauges", self.prefix)
+    }
+
     /// Fanout of gateway holds to every running worker (see `holds`).
     pub fn holds_exchange(&self) -> String {
         format!("{}.holds", self.prefix)
