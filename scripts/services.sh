@@ -47,6 +47,14 @@ ensure_rabbitmq() {
     rabbitmqctl await_startup >/dev/null
 }
 
+# promtool (Debian's prometheus package), for the alert rules' tests and the scraping test.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null; then
+        log "installing Prometheus (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    fi
+}
+
 # cargo-deny, for the supply-chain checks (deny.toml).
 CARGO_DENY_VERSION=0.20.2
 ensure_cargo_deny() {
