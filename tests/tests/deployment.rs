@@ -3,7 +3,7 @@
 
 use futures::future::join_all;
 use refresh_shared::{broker::Topology, device::DeviceState, job::Lane, store::WnsChannel};
-use refresh_tests::{DEADLINE, TestStack, sample, wait_until};
+use refresh_tests::{Another, DEADLINE, TestStack, sample, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -100,26 +100,38 @@ fn ready_in(page: &str, queue: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn summed_over_the_workers_the_queue_gauges_are_the_brokers_counts() {
-    // Workers that leave the interactive lane alone: its jobs wait in the queue.
-    let stack = TestStack::spawn_with(&[("WORKER_QUEUES", "bulk".to_owned())]).await;
-    let other = stack.spawn_another("refresh-worker").await;
-    let devices = join_all((0..5).map(|_| stack.device())).await;
-    for device in &devices {
-        let answer = stack.refresh_device(device, &["os"]).await;
-        assert_eq!(answer.status, StatusCode::OK);
-    }
-    let queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
+/// The messages ready in `queue` as the broker counts them (`refreshctl queues`).
+async fn broker_ready(stack: &TestStack, queue: &str) -> f64 {
     let queues = stack.refreshctl(&["queues"]).await;
-    let broker = queues["queues"]
+    queues["queues"]
         .as_array()
         .unwrap()
         .iter()
         .find(|q| q["name"] == json!(queue))
-        .expect("the work queue")["ready"]
+        .expect("the queue")["ready"]
         .as_f64()
-        .unwrap();
+        .unwrap()
+}
+
+/// A stack whose workers (this many) leave the interactive lane alone, and `jobs` refreshes
+/// waiting in it.
+async fn jobs_waiting(jobs: usize, workers: usize) -> (TestStack, Vec<Another>) {
+    let stack = TestStack::spawn_with(&[("WORKER_QUEUES", "bulk".to_owned())]).await;
+    let others = join_all((1..workers).map(|_| stack.spawn_another("refresh-worker"))).await;
+    let devices = join_all((0..jobs).map(|_| stack.device())).await;
+    for device in &devices {
+        let answer = stack.refresh_device(device, &["os"]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    (stack, others)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summed_over_the_workers_the_queue_gauges_are_the_brokers_counts() {
+    let (stack, mut others) = jobs_waiting(5, 2).await;
+    let other = others.pop().expect("a second worker");
+    let queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
+    let broker = broker_ready(&stack, &queue).await;
     assert_eq!(broker, 5.0);
 
     let workers = [stack.worker.clone(), other.base.clone()];
@@ -153,4 +165,105 @@ async fn summed_over_the_workers_the_queue_gauges_are_the_brokers_counts() {
         },
     )
     .await;
+}
+
+/// A real Prometheus (Debian's package), scraping the given api and workers every second with
+/// the deployment's alert rules loaded; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    async fn scraping(api: &str, workers: &[String]) -> Prometheus {
+        let dir =
+            std::env::temp_dir().join(format!("refresh-prometheus-{}", bson::oid::ObjectId::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = |base: &str| format!("'{}'", base.trim_start_matches("http://"));
+        let workers: Vec<String> = workers.iter().map(|w| target(w)).collect();
+        let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/prometheus/alerts.yml");
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{}']\n\
+             scrape_configs:\n\
+             - {{job_name: refresh-api, static_configs: [{{targets: [{}]}}]}}\n\
+             - {{job_name: refresh-worker, static_configs: [{{targets: [{}]}}]}}\n",
+            rules.display(),
+            target(api),
+            workers.join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = refresh_testkit::process::free_addr().expect("a free port");
+        let child = std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run prometheus (Debian's prometheus package; scripts/test installs it)");
+        Prometheus {
+            child,
+            url: format!("http://{addr}"),
+            dir,
+        }
+    }
+
+    /// The single value `query` evaluates to now, if it has one.
+    async fn value(&self, http: &reqwest::Client, query: &str) -> Option<f64> {
+        let url = format!("{}/api/v1/query", self.url);
+        let url = reqwest::Url::parse_with_params(&url, &[("query", query)]).ok()?;
+        let answer: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scraping_the_deployment_sums_the_queue_depth_the_broker_counts() {
+    let (stack, others) = jobs_waiting(3, 2).await;
+    let queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
+    let broker = broker_ready(&stack, &queue).await;
+    assert_eq!(broker, 3.0);
+    let workers: Vec<String> = std::iter::once(stack.worker.clone())
+        .chain(others.iter().map(|other| other.base.clone()))
+        .collect();
+    let prometheus = Prometheus::scraping(&stack.api, &workers).await;
+    let query = format!("sum(refresh_queue_messages_ready{{queue=\"{queue}\"}})");
+    // Every process scraped, and the sum over them as the broker counts it.
+    wait_until(
+        "Prometheus to scrape the deployment",
+        Duration::from_secs(60),
+        || async {
+            let up = prometheus
+                .value(&stack.http, "count(up{job=~\"refresh-.*\"} == 1)")
+                .await;
+            let summed = prometheus.value(&stack.http, &query).await;
+            (up == Some(3.0) && summed.is_some()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(prometheus.value(&stack.http, &query).await, Some(broker));
+    let reporters = prometheus
+        .value(&stack.http, "sum(refresh_queue_depth_reporter)")
+        .await;
+    assert_eq!(reporters, Some(1.0), "one process reports the depths");
 }
