@@ -217,11 +217,16 @@ impl Prometheus {
         }
     }
 
-    /// The single value `query` evaluates to now, if it has one.
-    async fn value(&self, http: &reqwest::Client, query: &str) -> Option<f64> {
+    /// Prometheus's answer to `query` now.
+    async fn query(&self, http: &reqwest::Client, query: &str) -> Option<serde_json::Value> {
         let url = format!("{}/api/v1/query", self.url);
         let url = reqwest::Url::parse_with_params(&url, &[("query", query)]).ok()?;
-        let answer: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The single value `query` evaluates to now, if it has one.
+    async fn value(&self, http: &reqwest::Client, query: &str) -> Option<f64> {
+        let answer = self.query(http, query).await?;
         answer["data"]["result"][0]["value"][1]
             .as_str()?
             .parse()
@@ -266,4 +271,20 @@ async fn prometheus_scraping_the_deployment_sums_the_queue_depth_the_broker_coun
         .value(&stack.http, "sum(refresh_queue_depth_reporter)")
         .await;
     assert_eq!(reporters, Some(1.0), "one process reports the depths");
+
+    // The dashboard's queries are PromQL this Prometheus accepts.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/device-refresh.json"))
+            .expect("the dashboard is JSON");
+    let queries = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().expect("targets"))
+        .map(|target| target["expr"].as_str().expect("an expression"));
+    for query in queries {
+        let answer = prometheus.query(&stack.http, query).await;
+        let status = answer.as_ref().map(|a| a["status"].clone());
+        assert_eq!(status, Some(json!("success")), "{query}: {answer:?}");
+    }
 }
