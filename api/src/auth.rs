@@ -94,6 +94,13 @@ impl FromRequestParts<AppState> for Authenticated {
             parts,
             state.rate_limits.check(record.id, record.organization),
         )?;
+        let organization = &state.org_allowance;
+        if let Some(wait) = organization
+            .admit(&state.store, record.organization)
+            .await?
+        {
+            return Err(ApiError::RateLimited { retry_after: wait });
+        }
         Ok(Authenticated {
             token_id: record.id,
             organization: record.organization,

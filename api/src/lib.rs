@@ -9,6 +9,7 @@ mod limits;
 mod node_auth;
 mod omadm;
 mod openapi;
+mod org_allowance;
 mod rate_limit;
 mod routes;
 mod server;

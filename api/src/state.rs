@@ -2,6 +2,7 @@ use crate::{
     audit::AuditLog,
     auth_cache::AuthCache,
     omadm::Conversations,
+    org_allowance::OrgAllowance,
     rate_limit::RateLimits,
     settings::{ApiSettings, DeviceListenerSettings},
     tls::ClientCa,
@@ -25,8 +26,10 @@ pub struct Inner {
     pub publisher: Arc<Publisher>,
     /// Reads the queues (`/metrics`, `/v1/ops/queues`) on the publisher's connection.
     pub queues: Queues,
-    /// Requests per token and per organization, refilled continuously.
+    /// Requests per token and per organization, refilled continuously, in this process.
     pub rate_limits: RateLimits,
+    /// Requests per organization across every api of the deployment.
+    pub org_allowance: OrgAllowance,
     pub refresh_skip_window: std::time::Duration,
     /// `REQUEST_TIMEOUT_MS`: after it (and a margin) an unanswered idempotency key is free.
     pub request_timeout: std::time::Duration,
@@ -62,6 +65,10 @@ impl AppState {
             queues: Queues::new(Arc::clone(&publisher)),
             publisher,
             rate_limits: RateLimits::new(settings, device),
+            org_allowance: OrgAllowance::new(
+                settings.organization_rate_limit_per_second,
+                settings.organization_rate_limit_burst,
+            ),
             refresh_skip_window: settings.refresh_skip_window,
             request_timeout: settings.request_timeout,
             auth_cache: AuthCache::new(settings.auth_cache_ttl),

@@ -288,3 +288,60 @@ async fn prometheus_scraping_the_deployment_sums_the_queue_depth_the_broker_coun
         assert_eq!(status, Some(json!("success")), "{query}: {answer:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_apis_together_admit_an_organization_no_more_than_its_rate() {
+    let stack = TestStack::spawn_with(&[
+        ("ORG_RATE_LIMIT_PER_SECOND", "100".to_owned()),
+        ("ORG_RATE_LIMIT_BURST", "10".to_owned()),
+        ("RATE_LIMIT_PER_SECOND", "100000".to_owned()),
+        ("RATE_LIMIT_BURST", "100000".to_owned()),
+    ])
+    .await;
+    let other = stack.spawn_another("refresh-api").await;
+    let device = stack.device().await.id.to_hex();
+    let org = stack.org_id();
+    let apis = [stack.api.clone(), other.base.clone()];
+    // Eight clients for five seconds, four on each api. Their requests are admitted (or not)
+    // before the body is read, and then refused as invalid: 400 is an admitted request, one
+    // that costs the api little, so the clients can ask for far more than the limit.
+    let window = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let clients = (0..8).map(|client| {
+        let url = format!(
+            "{}/v1/organizations/{org}/mdm/windows/enterprise/devices/{device}/info",
+            apis[client % 2]
+        );
+        let stack = &stack;
+        async move {
+            let mut answers = Vec::new();
+            while started.elapsed() < window {
+                let request = stack
+                    .http
+                    .post(&url)
+                    .bearer_auth(&stack.token)
+                    .json(&json!({ "info": [] }));
+                answers.push(refresh_tests::Answer::of(request).await.status);
+            }
+            answers
+        }
+    });
+    let answers: Vec<StatusCode> = join_all(clients).await.into_iter().flatten().collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = answers
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let rate = admitted as f64 / elapsed;
+    println!(
+        "{} answers in {elapsed:.2} s over two apis: {admitted} admitted ({rate:.1}/s), {refused} refused",
+        answers.len()
+    );
+    assert_eq!(admitted + refused, answers.len(), "only 400 or 429");
+    assert!(refused > 0, "the clients asked for more than the limit");
+    assert!(rate <= 110.0, "{rate:.1} admitted a second, limit 100");
+}

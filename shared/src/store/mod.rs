@@ -23,7 +23,7 @@ pub use idempotency::{
 };
 pub use inventory::{InventoryRecord, NodeValue};
 pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff};
-pub use organizations::Organization;
+pub use organizations::{Allowance, Lease, Organization};
 pub use tokens::ApiToken;
 
 use crate::{settings::MongoSettings, snapshot::Snapshot};
