@@ -68,8 +68,14 @@ pub fn device_router(
     settings: &ApiSettings,
     device: &DeviceListenerSettings,
 ) -> Router {
+    let read_up_to = device
+        .mdm_max_msg_bytes
+        .saturating_mul(omadm::READ_PAST_LIMIT);
     let session = axum::routing::post(omadm::management_session)
-        .layer(DefaultBodyLimit::max(device.mdm_max_msg_bytes));
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(read_up_to))
+        .layer::<_, std::convert::Infallible>(axum::Extension(omadm::MessageLimit(
+            device.mdm_max_msg_bytes,
+        )));
     let routes = Router::new()
         .route(
             "/v1/agent/windows/devices/{device_id}/reports",

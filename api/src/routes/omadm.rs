@@ -67,14 +67,28 @@ fn passed_on(parts: &Parts, state: &AppState, address: IpAddr) -> Option<ClientC
     state.client_ca.as_ref()?.vouch_for(&chain)
 }
 
+/// How far past `MDM_MAX_MSG_BYTES` a message is still read (and then refused 413): a client
+/// that writes its whole body before reading the answer (most do) never sees an answer sent
+/// while it is still writing, only the connection closing. Beyond this, the answer comes at once.
+pub const READ_PAST_LIMIT: usize = 4;
+
+/// `MDM_MAX_MSG_BYTES`, for the handler (the body limit layer lets up to [`READ_PAST_LIMIT`]
+/// times that through).
+#[derive(Clone, Copy)]
+pub struct MessageLimit(pub usize);
+
 pub async fn management_session(
     State(state): State<AppState>,
+    Extension(MessageLimit(limit)): Extension<MessageLimit>,
     client: CertifiedClient,
     slot: Option<Extension<StandingSlot>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_rejection)?;
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge);
+    }
     validate::content_type(&headers, CONTENT_TYPE)
         .map_err(|problem| ApiError::Validation(vec![problem]))?;
     let message = Message::parse(&body, &Limits::default()).map_err(|error| {
