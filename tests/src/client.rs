@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 impl TestStack {
     pub fn refresh_url(&self, organization: &str, device: &str) -> String {
+        TestStack::refresh_url_at(&self.api, organization, device)
+    }
+
+    /// [`TestStack::refresh_url`] on the api at `api` (another api of the deployment).
+    pub fn refresh_url_at(api: &str, organization: &str, device: &str) -> String {
         format!(
-            "{}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/info",
-            self.api
+            "{api}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/info"
         )
     }
 

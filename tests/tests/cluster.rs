@@ -55,11 +55,9 @@ async fn killing_the_node_that_leads_the_work_queue_loses_no_refresh_and_pushes_
 
     let org = stack.org_id();
     let refresh = |api: &str, device: &str| {
-        let url =
-            format!("{api}/v1/organizations/{org}/mdm/windows/enterprise/devices/{device}/info");
         let request = stack
             .http
-            .post(url)
+            .post(TestStack::refresh_url_at(api, &org, device))
             .bearer_auth(&stack.token)
             .json(&json!({ "info": ["hardware"] }));
         refresh_tests::Answer::of(request)

@@ -308,10 +308,7 @@ async fn two_apis_together_admit_an_organization_no_more_than_its_rate() {
     let window = Duration::from_secs(5);
     let started = std::time::Instant::now();
     let clients = (0..8).map(|client| {
-        let url = format!(
-            "{}/v1/organizations/{org}/mdm/windows/enterprise/devices/{device}/info",
-            apis[client % 2]
-        );
+        let url = TestStack::refresh_url_at(&apis[client % 2], &org, &device);
         let stack = &stack;
         async move {
             let mut answers = Vec::new();
