@@ -2,6 +2,7 @@
 //! axum and the database with nothing of ours around them — in one run, and prints the ratios.
 //! Only ratios measured in the same run mean anything on shared, noisy machines.
 
+mod allowance;
 mod bare;
 mod load;
 mod report;
@@ -10,7 +11,12 @@ mod stack;
 use anyhow::{Context, bail};
 use bson::oid::ObjectId;
 use clap::{Parser, Subcommand, ValueEnum};
-use refresh_shared::{Category, job::Lane, settings::Load, store::JobRecord};
+use refresh_shared::{
+    Category,
+    job::Lane,
+    settings::Load,
+    store::{Device, JobRecord},
+};
 use refresh_worker::settings::WorkerSettings;
 use report::{Bulk, Ceilings, Endpoint, Interference, Memory, Report, Reports, WorkerRun};
 use serde_json::{Value, json};
@@ -45,6 +51,9 @@ struct Cli {
 enum Command {
     /// Runs every measurement, prints the table and writes it as JSON.
     Run(RunArgs),
+    /// The endpoint row under several organization limits: what the deployment-wide
+    /// allowance costs (docs/performance.md).
+    Allowance(AllowanceArgs),
     /// Ceiling 1's server; `run` starts it in a process of its own.
     #[command(hide = true)]
     BareServer {
@@ -66,6 +75,22 @@ struct RunArgs {
     /// Devices in the batch (and messages in ceilings 2 and 3), instead of the size's.
     #[arg(long)]
     devices: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct AllowanceArgs {
+    /// `smoke` checks the harness in seconds; `full` is the measurement.
+    #[arg(long, value_enum, default_value_t = Size::Full)]
+    size: Size,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "target/bench/allowance.json")]
+    out: PathBuf,
+    /// Devices of each row (a row ends after the endpoint's time or one request per device).
+    #[arg(long, default_value_t = 30_000)]
+    devices: usize,
+    /// How many times each limit is measured (in turn).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +151,7 @@ impl Size {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Allowance(args) => run_allowance(args).await,
         Command::BareServer { addr, queue } => {
             let connection = amqp_connect("refresh-bench bare route").await?;
             bare::serve_bare_route(addr, connection, queue, sample_message()).await
@@ -161,30 +187,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut plan = args.size.plan();
     plan.devices = args.devices.unwrap_or(plan.devices);
     let started_at = time_now();
-    let logs = args
-        .out
-        .parent()
-        .map_or_else(|| PathBuf::from("."), PathBuf::from)
-        .join("logs");
-    std::fs::create_dir_all(&logs)?;
+    let logs = logs_beside(&args.out)?;
     let connection = amqp_connect("refresh-bench").await?;
     let ceilings = ceilings(&plan, &logs, &connection).await?;
 
     let base: HashMap<String, String> = std::env::vars().collect();
-    let overrides = [
-        // One bench organization calls far above a tenant's default limit: measure the
-        // service, not the limiter.
-        ("RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
-        ("RATE_LIMIT_BURST", "1000000".to_owned()),
-        ("ORG_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
-        ("ORG_RATE_LIMIT_BURST", "1000000".to_owned()),
-        // Every request does the whole work (claim, job, publish) instead of being answered
-        // with an earlier job of the same device.
-        ("REFRESH_SKIP_WINDOW_SECS", "0".to_owned()),
-        // The sim is the only gateway: no pacing in front of it.
-        ("AGENT_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
-    ];
-    let mut stack = Stack::start(&base, &overrides, &logs).await?;
+    let mut stack = Stack::start(&base, &bench_overrides(), &logs).await?;
     // Torn down whatever happened, so a failed run leaves no processes, queues or database.
     let measured = measure(&mut stack, &plan, &ceilings, &connection).await;
     let api_peak_kib = stack.teardown(&connection).await?;
@@ -226,6 +234,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_allowance(args: AllowanceArgs) -> anyhow::Result<()> {
+    let mut plan = args.size.plan();
+    plan.devices = args.devices;
+    let logs = logs_beside(&args.out)?;
+    let connection = amqp_connect("refresh-bench").await?;
+    let report =
+        allowance::measure(&plan, args.size.name(), args.rounds, &logs, &connection).await?;
+    report.print();
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("\nwritten to {}", args.out.display());
+    Ok(())
+}
+
+/// The folder for the services' logs, next to the JSON report.
+fn logs_beside(out: &Path) -> anyhow::Result<PathBuf> {
+    let logs = out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join("logs");
+    std::fs::create_dir_all(&logs)?;
+    Ok(logs)
+}
+
+/// The api's and worker's settings for every measurement, on top of the environment's.
+fn bench_overrides() -> Vec<(&'static str, String)> {
+    vec![
+        // One bench organization calls far above a tenant's default limit: measure the
+        // service, not the limiter.
+        ("RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+        ("RATE_LIMIT_BURST", "1000000".to_owned()),
+        ("ORG_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+        ("ORG_RATE_LIMIT_BURST", "1000000".to_owned()),
+        // Every request does the whole work (claim, job, publish) instead of being answered
+        // with an earlier job of the same device.
+        ("REFRESH_SKIP_WINDOW_SECS", "0".to_owned()),
+        // The sim is the only gateway: no pacing in front of it.
+        ("AGENT_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+    ]
+}
+
 /// What the product's measurements found.
 struct Measured {
     endpoint: Endpoint,
@@ -258,15 +307,13 @@ async fn measure(
         .devices(organization.id, plan.reporters, "reporters")
         .await?;
     let org = organization.id.to_hex();
-    let refresh_url = |device: &ObjectId| {
-        format!(
-            "{}/v1/organizations/{org}/mdm/windows/enterprise/devices/{}/info",
-            stack.api_url,
-            device.to_hex()
-        )
+    let urls = |devices: &[Device]| -> Vec<String> {
+        devices
+            .iter()
+            .map(|d| refresh_url(&stack.api_url, organization.id, d.id))
+            .collect()
     };
-    let fleet_urls: Vec<String> = fleet.iter().map(|d| refresh_url(&d.id)).collect();
-    let solo_urls: Vec<String> = solo.iter().map(|d| refresh_url(&d.id)).collect();
+    let (fleet_urls, solo_urls) = (urls(&fleet), urls(&solo));
 
     // The endpoint, with the worker stopped: its jobs wait in the queue for the worker run.
     eprintln!("endpoint…");
@@ -282,11 +329,7 @@ async fn measure(
     )
     .await;
     let endpoint_jobs = endpoint.requests - endpoint.not_ok.values().sum::<u64>();
-    let endpoint = Endpoint {
-        ratio: endpoint.per_second / ceilings.bare_route.per_second,
-        database_ratio: endpoint.per_second / ceilings.database_pairs_per_second,
-        load: endpoint,
-    };
+    let endpoint = Endpoint::against(endpoint, ceilings);
 
     let worker = worker_runs(
         stack,
@@ -452,7 +495,7 @@ async fn bare_route_ceiling(
         .stderr(std::fs::File::create(logs.join("bare-server.err"))?)
         .kill_on_drop(true)
         .spawn()?;
-    let server = Process::adopt("bare-server", server);
+    let mut server = Process::adopt("bare-server", server);
     let url = format!("http://{addr}/publish");
     let http = reqwest::Client::new();
     let started = Instant::now();
@@ -483,6 +526,15 @@ async fn bare_route_ceiling(
     let connection = amqp_connect("refresh-bench cleanup").await?;
     bare::delete_queue(&connection, &queue).await?;
     Ok(figures)
+}
+
+/// The refresh route of one device.
+fn refresh_url(api_url: &str, organization: ObjectId, device: ObjectId) -> String {
+    format!(
+        "{api_url}/v1/organizations/{}/mdm/windows/enterprise/devices/{}/info",
+        organization.to_hex(),
+        device.to_hex()
+    )
 }
 
 /// Refresh requests over `urls` in turn, each connection with its own token.

@@ -128,6 +128,17 @@ impl Target {
     }
 }
 
+impl Endpoint {
+    /// The endpoint's figures and their ratios to this run's ceilings.
+    pub fn against(load: LoadFigures, ceilings: &Ceilings) -> Endpoint {
+        Endpoint {
+            ratio: load.per_second / ceilings.bare_route.per_second,
+            database_ratio: load.per_second / ceilings.database_pairs_per_second,
+            load,
+        }
+    }
+}
+
 impl Report {
     pub fn targets(&mut self) {
         let zero_latency = self.worker.iter().find(|run| run.sim_latency_ms == 0);

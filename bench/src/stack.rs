@@ -66,7 +66,7 @@ impl Process {
     }
 
     /// SIGTERM, and waits for the exit; returns the peak RSS it reached.
-    pub async fn stop(mut self) -> anyhow::Result<Rss> {
+    pub async fn stop(&mut self) -> anyhow::Result<Rss> {
         let rss = self.rss();
         let pid = self.pid().to_string();
         Command::new("kill")
@@ -148,6 +148,18 @@ impl Stack {
         })
     }
 
+    /// Stops the api and starts it again with some of its settings overridden (for the rest
+    /// of the run).
+    pub async fn restart_api(&mut self, overrides: &[(&str, String)]) -> anyhow::Result<()> {
+        for (name, value) in overrides {
+            self.env.insert((*name).to_owned(), value.clone());
+        }
+        // Stopped first: the new one listens on the same address.
+        self.api.stop().await?;
+        self.api = Process::spawn("refresh-api", &self.env, &self.logs)?;
+        wait_ready(&self.http, &format!("{}/readyz", self.api_url), PATIENCE).await
+    }
+
     pub fn topology(&self) -> Topology {
         Topology::new(&self.settings.amqp)
     }
@@ -167,7 +179,7 @@ impl Stack {
     }
 
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
-        if let Some(worker) = self.worker.take() {
+        if let Some(mut worker) = self.worker.take() {
             let rss = worker.stop().await?;
             self.worker_peak_kib = self.worker_peak_kib.max(rss.peak_kib);
         }

@@ -7,28 +7,37 @@ use refresh_tests::binary;
 use serde_json::Value;
 use std::process::Stdio;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_smoke_run_measures_every_row() {
-    let out = std::env::temp_dir().join(format!("refresh-bench-{}", std::process::id()));
+/// Runs `refresh-bench COMMAND --size smoke ARGS…` into a scratch folder; its table and JSON.
+async fn smoke(command: &str, args: &[&str]) -> (String, Value) {
+    let out = std::env::temp_dir().join(format!("refresh-bench-{command}-{}", std::process::id()));
     let results = out.join("results.json");
     let run = tokio::process::Command::new(binary("refresh-bench"))
-        .args(["run", "--size", "smoke", "--out"])
+        .args([command, "--size", "smoke"])
+        .args(args)
+        .arg("--out")
         .arg(&results)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .await
         .expect("run refresh-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     println!("{stdout}");
     assert!(
         run.status.success(),
-        "refresh-bench failed: {}\n{stdout}\n{}",
+        "refresh-bench {command} failed: {}\n{stdout}\n{}",
         run.status,
         String::from_utf8_lossy(&run.stderr)
     );
-    let report: Value =
+    let report =
         serde_json::from_slice(&std::fs::read(&results).expect("the JSON report")).expect("JSON");
+    std::fs::remove_dir_all(&out).ok();
+    (stdout, report)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_smoke_run_measures_every_row() {
+    let (stdout, report) = smoke("run", &[]).await;
     for row in [
         "ceiling 1: bare route",
         "ceiling 2: bare consume",
@@ -99,5 +108,21 @@ async fn the_smoke_run_measures_every_row() {
     );
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 8);
-    std::fs::remove_dir_all(&out).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_allowance_run_measures_the_endpoint_under_every_organization_limit() {
+    let (stdout, report) = smoke("allowance", &["--devices", "100", "--rounds", "1"]).await;
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "{report:#}");
+    for row in rows {
+        let name = row["setting"]["name"].as_str().expect("a setting's name");
+        assert!(stdout.contains(name), "the table has no row {name:?}");
+        // Every limit is far above what the smoke load asks: each row admits every request,
+        // one per device, or runs for its time without a refusal.
+        let load = &row["endpoint"]["load"];
+        assert!(load["requests"].as_u64() > Some(0), "{row}");
+        assert_eq!(load["not_ok"], serde_json::json!({}), "{row}");
+        assert!(row["endpoint"]["ratio"].as_f64() > Some(0.0), "{row}");
+    }
 }
