@@ -3,7 +3,7 @@
 
 use crate::{
     TestStack,
-    wait::{DEADLINE, wait_until},
+    wait::{DEADLINE, wait_for},
 };
 use bson::oid::ObjectId;
 use push_gateway_sim::{PushRecord, devices::SentReport};
@@ -125,30 +125,31 @@ impl TestStack {
     /// unreported), its record whole: a category the device reported before its push was
     /// recorded gets the push's time and gateway a moment later.
     pub async fn wait_for_settled_job(&self, id: &str) -> JobRecord {
-        wait_until(&format!("job {id} to settle"), DEADLINE, || async {
-            let job = self.job(id).await;
-            job.categories
-                .values()
-                .all(|c| {
-                    c.state.is_terminal()
-                        && (c.state != CategoryState::Reported || c.pushed_at.is_some())
-                })
-                .then_some(job)
-        })
-        .await
+        let settled = |job: &JobRecord| {
+            job.categories.values().all(|c| {
+                c.state.is_terminal()
+                    && (c.state != CategoryState::Reported || c.pushed_at.is_some())
+            })
+        };
+        let what = format!("job {id} to settle");
+        wait_for(&what, DEADLINE, || self.job(id), settled).await
     }
 
     /// Waits until no category of the job is queued, being pushed or waiting to be: each is
     /// pushed (waiting for the device's report) or ended. What a device that cannot report
     /// (reached through WNS alone, or told not to) gets to.
     pub async fn wait_for_pushed_job(&self, id: &str) -> JobRecord {
-        wait_until(&format!("job {id} to be pushed"), DEADLINE, || async {
-            let job = self.job(id).await;
+        let pushed = |job: &JobRecord| {
             job.categories
                 .values()
                 .all(|c| c.state == CategoryState::Pushed || c.state.is_terminal())
-                .then_some(job)
-        })
+        };
+        wait_for(
+            &format!("job {id} to be pushed"),
+            DEADLINE,
+            || self.job(id),
+            pushed,
+        )
         .await
     }
 
