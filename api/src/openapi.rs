@@ -322,7 +322,7 @@ fn reference<T: ToSchema>() -> RefOr<Schema> {
     RefOr::Ref(openapi::Ref::from_schema_name(T::name()))
 }
 
-/// A string parameter matching `pattern`: required in the path, optional in a header.
+/// A string parameter matching `pattern`: required in the path, optional elsewhere.
 fn parameter(name: &str, location: ParameterIn, pattern: &str, description: &str) -> Parameter {
     let required = match location {
         ParameterIn::Path => Required::True,
@@ -373,6 +373,33 @@ fn traceparent() -> Parameter {
         .build()
 }
 
+fn history_limit() -> Parameter {
+    ParameterBuilder::new()
+        .name("limit")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(format!(
+            "Jobs in the page (default {})",
+            validate::HISTORY_LIMIT_DEFAULT
+        )))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(validate::HISTORY_LIMIT_MAX)),
+        ))
+        .build()
+}
+
+fn history_after() -> Parameter {
+    parameter(
+        "after",
+        ParameterIn::Query,
+        validate::OBJECT_ID_PATTERN,
+        "The `nextCursor` of the page before (absent: the newest jobs)",
+    )
+}
+
 /// Declares a type whose `IntoParams` lists the given parameters.
 macro_rules! parameters {
     ($($(#[$doc:meta])* $name:ident = [$($parameter:expr),* $(,)?];)*) => {$(
@@ -410,6 +437,8 @@ parameters! {
             "The categories to show, comma-separated (all when absent)",
         ),
     ];
+    /// `GET …/devices/{winDeviceId}/refresh-jobs`.
+    HistoryParams = [organization_id(), win_device_id(), history_limit(), history_after()];
     /// `POST …/refresh-batches`.
     CreateBatchParams = [organization_id(), idempotency_key(), traceparent()];
     /// `GET …/refresh-jobs/{jobId}`.

@@ -428,6 +428,36 @@ fn report_categories(
     Some(categories)
 }
 
+/// Jobs in a page of a device's history when `limit` is not given, and at most.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
+pub const HISTORY_LIMIT_MAX: u32 = 100;
+
+/// `?limit=N&after=CURSOR` of a device's history: how many jobs (1 to
+/// [`HISTORY_LIMIT_MAX`]), and the cursor an earlier page ended with; every problem at once.
+pub fn history_page(
+    limit: Option<&str>,
+    after: Option<&str>,
+) -> Result<(u32, Option<ObjectId>), Vec<FieldProblem>> {
+    let limit = match limit {
+        None => Ok(HISTORY_LIMIT_DEFAULT),
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n))
+            .ok_or_else(|| {
+                FieldProblem::new(
+                    "limit",
+                    format!("must be a whole number from 1 to {HISTORY_LIMIT_MAX}"),
+                )
+            }),
+    };
+    let after = after.map(|raw| object_id("after", raw)).transpose();
+    match (limit, after) {
+        (Ok(limit), Ok(after)) => Ok((limit, after)),
+        (limit, after) => Err([limit.err(), after.err()].into_iter().flatten().collect()),
+    }
+}
+
 /// `?categories=a,b`: category names, comma-separated, duplicates merged; none given is all.
 pub fn category_list(raw: Option<&str>) -> Result<Vec<Category>, FieldProblem> {
     let Some(raw) = raw else {

@@ -1,15 +1,20 @@
-//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states.
+//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states; `GET
+//! …/devices/{winDeviceId}/refresh-jobs`: a device's jobs, newest first, page by page.
 
 use crate::{
     auth::Authenticated,
-    error::ApiError,
-    openapi::{JobParams, StatusErrors, schema},
-    routes::{Success, organization_and_id, rfc3339, success},
+    error::{ApiError, FieldProblem},
+    openapi::{HistoryParams, JobParams, StatusErrors, schema},
+    routes::{Success, organization_and_device, organization_and_id, rfc3339, success},
     state::AppState,
+    validate,
 };
 use axum::{
     Json,
-    extract::{Path, State, rejection::PathRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
 };
 use refresh_shared::{
     Category,
@@ -19,7 +24,7 @@ use refresh_shared::{
     store::JobRecord,
     token::PERMISSION_DEVICE_INFO,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -106,4 +111,74 @@ pub async fn get_job(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(success(JobView::from(&job)))
+}
+
+/// A page of a device's refresh history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPage {
+    /// Newest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// A device's refresh jobs, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/devices/{winDeviceId}/refresh-jobs",
+    tag = "refresh",
+    params(HistoryParams),
+    responses((status = 200, description = "A page of the device's jobs", body = Success<HistoryPage>), StatusErrors),
+    security(("bearer" = [])),
+)]
+pub async fn device_history(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Success<HistoryPage>>, ApiError> {
+    caller.require(PERMISSION_DEVICE_INFO)?;
+    let mut problems = Vec::new();
+    let (organization, device_key) = organization_and_device(path, &mut problems);
+    let page = match query {
+        Ok(Query(query)) => validate::history_page(query.limit.as_deref(), query.after.as_deref())
+            .map_err(|found| problems.extend(found))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("query", rejection.body_text()));
+            None
+        }
+    };
+    let (Some(organization), Some(device_key), Some((limit, after))) =
+        (organization, device_key, page)
+    else {
+        return Err(ApiError::Validation(problems));
+    };
+    let organization = caller.organization(&state, &organization).await?;
+    let device = state
+        .store
+        .device_by_key(organization.id, &device_key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    // One more than asked: whether another page follows.
+    let mut jobs = state
+        .store
+        .device_jobs(organization.id, device.id, after, limit + 1)
+        .await?;
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| jobs.last().map(|job| job.id.to_hex()))
+        .flatten();
+    Ok(success(HistoryPage {
+        jobs: jobs.iter().map(JobView::from).collect(),
+        next_cursor,
+    }))
 }

@@ -59,6 +59,8 @@ impl Store {
                     doc! { "device": 1, "organization": 1, "createdAt": -1 },
                     false,
                 ),
+                // A device's history, page by page from a cursor (a job id).
+                index(doc! { "device": 1, "organization": 1, "_id": -1 }, false),
                 // A batch's jobs for a chunk of devices (resuming an expansion), and its
                 // outcomes (recounting a batch).
                 index(doc! { "batch": 1, "device": 1 }, false),

@@ -275,6 +275,31 @@ impl Store {
             .await?)
     }
 
+    /// A page of a device's history: up to `limit` of its jobs, newest first, from just past
+    /// the job `after` when given. Ordered by id (its creation, to the second, then in the
+    /// order each process made them): a page never shifts as jobs are added, since a new job's
+    /// id is past every cursor handed out before it.
+    pub async fn device_jobs(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut filter = doc! { "device": device };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$lt": after });
+        }
+        Ok(self
+            .jobs
+            .find(tenant(organization, filter))
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// Job by id across organizations: for the worker (which got the id from its own queue) and
     /// for operators.
     pub async fn job_by_id(&self, id: ObjectId) -> Result<Option<JobRecord>, StoreError> {
