@@ -29,7 +29,7 @@ pub struct Accepted<'a> {
     pub devices: Option<u64>,
     pub categories: &'a [Category],
     pub result: AuditResult,
-    pub answer: ObjectId,
+    pub answer: Option<ObjectId>,
 }
 
 pub struct AuditLog {

@@ -4,7 +4,7 @@
 use crate::{error::ApiError, state::AppState};
 use axum::http::Uri;
 use bson::oid::ObjectId;
-use refresh_shared::store::Reservation;
+use refresh_shared::store::{KeyAnswer, Reservation};
 use sha2::{Digest, Sha256};
 
 /// A key this request holds until it is answered.
@@ -17,8 +17,8 @@ pub struct HeldKey {
 pub enum KeyCheck {
     /// Handle the request; then [`finish`] with the key, if there was one.
     Proceed(Option<HeldKey>),
-    /// Answer with this id, as the first request with the key was.
-    Replay(ObjectId),
+    /// Answer as the first request with the key was.
+    Replay(KeyAnswer),
 }
 
 /// Reserves `key` for this request (its path and body; both routes take only POST), or says
@@ -52,15 +52,19 @@ pub async fn check(
 
 /// Remembers the answer under the key, or frees the key when the request failed so that a retry
 /// is handled afresh.
-pub async fn finish(state: &AppState, held: Option<HeldKey>, answer: Result<ObjectId, &ApiError>) {
+pub async fn finish(
+    state: &AppState,
+    held: Option<HeldKey>,
+    answer: Result<&KeyAnswer, &ApiError>,
+) {
     let Some(HeldKey { organization, key }) = held else {
         return;
     };
     let recorded = match answer {
-        Ok(id) => {
+        Ok(answer) => {
             state
                 .store
-                .complete_idempotency_key(organization, &key, id)
+                .complete_idempotency_key(organization, &key, answer)
                 .await
         }
         Err(_) => {

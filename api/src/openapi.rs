@@ -463,13 +463,25 @@ parameters! {
     ];
 }
 
+/// `maxAgeSecs`: skip a category the device reported this recently.
+fn max_age_secs() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(validate::MAX_AGE_SECS_LIMIT))
+        .description(Some(
+            "A category the device reported within this many seconds is not refreshed: it is listed in `skipped` (no job at all when every one is)",
+        ))
+}
+
 fn categories() -> ArrayBuilder {
     ArrayBuilder::new()
         .items(reference::<schema::Category>())
         .min_items(Some(1))
 }
 
-/// The body `validate::refresh_body` accepts: `{"info": [category, …]}`, duplicates merged.
+/// The body `validate::refresh_body` accepts: `{"info": [category, …], "maxAgeSecs"?: N}`,
+/// duplicates merged.
 pub struct RefreshBody;
 
 impl ToSchema for RefreshBody {}
@@ -479,6 +491,7 @@ impl PartialSchema for RefreshBody {
         ObjectBuilder::new()
             .property("info", categories())
             .required("info")
+            .property("maxAgeSecs", max_age_secs())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)))
             .examples([json!({ "info": ["hardware", "applications", "certificates"] })])
             .into()

@@ -11,7 +11,7 @@ use refresh_shared::{
     store::Organization,
 };
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// `organizationId`, as the upstream page gives it.
@@ -129,18 +129,52 @@ pub fn single<'a>(
     Ok(first)
 }
 
-/// Parses `{"info": [...]}` into its categories, duplicates merged, in the order first named.
-pub fn refresh_body(body: &[u8]) -> Result<Vec<Category>, Vec<FieldProblem>> {
+/// A refresh: the categories, and how recent a report of one must be for it to be skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// Duplicates merged, in the order first named.
+    pub categories: Vec<Category>,
+    /// `maxAgeSecs`: a category the device reported within this long is not refreshed.
+    pub max_age: Option<Duration>,
+}
+
+/// Longest `maxAgeSecs` (a year): anything longer is surely a mistake in the caller's units.
+pub const MAX_AGE_SECS_LIMIT: u64 = 365 * 24 * 3600;
+
+/// Parses `{"info": [...], "maxAgeSecs"?: N}`.
+pub fn refresh_body(body: &[u8]) -> Result<RefreshRequest, Vec<FieldProblem>> {
     let mut fields = json_object(body)?;
-    let mut problems = unknown_fields(&fields, &["info"]);
-    match info(&mut fields) {
-        Ok(categories) if problems.is_empty() => Ok(categories),
-        Ok(_) => Err(problems),
-        Err(problem) => {
-            problems.insert(0, problem);
+    let mut problems = unknown_fields(&fields, &["info", "maxAgeSecs"]);
+    let info = info(&mut fields);
+    let max_age = max_age(&mut fields);
+    match (info, max_age) {
+        (Ok(categories), Ok(max_age)) if problems.is_empty() => Ok(RefreshRequest {
+            categories,
+            max_age,
+        }),
+        (info, max_age) => {
+            let found = [info.err(), max_age.err()].into_iter().flatten();
+            problems.splice(0..0, found);
             Err(problems)
         }
     }
+}
+
+/// `"maxAgeSecs"`: a whole number of seconds, 0 to [`MAX_AGE_SECS_LIMIT`], if given.
+fn max_age(fields: &mut serde_json::Map<String, Value>) -> Result<Option<Duration>, FieldProblem> {
+    let Some(value) = fields.remove("maxAgeSecs") else {
+        return Ok(None);
+    };
+    value
+        .as_u64()
+        .filter(|secs| *secs <= MAX_AGE_SECS_LIMIT)
+        .map(|secs| Some(Duration::from_secs(secs)))
+        .ok_or_else(|| {
+            FieldProblem::new(
+                "maxAgeSecs",
+                format!("must be a whole number of seconds from 0 to {MAX_AGE_SECS_LIMIT}"),
+            )
+        })
 }
 
 /// A bulk refresh: the categories and either the devices named or a filter.
@@ -574,11 +608,14 @@ mod tests {
         let body = br#"{"info":["hardware","applications","certificates","hardware"]}"#;
         assert_eq!(
             refresh_body(body),
-            Ok(vec![
-                Category::Hardware,
-                Category::Applications,
-                Category::Certificates
-            ])
+            Ok(RefreshRequest {
+                categories: vec![
+                    Category::Hardware,
+                    Category::Applications,
+                    Category::Certificates
+                ],
+                max_age: None,
+            })
         );
     }
 
@@ -611,6 +648,29 @@ mod tests {
         assert_eq!(
             problem(r#"{"info":["os"],"force":true}"#),
             "force: is not a known field"
+        );
+        let max_age = "maxAgeSecs: must be a whole number of seconds from 0 to 31536000";
+        for bad in ["-1", "1.5", "\"60\"", "null", "31536001"] {
+            let body = format!(r#"{{"info":["os"],"maxAgeSecs":{bad}}}"#);
+            assert_eq!(problem(&body), max_age, "{body}");
+        }
+        assert_eq!(
+            problem(r#"{"info":[],"maxAgeSecs":-1,"force":1}"#),
+            format!("info: must name at least one category; {max_age}; force: is not a known field")
+        );
+    }
+
+    #[test]
+    fn max_age_is_taken_in_whole_seconds_up_to_a_year() {
+        let max_age = |body: &str| refresh_body(body.as_bytes()).map(|r| r.max_age);
+        assert_eq!(max_age(r#"{"info":["os"]}"#), Ok(None));
+        assert_eq!(
+            max_age(r#"{"info":["os"],"maxAgeSecs":0}"#),
+            Ok(Some(Duration::ZERO))
+        );
+        assert_eq!(
+            max_age(r#"{"info":["os"],"maxAgeSecs":31536000}"#),
+            Ok(Some(Duration::from_secs(MAX_AGE_SECS_LIMIT)))
         );
     }
 
@@ -802,7 +862,7 @@ mod tests {
                 body in any_json(),
             ) {
                 let bytes = body.to_string().into_bytes();
-                if let Ok(categories) = refresh_body(&bytes) {
+                if let Ok(RefreshRequest { categories, .. }) = refresh_body(&bytes) {
                     let mut unique = categories.clone();
                     unique.sort_by_key(|c| c.as_str());
                     unique.dedup();
@@ -824,7 +884,8 @@ mod tests {
                         expected.push(category);
                     }
                 }
-                prop_assert_eq!(refresh_body(body.as_bytes()), Ok(expected));
+                let categories = refresh_body(body.as_bytes()).map(|request| request.categories);
+                prop_assert_eq!(categories, Ok(expected));
             }
         }
 

@@ -344,6 +344,7 @@ async fn idempotency_keys_expire_and_a_key_of_a_vanished_request_is_freed() {
             DateTime::now().timestamp_millis() - i64::try_from(age.as_millis()).expect("ms"),
         ),
         answer: None,
+        skipped: Vec::new(),
     };
     // Held by a request that is still within its deadline: 4092.
     let records = stack

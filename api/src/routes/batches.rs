@@ -26,7 +26,7 @@ use refresh_shared::{
     Category,
     batch::{DeviceOutcome, ExpandBatch},
     metric,
-    store::{self, AuditAction, AuditResult, BatchRecord, BatchState},
+    store::{self, AuditAction, AuditResult, BatchRecord, BatchState, KeyAnswer, StoreError},
     token::PERMISSION_DEVICE_INFO,
     trace::TraceParent,
 };
@@ -94,8 +94,10 @@ pub async fn create_batch(
         answer,
     };
     let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
-        KeyCheck::Replay(batch_id) => {
-            audit::record(&state, accepted(AuditResult::Replayed, batch_id)).await;
+        KeyCheck::Replay(KeyAnswer { id, .. }) => {
+            // A batch's key is always answered with the batch.
+            let batch_id = id.ok_or(StoreError::Unreadable("idempotency_keys.answer"))?;
+            audit::record(&state, accepted(AuditResult::Replayed, Some(batch_id))).await;
             return Ok(batch_answer(batch_id));
         }
         KeyCheck::Proceed(held) => held,
@@ -108,9 +110,10 @@ pub async fn create_batch(
         total,
     );
     let queued = queue(&state, &batch, &device_ids, trace).await;
-    idempotency::finish(&state, held, queued.as_ref().map(|()| batch.id)).await;
+    let answer = KeyAnswer::id(batch.id);
+    idempotency::finish(&state, held, queued.as_ref().map(|()| &answer)).await;
     queued?;
-    audit::record(&state, accepted(AuditResult::Accepted, batch.id)).await;
+    audit::record(&state, accepted(AuditResult::Accepted, Some(batch.id))).await;
     metrics::counter!(metric::BATCHES_ACCEPTED).increment(1);
     tracing::info!(batch_id = %batch.id, token_id = %caller.token_id, devices = total, trace_id = %trace.trace_id(), "batch accepted");
     Ok(batch_answer(batch.id))

@@ -6,11 +6,11 @@ use crate::{
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
     limits,
-    openapi::{RefreshBody, RefreshErrors, RefreshParams},
+    openapi::{RefreshBody, RefreshErrors, RefreshParams, schema},
     routes::{Success, organization_and_device, success},
     state::AppState,
     trace::request_trace,
-    validate,
+    validate::{self, RefreshRequest},
 };
 use axum::{
     Json,
@@ -28,7 +28,9 @@ use refresh_shared::{
     device::Refreshable,
     job::{CategoryState, Lane},
     metric,
-    store::{AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, skip_cutoff},
+    store::{
+        AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, KeyAnswer, skip_cutoff,
+    },
     token::PERMISSION_DEVICE_INFO,
     trace::TraceParent,
 };
@@ -40,12 +42,15 @@ use utoipa::ToSchema;
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshAccepted {
-    /// Always `true`: the request was recorded and queued.
+    /// Always `true`: the request was recorded and queued (or needed nothing).
     status: bool,
     /// The job to follow at `…/refresh-jobs/{jobId}`; an earlier job's when it already covers
-    /// every category named.
+    /// every category named; `null` when every category was fresh (`maxAgeSecs`).
     #[schema(pattern = "^[a-f0-9]{24}$")]
-    job_id: String,
+    job_id: Option<String>,
+    /// The categories not refreshed because the device reported them within `maxAgeSecs`.
+    #[schema(value_type = Vec<schema::Category>)]
+    skipped: Vec<Category>,
 }
 
 /// Ask a device to re-report the categories named (upstream: "Request selective device
@@ -73,13 +78,22 @@ pub async fn refresh_device_info(
 ) -> Result<Json<Success<RefreshAccepted>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
     let body = body.map_err(body_rejection)?;
-    let (organization_ref, device_key, categories) = validate_request(path, &headers, &body)?;
+    let (organization_ref, device_key, request) = validate_request(path, &headers, &body)?;
+    let RefreshRequest {
+        categories,
+        max_age,
+    } = request;
     let key = validate::idempotency_key(&headers).map_err(|p| ApiError::Validation(vec![p]))?;
     let trace = request_trace(&headers);
 
     let organization = caller.organization(&state, &organization_ref).await?;
     let job_id = ObjectId::new();
-    let cutoff = skip_cutoff(state.refresh_skip_window);
+    // A category reported within the skip window, or within `maxAgeSecs` when longer, is not
+    // claimed: the claim's own filter leaves it out, at no extra round trip.
+    let cutoff = skip_cutoff(max_age.map_or(state.refresh_skip_window, |age| {
+        age.max(state.refresh_skip_window)
+    }));
+    let fresh_since = max_age.map(skip_cutoff);
     // Usually one write finds the device and claims every category for the new job. Not with
     // an Idempotency-Key: a replay must claim nothing.
     let claim_now = key.is_none().then_some((job_id, cutoff));
@@ -97,9 +111,9 @@ pub async fn refresh_device_info(
         answer,
     };
     let held = match idempotency::check(&state, organization.id, key, &uri, &body).await? {
-        KeyCheck::Replay(job_id) => {
-            audit::record(&state, accepted(AuditResult::Replayed, job_id)).await;
-            return Ok(job_answer(job_id));
+        KeyCheck::Replay(answer) => {
+            audit::record(&state, accepted(AuditResult::Replayed, answer.id)).await;
+            return Ok(job_answer(answer));
         }
         KeyCheck::Proceed(held) => held,
     };
@@ -107,33 +121,42 @@ pub async fn refresh_device_info(
         id: job_id,
         ..JobRecord::new(organization.id, device.id, &categories, Lane::Interactive)
     };
-    let enqueued =
-        record_and_enqueue(&state, &job, &categories, claimed_whole, cutoff, trace).await;
-    idempotency::finish(&state, held, enqueued.as_ref().copied()).await;
-    let job_id = enqueued?;
-    let coalesced = job_id != job.id;
-    audit::record(
-        &state,
-        accepted(
-            if coalesced {
-                AuditResult::Coalesced
-            } else {
-                AuditResult::Accepted
-            },
-            job_id,
-        ),
-    )
-    .await;
+    let claims = Claims {
+        claimed_whole,
+        cutoff,
+        fresh_since,
+        device: &device,
+    };
+    let enqueued = record_and_enqueue(&state, &job, &categories, claims, trace).await;
+    idempotency::finish(&state, held, enqueued.as_ref()).await;
+    let answer = enqueued?;
+    let result = match answer.id {
+        None => AuditResult::Fresh,
+        Some(id) if id != job.id => AuditResult::Coalesced,
+        Some(_) => AuditResult::Accepted,
+    };
+    audit::record(&state, accepted(result, answer.id)).await;
     tracing::info!(
-        job_id = %job_id,
+        job_id = ?answer.id.map(|id| id.to_hex()),
         device_id = %device.id,
         token_id = %caller.token_id,
         categories = ?categories,
-        coalesced,
+        skipped = ?answer.skipped,
+        result = ?result,
         trace_id = %trace.trace_id(),
         "refresh accepted"
     );
-    Ok(job_answer(job_id))
+    Ok(job_answer(answer))
+}
+
+/// What the categories of a new job stand on: the claim the device lookup made (if it could),
+/// the skip cutoff, since when a report counts as fresh (`maxAgeSecs`), and the device as the
+/// lookup read it.
+struct Claims<'a> {
+    claimed_whole: Option<Claim>,
+    cutoff: DateTime,
+    fresh_since: Option<DateTime>,
+    device: &'a Device,
 }
 
 /// The device `device_key` names in `organization`, if it can take a refresh; with `claim_now`
@@ -169,17 +192,23 @@ async fn refreshable_device(
     }
 }
 
-/// Records `job`, claims its categories (unless the lookup already did: `claimed_whole`) and
-/// publishes it; the id the caller gets (another job's when every category was held). On any
-/// failure whichever half succeeded is undone: the job reads failed, its claims are released.
+/// Records `job`, claims its categories (unless the lookup already did) and publishes it;
+/// what the caller gets (another job's id when every category was held, none when every one
+/// was fresh). On any failure whichever half succeeded is undone: the job reads failed, its
+/// claims are released.
 async fn record_and_enqueue(
     state: &AppState,
     job: &JobRecord,
     categories: &[Category],
-    claimed_whole: Option<Claim>,
-    cutoff: DateTime,
+    claims: Claims<'_>,
     trace: TraceParent,
-) -> Result<ObjectId, ApiError> {
+) -> Result<KeyAnswer, ApiError> {
+    let Claims {
+        claimed_whole,
+        cutoff,
+        fresh_since,
+        device,
+    } = claims;
     let claim = async {
         match claimed_whole {
             Some(claim) => Ok(claim),
@@ -194,7 +223,10 @@ async fn record_and_enqueue(
     // The record and the claim do not depend on each other: one round trip's wait, not two.
     let (inserted, claimed) = tokio::join!(state.store.insert_job(job), claim);
     let enqueued = match (inserted, claimed) {
-        (Ok(()), Ok(claim)) => enqueue(state, job, categories, claim, trace).await,
+        (Ok(()), Ok(claim)) => {
+            let claim = Sorted::of(claim, fresh_since, device);
+            enqueue(state, job, claim, trace).await
+        }
         (Err(error), _) | (_, Err(error)) => Err(error.into()),
     };
     if enqueued.is_err() {
@@ -203,10 +235,11 @@ async fn record_and_enqueue(
     enqueued
 }
 
-fn job_answer(job_id: ObjectId) -> Json<Success<RefreshAccepted>> {
+fn job_answer(answer: KeyAnswer) -> Json<Success<RefreshAccepted>> {
     success(RefreshAccepted {
         status: true,
-        job_id: job_id.to_hex(),
+        job_id: answer.id.map(|id| id.to_hex()),
+        skipped: answer.skipped,
     })
 }
 
@@ -226,37 +259,73 @@ fn validate_request(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(validate::OrganizationRef, String, Vec<Category>), ApiError> {
+) -> Result<(validate::OrganizationRef, String, RefreshRequest), ApiError> {
     let mut problems = Vec::new();
     let (organization, device) = organization_and_device(path, &mut problems);
-    let categories = validate::json_body(headers, body, validate::refresh_body, &mut problems);
-    match (organization, device, categories) {
-        (Some(organization), Some(device), Some(categories)) => {
-            Ok((organization, device, categories))
-        }
+    let request = validate::json_body(headers, body, validate::refresh_body, &mut problems);
+    match (organization, device, request) {
+        (Some(organization), Some(device), Some(request)) => Ok((organization, device, request)),
         _ => Err(ApiError::Validation(problems)),
+    }
+}
+
+/// A claim's categories sorted by why: claimed for the job, held by another job (outstanding,
+/// or reported within the skip window) or fresh (reported within `maxAgeSecs`).
+struct Sorted {
+    ours: Vec<Category>,
+    theirs: Vec<Category>,
+    fresh: Vec<Category>,
+}
+
+impl Sorted {
+    /// A category not claimed is fresh when the device, as the lookup read it, had reported it
+    /// since `fresh_since`: reports only move that time on, so it still has. One the read
+    /// shows older was held by a job (or reported a moment after the read: left to that job).
+    fn of(claim: Claim, fresh_since: Option<DateTime>, device: &Device) -> Sorted {
+        let Claim { ours, theirs } = claim;
+        let (fresh, theirs) = theirs.into_iter().partition(|category| {
+            fresh_since.is_some_and(|since| {
+                device
+                    .info_refreshed_at
+                    .get(category)
+                    .is_some_and(|at| *at > since)
+            })
+        });
+        Sorted {
+            ours,
+            theirs,
+            fresh,
+        }
     }
 }
 
 /// Publishes the job with the categories it claimed on the device. A category another job has
 /// outstanding, or reported within the skip window, is left to that job; when that leaves
-/// nothing, the answer is that job. Returns the id the caller should follow.
+/// nothing, the answer is that job. A fresh category is listed as skipped; when every one is,
+/// there is no job. Returns what the caller is answered.
 async fn enqueue(
     state: &AppState,
     job: &JobRecord,
-    categories: &[Category],
-    claim: Claim,
+    claim: Sorted,
     trace: TraceParent,
-) -> Result<ObjectId, ApiError> {
+) -> Result<KeyAnswer, ApiError> {
     let store = &state.store;
-    let Claim {
+    let Sorted {
         mut ours,
         mut theirs,
+        fresh,
     } = claim;
+    if ours.is_empty() && theirs.is_empty() {
+        store.delete_job(job.id).await?;
+        return Ok(KeyAnswer {
+            id: None,
+            skipped: fresh,
+        });
+    }
     if ours.is_empty() {
         let device = store.device(job.organization, job.device).await?;
         let holder = device.and_then(|device| {
-            categories
+            theirs
                 .iter()
                 .find_map(|category| device.last_refresh_job.get(category).copied())
         });
@@ -264,21 +333,28 @@ async fn enqueue(
             Some(holder) => {
                 store.delete_job(job.id).await?;
                 metrics::counter!(metric::REQUESTS_COALESCED).increment(1);
-                return Ok(holder);
+                return Ok(KeyAnswer {
+                    id: Some(holder),
+                    skipped: fresh,
+                });
             }
             // Outstanding or refreshed by something other than this service: push anyway.
             None => ours = std::mem::take(&mut theirs),
         }
     }
-    if !theirs.is_empty() {
-        store.drop_categories(job.id, &theirs).await?;
+    let dropped: Vec<Category> = theirs.iter().chain(&fresh).copied().collect();
+    if !dropped.is_empty() {
+        store.drop_categories(job.id, &dropped).await?;
     }
     state
         .publisher
         .publish(&job.message(ours, Some(trace)))
         .await?;
     metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Interactive.as_str()).increment(1);
-    Ok(job.id)
+    Ok(KeyAnswer {
+        id: Some(job.id),
+        skipped: fresh,
+    })
 }
 
 /// The job could not be queued: mark it failed so it never reads as waiting, and take its

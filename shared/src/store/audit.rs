@@ -24,8 +24,9 @@ pub struct AuditEvent {
     /// The TCP peer of the request (a proxy in front shows up as itself).
     pub client_addr: String,
     pub result: AuditResult,
-    /// The job or batch the caller was given.
-    pub answer: ObjectId,
+    /// The job or batch the caller was given (none: every category was fresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<ObjectId>,
 }
 
 /// What was asked for.
@@ -48,6 +49,8 @@ pub enum AuditResult {
     Coalesced,
     /// The answer an earlier request with the same `Idempotency-Key` got.
     Replayed,
+    /// No job: the device had reported every category asked for within `maxAgeSecs`.
+    Fresh,
 }
 
 impl Store {

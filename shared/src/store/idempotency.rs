@@ -2,6 +2,7 @@
 //! that request got, so a retried request gets the same answer instead of a second job.
 
 use super::{Store, StoreError};
+use crate::Category;
 use bson::{DateTime, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, WriteFailure};
 use serde::{Deserialize, Serialize};
@@ -24,9 +25,31 @@ pub struct IdempotencyRecord {
     /// SHA-256 of the path and body the key first came with (both routes take only POST).
     pub request_hash: String,
     pub created_at: DateTime,
-    /// The id (job or batch) the first request was answered with, once it succeeded.
+    /// The id (job or batch) the first request was answered with, once it succeeded; empty
+    /// when it was answered without one (every category was fresh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// The categories that answer listed as fresh, not refreshed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Category>,
+}
+
+/// What the first request with a key was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAnswer {
+    /// The job or batch; none when every category asked for was fresh.
+    pub id: Option<ObjectId>,
+    pub skipped: Vec<Category>,
+}
+
+impl KeyAnswer {
+    /// An answer naming a job or batch and nothing skipped.
+    pub fn id(id: ObjectId) -> KeyAnswer {
+        KeyAnswer {
+            id: Some(id),
+            skipped: Vec::new(),
+        }
+    }
 }
 
 /// What a request carrying a key may do.
@@ -35,8 +58,8 @@ pub enum Reservation {
     /// The key is new (or its previous use is older than the window): go ahead, then
     /// [`Store::complete_idempotency_key`] or [`Store::release_idempotency_key`].
     Granted,
-    /// The same request succeeded before: answer with this id again.
-    Replay(ObjectId),
+    /// The same request succeeded before: answer as it was answered.
+    Replay(KeyAnswer),
     /// The key came before with another request.
     Mismatch,
     /// The same request is being handled right now.
@@ -59,6 +82,7 @@ impl Store {
             request_hash: request_hash.to_owned(),
             created_at: DateTime::now(),
             answer: None,
+            skipped: Vec::new(),
         };
         match self.idempotency_keys.insert_one(&record).await {
             Ok(_) => return Ok(Reservation::Granted),
@@ -98,8 +122,17 @@ impl Store {
         }
         Ok(match existing.answer {
             _ if existing.request_hash != request_hash => Reservation::Mismatch,
+            Some(answer) if answer.is_empty() => Reservation::Replay(KeyAnswer {
+                id: None,
+                skipped: existing.skipped,
+            }),
             Some(answer) => ObjectId::parse_str(&answer)
-                .map(Reservation::Replay)
+                .map(|id| {
+                    Reservation::Replay(KeyAnswer {
+                        id: Some(id),
+                        skipped: existing.skipped,
+                    })
+                })
                 .map_err(|_| StoreError::Unreadable("idempotency_keys.answer"))?,
             None => Reservation::InProgress,
         })
@@ -110,12 +143,14 @@ impl Store {
         &self,
         organization: ObjectId,
         key: &str,
-        answer: ObjectId,
+        answer: &KeyAnswer,
     ) -> Result<(), StoreError> {
+        let id = answer.id.map(|id| id.to_hex()).unwrap_or_default();
+        let skipped: Vec<&str> = answer.skipped.iter().map(|c| c.as_str()).collect();
         self.idempotency_keys
             .update_one(
                 doc! { "_id": format!("{}:{key}", organization.to_hex()) },
-                doc! { "$set": { "answer": answer.to_hex() } },
+                doc! { "$set": { "answer": id, "skipped": skipped } },
             )
             .await?;
         Ok(())

@@ -19,7 +19,7 @@ pub use devices::{
     PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
 };
 pub use idempotency::{
-    IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, Reservation,
+    IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
 };
 pub use inventory::{InventoryRecord, NodeValue};
 pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff};
