@@ -532,12 +532,14 @@ impl PartialSchema for BulkBody {
             .required("info")
             .property("deviceIds", device_ids)
             .required("deviceIds")
+            .property("maxAgeSecs", max_age_secs())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         let by_filter = ObjectBuilder::new()
             .property("info", categories())
             .required("info")
             .property("filter", filter)
             .required("filter")
+            .property("maxAgeSecs", max_age_secs())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         openapi::schema::OneOfBuilder::new()
             .item(by_ids)

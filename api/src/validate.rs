@@ -160,13 +160,22 @@ pub fn refresh_body(body: &[u8]) -> Result<RefreshRequest, Vec<FieldProblem>> {
     }
 }
 
+/// A JSON number without a fraction, as JSON Schema's `integer` takes it: `60` or `60.0`.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let float = value.as_f64()?;
+        // Exactly representable: below 2^53 every whole f64 is an exact integer.
+        (float.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&float))
+            .then_some(float as u64)
+    })
+}
+
 /// `"maxAgeSecs"`: a whole number of seconds, 0 to [`MAX_AGE_SECS_LIMIT`], if given.
 fn max_age(fields: &mut serde_json::Map<String, Value>) -> Result<Option<Duration>, FieldProblem> {
     let Some(value) = fields.remove("maxAgeSecs") else {
         return Ok(None);
     };
-    value
-        .as_u64()
+    whole_number(&value)
         .filter(|secs| *secs <= MAX_AGE_SECS_LIMIT)
         .map(|secs| Some(Duration::from_secs(secs)))
         .ok_or_else(|| {
@@ -177,11 +186,12 @@ fn max_age(fields: &mut serde_json::Map<String, Value>) -> Result<Option<Duratio
         })
 }
 
-/// A bulk refresh: the categories and either the devices named or a filter.
+/// A bulk refresh: the categories, either the devices named or a filter, and `maxAgeSecs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkRequest {
     pub categories: Vec<Category>,
     pub target: BulkTarget,
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,11 +209,13 @@ pub const MAX_FILTER_TAGS: usize = 50;
 /// Longest tag a filter may name, in characters (as JSON Schema's `maxLength` counts).
 pub const MAX_TAG_CHARS: usize = 128;
 
-/// Parses `{"info": [...], "deviceIds": [...]}` or `{"info": [...], "filter": {...}}`.
+/// Parses `{"info": [...], "deviceIds": [...]}` or `{"info": [...], "filter": {...}}`, either
+/// with `"maxAgeSecs"` if wanted.
 pub fn bulk_body(body: &[u8]) -> Result<BulkRequest, Vec<FieldProblem>> {
     let mut fields = json_object(body)?;
-    let mut problems = unknown_fields(&fields, &["info", "deviceIds", "filter"]);
+    let mut problems = unknown_fields(&fields, &["info", "deviceIds", "filter", "maxAgeSecs"]);
     let categories = info(&mut fields).map_err(|p| problems.push(p)).ok();
+    let max_age = max_age(&mut fields).map_err(|p| problems.push(p)).ok();
     let target = match (fields.remove("deviceIds"), fields.remove("filter")) {
         (Some(ids), None) => device_ids(ids, &mut problems).map(BulkTarget::DeviceIds),
         (None, Some(filter)) => device_filter(filter, &mut problems).map(BulkTarget::Filter),
@@ -219,10 +231,12 @@ pub fn bulk_body(body: &[u8]) -> Result<BulkRequest, Vec<FieldProblem>> {
             None
         }
     };
-    match (categories, target) {
-        (Some(categories), Some(target)) if problems.is_empty() => {
-            Ok(BulkRequest { categories, target })
-        }
+    match (categories, target, max_age) {
+        (Some(categories), Some(target), Some(max_age)) if problems.is_empty() => Ok(BulkRequest {
+            categories,
+            target,
+            max_age,
+        }),
         _ => Err(problems),
     }
 }
@@ -656,7 +670,9 @@ mod tests {
         }
         assert_eq!(
             problem(r#"{"info":[],"maxAgeSecs":-1,"force":1}"#),
-            format!("info: must name at least one category; {max_age}; force: is not a known field")
+            format!(
+                "info: must name at least one category; {max_age}; force: is not a known field"
+            )
         );
     }
 
@@ -671,6 +687,15 @@ mod tests {
         assert_eq!(
             max_age(r#"{"info":["os"],"maxAgeSecs":31536000}"#),
             Ok(Some(Duration::from_secs(MAX_AGE_SECS_LIMIT)))
+        );
+        // JSON Schema's integer: a number without a fraction, however written.
+        assert_eq!(
+            max_age(r#"{"info":["os"],"maxAgeSecs":329.0}"#),
+            Ok(Some(Duration::from_secs(329)))
+        );
+        assert_eq!(
+            max_age(r#"{"info":["os"],"maxAgeSecs":3.29e2}"#),
+            Ok(Some(Duration::from_secs(329)))
         );
     }
 

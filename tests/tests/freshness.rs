@@ -103,3 +103,29 @@ async fn a_category_never_reported_is_refreshed_and_a_bad_max_age_is_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_batch_with_max_age_leaves_out_devices_that_reported_recently() {
+    let stack = TestStack::start().await;
+    let fresh = stack.device().await;
+    let stale = stack.device().await;
+    stack.settled_refresh(&fresh, &["hardware"]).await;
+    let pushed = pushes_to(&stack, &fresh).await;
+
+    let answer = stack
+        .bulk(&json!({
+            "info": ["hardware"],
+            "deviceIds": [fresh.id.to_hex(), stale.id.to_hex()],
+            "maxAgeSecs": 3600,
+        }))
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
+    let id = answer.body["data"]["batchId"].as_str().expect("a batch id");
+    let batch = stack.wait_for_batch(id, refresh_tests::DEADLINE).await;
+    assert_eq!(batch.max_age_secs, Some(3600));
+    assert_eq!(batch.counts.reported, 1, "{batch:?}");
+    assert_eq!(batch.counts.skipped.coalesced, 1, "{batch:?}");
+    // The stale device's job has been pushed and reported by now; the fresh one got nothing.
+    assert_eq!(pushes_to(&stack, &fresh).await, pushed);
+    assert_eq!(pushes_to(&stack, &stale).await, 1);
+}

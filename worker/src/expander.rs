@@ -180,7 +180,7 @@ impl Expander {
         };
         let (planned, new_jobs) = plan(batch, entries, &existing, progress);
         self.store.insert_jobs(&new_jobs).await?;
-        let claims = self.claim(planned).await?;
+        let claims = self.claim(batch, planned).await?;
         self.publish_claimed(claims, progress, trace).await
     }
 
@@ -202,9 +202,15 @@ impl Expander {
     }
 
     /// Claims each planned job's categories on its device, a few devices at a time.
-    async fn claim(&self, planned: Vec<Planned>) -> Result<Vec<(Planned, Claim)>, Halt> {
+    async fn claim(
+        &self,
+        batch: &BatchRecord,
+        planned: Vec<Planned>,
+    ) -> Result<Vec<(Planned, Claim)>, Halt> {
         let store = &self.store;
-        let cutoff = skip_cutoff(self.refresh_skip_window);
+        // A category reported within the skip window, or the batch's `maxAgeSecs`, stays
+        // unclaimed: a device with nothing left is coalesced.
+        let cutoff = skip_cutoff(batch.stale_after(self.refresh_skip_window));
         stream::iter(planned)
             .map(|planned| async move {
                 let job = &planned.job;

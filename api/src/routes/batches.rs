@@ -107,6 +107,7 @@ pub async fn create_batch(
         caller.token_id,
         request.categories.clone(),
         filter,
+        request.max_age,
         total,
     );
     let queued = queue(&state, &batch, &device_ids, trace).await;
@@ -215,6 +216,9 @@ pub struct BatchView {
     pub state: BatchState,
     #[schema(value_type = Vec<schema::Category>)]
     pub categories: Vec<Category>,
+    /// As submitted: a category reported this recently is not refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
     pub total: u64,
     /// Share of `total` settled or skipped, 0 to 1.
     pub progress: f64,
@@ -270,6 +274,8 @@ impl BatchCounts {
 pub struct Skipped {
     pub not_found: u64,
     pub not_active: u64,
+    /// Every category asked for was another job's, or reported within the skip window or
+    /// `maxAgeSecs`.
     pub coalesced: u64,
 }
 
@@ -305,6 +311,7 @@ impl From<&BatchRecord> for BatchView {
             organization_id: batch.organization.to_hex(),
             state: batch.state(),
             categories: batch.categories.clone(),
+            max_age_secs: batch.max_age_secs,
             total: batch.total,
             progress: if batch.total == 0 {
                 1.0

@@ -30,6 +30,7 @@ use refresh_shared::{
     metric,
     store::{
         AuditAction, AuditResult, CategoryUpdate, Claim, Device, JobRecord, KeyAnswer, skip_cutoff,
+        stale_after,
     },
     token::PERMISSION_DEVICE_INFO,
     trace::TraceParent,
@@ -90,9 +91,7 @@ pub async fn refresh_device_info(
     let job_id = ObjectId::new();
     // A category reported within the skip window, or within `maxAgeSecs` when longer, is not
     // claimed: the claim's own filter leaves it out, at no extra round trip.
-    let cutoff = skip_cutoff(max_age.map_or(state.refresh_skip_window, |age| {
-        age.max(state.refresh_skip_window)
-    }));
+    let cutoff = skip_cutoff(stale_after(state.refresh_skip_window, max_age));
     let fresh_since = max_age.map(skip_cutoff);
     // Usually one write finds the device and claims every category for the new job. Not with
     // an Idempotency-Key: a replay must claim nothing.

@@ -9,7 +9,7 @@ use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 use strum::EnumIter;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +26,10 @@ pub struct BatchRecord {
     /// megabytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<DeviceFilter>,
+    /// `maxAgeSecs`: a category a device reported within this long (when its job would be made)
+    /// is not refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
     /// Devices the batch covers: the ids named, or the filter's matches (counted at submission,
     /// set to what the expansion found once it is done).
     pub total: u64,
@@ -99,11 +103,17 @@ pub struct ChunkProgress {
 }
 
 impl BatchRecord {
+    /// How long ago a report must be for a category to be refreshed ([`super::stale_after`]).
+    pub fn stale_after(&self, skip_window: Duration) -> Duration {
+        super::stale_after(skip_window, self.max_age_secs.map(Duration::from_secs))
+    }
+
     pub fn new(
         organization: ObjectId,
         token: ObjectId,
         categories: Vec<Category>,
         filter: Option<DeviceFilter>,
+        max_age: Option<Duration>,
         total: u64,
     ) -> BatchRecord {
         BatchRecord {
@@ -112,6 +122,7 @@ impl BatchRecord {
             token,
             categories,
             filter,
+            max_age_secs: max_age.map(|age| age.as_secs()),
             total,
             created_at: DateTime::now(),
             started_at: None,

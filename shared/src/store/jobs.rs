@@ -118,6 +118,15 @@ impl JobRecord {
     }
 }
 
+/// How long ago a category's last report must be for it to be refreshed: the skip window, or
+/// the request's `maxAgeSecs` when longer (it never undercuts the window).
+pub fn stale_after(
+    skip_window: std::time::Duration,
+    max_age: Option<std::time::Duration>,
+) -> std::time::Duration {
+    max_age.map_or(skip_window, |age| age.max(skip_window))
+}
+
 /// A category reported after the returned instant is not pushed again (the skip window).
 pub fn skip_cutoff(window: std::time::Duration) -> DateTime {
     let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);

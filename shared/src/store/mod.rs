@@ -22,7 +22,7 @@ pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
 };
 pub use inventory::{InventoryRecord, NodeValue};
-pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff};
+pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
 pub use organizations::{Allowance, Lease, Organization};
 pub use tokens::ApiToken;
 
