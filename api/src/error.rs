@@ -45,6 +45,9 @@ pub enum ApiError {
     NotFound,
     #[error("device not active")]
     DeviceNotActive,
+    /// A cancel of a job whose every category had ended already.
+    #[error("job already finished")]
+    JobFinished,
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
     /// The `Idempotency-Key` came before with a different request.
@@ -108,6 +111,7 @@ impl ErrorKind {
             }
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, 3001, "Entity not found"),
             ErrorKind::DeviceNotActive => (StatusCode::CONFLICT, 3002, "Device not active"),
+            ErrorKind::JobFinished => (StatusCode::CONFLICT, 3003, "Job already finished"),
             ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, 4290, "Too many requests"),
             ErrorKind::IdempotencyMismatch => (
                 StatusCode::CONFLICT,

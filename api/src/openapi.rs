@@ -217,6 +217,12 @@ error_answers! {
     CreateBatchErrors = [ANY_ROUTE, AUTHENTICATED, WITH_BODY, IDEMPOTENT, &[ErrorKind::NotFound]];
     /// A status read by id: `…/refresh-jobs/{jobId}`, `…/refresh-batches/{batchId}`.
     StatusErrors = [ANY_ROUTE, AUTHENTICATED, &[ErrorKind::Validation, ErrorKind::NotFound]];
+    /// `DELETE …/refresh-jobs/{jobId}`.
+    CancelJobErrors = [
+        ANY_ROUTE,
+        AUTHENTICATED,
+        &[ErrorKind::Validation, ErrorKind::NotFound, ErrorKind::JobFinished],
+    ];
     /// `GET /v1/ops/queues`.
     OperatorErrors = [ANY_ROUTE, AUTHENTICATED];
     /// `GET /readyz`.

@@ -93,15 +93,18 @@ pub enum DeviceOutcome {
     Expired,
     /// Every category pushed, none reported by its deadline.
     Unreported,
+    /// The job was canceled before every category ended.
+    Canceled,
 }
 
 impl DeviceOutcome {
-    pub const ALL: [DeviceOutcome; 5] = [
+    pub const ALL: [DeviceOutcome; 6] = [
         DeviceOutcome::Reported,
         DeviceOutcome::Partial,
         DeviceOutcome::Failed,
         DeviceOutcome::Expired,
         DeviceOutcome::Unreported,
+        DeviceOutcome::Canceled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,17 +114,20 @@ impl DeviceOutcome {
             DeviceOutcome::Failed => "failed",
             DeviceOutcome::Expired => "expired",
             DeviceOutcome::Unreported => "unreported",
+            DeviceOutcome::Canceled => "canceled",
         }
     }
 
     /// The outcome of a job whose categories are in `states`; `None` while any is unsettled.
     pub fn of(states: impl IntoIterator<Item = CategoryState>) -> Option<DeviceOutcome> {
         let (mut total, mut reported, mut expired, mut unreported) = (0, 0, 0, 0);
+        let mut canceled = false;
         for state in states {
             match state {
                 CategoryState::Reported => reported += 1,
                 CategoryState::Expired => expired += 1,
                 CategoryState::Unreported => unreported += 1,
+                CategoryState::Canceled => canceled = true,
                 CategoryState::Failed => {}
                 CategoryState::Queued
                 | CategoryState::Pushing
@@ -134,6 +140,7 @@ impl DeviceOutcome {
         }
         Some(match () {
             () if total == 0 => return None,
+            () if canceled => DeviceOutcome::Canceled,
             () if reported == total => DeviceOutcome::Reported,
             () if reported > 0 => DeviceOutcome::Partial,
             () if expired == total => DeviceOutcome::Expired,
@@ -190,6 +197,11 @@ mod tests {
         assert_eq!(DeviceOutcome::of([Reported, Retrying]), None);
         assert_eq!(DeviceOutcome::of([Queued]), None);
         assert_eq!(DeviceOutcome::of([]), None);
+        assert_eq!(
+            DeviceOutcome::of([Reported, Canceled]),
+            Some(DeviceOutcome::Canceled)
+        );
+        assert_eq!(DeviceOutcome::of([Canceled, Pushed]), None);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub enum CategoryState {
     Expired,
     /// Pushed, but no report by the deadline even after `REPUSH_LIMIT` further pushes.
     Unreported,
+    /// The caller canceled it before it ended: never pushed again.
+    Canceled,
 }
 
 impl CategoryState {
@@ -153,6 +155,7 @@ impl CategoryState {
             CategoryState::Failed => "failed",
             CategoryState::Expired => "expired",
             CategoryState::Unreported => "unreported",
+            CategoryState::Canceled => "canceled",
         }
     }
 
@@ -165,6 +168,7 @@ impl CategoryState {
                 | CategoryState::Failed
                 | CategoryState::Expired
                 | CategoryState::Unreported
+                | CategoryState::Canceled
         )
     }
 
@@ -186,6 +190,9 @@ impl CategoryState {
             // device went away while its report was awaited.
             Failed => &[Queued, Pushing, Retrying, Pushed],
             Expired => &[Queued, Pushing, Retrying],
+            // Whatever has not ended: a push in progress finishes, but is not recorded, and
+            // nothing claims the category again.
+            Canceled => &[Queued, Pushing, Retrying, Pushed],
         }
     }
 
@@ -213,6 +220,8 @@ pub enum JobState {
     Completed,
     Partial,
     Failed,
+    /// Ended, and the caller canceled at least one category.
+    Canceled,
 }
 
 impl JobState {
@@ -223,6 +232,7 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Partial => "partial",
             JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
         }
     }
 
@@ -230,11 +240,13 @@ impl JobState {
     /// only when the device has reported every one of them.
     pub fn derive(categories: impl IntoIterator<Item = CategoryState>) -> JobState {
         let (mut total, mut queued, mut open, mut reported) = (0, 0, 0, 0);
+        let mut canceled = false;
         for state in categories {
             total += 1;
             match state {
                 CategoryState::Queued => queued += 1,
                 CategoryState::Reported => reported += 1,
+                CategoryState::Canceled => canceled = true,
                 other if !other.is_terminal() => open += 1,
                 _ => {}
             }
@@ -243,6 +255,8 @@ impl JobState {
             JobState::Queued
         } else if queued + open > 0 {
             JobState::InProgress
+        } else if canceled {
+            JobState::Canceled
         } else if reported == total {
             JobState::Completed
         } else if reported == 0 {
@@ -375,6 +389,26 @@ mod tests {
         assert_eq!(JobState::derive([Reported, Unreported]), JobState::Partial);
         assert_eq!(JobState::derive([Unreported, Unreported]), JobState::Failed);
         assert_eq!(JobState::derive([Expired, Failed]), JobState::Failed);
+        // Canceled once every category has ended, whatever the others ended as.
+        assert_eq!(JobState::derive([Canceled, Pushed]), JobState::InProgress);
+        assert_eq!(JobState::derive([Canceled, Reported]), JobState::Canceled);
+        assert_eq!(JobState::derive([Canceled, Canceled]), JobState::Canceled);
+    }
+
+    #[test]
+    fn only_what_has_not_ended_can_be_canceled_and_a_canceled_category_is_never_claimed() {
+        use strum::IntoEnumIterator;
+        for state in CategoryState::iter() {
+            assert_eq!(
+                Canceled.allowed_sources().contains(&state),
+                !state.is_terminal(),
+                "{state:?}"
+            );
+            assert!(!state.allowed_sources().contains(&Canceled) || state == Canceled);
+        }
+        for (redelivered, repush) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert!(!CategoryState::claimable(redelivered, repush).contains(&Canceled));
+        }
     }
 
     mod properties {

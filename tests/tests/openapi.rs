@@ -23,6 +23,10 @@ const ROUTES: &[(&str, &str)] = &[
         "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-jobs/{jobId}",
     ),
     (
+        "delete",
+        "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-jobs/{jobId}",
+    ),
+    (
         "post",
         "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-batches",
     ),
@@ -78,7 +82,8 @@ fn operations(document: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// What the requests name: a token for every route, a device, one of its jobs and a batch.
+/// What the requests name: a token for every route, a device, one of its jobs (still open: its
+/// device does not report, so it can be canceled) and a batch.
 struct Seeded {
     token: String,
     device: Device,
@@ -96,6 +101,7 @@ impl Seeded {
             ])
             .await;
         let device = stack.device().await;
+        stack.fault(json!({ "mode": "ok", "report": "off" })).await;
         let job = stack.refresh_device(&device, &["hardware"]).await.job_id();
         let batch = stack
             .bulk(&json!({ "info": ["os"], "deviceIds": [device.id.to_hex()] }))

@@ -595,8 +595,8 @@ struct Pushed {
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Frees `job`'s claim on `categories` of the device (they are no longer outstanding), with
-/// `reported_at` as their refresh time when the device reported them: all in one write when the
-/// job holds them all, else one at a time (a job that no longer holds a claim changes nothing).
+/// `reported_at` as their refresh time when the device reported them
+/// ([`refresh_shared::store::Store::release_claims`]).
 pub async fn release(
     dispatcher: &Dispatcher,
     organization: ObjectId,
@@ -606,18 +606,9 @@ pub async fn release(
     reported_at: Option<DateTime>,
 ) -> Result<(), Halt> {
     let store = &dispatcher.store;
-    let at = reported_at;
-    let released = dispatcher
-        .durably(|| store.settle_refreshes(organization, device, categories, job, at))
-        .await?;
-    if !released && categories.len() > 1 {
-        for &category in categories {
-            dispatcher
-                .durably(|| store.settle_refresh(organization, device, category, job, at))
-                .await?;
-        }
-    }
-    Ok(())
+    dispatcher
+        .durably(|| store.release_claims(organization, device, categories, job, reported_at))
+        .await
 }
 
 /// How `device` can be reached, in the order to try: its agent, then its live WNS channel.

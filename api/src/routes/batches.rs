@@ -245,6 +245,9 @@ pub struct BatchCounts {
     pub expired: u64,
     /// Pushed, and nothing reported by the deadline.
     pub unreported: u64,
+    /// Canceled before every category ended.
+    #[serde(default)]
+    pub canceled: u64,
     pub skipped: Skipped,
 }
 
@@ -262,6 +265,7 @@ impl BatchCounts {
             + self.failed
             + self.expired
             + self.unreported
+            + self.canceled
             + not_found
             + not_active
             + coalesced
@@ -299,6 +303,7 @@ impl From<&BatchRecord> for BatchView {
             failed: outcome(DeviceOutcome::Failed),
             expired: outcome(DeviceOutcome::Expired),
             unreported: outcome(DeviceOutcome::Unreported),
+            canceled: outcome(DeviceOutcome::Canceled),
             skipped: Skipped {
                 not_found,
                 not_active,

@@ -1,10 +1,11 @@
-//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states; `GET
+//! `GET …/refresh-jobs/{jobId}`: a job and its per-category states; `DELETE` of it: cancel;
+//! `GET
 //! …/devices/{winDeviceId}/refresh-jobs`: a device's jobs, newest first, page by page.
 
 use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
-    openapi::{HistoryParams, JobParams, StatusErrors, schema},
+    openapi::{CancelJobErrors, HistoryParams, JobParams, StatusErrors, schema},
     routes::{Success, organization_and_device, organization_and_id, rfc3339, success},
     state::AppState,
     validate,
@@ -19,7 +20,7 @@ use axum::{
 use refresh_shared::{
     Category,
     device::Gateway,
-    job::{CategoryState, JobState},
+    job::{CategoryState, JobState, Lane},
     report::ReportSource,
     store::JobRecord,
     token::PERMISSION_DEVICE_INFO,
@@ -110,6 +111,43 @@ pub async fn get_job(
         .job(organization.id, job)
         .await?
         .ok_or(ApiError::NotFound)?;
+    Ok(success(JobView::from(&job)))
+}
+
+/// Cancels a job: every category that has not ended reads `canceled` and is never pushed
+/// again (a message of it already queued, or waiting in a retry queue, finds it so), and the
+/// device's claims on them are freed.
+#[utoipa::path(
+    delete,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-jobs/{jobId}",
+    tag = "refresh",
+    params(JobParams),
+    responses((status = 200, description = "The job, canceled", body = Success<JobView>), CancelJobErrors),
+    security(("bearer" = [])),
+)]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Success<JobView>>, ApiError> {
+    caller.require(PERMISSION_DEVICE_INFO)?;
+    let (organization, job) = organization_and_id(path, "jobId")?;
+    let organization = caller.organization(&state, &organization).await?;
+    let store = &state.store;
+    let (job, canceled) = store
+        .cancel_job(organization.id, job)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if canceled.is_empty() {
+        return Err(ApiError::JobFinished);
+    }
+    store
+        .release_claims(job.organization, job.device, &canceled, job.id, None)
+        .await?;
+    if job.lane == Lane::Bulk {
+        store.record_outcome(job.id).await?;
+    }
+    tracing::info!(job_id = %job.id, token_id = %caller.token_id, categories = ?canceled, "job canceled");
     Ok(success(JobView::from(&job)))
 }
 

@@ -41,7 +41,7 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
         ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(refresh::refresh_device_info))
-        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::get_job, jobs::cancel_job))
         .routes(routes!(jobs::device_history))
         .routes(routes!(inventory::get_inventory))
         .routes((schemas, paths, create_batch))

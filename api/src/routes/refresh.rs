@@ -22,7 +22,6 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::{DateTime, oid::ObjectId};
-use futures::future::join_all;
 use refresh_shared::{
     Category,
     device::Refreshable,
@@ -365,13 +364,10 @@ async fn abandon(state: &AppState, job: &JobRecord, categories: &[Category]) {
     };
     let marked = state.store.transition(job.id, categories, &update).await;
     // Releases only the claims this job holds.
-    let released = join_all(categories.iter().map(|&category| {
-        state
-            .store
-            .settle_refresh(job.organization, job.device, category, job.id, None)
-    }))
-    .await;
-    if let Err(error) = released.into_iter().fold(marked.map(drop), Result::and) {
+    let released = (state.store)
+        .release_claims(job.organization, job.device, categories, job.id, None)
+        .await;
+    if let Err(error) = marked.map(drop).and(released) {
         tracing::error!(job_id = %job.id, %error, "could not mark an unqueued job failed");
     }
 }

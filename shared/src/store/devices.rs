@@ -484,6 +484,31 @@ impl Store {
         Ok(result.matched_count == 1)
     }
 
+    /// Frees `job`'s claims on `categories` ([`Store::settle_refreshes`]): in one write when the
+    /// job holds them all, else one category at a time (a claim another job holds stays).
+    pub async fn release_claims(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        job: ObjectId,
+        refreshed_at: Option<DateTime>,
+    ) -> Result<(), StoreError> {
+        let at = refreshed_at;
+        if self
+            .settle_refreshes(organization, device, categories, job, at)
+            .await?
+            || categories.len() < 2
+        {
+            return Ok(());
+        }
+        for &category in categories {
+            self.settle_refresh(organization, device, category, job, at)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A device by id, whatever its organization: for a device proving who it is with its
     /// node key (the key, not a tenant's token, says which organization it is in).
     pub async fn device_by_id(&self, id: ObjectId) -> Result<Option<Device>, StoreError> {

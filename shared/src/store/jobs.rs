@@ -309,6 +309,35 @@ impl Store {
             .await?)
     }
 
+    /// Cancels every category of `organization`'s job `id` that has not ended, each in a
+    /// guarded write (one that ends meanwhile keeps its end). The job as it is afterwards and
+    /// the categories this call canceled; `None` when the organization has no such job.
+    pub async fn cancel_job(
+        &self,
+        organization: ObjectId,
+        id: ObjectId,
+    ) -> Result<Option<(JobRecord, Vec<Category>)>, StoreError> {
+        let Some(job) = self.job(organization, id).await? else {
+            return Ok(None);
+        };
+        let cancel = CategoryUpdate::to(CategoryState::Canceled);
+        let mut canceled = Vec::new();
+        for (&category, record) in &job.categories {
+            if !record.state.is_terminal()
+                && self
+                    .transition(id, std::slice::from_ref(&category), &cancel)
+                    .await?
+            {
+                canceled.push(category);
+            }
+        }
+        if canceled.is_empty() {
+            return Ok(Some((job, canceled)));
+        }
+        let after = self.job(organization, id).await?;
+        Ok(after.map(|job| (job, canceled)))
+    }
+
     /// Job by id across organizations: for the worker (which got the id from its own queue) and
     /// for operators.
     pub async fn job_by_id(&self, id: ObjectId) -> Result<Option<JobRecord>, StoreError> {

@@ -1,0 +1,204 @@
+//! Cancel (CONTRACT §6): `DELETE …/refresh-jobs/{jobId}` ends every category that has not
+//! ended as `canceled`; nothing pushes it afterwards, not even a message of the job already
+//! waiting in a retry queue.
+
+use refresh_shared::{
+    Category,
+    broker::Topology,
+    device::DeviceState,
+    job::{CategoryState, JobState, Lane},
+    store::{Device, JobRecord},
+    token::PERMISSION_DEVICE_READ,
+};
+use refresh_tests::{Answer, DEADLINE, TestStack, sample, wait_until};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn cancel(stack: &TestStack, job: &str, token: &str) -> Answer {
+    let url = stack.job_url(&stack.org_id(), job);
+    Answer::of(stack.http.delete(url).bearer_auth(token)).await
+}
+
+/// Waits until every category of `job` is `state`.
+async fn wait_for_state(stack: &TestStack, job: &str, state: CategoryState) -> JobRecord {
+    wait_until(
+        &format!("job {job} to read {state:?}"),
+        DEADLINE,
+        || async {
+            let record = stack.job(job).await;
+            record
+                .categories
+                .values()
+                .all(|c| c.state == state)
+                .then_some(record)
+        },
+    )
+    .await
+}
+
+/// The pushes the sim took for `job`, by the status it answered.
+async fn push_statuses(stack: &TestStack, job: &str) -> Vec<u16> {
+    let pushes = stack.pushes_for_job(job).await;
+    pushes.iter().map(|push| push.status).collect()
+}
+
+async fn agent_device(stack: &TestStack) -> Device {
+    stack.device_with(DeviceState::Active, true, false).await
+}
+
+#[tokio::test]
+async fn a_job_canceled_while_it_waits_in_a_retry_queue_is_never_pushed_again() {
+    // One push in process, then one round through a 3 s retry queue.
+    let stack = TestStack::start_with(&[
+        ("PUSH_MAX_ATTEMPTS", "1".to_owned()),
+        ("RETRY_TIERS_SECS", "3".to_owned()),
+    ])
+    .await;
+    let (device, witness_device) = (agent_device(&stack).await, agent_device(&stack).await);
+    stack
+        .fault(json!({ "mode": "fault", "gateway": "agent", "status": 503 }))
+        .await;
+    let job = stack
+        .refresh_device(&device, &["hardware", "os"])
+        .await
+        .job_id();
+    wait_for_state(&stack, &job, CategoryState::Retrying).await;
+    // A second job behind it in the same retry queue: once it is back and pushed, the first
+    // one's message has come back and been handled too (first in, first out).
+    let witness = stack
+        .refresh_device(&witness_device, &["hardware"])
+        .await
+        .job_id();
+    wait_for_state(&stack, &witness, CategoryState::Retrying).await;
+
+    let before = push_statuses(&stack, &job).await;
+    let canceled = cancel(&stack, &job, &stack.token).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{:?}", canceled.body);
+    let data = &canceled.body["data"];
+    assert_eq!(data["state"], json!("canceled"), "{data}");
+    for category in ["hardware", "os"] {
+        assert_eq!(data["categories"][category]["state"], json!("canceled"));
+    }
+    // The device's claims are free: a new refresh is a new job, not the canceled one.
+    let stored = stack.stored_device(device.id).await;
+    assert!(stored.refresh_info_needed.is_empty(), "{stored:?}");
+
+    // The gateway recovers; the witness comes back from the retry queue and is pushed.
+    stack.fault(json!({ "mode": "ok" })).await;
+    stack.wait_for_settled_job(&witness).await;
+    // (Its own queue's: the page is this test process's, which other tests' stacks share.)
+    let jobs_queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Interactive);
+    let label = format!("queue=\"{jobs_queue}\"");
+    let what = "the worker to finish every delivery of its work queue";
+    wait_until(what, DEADLINE, || async {
+        let page = stack.metrics(&stack.worker).await;
+        let unacked = sample(&page, "refresh_worker_unacked_deliveries", &label);
+        (unacked == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        push_statuses(&stack, &job).await,
+        before,
+        "no push after the cancel"
+    );
+    assert!(before.iter().all(|status| *status == 503), "{before:?}");
+    assert_eq!(push_statuses(&stack, &witness).await.last(), Some(&202));
+    let record = stack.job(&job).await;
+    assert_eq!(record.state(), JobState::Canceled, "{record:?}");
+
+    let again = stack.refresh_device(&device, &["hardware"]).await.job_id();
+    assert_ne!(again, job);
+    stack.wait_for_settled_job(&again).await;
+}
+
+#[tokio::test]
+async fn a_pushed_category_canceled_stays_canceled_when_the_device_reports_late() {
+    let stack = TestStack::start().await;
+    let (device, node_key) = stack
+        .device_with_key(stack.organization.id, DeviceState::Active, true, false)
+        .await;
+    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    let job = stack.refresh_device(&device, &["network"]).await.job_id();
+    wait_for_state(&stack, &job, CategoryState::Pushed).await;
+    let canceled = cancel(&stack, &job, &stack.token).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{:?}", canceled.body);
+
+    // The device's report still updates its inventory, but not the canceled job.
+    let node = Category::Network.nodes().next().expect("a node");
+    let report = json!({
+        "jobId": job,
+        "collectedAt": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        "categories": { "network": { "nodes": { node: "late" } } },
+    });
+    let url = format!(
+        "{}/v1/agent/windows/devices/{}/reports",
+        stack.devices,
+        device.id.to_hex()
+    );
+    let sent = Answer::of(stack.http.post(url).bearer_auth(&node_key).json(&report)).await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{:?}", sent.body);
+    let reader = stack.token_with(&[PERMISSION_DEVICE_READ]).await;
+    wait_until("the late report in the inventory", DEADLINE, || async {
+        let inventory = stack.inventory(&device.id.to_hex(), None, &reader).await;
+        inventory.body["data"]["categories"]["network"]["jobId"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+    let record = stack.job(&job).await;
+    assert_eq!(
+        record.categories[&Category::Network].state,
+        CategoryState::Canceled,
+        "{record:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_job_cannot_be_canceled_and_cancel_stays_in_its_tenant() {
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let (job, _) = stack.settled_refresh(&device, &["os"]).await;
+    cancel(&stack, &job, &stack.token).await.assert_error(
+        StatusCode::CONFLICT,
+        3003,
+        "Job already finished",
+    );
+
+    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    let open = stack.refresh_device(&device, &["security"]).await.job_id();
+    let reader = stack.token_with(&[PERMISSION_DEVICE_READ]).await;
+    cancel(&stack, &open, &reader)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, 4003, "Forbidden");
+    let (other, other_token) = stack.other_tenant().await;
+    cancel(&stack, &open, &other_token).await.assert_error(
+        StatusCode::NOT_FOUND,
+        3001,
+        "Entity not found",
+    );
+    let url = format!(
+        "{}/v1/organizations/{}/mdm/windows/enterprise/refresh-jobs/{open}",
+        stack.api,
+        other.id.to_hex()
+    );
+    Answer::of(stack.http.delete(url).bearer_auth(&other_token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
+    cancel(&stack, "0123456789abcdef01234567", &stack.token)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
+    cancel(&stack, "not-an-id", &stack.token)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, 1001, "Validation failed");
+    // Untouched by all of that; then canceled, and a second cancel finds it finished.
+    assert_ne!(stack.job(&open).await.state(), JobState::Canceled);
+    let canceled = cancel(&stack, &open, &stack.token).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{:?}", canceled.body);
+    cancel(&stack, &open, &stack.token).await.assert_error(
+        StatusCode::CONFLICT,
+        3003,
+        "Job already finished",
+    );
+}
