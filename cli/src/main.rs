@@ -239,6 +239,8 @@ enum TokenCommand {
 enum JobCommand {
     /// Show a refresh job and its categories.
     Get { id: ObjectId },
+    /// Cancel a refresh job: what has not ended is canceled and never pushed again.
+    Cancel { id: ObjectId },
 }
 
 #[tokio::main]
@@ -413,6 +415,7 @@ async fn run(
             revoke_token(settings, store, &org, id).await
         }
         Command::Job(JobCommand::Get { id }) => get_job(store, id).await,
+        Command::Job(JobCommand::Cancel { id }) => cancel_job(store, id).await,
     };
     output.map(Some)
 }
@@ -664,6 +667,26 @@ async fn revoke_token(
 }
 
 /// `job get`: the job as the api's status call shows it.
+/// `job cancel`.
+async fn cancel_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
+    let job = store
+        .job_by_id(id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    let (job, canceled) = store
+        .cancel_job(job.organization, id)
+        .await?
+        .with_context(|| format!("no job {id}"))?;
+    if canceled.is_empty() {
+        bail!("job {id} had already finished ({})", job.state().as_str());
+    }
+    let names: Vec<&str> = canceled.iter().map(|c| c.as_str()).collect();
+    Ok(Output {
+        text: format!("job {id} canceled: {}", names.join(", ")),
+        json: json!({ "jobId": id.to_hex(), "state": job.state(), "canceled": names }),
+    })
+}
+
 async fn get_job(store: &Store, id: ObjectId) -> anyhow::Result<Output> {
     let job = store
         .job_by_id(id)

@@ -201,4 +201,15 @@ async fn a_finished_job_cannot_be_canceled_and_cancel_stays_in_its_tenant() {
         3003,
         "Job already finished",
     );
+
+    // The operator's way: `refreshctl job cancel`, and its refusal of a finished job.
+    let pending = stack.refresh_device(&device, &["network"]).await.job_id();
+    let canceled = stack.refreshctl(&["job", "cancel", &pending]).await;
+    assert_eq!(canceled["state"], json!("canceled"), "{canceled}");
+    assert_eq!(canceled["canceled"], json!(["network"]), "{canceled}");
+    assert_eq!(stack.job(&pending).await.state(), JobState::Canceled);
+    let refused = stack.refreshctl_output(&["job", "cancel", &pending]).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("had already finished"), "{said}");
 }

@@ -20,7 +20,7 @@ use axum::{
 use refresh_shared::{
     Category,
     device::Gateway,
-    job::{CategoryState, JobState, Lane},
+    job::{CategoryState, JobState},
     report::ReportSource,
     store::JobRecord,
     token::PERMISSION_DEVICE_INFO,
@@ -133,19 +133,12 @@ pub async fn cancel_job(
     caller.require(PERMISSION_DEVICE_INFO)?;
     let (organization, job) = organization_and_id(path, "jobId")?;
     let organization = caller.organization(&state, &organization).await?;
-    let store = &state.store;
-    let (job, canceled) = store
+    let (job, canceled) = (state.store)
         .cancel_job(organization.id, job)
         .await?
         .ok_or(ApiError::NotFound)?;
     if canceled.is_empty() {
         return Err(ApiError::JobFinished);
-    }
-    store
-        .release_claims(job.organization, job.device, &canceled, job.id, None)
-        .await?;
-    if job.lane == Lane::Bulk {
-        store.record_outcome(job.id).await?;
     }
     tracing::info!(job_id = %job.id, token_id = %caller.token_id, categories = ?canceled, "job canceled");
     Ok(success(JobView::from(&job)))

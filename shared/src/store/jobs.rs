@@ -310,8 +310,10 @@ impl Store {
     }
 
     /// Cancels every category of `organization`'s job `id` that has not ended, each in a
-    /// guarded write (one that ends meanwhile keeps its end). The job as it is afterwards and
-    /// the categories this call canceled; `None` when the organization has no such job.
+    /// guarded write (one that ends meanwhile keeps its end), frees the device's claims on
+    /// them, and counts the job's outcome in its batch. The job as it is afterwards and the
+    /// categories this call canceled (none: it had ended already); `None` when the
+    /// organization has no such job.
     pub async fn cancel_job(
         &self,
         organization: ObjectId,
@@ -333,6 +335,11 @@ impl Store {
         }
         if canceled.is_empty() {
             return Ok(Some((job, canceled)));
+        }
+        self.release_claims(organization, job.device, &canceled, id, None)
+            .await?;
+        if job.lane == Lane::Bulk {
+            self.record_outcome(id).await?;
         }
         let after = self.job(organization, id).await?;
         Ok(after.map(|job| (job, canceled)))
