@@ -2,9 +2,9 @@
 
 use crate::{
     auth::Authenticated,
-    error::{ApiError, FieldProblem},
+    error::ApiError,
     openapi::{InventoryParams, StatusErrors, schema},
-    routes::{Success, organization_and_device, rfc3339, success},
+    routes::{Success, callers_device, device_read, rfc3339, success},
     state::AppState,
     validate,
 };
@@ -87,28 +87,11 @@ pub async fn get_inventory(
     query: Result<Query<InventoryQuery>, QueryRejection>,
 ) -> Result<Json<Success<InventoryView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_READ)?;
-    let mut problems = Vec::new();
-    let (organization, device_key) = organization_and_device(path, &mut problems);
-    let categories = match query {
-        Ok(Query(query)) => validate::category_list(query.categories.as_deref())
-            .map_err(|p| problems.push(p))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("query", rejection.body_text()));
-            None
-        }
-    };
-    let (Some(organization), Some(device_key), Some(categories)) =
-        (organization, device_key, categories)
-    else {
-        return Err(ApiError::Validation(problems));
-    };
-    let organization = caller.organization(&state, &organization).await?;
-    let device = state
-        .store
-        .device_by_key(organization.id, &device_key)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (organization, device_key, categories) = device_read(path, query, |query| {
+        validate::category_list(query.categories.as_deref()).map_err(|p| vec![p])
+    })?;
+    let (organization, device) =
+        callers_device(&state, &caller, &organization, &device_key).await?;
     let records = state
         .store
         .inventory(organization.id, device.id, &categories)

@@ -4,9 +4,9 @@
 
 use crate::{
     auth::Authenticated,
-    error::{ApiError, FieldProblem},
+    error::ApiError,
     openapi::{CancelJobErrors, HistoryParams, JobParams, StatusErrors, schema},
-    routes::{Success, organization_and_device, organization_and_id, rfc3339, success},
+    routes::{Success, callers_device, device_read, organization_and_id, rfc3339, success},
     state::AppState,
     validate,
 };
@@ -176,28 +176,11 @@ pub async fn device_history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Success<HistoryPage>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let mut problems = Vec::new();
-    let (organization, device_key) = organization_and_device(path, &mut problems);
-    let page = match query {
-        Ok(Query(query)) => validate::history_page(query.limit.as_deref(), query.after.as_deref())
-            .map_err(|found| problems.extend(found))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("query", rejection.body_text()));
-            None
-        }
-    };
-    let (Some(organization), Some(device_key), Some((limit, after))) =
-        (organization, device_key, page)
-    else {
-        return Err(ApiError::Validation(problems));
-    };
-    let organization = caller.organization(&state, &organization).await?;
-    let device = state
-        .store
-        .device_by_key(organization.id, &device_key)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let (organization, device_key, (limit, after)) = device_read(path, query, |query| {
+        validate::history_page(query.limit.as_deref(), query.after.as_deref())
+    })?;
+    let (organization, device) =
+        callers_device(&state, &caller, &organization, &device_key).await?;
     // One more than asked: whether another page follows.
     let mut jobs = state
         .store

@@ -11,6 +11,7 @@ pub use batches::BatchView;
 
 use crate::settings::{ApiSettings, DeviceListenerSettings};
 use crate::{
+    auth::Authenticated,
     error::{ApiError, FieldProblem},
     limits::{self, Limits, Slots},
     openapi::{self, ApiDoc, Document},
@@ -20,9 +21,13 @@ use crate::{
 };
 use axum::{
     Extension, Json, Router,
-    extract::{DefaultBodyLimit, Path, rejection::PathRejection},
+    extract::{
+        DefaultBodyLimit, Path, Query,
+        rejection::{PathRejection, QueryRejection},
+    },
 };
 use bson::{DateTime, oid::ObjectId};
+use refresh_shared::store::{Device, Organization};
 use serde::Serialize;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use utoipa::{OpenApi, ToSchema};
@@ -175,6 +180,46 @@ fn organization_and_device(
             (None, None)
         }
     }
+}
+
+/// A device read route's path and query: the organization and device they name and what
+/// `read_query` makes of the query, or every problem with them at once.
+fn device_read<Q, T>(
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Q>, QueryRejection>,
+    read_query: impl FnOnce(Q) -> Result<T, Vec<FieldProblem>>,
+) -> Result<(OrganizationRef, String, T), ApiError> {
+    let mut problems = Vec::new();
+    let (organization, device_key) = organization_and_device(path, &mut problems);
+    let read = match query {
+        Ok(Query(query)) => read_query(query)
+            .map_err(|found| problems.extend(found))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("query", rejection.body_text()));
+            None
+        }
+    };
+    match (organization, device_key, read) {
+        (Some(organization), Some(device_key), Some(read)) => Ok((organization, device_key, read)),
+        _ => Err(ApiError::Validation(problems)),
+    }
+}
+
+/// The caller's organization (which `organization` must name) and its device `device_key`.
+async fn callers_device(
+    state: &AppState,
+    caller: &Authenticated,
+    organization: &OrganizationRef,
+    device_key: &str,
+) -> Result<(Organization, Device), ApiError> {
+    let organization = caller.organization(state, organization).await?;
+    let device = state
+        .store
+        .device_by_key(organization.id, device_key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok((organization, device))
 }
 
 /// A timestamp as the answers show it.
