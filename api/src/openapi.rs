@@ -217,8 +217,8 @@ error_answers! {
     CreateBatchErrors = [ANY_ROUTE, AUTHENTICATED, WITH_BODY, IDEMPOTENT, &[ErrorKind::NotFound]];
     /// A status read by id: `…/refresh-jobs/{jobId}`, `…/refresh-batches/{batchId}`.
     StatusErrors = [ANY_ROUTE, AUTHENTICATED, &[ErrorKind::Validation, ErrorKind::NotFound]];
-    /// `DELETE …/refresh-jobs/{jobId}`.
-    CancelJobErrors = [
+    /// `DELETE …/refresh-jobs/{jobId}`, `DELETE …/refresh-batches/{batchId}`.
+    CancelErrors = [
         ANY_ROUTE,
         AUTHENTICATED,
         &[ErrorKind::Validation, ErrorKind::NotFound, ErrorKind::JobFinished],

@@ -30,6 +30,8 @@ struct Counts {
     failed: u64,
     expired: u64,
     unreported: u64,
+    #[serde(default)]
+    canceled: u64,
     skipped: SkippedCounts,
 }
 
@@ -54,6 +56,8 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
 
 pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
     let body = request_body(&args)?;
+    // Before the batch exists: a Ctrl-C from then on is a question, never a sudden exit.
+    let mut interrupts = args.cancel_on_interrupt.then(interrupts).transpose()?;
     let http = reqwest::Client::new();
     let base = format!(
         "{}/v1/organizations/{}/mdm/windows/enterprise/refresh-batches",
@@ -100,7 +104,11 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
                     "{}: reported {} not reported {} skipped {}",
                     view.state.as_str(),
                     counts.reported,
-                    counts.failed + counts.partial + counts.expired + counts.unreported,
+                    counts.failed
+                        + counts.partial
+                        + counts.expired
+                        + counts.unreported
+                        + counts.canceled,
                     counts.skipped.total()
                 ));
                 if view.state.is_final() {
@@ -115,13 +123,50 @@ pub async fn run(args: BulkArgs, json: bool) -> anyhow::Result<Option<Output>> {
                 bar.set_message(format!("retrying: {error:#}"));
             }
         }
-        tokio::time::sleep(POLL_EVERY).await;
+        let Some(interrupts) = interrupts.as_mut() else {
+            tokio::time::sleep(POLL_EVERY).await;
+            continue;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(POLL_EVERY) => {}
+            _ = interrupts.recv() => {
+                let cancel = bar.suspend(|| confirm(&format!("Cancel batch {batch_id}? [y/N] ")))?;
+                if cancel {
+                    let data = call(http.delete(&url).bearer_auth(&args.token)).await?;
+                    let view = BatchStatus::deserialize(&data).context("reading the batch status")?;
+                    break (view, data);
+                }
+            }
+        }
     };
     bar.finish_and_clear();
     Ok(Some(Output {
         text: summary(&view),
         json: data,
     }))
+}
+
+/// Ctrl-C, from now on, as a stream (the process no longer stops at it).
+fn interrupts() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")
+}
+
+/// Asks `question` on standard error and reads the answer from standard input: yes only for
+/// `y` or `yes`; no for anything else, and when standard input is closed.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut stderr = std::io::stderr();
+    stderr.write_all(question.as_bytes())?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 /// The body `POST …/refresh-batches` takes, from the arguments.
@@ -190,7 +235,7 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
 fn summary(view: &BatchStatus) -> String {
     let c = &view.counts;
     format!(
-        "batch {} {}: {} devices\n  reported {}  partial {}  failed {}  expired {}  unreported {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
+        "batch {} {}: {} devices\n  reported {}  partial {}  failed {}  expired {}  unreported {}  canceled {}\n  skipped: not found {}  not active {}  coalesced {}\n  started {}  finished {}{}",
         view.id,
         view.state.as_str(),
         view.total,
@@ -199,6 +244,7 @@ fn summary(view: &BatchStatus) -> String {
         c.failed,
         c.expired,
         c.unreported,
+        c.canceled,
         c.skipped.not_found,
         c.skipped.not_active,
         c.skipped.coalesced,

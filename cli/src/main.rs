@@ -91,6 +91,10 @@ struct BulkArgs {
     /// Print the batch id and return without following it.
     #[arg(long)]
     no_wait: bool,
+    /// While following: Ctrl-C asks whether to cancel the batch (without it, Ctrl-C only
+    /// stops following; the batch goes on).
+    #[arg(long, conflicts_with = "no_wait")]
+    cancel_on_interrupt: bool,
 }
 
 #[derive(Subcommand)]

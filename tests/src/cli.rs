@@ -29,8 +29,18 @@ impl TestStack {
         args: &[&str],
         more: &[(&str, &str)],
     ) -> std::process::Output {
+        self.refreshctl_command(args)
+            .envs(more.iter().copied())
+            .output()
+            .await
+            .expect("run refreshctl")
+    }
+
+    /// `refreshctl --json ARGS` against this stack, to be run as the test needs.
+    pub fn refreshctl_command(&self, args: &[&str]) -> tokio::process::Command {
         // Not std's Command: `refreshctl bulk` follows a batch this test's runtime is serving.
-        tokio::process::Command::new(binary("refreshctl"))
+        let mut command = tokio::process::Command::new(binary("refreshctl"));
+        command
             .arg("--json")
             .args(args)
             .env_clear()
@@ -46,11 +56,8 @@ impl TestStack {
             .env(
                 "WNS_CHANNEL_HOST_SUFFIXES",
                 self.settings.gateways.wns_channels.to_string(),
-            )
-            .envs(more.iter().copied())
-            .output()
-            .await
-            .expect("run refreshctl")
+            );
+        command
     }
 }
 

@@ -1,18 +1,21 @@
 //! Cancel (CONTRACT §6): `DELETE …/refresh-jobs/{jobId}` ends every category that has not
 //! ended as `canceled`; nothing pushes it afterwards, not even a message of the job already
-//! waiting in a retry queue.
+//! waiting in a retry queue. `DELETE …/refresh-batches/{batchId}` stops the expansion and
+//! cancels every job the batch made.
 
 use refresh_shared::{
     Category,
     broker::Topology,
     device::DeviceState,
     job::{CategoryState, JobState, Lane},
-    store::{Device, JobRecord},
-    token::PERMISSION_DEVICE_READ,
+    store::{BATCHES, BatchRecord, Device, JobRecord},
+    token::{PERMISSION_DEVICE_READ, PERMISSION_OPS_QUEUES},
 };
 use refresh_tests::{Answer, DEADLINE, TestStack, sample, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
+use std::{collections::HashSet, process::Stdio};
+use tokio::io::AsyncWriteExt;
 
 async fn cancel(stack: &TestStack, job: &str, token: &str) -> Answer {
     let url = stack.job_url(&stack.org_id(), job);
@@ -212,4 +215,185 @@ async fn a_finished_job_cannot_be_canceled_and_cancel_stays_in_its_tenant() {
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("had already finished"), "{said}");
+}
+
+/// Devices in the batch-cancel test: `CANCEL_TEST_DEVICES`, default 1,000 so the suite stays
+/// quick on the in-memory Python test database; the 10,000 runs with
+/// `CANCEL_TEST_DEVICES=10000`.
+fn cancel_test_devices() -> usize {
+    std::env::var("CANCEL_TEST_DEVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000)
+}
+
+/// Devices a batch expands per checkpoint in the test, and pushes a worker makes at once for
+/// batches: together, the most that may still be pushed after a cancel is answered.
+const CHUNK: usize = 50;
+const BULK_SLOTS: usize = 8;
+
+#[tokio::test]
+async fn a_batch_canceled_mid_expansion_pushes_nothing_more_than_what_was_in_flight() {
+    let size = cancel_test_devices();
+    let stack = TestStack::start_with(&[
+        ("BATCH_CHUNK_SIZE", CHUNK.to_string()),
+        ("WORKER_BULK_CONCURRENCY", BULK_SLOTS.to_string()),
+    ])
+    .await;
+    // Every push takes 20 ms, so the batch is still expanding and draining when canceled.
+    stack
+        .fault(json!({ "mode": "fault", "latencyMs": 20 }))
+        .await;
+    let devices = stack.devices(size, DeviceState::Active, &["fleet"]).await;
+    let ids: Vec<String> = devices.iter().map(|d| d.id.to_hex()).collect();
+    let batch = stack
+        .bulk(&json!({ "info": ["hardware", "os"], "deviceIds": ids }))
+        .await
+        .batch_id();
+    // Canceled once a chunk's worth of devices has been pushed: jobs are then in every state,
+    // from not yet made to reported.
+    wait_until("a chunk's worth of pushes", DEADLINE, || async {
+        (stack.pushes().await.len() >= CHUNK).then_some(())
+    })
+    .await;
+
+    let before = stack.batch(&batch).await;
+    assert_eq!(before.state.as_str(), "expanding", "{before:?}");
+    let url = format!("{}/{batch}", stack.batches_url(&stack.org_id()));
+    let answer = Answer::of(stack.http.delete(&url).bearer_auth(&stack.token)).await;
+    let canceled_at = time::OffsetDateTime::now_utc();
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let view = &answer.body["data"];
+    assert_eq!(view["state"], json!("canceled"), "{view}");
+    let pending = view["counts"]["pending"].as_u64();
+    assert_eq!(
+        pending,
+        Some(0),
+        "devices not reached count as canceled: {view}"
+    );
+
+    // Quiet: nothing of the batch left in the bulk queue or in a worker's hands.
+    let jobs_queue = Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Bulk);
+    let operator = stack.token_with(&[PERMISSION_OPS_QUEUES]).await;
+    let label = format!("queue=\"{jobs_queue}\"");
+    wait_until("the bulk queue to drain", DEADLINE, || async {
+        let queues = Answer::of(
+            stack
+                .http
+                .get(format!("{}/v1/ops/queues", stack.api))
+                .bearer_auth(&operator),
+        )
+        .await;
+        let ready = queues.body["data"]["queues"]
+            .as_array()
+            .and_then(|queues| queues.iter().find(|q| q["name"] == json!(jobs_queue)))
+            .and_then(|queue| queue["ready"].as_u64());
+        let page = stack.metrics(&stack.worker).await;
+        let unacked = sample(&page, "refresh_worker_unacked_deliveries", &label);
+        (ready == Some(0) && unacked == Some(0.0)).then_some(())
+    })
+    .await;
+
+    let pushes = stack.pushes().await;
+    let after: HashSet<&str> = pushes
+        .iter()
+        .filter(|push| push.time() > canceled_at)
+        .map(|push| push.target.as_str())
+        .collect();
+    let reached: HashSet<&str> = pushes.iter().map(|push| push.target.as_str()).collect();
+    let view = stack.batch(&batch).await;
+    println!(
+        "{size}-device batch canceled: {} devices pushed in all, {} after the cancel was answered; {:?}",
+        reached.len(),
+        after.len(),
+        view.counts
+    );
+    assert!(
+        after.len() <= CHUNK + BULK_SLOTS,
+        "pushed after the cancel: {} devices (at most a chunk and the jobs in hand)",
+        after.len()
+    );
+    assert!(reached.len() < size, "canceled before the end");
+    assert_eq!(view.state.as_str(), "canceled");
+    assert_eq!(view.counts.sum(), view.total, "{view:?}");
+    assert_eq!(view.counts.pending + view.counts.queued, 0, "{view:?}");
+    assert!(
+        view.counts.canceled >= (size - reached.len()) as u64,
+        "{view:?}"
+    );
+
+    // A device the batch never pushed is free: a refresh of it is a new job, pushed.
+    let untouched = devices
+        .iter()
+        .find(|device| !reached.contains(device.id.to_hex().as_str()))
+        .expect("a device the batch never reached");
+    stack.fault(json!({ "mode": "ok" })).await;
+    stack.settled_refresh(untouched, &["hardware"]).await;
+
+    // An ended batch cannot be canceled again.
+    Answer::of(stack.http.delete(&url).bearer_auth(&stack.token))
+        .await
+        .assert_error(StatusCode::CONFLICT, 3003, "Job already finished");
+    let (other, other_token) = stack.other_tenant().await;
+    let elsewhere = format!("{}/{batch}", stack.batches_url(&other.id.to_hex()));
+    Answer::of(stack.http.delete(elsewhere).bearer_auth(&other_token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
+}
+
+#[tokio::test]
+async fn refreshctl_bulk_asks_at_ctrl_c_whether_to_cancel_the_batch() {
+    let stack = TestStack::start().await;
+    // The devices never report: the batch cannot end before it is canceled.
+    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    stack.devices(5, DeviceState::Active, &["lab"]).await;
+    let mut refreshctl = stack
+        .refreshctl_command(&[
+            "bulk",
+            "--org",
+            &stack.org_id(),
+            "--info",
+            "hardware",
+            "--tag",
+            "lab",
+            "--cancel-on-interrupt",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run refreshctl");
+    // Submitted (the command listens for Ctrl-C before it submits).
+    let batches = stack.collection::<BatchRecord>(BATCHES);
+    let batch = wait_until("the batch to be submitted", DEADLINE, || async {
+        batches.find_one(bson::doc! {}).await.expect("read batches")
+    })
+    .await;
+
+    let pid = refreshctl.id().expect("a running refreshctl").to_string();
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    let mut stdin = refreshctl.stdin.take().expect("stdin");
+    stdin.write_all(b"y\n").await.expect("answer the question");
+    drop(stdin);
+    let output = tokio::time::timeout(DEADLINE, refreshctl.wait_with_output())
+        .await
+        .expect("refreshctl exits after the answer")
+        .expect("refreshctl's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Cancel batch {}? [y/N]", batch.id.to_hex())),
+        "{stderr}"
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(printed["state"], json!("canceled"), "{printed}");
+    assert_eq!(
+        stack.batch(&batch.id.to_hex()).await.state.as_str(),
+        "canceled"
+    );
 }

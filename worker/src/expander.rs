@@ -60,7 +60,7 @@ impl Expander {
             tracing::warn!(%batch_id, "batch to expand no longer exists");
             return Ok(());
         };
-        if batch.expansion.done || batch.failure.is_some() {
+        if batch.expansion.done || batch.failure.is_some() || batch.canceled_at.is_some() {
             return Ok(());
         }
         // Started before: the first chunk may have been half done by a process that died.
@@ -84,8 +84,7 @@ impl Expander {
                 .checkpoint_batch(batch.id, expansion.chunks, &progress, last)
                 .await?;
             if !recorded {
-                tracing::warn!(%batch_id, "another expander checkpointed this batch first; leaving it to that one");
-                return Ok(());
+                return self.checkpoint_refused(batch_id).await;
             }
             metrics::counter!(metric::BATCH_DEVICES_EXPANDED)
                 .increment(progress.accepted + progress.skipped.total());
@@ -106,6 +105,22 @@ impl Expander {
                 return Ok(());
             }
         }
+    }
+
+    /// The batch's checkpoint was not this expander's to write: the batch was canceled (then
+    /// the chunk just published is canceled too, as the cancel could not see it), or another
+    /// expander got there first (then the batch is left to it).
+    async fn checkpoint_refused(&self, batch_id: ObjectId) -> Result<(), Halt> {
+        match self.store.batch_by_id(batch_id).await? {
+            Some(batch) if batch.canceled_at.is_some() => {
+                let jobs = self.store.cancel_batch_jobs(&batch).await?;
+                tracing::info!(%batch_id, jobs, "batch canceled: expansion stopped");
+            }
+            _ => {
+                tracing::warn!(%batch_id, "another expander checkpointed this batch first; leaving it to that one");
+            }
+        }
+        Ok(())
     }
 
     /// The next chunk after the checkpoint, the checkpoint after it, and whether it is the last.

@@ -6,7 +6,10 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     idempotency::{self, KeyCheck},
-    openapi::{BatchParams, BulkBody, CreateBatchErrors, CreateBatchParams, StatusErrors, schema},
+    openapi::{
+        BatchParams, BulkBody, CancelErrors, CreateBatchErrors, CreateBatchParams, StatusErrors,
+        schema,
+    },
     routes::{Success, organization_and_id, refresh::body_rejection, rfc3339, success},
     state::AppState,
     trace::request_trace,
@@ -206,6 +209,36 @@ pub async fn get_batch(
     Ok(success(BatchView::from(&batch)))
 }
 
+/// Cancels a batch: its expansion stops (a chunk being expanded at that moment is the most
+/// that can still be pushed), and every job it made is canceled as `DELETE
+/// …/refresh-jobs/{jobId}` cancels one.
+#[utoipa::path(
+    delete,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-batches/{batchId}",
+    tag = "refresh",
+    params(BatchParams),
+    responses((status = 200, description = "The batch, canceled", body = Success<BatchView>), CancelErrors),
+    security(("bearer" = [])),
+)]
+pub async fn cancel_batch(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Success<BatchView>>, ApiError> {
+    caller.require(PERMISSION_DEVICE_INFO)?;
+    let (organization, batch) = organization_and_id(path, "batchId")?;
+    let organization = caller.organization(&state, &organization).await?;
+    let canceled = (state.store)
+        .cancel_batch(organization.id, batch)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if !canceled.now {
+        return Err(ApiError::JobFinished);
+    }
+    tracing::info!(batch_id = %canceled.batch.id, token_id = %caller.token_id, jobs = canceled.jobs, "batch canceled");
+    Ok(success(BatchView::from(&canceled.batch)))
+}
+
 /// A batch as `GET …/refresh-batches/{batchId}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -245,7 +278,8 @@ pub struct BatchCounts {
     pub expired: u64,
     /// Pushed, and nothing reported by the deadline.
     pub unreported: u64,
-    /// Canceled before every category ended.
+    /// Canceled before every category ended; for a canceled batch, also the devices it had
+    /// not reached.
     #[serde(default)]
     pub canceled: u64,
     pub skipped: Skipped,
@@ -295,22 +329,28 @@ impl From<&BatchRecord> for BatchView {
             not_active,
             coalesced,
         } = batch.skipped;
+        let unreached = batch.total.saturating_sub(accepted + batch.skipped.total());
+        // A canceled batch reaches no more devices: those it had not are canceled with it.
+        let (pending, never) = match batch.canceled_at {
+            Some(_) => (0, unreached),
+            None => (unreached, 0),
+        };
         let counts = BatchCounts {
-            pending: batch.total.saturating_sub(accepted + batch.skipped.total()),
+            pending,
             queued: accepted - settled,
             reported: outcome(DeviceOutcome::Reported),
             partial: outcome(DeviceOutcome::Partial),
             failed: outcome(DeviceOutcome::Failed),
             expired: outcome(DeviceOutcome::Expired),
             unreported: outcome(DeviceOutcome::Unreported),
-            canceled: outcome(DeviceOutcome::Canceled),
+            canceled: outcome(DeviceOutcome::Canceled) + never,
             skipped: Skipped {
                 not_found,
                 not_active,
                 coalesced,
             },
         };
-        let done = settled + batch.skipped.total();
+        let done = settled + batch.skipped.total() + never;
         BatchView {
             id: batch.id.to_hex(),
             organization_id: batch.organization.to_hex(),

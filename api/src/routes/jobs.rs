@@ -5,7 +5,7 @@
 use crate::{
     auth::Authenticated,
     error::ApiError,
-    openapi::{CancelJobErrors, HistoryParams, JobParams, StatusErrors, schema},
+    openapi::{CancelErrors, HistoryParams, JobParams, StatusErrors, schema},
     routes::{Success, callers_device, device_read, organization_and_id, rfc3339, success},
     state::AppState,
     validate,
@@ -122,7 +122,7 @@ pub async fn get_job(
     path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/refresh-jobs/{jobId}",
     tag = "refresh",
     params(JobParams),
-    responses((status = 200, description = "The job, canceled", body = Success<JobView>), CancelJobErrors),
+    responses((status = 200, description = "The job, canceled", body = Success<JobView>), CancelErrors),
     security(("bearer" = [])),
 )]
 pub async fn cancel_job(

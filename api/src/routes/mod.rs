@@ -50,7 +50,7 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::device_history))
         .routes(routes!(inventory::get_inventory))
         .routes((schemas, paths, create_batch))
-        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::get_batch, batches::cancel_batch))
         .routes(routes!(ops::queues))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -41,6 +41,9 @@ pub struct BatchRecord {
     /// Set when the batch could not be queued for expansion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// When the caller canceled it: its expansion stops, its jobs are canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canceled_at: Option<DateTime>,
     #[serde(default)]
     pub expansion: Expansion,
     /// Devices that got a job.
@@ -128,6 +131,7 @@ impl BatchRecord {
             started_at: None,
             finished_at: None,
             failure: None,
+            canceled_at: None,
             expansion: Expansion::default(),
             accepted: 0,
             skipped: Skipped::default(),
@@ -238,7 +242,8 @@ impl Store {
     }
 
     /// Records one expanded chunk, if the checkpoint is still the one this expander started
-    /// from. Returns false when another expander got there first.
+    /// from and the batch is not canceled. Returns false when another expander got there
+    /// first, or the batch was canceled.
     pub async fn checkpoint_batch(
         &self,
         id: ObjectId,
@@ -264,7 +269,11 @@ impl Store {
                 "skipped.coalesced": to_i64(progress.skipped.coalesced),
             },
         };
-        let filter = doc! { "_id": id, "expansion.chunks": to_i64(chunks_done) };
+        let filter = doc! {
+            "_id": id,
+            "expansion.chunks": to_i64(chunks_done),
+            "canceledAt": { "$exists": false },
+        };
         let result = self.batches.update_one(filter, update).await?;
         Ok(result.matched_count == 1)
     }
@@ -333,6 +342,32 @@ impl Store {
         Ok(Some(at))
     }
 
+    /// Sets `batch`'s outcome counts (and when its last job settled) to what its jobs say;
+    /// returns them.
+    pub(super) async fn recount_outcomes(
+        &self,
+        batch: &BatchRecord,
+    ) -> Result<(BTreeMap<DeviceOutcome, u64>, Option<DateTime>), StoreError> {
+        let (outcomes, last) = self.batch_outcomes(batch.organization, batch.id).await?;
+        let counts: bson::Document = outcomes
+            .iter()
+            .map(|(outcome, n)| {
+                (
+                    outcome.as_str().to_owned(),
+                    i64::try_from(*n).unwrap_or(0).into(),
+                )
+            })
+            .collect();
+        let mut set = doc! { "outcomes": counts };
+        if let Some(last) = last {
+            set.insert("lastSettledAt", last);
+        }
+        self.batches
+            .update_one(doc! { "_id": batch.id }, doc! { "$set": set })
+            .await?;
+        Ok((outcomes, last))
+    }
+
     /// `batch` with its counts made right, for the status call. They are kept as jobs settle
     /// (and its end recorded by the worker that counts the last); if a batch looks stuck (every
     /// job expanded, fewer settled than accepted, nothing settled for a while) they are
@@ -350,23 +385,7 @@ impl Store {
             && settled < batch.accepted
             && quiet_for > RECOUNT_AFTER_QUIET_MS;
         if stuck {
-            let (outcomes, last) = self.batch_outcomes(batch.organization, batch.id).await?;
-            let counts: bson::Document = outcomes
-                .iter()
-                .map(|(outcome, n)| {
-                    (
-                        outcome.as_str().to_owned(),
-                        i64::try_from(*n).unwrap_or(0).into(),
-                    )
-                })
-                .collect();
-            let mut set = doc! { "outcomes": counts };
-            if let Some(last) = last {
-                set.insert("lastSettledAt", last);
-            }
-            self.batches
-                .update_one(doc! { "_id": batch.id }, doc! { "$set": set })
-                .await?;
+            let (outcomes, last) = self.recount_outcomes(&batch).await?;
             batch.outcomes = outcomes;
             batch.last_settled_at = last.or(batch.last_settled_at);
             // The repair may be what completes it.
@@ -391,6 +410,8 @@ pub enum BatchState {
     Completed,
     /// Not queued.
     Failed,
+    /// Canceled by the caller before it completed.
+    Canceled,
 }
 
 impl BatchState {
@@ -400,12 +421,16 @@ impl BatchState {
             BatchState::Running => "running",
             BatchState::Completed => "completed",
             BatchState::Failed => "failed",
+            BatchState::Canceled => "canceled",
         }
     }
 
     /// Whether the batch has ended, one way or the other.
     pub fn is_final(self) -> bool {
-        matches!(self, BatchState::Completed | BatchState::Failed)
+        matches!(
+            self,
+            BatchState::Completed | BatchState::Failed | BatchState::Canceled
+        )
     }
 }
 
@@ -414,6 +439,8 @@ impl BatchRecord {
     pub fn state(&self) -> BatchState {
         if self.failure.is_some() {
             BatchState::Failed
+        } else if self.canceled_at.is_some() {
+            BatchState::Canceled
         } else if self.finished_at.is_some() {
             BatchState::Completed
         } else if self.expansion.done {

@@ -309,42 +309,6 @@ impl Store {
             .await?)
     }
 
-    /// Cancels every category of `organization`'s job `id` that has not ended, each in a
-    /// guarded write (one that ends meanwhile keeps its end), frees the device's claims on
-    /// them, and counts the job's outcome in its batch. The job as it is afterwards and the
-    /// categories this call canceled (none: it had ended already); `None` when the
-    /// organization has no such job.
-    pub async fn cancel_job(
-        &self,
-        organization: ObjectId,
-        id: ObjectId,
-    ) -> Result<Option<(JobRecord, Vec<Category>)>, StoreError> {
-        let Some(job) = self.job(organization, id).await? else {
-            return Ok(None);
-        };
-        let cancel = CategoryUpdate::to(CategoryState::Canceled);
-        let mut canceled = Vec::new();
-        for (&category, record) in &job.categories {
-            if !record.state.is_terminal()
-                && self
-                    .transition(id, std::slice::from_ref(&category), &cancel)
-                    .await?
-            {
-                canceled.push(category);
-            }
-        }
-        if canceled.is_empty() {
-            return Ok(Some((job, canceled)));
-        }
-        self.release_claims(organization, job.device, &canceled, id, None)
-            .await?;
-        if job.lane == Lane::Bulk {
-            self.record_outcome(id).await?;
-        }
-        let after = self.job(organization, id).await?;
-        Ok(after.map(|job| (job, canceled)))
-    }
-
     /// Job by id across organizations: for the worker (which got the id from its own queue) and
     /// for operators.
     pub async fn job_by_id(&self, id: ObjectId) -> Result<Option<JobRecord>, StoreError> {

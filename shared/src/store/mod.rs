@@ -4,6 +4,7 @@
 
 mod audit;
 mod batches;
+mod cancel;
 mod devices;
 mod idempotency;
 mod indexes;
@@ -14,6 +15,7 @@ mod tokens;
 
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
+pub use cancel::BatchCanceled;
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, NodeKey, OmaDmIdentity, OmaDmIdentityRefused,
     PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
