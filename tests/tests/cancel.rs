@@ -265,6 +265,7 @@ async fn a_batch_canceled_mid_expansion_pushes_nothing_more_than_what_was_in_fli
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     let view = &answer.body["data"];
     assert_eq!(view["state"], json!("canceled"), "{view}");
+    assert!(view["canceledAt"].is_string(), "{view}");
     let pending = view["counts"]["pending"].as_u64();
     assert_eq!(
         pending,

@@ -259,6 +259,9 @@ pub struct BatchView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// When it was canceled (`DELETE …/refresh-batches/{batchId}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canceled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -367,6 +370,7 @@ impl From<&BatchRecord> for BatchView {
             created_at: rfc3339(batch.created_at),
             started_at: batch.started_at.map(rfc3339),
             finished_at: batch.finished_at.map(rfc3339),
+            canceled_at: batch.canceled_at.map(rfc3339),
             error: batch.failure.clone(),
         }
     }
