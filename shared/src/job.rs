@@ -196,17 +196,18 @@ impl CategoryState {
         }
     }
 
-    /// The states a worker may claim a category from (move it to `Pushing`). Never from
-    /// `Pushing`: a push in progress belongs to whoever claimed it, even when the broker hands
-    /// the message to another worker (the first may have lost only its channel, and still be
-    /// pushing); the dispatcher takes over such a claim only once it is stale. Only a repush
-    /// (the deadline passed without a report) pushes a `pushed` category again.
-    pub fn claimable(repush: bool) -> &'static [CategoryState] {
+    /// The states a worker may claim a category from (move it to `Pushing`). Only the broker's
+    /// redelivery of a message whose consumer died may take over a push in progress; a message
+    /// delivered for the first time never does, because a push in progress then belongs to
+    /// another copy of the job (a batch resuming its expansion may publish a job twice). Only a
+    /// repush (the deadline passed without a report) pushes a `pushed` category again.
+    pub fn claimable(redelivered: bool, repush: bool) -> &'static [CategoryState] {
         use CategoryState::*;
-        if repush {
-            &[Queued, Retrying, Pushed]
-        } else {
-            &[Queued, Retrying]
+        match (redelivered, repush) {
+            (false, false) => &[Queued, Retrying],
+            (true, false) => &[Queued, Retrying, Pushing],
+            (false, true) => &[Queued, Retrying, Pushed],
+            (true, true) => &[Queued, Retrying, Pushing, Pushed],
         }
     }
 }
@@ -363,12 +364,15 @@ mod tests {
         assert!(!Pushed.is_terminal());
         assert!(Reported.allowed_sources().contains(&Pushing));
         assert!(Pushing.allowed_sources().contains(&Pushed));
-        assert!(!CategoryState::claimable(false).contains(&Pushed));
-        assert!(CategoryState::claimable(true).contains(&Pushed));
-        for repush in [false, true] {
-            assert!(!CategoryState::claimable(repush).contains(&Pushing));
-            for from in CategoryState::claimable(repush) {
-                assert!(Pushing.allowed_sources().contains(from));
+        assert!(!CategoryState::claimable(false, false).contains(&Pushing));
+        assert!(CategoryState::claimable(true, false).contains(&Pushing));
+        assert!(!CategoryState::claimable(true, false).contains(&Pushed));
+        assert!(CategoryState::claimable(false, true).contains(&Pushed));
+        for redelivered in [false, true] {
+            for repush in [false, true] {
+                for from in CategoryState::claimable(redelivered, repush) {
+                    assert!(Pushing.allowed_sources().contains(from));
+                }
             }
         }
         assert!(Failed.allowed_sources().contains(&Queued));
@@ -402,8 +406,8 @@ mod tests {
             );
             assert!(!state.allowed_sources().contains(&Canceled) || state == Canceled);
         }
-        for repush in [false, true] {
-            assert!(!CategoryState::claimable(repush).contains(&Canceled));
+        for (redelivered, repush) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert!(!CategoryState::claimable(redelivered, repush).contains(&Canceled));
         }
     }
 

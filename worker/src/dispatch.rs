@@ -85,8 +85,6 @@ pub struct Dispatcher {
     pub report_deadline: Duration,
     /// Longest a delivery waits out a database outage before it is handed back.
     pub hold_limit: Duration,
-    /// `PUSH_TIMEOUT_MS`: the longest one push can take.
-    pub push_timeout: Duration,
     pub shutdown: CancellationToken,
     /// One delivery at a time per job in this process.
     pub in_flight: InFlight,
@@ -96,8 +94,7 @@ impl Dispatcher {
     /// Processes a job to the end (a bulk job's outcome recorded for its batch). Safe to call
     /// again for the same job (after a redelivery or a halt): settled categories are skipped,
     /// nothing is pushed twice once recorded `pushed`. `redelivered`: the broker hands this
-    /// message out again (its consumer died, or lost its channel), so a push left `pushing` is
-    /// taken over once it is stale.
+    /// message out again because its consumer died, so a push it left `pushing` is taken over.
     pub async fn process(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
         let _turn = self.in_flight.turn(job.job_id).await;
         self.push_all(job, redelivered).await?;
@@ -123,7 +120,7 @@ impl Dispatcher {
         };
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
-        let claim = claim_update(CategoryState::claimable(job.repush > 0));
+        let claim = claim_update(CategoryState::claimable(redelivered, job.repush > 0));
         let claimed = self
             .store
             .transition(job.job_id, &job.categories, &claim)
@@ -373,11 +370,8 @@ impl Dispatcher {
         claimed: bool,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
-        let claimable = CategoryState::claimable(job.repush > 0);
-        let taken = claimed
-            || attempt.claim(claimable).await?
-            || (redelivered && self.take_over_stale_push(&mut attempt).await?);
-        if !taken {
+        let claimable = CategoryState::claimable(redelivered, job.repush > 0);
+        if !claimed && !attempt.claim(claimable).await? {
             tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
             return Ok(Ended::Settled);
         }
@@ -402,37 +396,6 @@ impl Dispatcher {
         let payload = PushPayload::new(job.job_id, job.device_id, category, expires_at, job.trace);
         self.push_until_settled(&mut attempt, first, fallbacks, &payload)
             .await
-    }
-
-    /// A redelivered job finds `attempt`'s category `pushing`: its first consumer may be dead,
-    /// or may only have lost its channel (a broker node went away) and still be pushing. Waits,
-    /// reading the job, until the category leaves `pushing` (then it is claimed as usual, or
-    /// was settled: false) or the job has not been written for longer than a push can take
-    /// (then its pusher is gone, and the claim is taken over). Bounded by the push timeout and
-    /// the first consumer's own retries, which each write the job.
-    async fn take_over_stale_push(&self, attempt: &mut Attempt<'_>) -> Result<bool, Halt> {
-        let (job, category) = (attempt.job.job_id, attempt.category);
-        let stale_after = self.push_timeout + TAKEOVER_MARGIN;
-        loop {
-            let Some(record) = self.store.job_by_id(job).await? else {
-                return Ok(false);
-            };
-            let state = record.categories.get(&category).map(|c| c.state);
-            if state != Some(CategoryState::Pushing) {
-                return Ok(attempt.claim(CategoryState::claimable(false)).await?);
-            }
-            let idle_ms = DateTime::now().timestamp_millis() - record.updated_at.timestamp_millis();
-            if u128::try_from(idle_ms).unwrap_or(0) > stale_after.as_millis()
-                && attempt.claim(&[CategoryState::Pushing]).await?
-            {
-                tracing::info!(job_id = %job, %category, "took over a push its first consumer left");
-                return Ok(true);
-            }
-            tokio::select! {
-                () = tokio::time::sleep(TAKEOVER_POLL) => {}
-                () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
-            }
-        }
     }
 
     /// Pushes through `route`, then the `fallbacks` in order when the device is unreachable
@@ -627,12 +590,6 @@ struct Pushed {
     attempts: u32,
     at: DateTime,
 }
-
-/// How much longer than a push may take a claim must sit unwritten before another worker
-/// takes it over: the first consumer's write-back after its push.
-const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
-/// How often a redelivered job looks at a push another worker may still be making.
-const TAKEOVER_POLL: Duration = Duration::from_millis(100);
 
 /// How long a publish waits out another task's reconnection of the shared publisher.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);

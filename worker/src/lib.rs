@@ -71,7 +71,6 @@ impl Worker {
             repush_limit: settings.worker.repush_limit,
             report_deadline: settings.core.amqp.report_deadline,
             hold_limit: settings.worker.hold_limit,
-            push_timeout: settings.worker.push_timeout,
             shutdown: shutdown.clone(),
             in_flight: in_flight::InFlight::default(),
         });
