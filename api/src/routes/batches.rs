@@ -10,7 +10,7 @@ use crate::{
         BatchParams, BulkBody, CancelErrors, CreateBatchErrors, CreateBatchParams, StatusErrors,
         schema,
     },
-    routes::{Success, organization_and_id, refresh::body_rejection, rfc3339, success},
+    routes::{Success, callers_id, refresh::body_rejection, rfc3339, success},
     state::AppState,
     trace::request_trace,
     validate::{self, BulkRequest, BulkTarget, OrganizationRef},
@@ -198,8 +198,7 @@ pub async fn get_batch(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Success<BatchView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let (organization, batch) = organization_and_id(path, "batchId")?;
-    let organization = caller.organization(&state, &organization).await?;
+    let (organization, batch) = callers_id(&state, &caller, path, "batchId").await?;
     let batch = state
         .store
         .batch(organization.id, batch)
@@ -226,8 +225,7 @@ pub async fn cancel_batch(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Success<BatchView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let (organization, batch) = organization_and_id(path, "batchId")?;
-    let organization = caller.organization(&state, &organization).await?;
+    let (organization, batch) = callers_id(&state, &caller, path, "batchId").await?;
     let canceled = (state.store)
         .cancel_batch(organization.id, batch)
         .await?

@@ -6,7 +6,7 @@ use crate::{
     auth::Authenticated,
     error::ApiError,
     openapi::{CancelErrors, HistoryParams, JobParams, StatusErrors, schema},
-    routes::{Success, callers_device, device_read, organization_and_id, rfc3339, success},
+    routes::{Success, callers_device, callers_id, device_read, rfc3339, success},
     state::AppState,
     validate,
 };
@@ -104,8 +104,7 @@ pub async fn get_job(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Success<JobView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let (organization, job) = organization_and_id(path, "jobId")?;
-    let organization = caller.organization(&state, &organization).await?;
+    let (organization, job) = callers_id(&state, &caller, path, "jobId").await?;
     let job = state
         .store
         .job(organization.id, job)
@@ -131,8 +130,7 @@ pub async fn cancel_job(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Success<JobView>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let (organization, job) = organization_and_id(path, "jobId")?;
-    let organization = caller.organization(&state, &organization).await?;
+    let (organization, job) = callers_id(&state, &caller, path, "jobId").await?;
     let (job, canceled) = (state.store)
         .cancel_job(organization.id, job)
         .await?

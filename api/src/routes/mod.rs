@@ -206,6 +206,18 @@ fn device_read<Q, T>(
     }
 }
 
+/// The caller's organization, which a status route's `{organizationId}` must name, and the
+/// 24-hex `{<id_field>}` of the path.
+async fn callers_id(
+    state: &AppState,
+    caller: &Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+    id_field: &str,
+) -> Result<(Organization, ObjectId), ApiError> {
+    let (organization, id) = organization_and_id(path, id_field)?;
+    Ok((caller.organization(state, &organization).await?, id))
+}
+
 /// The caller's organization (which `organization` must name) and its device `device_key`.
 async fn callers_device(
     state: &AppState,
