@@ -1,7 +1,7 @@
 //! A refresh job: the message the api publishes, the per-category states the worker records,
 //! and the transition rules every write-back is guarded by.
 
-use crate::{Category, trace::TraceParent};
+use crate::{Category, device::Gateway, trace::TraceParent};
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use strum::EnumIter;
@@ -35,6 +35,12 @@ pub struct RefreshJob {
     /// by the deadline (0 for a first push; absent on the wire then).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub repush: u32,
+    /// Pushes of some of `categories` that a gateway took but the worker that made them could
+    /// not record (the database stayed away): their report deadlines are already published,
+    /// and whoever takes this message records them instead of pushing again. Absent on the
+    /// wire when empty, as it almost always is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushed: Vec<PushMade>,
     /// The refresh's trace context: it travels in the message's `traceparent` header, not in
     /// the body.
     #[serde(skip)]
@@ -53,6 +59,23 @@ pub enum DecodeError {
     UnsupportedVersion(u16),
     #[error("job message has no categories")]
     NoCategories,
+    #[error(
+        "job message records a push of {0}, which is not one of its categories or is named twice"
+    )]
+    StrayPush(Category),
+}
+
+/// A push a gateway took, for a category of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushMade {
+    pub category: Category,
+    pub gateway: Gateway,
+    /// Pushes made for the category by the worker that made this one, this one included.
+    pub attempts: u32,
+    /// When the gateway took it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// A list of categories from outside: more entries than there are categories is refused before
@@ -103,7 +126,21 @@ impl RefreshJob {
         if job.categories.is_empty() {
             return Err(DecodeError::NoCategories);
         }
+        for (i, push) in job.pushed.iter().enumerate() {
+            let repeated = job.pushed[..i].iter().any(|p| p.category == push.category);
+            if repeated || !job.categories.contains(&push.category) {
+                return Err(DecodeError::StrayPush(push.category));
+            }
+        }
         Ok(job)
+    }
+
+    /// The categories this message still has to push: those without a push it carries.
+    pub fn to_push(&self) -> impl Iterator<Item = Category> + '_ {
+        self.categories
+            .iter()
+            .copied()
+            .filter(|category| self.pushed.iter().all(|p| p.category != *category))
     }
 }
 
@@ -178,8 +215,8 @@ impl CategoryState {
         use CategoryState::*;
         match self {
             Queued => &[],
-            // `Pushing` again: a redelivery after a worker died mid-push. From `Pushed`: pushed
-            // again because no report came by the deadline.
+            // `Pushing` again: a push its delivery abandoned (its worker died), taken over. From
+            // `Pushed`: pushed again because no report came by the deadline.
             Pushing => &[Queued, Retrying, Pushing, Pushed],
             Pushed | Retrying => &[Pushing],
             // A device may report before its push is recorded, or while a repush waits: the
@@ -196,18 +233,18 @@ impl CategoryState {
         }
     }
 
-    /// The states a worker may claim a category from (move it to `Pushing`). Only the broker's
-    /// redelivery of a message whose consumer died may take over a push in progress; a message
-    /// delivered for the first time never does, because a push in progress then belongs to
-    /// another copy of the job (a batch resuming its expansion may publish a job twice). Only a
-    /// repush (the deadline passed without a report) pushes a `pushed` category again.
-    pub fn claimable(redelivered: bool, repush: bool) -> &'static [CategoryState] {
+    /// The states a worker may claim a category from (move it to `Pushing`). Never from
+    /// `Pushing`: a push in progress belongs to whoever claimed it, even when the broker hands
+    /// the message to another worker (the first may have lost only its channel to a broker
+    /// node, and still be pushing); such a claim is taken over only once its job has gone
+    /// unwritten for a while. Only a repush (the deadline passed without a report) pushes a
+    /// `pushed` category again.
+    pub fn claimable(repush: bool) -> &'static [CategoryState] {
         use CategoryState::*;
-        match (redelivered, repush) {
-            (false, false) => &[Queued, Retrying],
-            (true, false) => &[Queued, Retrying, Pushing],
-            (false, true) => &[Queued, Retrying, Pushed],
-            (true, true) => &[Queued, Retrying, Pushing, Pushed],
+        if repush {
+            &[Queued, Retrying, Pushed]
+        } else {
+            &[Queued, Retrying]
         }
     }
 }
@@ -298,6 +335,7 @@ mod tests {
             lane: Lane::Interactive,
             attempt: 0,
             repush: 0,
+            pushed: Vec::new(),
             trace: None,
         }
     }
@@ -309,6 +347,36 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains(&format!("\"jobId\":\"{}\"", job.job_id.to_hex())));
         assert_eq!(RefreshJob::decode(&bytes).ok(), Some(job));
+    }
+
+    #[test]
+    fn a_carried_push_must_be_of_one_of_the_jobs_categories_and_only_once() {
+        let push = |category| PushMade {
+            category,
+            gateway: Gateway::Agent,
+            attempts: 1,
+            at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let mut carrying = job();
+        carrying.pushed = vec![push(Category::Os)];
+        assert_eq!(
+            RefreshJob::decode(&carrying.encode()).ok().as_ref(),
+            Some(&carrying)
+        );
+        assert_eq!(carrying.to_push().collect::<Vec<_>>(), [Category::Hardware]);
+        for stray in [
+            vec![push(Category::Network)],
+            vec![push(Category::Os), push(Category::Os)],
+        ] {
+            let message = RefreshJob {
+                pushed: stray,
+                ..job()
+            };
+            assert!(matches!(
+                RefreshJob::decode(&message.encode()),
+                Err(DecodeError::StrayPush(_))
+            ));
+        }
     }
 
     #[test]
@@ -364,15 +432,12 @@ mod tests {
         assert!(!Pushed.is_terminal());
         assert!(Reported.allowed_sources().contains(&Pushing));
         assert!(Pushing.allowed_sources().contains(&Pushed));
-        assert!(!CategoryState::claimable(false, false).contains(&Pushing));
-        assert!(CategoryState::claimable(true, false).contains(&Pushing));
-        assert!(!CategoryState::claimable(true, false).contains(&Pushed));
-        assert!(CategoryState::claimable(false, true).contains(&Pushed));
-        for redelivered in [false, true] {
-            for repush in [false, true] {
-                for from in CategoryState::claimable(redelivered, repush) {
-                    assert!(Pushing.allowed_sources().contains(from));
-                }
+        assert!(!CategoryState::claimable(false).contains(&Pushed));
+        assert!(CategoryState::claimable(true).contains(&Pushed));
+        for repush in [false, true] {
+            assert!(!CategoryState::claimable(repush).contains(&Pushing));
+            for from in CategoryState::claimable(repush) {
+                assert!(Pushing.allowed_sources().contains(from));
             }
         }
         assert!(Failed.allowed_sources().contains(&Queued));
@@ -406,8 +471,8 @@ mod tests {
             );
             assert!(!state.allowed_sources().contains(&Canceled) || state == Canceled);
         }
-        for (redelivered, repush) in [(false, false), (true, false), (false, true), (true, true)] {
-            assert!(!CategoryState::claimable(redelivered, repush).contains(&Canceled));
+        for repush in [false, true] {
+            assert!(!CategoryState::claimable(repush).contains(&Canceled));
         }
     }
 
@@ -422,20 +487,35 @@ mod tests {
                 0_i64..4_102_444_800,
                 any::<bool>(),
                 any::<u32>(),
+                any::<bool>(),
             )
                 .prop_map(
-                    |([job, organization, device], categories, at, bulk, attempt)| RefreshJob {
-                        version: MESSAGE_VERSION,
-                        job_id: ObjectId::from_bytes(job),
-                        organization_id: ObjectId::from_bytes(organization),
-                        device_id: ObjectId::from_bytes(device),
-                        categories,
-                        requested_at: OffsetDateTime::from_unix_timestamp(at)
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                        lane: if bulk { Lane::Bulk } else { Lane::Interactive },
-                        attempt,
-                        repush: attempt % 3,
-                        trace: None,
+                    |([job, organization, device], categories, at, bulk, attempt, carries)| {
+                        let at = OffsetDateTime::from_unix_timestamp(at)
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                        let pushed = categories
+                            .iter()
+                            .take(usize::from(carries))
+                            .map(|&category| PushMade {
+                                category,
+                                gateway: Gateway::Wns,
+                                attempts: attempt % 5 + 1,
+                                at,
+                            })
+                            .collect();
+                        RefreshJob {
+                            version: MESSAGE_VERSION,
+                            job_id: ObjectId::from_bytes(job),
+                            organization_id: ObjectId::from_bytes(organization),
+                            device_id: ObjectId::from_bytes(device),
+                            categories,
+                            requested_at: at,
+                            lane: if bulk { Lane::Bulk } else { Lane::Interactive },
+                            attempt,
+                            repush: attempt % 3,
+                            pushed,
+                            trace: None,
+                        }
                     },
                 )
         }
@@ -457,7 +537,7 @@ mod tests {
             #[test]
             fn a_job_with_a_field_changed_to_any_json_never_panics(
                 job in any_job(),
-                field in proptest::sample::select(vec!["version", "jobId", "organizationId", "deviceId", "categories", "requestedAt", "lane", "attempt"]),
+                field in proptest::sample::select(vec!["version", "jobId", "organizationId", "deviceId", "categories", "requestedAt", "lane", "attempt", "pushed"]),
                 value in prop_oneof![
                     Just(serde_json::Value::Null),
                     any::<i64>().prop_map(serde_json::Value::from),

@@ -7,7 +7,7 @@ use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use push_gateway_sim::PushRecord;
 use refresh_shared::{
-    job::JobState,
+    job::{CategoryState, JobState},
     store::{self, JobRecord},
 };
 use std::{
@@ -25,6 +25,10 @@ pub struct PushAudit {
     /// Pushes of a category made twice before it was recorded (a push a killed process sent
     /// whose answer it never saw).
     pub twice_before: usize,
+    /// Pushes of a category the device reported that were never recorded: the worker that
+    /// made them was killed before writing them down, and the report came before another
+    /// worker found the push abandoned.
+    pub unrecorded: usize,
 }
 
 impl TestStack {
@@ -73,15 +77,14 @@ impl TestStack {
             jobs.iter().all(|id| done.contains(id)).then_some(records)
         })
         .await;
-        let pushed_at: HashMap<(String, String), i64> = records
+        // Per category: when its push was recorded, and whether the device reported it.
+        let recorded: HashMap<(String, String), (Option<i64>, bool)> = records
             .iter()
             .flat_map(|job| {
-                job.categories.iter().filter_map(|(category, record)| {
-                    let at = record.pushed_at?;
-                    Some((
-                        (job.id.to_hex(), category.to_string()),
-                        at.timestamp_millis(),
-                    ))
+                job.categories.iter().map(|(category, record)| {
+                    let at = record.pushed_at.map(|at| at.timestamp_millis());
+                    let reported = record.state == CategoryState::Reported;
+                    ((job.id.to_hex(), category.to_string()), (at, reported))
                 })
             })
             .collect();
@@ -91,25 +94,41 @@ impl TestStack {
             .into_iter()
             .filter(|p| (200..300).contains(&p.status))
             .collect();
-        let mut after_recorded = 0;
-        let mut per_category: HashMap<(String, String), usize> = HashMap::new();
+        let mut per_category: HashMap<(String, String), Vec<&PushRecord>> = HashMap::new();
         for push in &accepted {
             let key = (push.job_id.clone().unwrap(), push.categories[0].clone());
-            *per_category.entry(key.clone()).or_default() += 1;
-            let at_ms = i64::try_from(push.time().unix_timestamp_nanos() / 1_000_000).unwrap();
-            // A push of a category never recorded pushed (its job was abandoned) is one too.
-            let recorded = pushed_at.get(&key).copied().unwrap_or(i64::MIN);
-            if at_ms > recorded {
-                // Named, so a failure says which push and which record.
-                println!("pushed after it was recorded: {push:?}, recorded pushedAt {recorded} ms");
-                after_recorded += 1;
-            }
+            per_category.entry(key).or_default().push(push);
         }
-        let twice_before = per_category.values().map(|n| n - 1).sum::<usize>() - after_recorded;
+        let (mut after_recorded, mut twice_before, mut unrecorded) = (0, 0, 0);
+        for (key, pushes) in &per_category {
+            let (before, after): (Vec<&PushRecord>, Vec<&PushRecord>) = match recorded.get(key) {
+                Some(&(Some(recorded_ms), _)) => pushes.iter().partition(|push| {
+                    i64::try_from(push.time().unix_timestamp_nanos() / 1_000_000).unwrap()
+                        <= recorded_ms
+                }),
+                Some(&(None, true)) => {
+                    unrecorded += pushes.len();
+                    (pushes.clone(), Vec::new())
+                }
+                // A push of a category that was never recorded pushed nor reported (its job
+                // was abandoned, or is unknown) is one too.
+                _ => (Vec::new(), pushes.clone()),
+            };
+            for push in &after {
+                // Named, so a failure says which push and which record.
+                println!(
+                    "pushed after it was recorded: {push:?}, recorded {:?}",
+                    recorded.get(key)
+                );
+            }
+            after_recorded += after.len();
+            twice_before += before.len().saturating_sub(1);
+        }
         PushAudit {
             accepted: accepted.len(),
             after_recorded,
             twice_before,
+            unrecorded,
         }
     }
 }

@@ -143,6 +143,7 @@ async fn killing_the_node_that_leads_the_work_queue_loses_no_refresh_and_pushes_
         accepted: pushes,
         after_recorded,
         twice_before,
+        unrecorded,
     } = stack
         .settle_and_audit(&accepted, &["hardware"], Duration::from_secs(600))
         .await;
@@ -156,13 +157,16 @@ async fn killing_the_node_that_leads_the_work_queue_loses_no_refresh_and_pushes_
     println!(
         "{} accepted jobs all completed; {abandoned} jobs answered 503 recorded failed; \
          {pushes} pushes accepted, {after_recorded} after the category was recorded pushed, \
-         {twice_before} repeated before it was recorded",
+         {twice_before} repeated before it was recorded, {unrecorded} never recorded (the \
+         device reported first)",
         accepted.len()
     );
     assert_eq!(
         after_recorded, 0,
         "nothing pushed twice after being recorded"
     );
+    // No worker died: each recorded what it pushed, whatever the broker did meanwhile.
+    assert_eq!(unrecorded, 0, "every push recorded");
     // Every job is accounted for: completed (a 200) or failed unqueued (a 503), besides the
     // probes' jobs.
     let unaccounted = jobs.len() - accepted.len() - abandoned;

@@ -71,6 +71,7 @@ async fn killing_the_worker_mid_stream_loses_nothing_and_repushes_nothing_record
         accepted,
         after_recorded,
         twice_before,
+        unrecorded,
     } = stack
         .settle_and_audit(&jobs, &CATEGORIES, Duration::from_secs(600))
         .await;
@@ -82,7 +83,8 @@ async fn killing_the_worker_mid_stream_loses_nothing_and_repushes_nothing_record
     println!(
         "kill -9 after {pushed_at_kill} pushes: {count} jobs x 3 categories completed; \
          {accepted} pushes accepted, {after_recorded} after the category was recorded pushed, \
-         {twice_before} repeated before it was recorded (pushes the kill interrupted)"
+         {twice_before} repeated before it was recorded (pushes the kill interrupted), \
+         {unrecorded} never recorded (the device reported first)"
     );
     assert_eq!(after_recorded, 0);
     assert!(accepted >= 3 * count);
@@ -120,12 +122,14 @@ async fn sigterm_under_load_exits_0_within_the_deadline_and_loses_nothing() {
         accepted,
         after_recorded,
         twice_before,
+        unrecorded,
     } = stack
         .settle_and_audit(&jobs, &CATEGORIES, Duration::from_secs(120))
         .await;
     println!(
         "then: {accepted} pushes accepted, {after_recorded} after recorded, {twice_before} repeated"
     );
+    assert_eq!(unrecorded, 0, "a polite stop records what it pushed");
     assert_eq!(after_recorded, 0);
     assert_eq!(
         twice_before, 0,

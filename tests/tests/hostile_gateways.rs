@@ -206,34 +206,83 @@ async fn a_lost_broker_channel_never_pushes_a_recorded_category_twice() {
     }
 }
 
-#[tokio::test]
-async fn a_delivery_is_handed_back_when_the_database_stays_away_past_the_hold_limit() {
+/// A stack whose database connection the test can cut, the worker holding a delivery for at
+/// most a second while it is away.
+async fn stack_with_a_cuttable_database(overrides: &[(&str, String)]) -> (Proxy, TestStack) {
     let (proxy, mongodb_uri) = Proxy::mongodb().await;
-    let stack = TestStack::start_with(&[
+    let mut settings = vec![
         ("MONGODB_URI", mongodb_uri),
         ("WORKER_HOLD_LIMIT_MS", "1000".to_owned()),
-    ])
-    .await;
-    let device = stack.device_with(DeviceState::Active, true, false).await;
-    stack
-        .fault(json!({ "mode": "fault", "latencyMs": 500 }))
-        .await;
-    let job_id = stack.refresh_device(&device, &["hardware"]).await.job_id();
-    wait_until("the push to be under way", DEADLINE, || async {
-        (stack.job(&job_id).await.categories[&Category::Hardware].state == CategoryState::Pushing)
-            .then_some(())
+    ];
+    settings.extend_from_slice(overrides);
+    (proxy, TestStack::start_with(&settings).await)
+}
+
+async fn wait_for_hardware(stack: &TestStack, job_id: &str, state: CategoryState) {
+    wait_until(&format!("hardware to be {state:?}"), DEADLINE, || async {
+        (stack.job(job_id).await.categories[&Category::Hardware].state == state).then_some(())
     })
     .await;
-    proxy.cut();
-    wait_until("the held delivery to be handed back", DEADLINE, || async {
+}
+
+async fn wait_for_a_delivery_handed_back(stack: &TestStack) {
+    wait_until("a held delivery to be handed back", DEADLINE, || async {
         let page = stack.metrics(&stack.worker).await;
         (sample(&page, "refresh_worker_deliveries_handed_back_total", "")? >= 1.0).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_delivery_is_handed_back_when_the_database_stays_away_past_the_hold_limit() {
+    let (proxy, stack) = stack_with_a_cuttable_database(&[
+        // A retry waits long enough in the worker for the database to go meanwhile.
+        ("PUSH_RETRY_INITIAL_MS", "1500".to_owned()),
+        ("PUSH_RETRY_MAX_INTERVAL_MS", "1500".to_owned()),
+    ])
+    .await;
+    let device = stack.device_with(DeviceState::Active, true, false).await;
+    stack
+        .fault(json!({ "mode": "fault", "gateway": "agent", "script": [503, 200] }))
+        .await;
+    let job_id = stack.refresh_device(&device, &["hardware"]).await.job_id();
+    wait_for_hardware(&stack, &job_id, CategoryState::Retrying).await;
+    // The database goes while no push a gateway took is waiting to be recorded.
+    proxy.cut();
+    wait_for_a_delivery_handed_back(&stack).await;
     proxy.restore();
     let job = stack.wait_for_settled_job(&job_id).await;
     assert_eq!(
         job.categories[&Category::Hardware].state,
         CategoryState::Reported
     );
+}
+
+#[tokio::test]
+async fn a_push_made_while_the_database_stays_away_past_the_hold_limit_is_recorded_and_not_made_again()
+ {
+    let (proxy, stack) = stack_with_a_cuttable_database(&[]).await;
+    let device = stack.device_with(DeviceState::Active, true, false).await;
+    stack
+        .fault(json!({ "mode": "fault", "latencyMs": 500 }))
+        .await;
+    let job_id = stack.refresh_device(&device, &["hardware"]).await.job_id();
+    wait_for_hardware(&stack, &job_id, CategoryState::Pushing).await;
+    // The gateway takes the push while the worker cannot write it down: the delivery is
+    // handed on, with the push, to a copy of the job.
+    proxy.cut();
+    wait_for_a_delivery_handed_back(&stack).await;
+    proxy.restore();
+    // Settled means reported with its push recorded (`pushedAt`).
+    let job = stack.wait_for_settled_job(&job_id).await;
+    let hardware = &job.categories[&Category::Hardware];
+    assert_eq!(hardware.state, CategoryState::Reported, "{job:?}");
+    assert_eq!(hardware.attempts, 1, "{job:?}");
+    // Whatever is still running settles before the pushes are counted.
+    wait_until("the worker to hold no delivery", DEADLINE, || async {
+        (interactive_unacked(&stack).await == Some(0.0)).then_some(())
+    })
+    .await;
+    let pushes = stack.pushes_for_job(&job_id).await;
+    assert_eq!(pushes.len(), 1, "the push was made again: {pushes:?}");
 }

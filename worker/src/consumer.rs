@@ -241,8 +241,8 @@ impl Consumer {
         match ended {
             Some(error) => {
                 // Their acks can no longer reach the broker, but their pushes and write-backs
-                // still count. A redelivered copy that reaches this process waits for its job's
-                // first delivery to finish (`InFlight`), then finds those categories settled.
+                // still count. A redelivered copy waits for its job's first delivery to finish
+                // (`InFlight` here, the job's heartbeat elsewhere), then finds them settled.
                 in_flight.detach_all();
                 Err(error)
             }
@@ -313,8 +313,9 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
         return;
     };
     job.trace = trace_of(&delivery.properties);
-    if job.attempt == 0 {
-        // How long it queued: a first delivery's age is its wait in the work queue.
+    if job.attempt == 0 && job.pushed.is_empty() {
+        // How long it queued: a first delivery's age is its wait in the work queue (a copy
+        // handed on with pushes to record is not a first delivery).
         let waited = (OffsetDateTime::now_utc() - job.requested_at)
             .as_seconds_f64()
             .max(0.0);
@@ -322,9 +323,8 @@ async fn handle_job(dispatcher: &Dispatcher, lane: Lane, delivery: Delivery) {
         metrics::gauge!(metric::JOB_LAST_QUEUE_WAIT, "lane" => lane.as_str()).set(waited);
     }
     let span = tracing::info_span!("job", job_id = %job.job_id, lane = lane.as_str(), trace_id = trace_id(job.trace));
-    let redelivered = delivery.redelivered;
     let verdict = async {
-        let processed = until_answered(dispatcher, || dispatcher.process(&job, redelivered));
+        let processed = until_answered(dispatcher, || dispatcher.process(&job));
         match AssertUnwindSafe(processed).catch_unwind().await {
             Ok(verdict) => verdict,
             Err(panic) => {
@@ -422,7 +422,8 @@ fn trace_id(trace: Option<TraceParent>) -> String {
 /// the database is away, for up to `WORKER_HOLD_LIMIT_MS` from the first failure; then the
 /// delivery is handed back. A broker failure is held on too (an expansion resumes from its
 /// checkpoint); a job that could not be parked in a retry queue, or whose report deadline or
-/// repush the broker did not take, is handed back at once.
+/// repush the broker did not take within the same limit, is handed back at once. A job that
+/// halts after pushes it could not record is handed on: a copy carrying them replaces it.
 async fn until_answered<F, Fut>(dispatcher: &Dispatcher, work: F) -> Answer
 where
     F: Fn() -> Fut,
@@ -434,8 +435,15 @@ where
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
             Err(held @ Halt::HeldTooLong(_)) => return handed_back(&held),
-            // Handed back, not tried again here: a push already made but not recorded stays
-            // `pushing`, which only a redelivery may take over (and push again).
+            // A copy carrying the pushes made took its place.
+            Err(Halt::HandedOn(halt)) => {
+                tracing::warn!(error = %halt, "handed on: a copy of the job records the pushes made");
+                metrics::counter!(metric::WORKER_DELIVERIES_HANDED_BACK).increment(1);
+                return Answer::Ack;
+            }
+            // Handed back, not tried again here: the broker stayed away as long as a delivery
+            // may be held; a push made but not recorded stays `pushing` until whoever takes
+            // the job over finds it abandoned (and pushes it again).
             Err(unpublished @ (Halt::Park(_) | Halt::Publish { .. })) => {
                 tracing::warn!(error = %unpublished, "handed back");
                 return Answer::Requeue;

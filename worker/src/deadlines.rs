@@ -65,6 +65,7 @@ impl Dispatcher {
             lane: deadline.lane,
             attempt: 0,
             repush: deadline.repush + 1,
+            pushed: Vec::new(),
             trace: deadline.trace,
         };
         let publisher = &self.retry_publisher;

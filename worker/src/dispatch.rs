@@ -17,12 +17,16 @@ use refresh_shared::{
     broker::{BrokerError, Publisher},
     deadline::{DEADLINE_MESSAGE_VERSION, ReportDeadline},
     device::{Gateway, Refreshable},
-    job::{CategoryState, Lane, RefreshJob},
+    job::{CategoryState, Lane, PushMade, RefreshJob},
     metric,
     retry::{RetryPolicy, WaitEnd},
     store::{CategoryUpdate, Device, Store, StoreError},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -49,23 +53,31 @@ pub enum Halt {
     /// A dependency stayed away for longer than a delivery may be held.
     #[error("held for WORKER_HOLD_LIMIT_MS while the database was unavailable: {0}")]
     HeldTooLong(StoreError),
+    /// Halted after gateways took pushes that could not be recorded: a copy of the job that
+    /// carries them took the delivery's place, so the delivery itself is done with.
+    #[error("handed on to a copy that records the pushes made: {0}")]
+    HandedOn(Box<Halt>),
 }
 
 /// What finished in a job's set of concurrent work.
 enum Step {
     Ended(Category, Result<Ended, Halt>),
-    Recorded(Result<(), Halt>),
+    Recorded(Result<(), Unrecorded>),
+}
+
+/// Why pushes a gateway took were not recorded.
+struct Unrecorded {
+    halt: Halt,
+    /// Those whose report deadline is published, so that a copy of the job may record them.
+    /// (Without one, they are pushed again by whoever takes the job over.)
+    deadline_sent: Vec<PushMade>,
 }
 
 /// How one category's processing in this delivery ended.
 enum Ended {
-    /// Pushed through `gateway` with this many pushes, the last taken `at`, not yet recorded:
-    /// recorded together with the job's other categories that finish at the same time.
-    Pushed {
-        gateway: Gateway,
-        attempts: u32,
-        at: DateTime,
-    },
+    /// Pushed, not yet recorded: recorded together with the job's other categories that
+    /// finish at the same time.
+    Pushed(PushMade),
     /// Failed, expired, or already settled by someone else.
     Settled,
     /// In-process retries are spent: the category waits in the next retry queue.
@@ -92,12 +104,16 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Processes a job to the end (a bulk job's outcome recorded for its batch). Safe to call
-    /// again for the same job (after a redelivery or a halt): settled categories are skipped,
-    /// nothing is pushed twice once recorded `pushed`. `redelivered`: the broker hands this
-    /// message out again because its consumer died, so a push it left `pushing` is taken over.
-    pub async fn process(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
+    /// again for the same job (after a redelivery, a halt, or on another worker while this one
+    /// still runs): settled categories are skipped, a category another delivery is pushing is
+    /// left to it while that one is alive, and nothing is pushed twice once a gateway took it.
+    pub async fn process(&self, job: &RefreshJob) -> Result<(), Halt> {
         let _turn = self.in_flight.turn(job.job_id).await;
-        self.push_all(job, redelivered).await?;
+        let held = Held::default();
+        tokio::select! {
+            processed = self.push_all(job, &held) => processed?,
+            never = self.keep_alive(job, &held) => match never {},
+        }
         if job.lane == Lane::Bulk {
             self.durably(|| self.store.record_outcome(job.job_id))
                 .await?;
@@ -105,7 +121,34 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn push_all(&self, job: &RefreshJob, redelivered: bool) -> Result<(), Halt> {
+    /// Writes a heartbeat on the categories this delivery took, every [`HEARTBEAT`] while it
+    /// runs: their `pushing` is then never taken for abandoned by another delivery, however
+    /// long a push, a gateway's pause or the recording of a push takes. (Deliveries shorter
+    /// than a heartbeat, nearly all of them, write none.)
+    async fn keep_alive(&self, job: &RefreshJob, held: &Held) -> Infallible {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let categories = held.categories();
+            if categories.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.store.touch_claims(job.job_id, &categories).await {
+                tracing::debug!(job_id = %job.job_id, %error, "could not write a heartbeat");
+            }
+        }
+    }
+
+    async fn push_all(&self, job: &RefreshJob, held: &Held) -> Result<(), Halt> {
+        if !job.pushed.is_empty() {
+            // An earlier delivery's pushes: recorded, never made again.
+            if let Err(halt) = self.settle_pushed(job, &job.pushed).await {
+                return self.hand_on(job, job.pushed.clone(), halt).await;
+            }
+        }
+        let to_push: Vec<Category> = job.to_push().collect();
+        if to_push.is_empty() {
+            return Ok(());
+        }
         let device = self
             .store
             .device(job.organization_id, job.device_id)
@@ -120,24 +163,23 @@ impl Dispatcher {
         };
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
-        let claim = claim_update(CategoryState::claimable(redelivered, job.repush > 0));
-        let claimed = self
-            .store
-            .transition(job.job_id, &job.categories, &claim)
-            .await?;
+        let claim = claim_update(CategoryState::claimable(job.repush > 0));
+        let claimed = self.store.transition(job.job_id, &to_push, &claim).await?;
+        if claimed {
+            held.take(&to_push);
+        }
         let device = &device;
         // Every category, and every recording of pushes, is polled in one set: a future that
         // holds a pooled database connection must never sit unpolled while its job awaits
         // another connection (with every job doing so, the pool deadlocks).
-        let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = job
-            .categories
+        let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = to_push
             .iter()
             .map(|&category| {
-                let ended = self.refresh_category(job, redelivered, device, category, claimed);
+                let ended = self.refresh_category(job, device, category, claimed, held);
                 async move { Step::Ended(category, ended.await) }.boxed()
             })
             .collect();
-        let (mut deferred, mut halted) = (Vec::new(), None);
+        let (mut deferred, mut halted, mut unrecorded) = (Vec::new(), None, Vec::new());
         while let Some(first) = steps.next().await {
             // Record together the pushes that have finished by now, never waiting for a slower
             // sibling; a halted category does not stop the others from being recorded.
@@ -146,25 +188,16 @@ impl Dispatcher {
                 .chain(std::iter::from_fn(|| steps.next().now_or_never().flatten()));
             for step in ready.collect::<Vec<_>>() {
                 match step {
-                    Step::Ended(
-                        category,
-                        Ok(Ended::Pushed {
-                            gateway,
-                            attempts,
-                            at,
-                        }),
-                    ) => {
-                        pushed.push(Pushed {
-                            category,
-                            gateway,
-                            attempts,
-                            at,
-                        });
-                    }
+                    Step::Ended(_, Ok(Ended::Pushed(push))) => pushed.push(push),
                     Step::Ended(category, Ok(Ended::Deferred)) => deferred.push(category),
                     Step::Ended(_, Ok(Ended::Settled)) | Step::Recorded(Ok(())) => {}
-                    Step::Ended(_, Err(halt)) | Step::Recorded(Err(halt)) => {
+                    Step::Ended(_, Err(halt)) => halted = halted.or(Some(halt)),
+                    Step::Recorded(Err(Unrecorded {
+                        halt,
+                        deadline_sent,
+                    })) => {
                         halted = halted.or(Some(halt));
+                        unrecorded.extend(deadline_sent);
                     }
                 }
             }
@@ -175,7 +208,10 @@ impl Dispatcher {
             }
         }
         if let Some(halt) = halted {
-            return Err(halt);
+            if unrecorded.is_empty() {
+                return Err(halt);
+            }
+            return self.hand_on(job, unrecorded, halt).await;
         }
         if deferred.is_empty() {
             return Ok(());
@@ -184,6 +220,7 @@ impl Dispatcher {
         let next = RefreshJob {
             categories: deferred,
             attempt: job.attempt + 1,
+            pushed: Vec::new(),
             ..job.clone()
         };
         // Confirmed before the original is acked: the job is never in neither queue.
@@ -229,25 +266,57 @@ impl Dispatcher {
         results.into_iter().try_for_each(|ended| ended.map(drop))
     }
 
-    /// Publishes with `publish`, waiting out another task's reconnection of the shared
-    /// publisher (it fails fast meanwhile) for up to [`PUBLISH_PATIENCE`]: handing the
-    /// delivery back for that would push its categories a second time.
+    /// Publishes with `publish`, waiting out a broker that is away (down, failing over to
+    /// another node, or being reconnected to by another task) for up to
+    /// `WORKER_HOLD_LIMIT_MS`, as [`Dispatcher::durably`] does for the database: what is
+    /// published here is what a push already made depends on, and handing the delivery back
+    /// instead would leave that push unrecorded.
     pub async fn publish<F, Fut>(&self, what: &'static str, publish: F) -> Result<(), Halt>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), BrokerError>>,
     {
-        let started = std::time::Instant::now();
+        let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
         loop {
             match publish().await {
-                Err(BrokerError::Reconnecting) if started.elapsed() < PUBLISH_PATIENCE => {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+                Err(error) if error.is_unavailable() => {
+                    tracing::warn!(%error, what, "broker unavailable, holding a publish");
+                    match schedule.wait(None, &self.shutdown).await {
+                        Ok(_) => {}
+                        Err(WaitEnd::Spent) => return Err(Halt::Publish { what, error }),
+                        Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
                     }
                 }
                 Err(error) => return Err(Halt::Publish { what, error }),
                 Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Replaces a delivery that halted after gateways took `pushes` it could not record
+    /// (their deadlines are published) with a copy of the job that carries them: handed back
+    /// as it is, its next delivery would find those categories `pushing`, take them for
+    /// abandoned and push them again. When the broker does not take the copy either, the
+    /// delivery is handed back after all.
+    async fn hand_on(
+        &self,
+        job: &RefreshJob,
+        pushes: Vec<PushMade>,
+        halt: Halt,
+    ) -> Result<(), Halt> {
+        let copy = RefreshJob {
+            pushed: pushes,
+            ..job.clone()
+        };
+        let publisher = &self.retry_publisher;
+        match self
+            .publish("a job with pushes to record", || publisher.publish(&copy))
+            .await
+        {
+            Ok(()) => Err(Halt::HandedOn(Box::new(halt))),
+            Err(unpublished) => {
+                tracing::warn!(job_id = %job.job_id, error = %unpublished, "pushes made could not be handed on: the job is handed back, and they may be made again");
+                Err(halt)
             }
         }
     }
@@ -319,9 +388,10 @@ impl Dispatcher {
     /// Records pushes that finished together: first their report deadline, then one write per
     /// gateway and attempt count, so the usual job (every category pushed at the first try)
     /// costs one publish and one write.
-    async fn record_pushed(&self, job: &RefreshJob, pushed: &[Pushed]) -> Result<(), Halt> {
+    async fn record_pushed(&self, job: &RefreshJob, pushed: &[PushMade]) -> Result<(), Unrecorded> {
         // The deadline before the record: a category recorded `pushed` always has one coming.
-        // (Should the record fail, the deadline finds the category not pushed and lets it be.)
+        // (Should the record fail, the deadline finds the category `pushing` and looks again
+        // later, while a copy of the job carries the pushes to be recorded.)
         let deadline = ReportDeadline {
             version: DEADLINE_MESSAGE_VERSION,
             job_id: job.job_id,
@@ -336,10 +406,28 @@ impl Dispatcher {
         self.publish("a report deadline", || {
             publisher.publish_deadline(&deadline)
         })
-        .await?;
+        .await
+        .map_err(|halt| Unrecorded {
+            halt,
+            deadline_sent: Vec::new(),
+        })?;
+        self.settle_pushed(job, pushed)
+            .await
+            .map_err(|halt| Unrecorded {
+                halt,
+                deadline_sent: pushed.to_vec(),
+            })
+    }
+
+    /// Records pushes whose deadline is published: one write per gateway and attempt count.
+    async fn settle_pushed(&self, job: &RefreshJob, pushed: &[PushMade]) -> Result<(), Halt> {
         let mut groups: Vec<((Gateway, u32, DateTime), Vec<Category>)> = Vec::new();
         for push in pushed {
-            let key = (push.gateway, push.attempts, push.at);
+            let key = (
+                push.gateway,
+                push.attempts,
+                DateTime::from_time_0_3(push.at),
+            );
             match groups
                 .iter_mut()
                 .find(|(k, _)| (k.0, k.1) == (key.0, key.1))
@@ -364,16 +452,21 @@ impl Dispatcher {
     async fn refresh_category(
         &self,
         job: &RefreshJob,
-        redelivered: bool,
         device: &Device,
         category: Category,
         claimed: bool,
+        held: &Held,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
-        let claimable = CategoryState::claimable(redelivered, job.repush > 0);
-        if !claimed && !attempt.claim(claimable).await? {
-            tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
-            return Ok(Ended::Settled);
+        let claimable = CategoryState::claimable(job.repush > 0);
+        if !claimed {
+            let taken =
+                attempt.claim(claimable).await? || self.take_over_abandoned(&mut attempt).await?;
+            if !taken {
+                tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
+                return Ok(Ended::Settled);
+            }
+            held.take(&[category]);
         }
         let age = OffsetDateTime::now_utc() - job.requested_at;
         if age > self.job_max_age {
@@ -396,6 +489,45 @@ impl Dispatcher {
         let payload = PushPayload::new(job.job_id, job.device_id, category, expires_at, job.trace);
         self.push_until_settled(&mut attempt, first, fallbacks, &payload)
             .await
+    }
+
+    /// `attempt`'s category could not be claimed: it is settled, or `pushing` for another
+    /// delivery of the job. That one may be alive (a worker that lost only its channel to a
+    /// broker node goes on pushing, with a heartbeat on the category every [`HEARTBEAT`]) or
+    /// gone. Waits, reading the job, until the category leaves `pushing` (then it is claimed
+    /// as usual, or was settled: false) or its heartbeat stays unchanged for
+    /// [`ABANDONED_AFTER`], timed by this process's own clock so that clocks of different
+    /// machines never compare (then the claim is taken over).
+    async fn take_over_abandoned(&self, attempt: &mut Attempt<'_>) -> Result<bool, Halt> {
+        let (job, category) = (attempt.job.job_id, attempt.category);
+        let claimable = CategoryState::claimable(attempt.job.repush > 0);
+        let mut unchanged_since: Option<(Option<DateTime>, Instant)> = None;
+        loop {
+            let Some(record) = self.store.job_by_id(job).await? else {
+                return Ok(false);
+            };
+            let Some(current) = record.categories.get(&category) else {
+                return Ok(false);
+            };
+            if current.state != CategoryState::Pushing {
+                return Ok(claimable.contains(&current.state) && attempt.claim(claimable).await?);
+            }
+            match unchanged_since {
+                Some((alive_at, since)) if alive_at == current.alive_at => {
+                    if since.elapsed() >= ABANDONED_AFTER
+                        && self.store.take_over_push(job, category, alive_at).await?
+                    {
+                        tracing::info!(job_id = %job, %category, "took over a push another delivery left");
+                        return Ok(true);
+                    }
+                }
+                _ => unchanged_since = Some((current.alive_at, Instant::now())),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TAKEOVER_POLL) => {}
+                () = self.shutdown.cancelled() => return Err(Halt::Shutdown),
+            }
+        }
     }
 
     /// Pushes through `route`, then the `fallbacks` in order when the device is unreachable
@@ -433,11 +565,12 @@ impl Dispatcher {
             let gateway = Some(route.gateway());
             let retry_after = match verdict {
                 Verdict::Pushed => {
-                    return Ok(Ended::Pushed {
+                    return Ok(Ended::Pushed(PushMade {
+                        category,
                         gateway: route.gateway(),
                         attempts: attempt.made,
-                        at: DateTime::now(),
-                    });
+                        at: OffsetDateTime::now_utc(),
+                    }));
                 }
                 Verdict::DeviceUnreachable => match next_routes.next() {
                     Some(next) => {
@@ -583,16 +716,39 @@ struct Outcome<'a> {
     pushed_at: Option<DateTime>,
 }
 
-/// One category pushed in this delivery, not yet recorded.
-struct Pushed {
-    category: Category,
-    gateway: Gateway,
-    attempts: u32,
-    at: DateTime,
+/// The categories a delivery took to push (claimed or took over), for its heartbeat.
+#[derive(Default)]
+struct Held(std::sync::Mutex<Vec<Category>>);
+
+impl Held {
+    fn take(&self, categories: &[Category]) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for category in categories {
+            if !held.contains(category) {
+                held.push(*category);
+            }
+        }
+    }
+
+    fn categories(&self) -> Vec<Category> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
-/// How long a publish waits out another task's reconnection of the shared publisher.
-const PUBLISH_PATIENCE: Duration = Duration::from_secs(10);
+/// How often a delivery that runs long writes a heartbeat on the categories it took.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a `pushing` category's heartbeat must stay unchanged before it counts as
+/// abandoned by the delivery that took it: several missed heartbeats, so a slow database
+/// write or a busy process never looks like a dead one.
+const ABANDONED_AFTER: Duration = Duration::from_secs(5);
+/// How often a delivery looks at a push another delivery may still be making.
+const TAKEOVER_POLL: Duration = Duration::from_millis(250);
 
 /// Frees `job`'s claim on `categories` of the device (they are no longer outstanding), with
 /// `reported_at` as their refresh time when the device reported them

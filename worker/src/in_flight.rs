@@ -1,10 +1,10 @@
 //! The jobs this process is working on, one delivery at a time per job.
 //!
 //! When a channel is lost, the deliveries in flight on it keep running (their pushes and
-//! write-backs still count) while the broker hands the same messages out again. Their categories
-//! are still `pushing`, which a redelivered copy may take over: without this lock, a copy
-//! reaching this process while the first is mid-push would push the same categories again. With
-//! it, the copy waits for the first to finish and then finds those categories settled.
+//! write-backs still count) while the broker hands the same messages out again. A copy that
+//! reaches this process waits here for the first to finish, then finds those categories settled:
+//! a copy elsewhere waits by reading the job until they leave `pushing` (see
+//! `Dispatcher::process`), which within one process this lock makes unnecessary.
 
 use bson::oid::ObjectId;
 use std::{

@@ -54,3 +54,22 @@ pub enum BrokerError {
     #[error("invalid AMQP_URL: {0}")]
     InvalidUrl(String),
 }
+
+impl BrokerError {
+    /// Whether the broker could not take a request now but may soon: it or the connection is
+    /// down, failing over, being reconnected to, or did not answer in time; or it nacked the
+    /// message, as a quorum queue does while it elects a new leader after a node went away.
+    /// Unlike a message no queue takes, worth waiting out.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::ConnectTimeout(_)
+                | BrokerError::Connect(_)
+                | BrokerError::Reconnecting
+                | BrokerError::SiblingChannelLost
+                | BrokerError::ConfirmTimeout(_)
+                | BrokerError::Nacked
+                | BrokerError::Protocol(_)
+        )
+    }
+}

@@ -49,6 +49,10 @@ pub struct CategoryRecord {
     pub reported_at: Option<DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_source: Option<ReportSource>,
+    /// The last heartbeat of a delivery that took it to push, when that delivery ran long:
+    /// while it changes, the category's `pushing` is nobody else's to take over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive_at: Option<DateTime>,
 }
 
 impl JobRecord {
@@ -80,6 +84,7 @@ impl JobRecord {
                         pushed_at: None,
                         reported_at: None,
                         report_source: None,
+                        alive_at: None,
                     };
                     (category, record)
                 })
@@ -104,6 +109,7 @@ impl JobRecord {
             lane: self.lane,
             attempt: 0,
             repush: 0,
+            pushed: Vec::new(),
             trace,
         }
     }
@@ -349,6 +355,44 @@ impl Store {
         if !inc.is_empty() {
             change.insert("$inc", Bson::Document(inc));
         }
+        let result = self.jobs.update_one(filter, change).await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Marks `categories` of a job as held by a delivery that is alive (their `aliveAt`).
+    pub async fn touch_claims(
+        &self,
+        job: ObjectId,
+        categories: &[Category],
+    ) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        let set: Document = categories
+            .iter()
+            .map(|c| (format!("categories.{c}.aliveAt"), Bson::DateTime(now)))
+            .collect();
+        self.jobs
+            .update_one(doc! { "_id": job }, doc! { "$set": set })
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over `category` of a job from a delivery that left it `pushing`, whose last
+    /// heartbeat was `alive_at`: only if it is still `pushing` with that heartbeat, so of two
+    /// deliveries taking it over, one wins.
+    pub async fn take_over_push(
+        &self,
+        job: ObjectId,
+        category: Category,
+        alive_at: Option<DateTime>,
+    ) -> Result<bool, StoreError> {
+        let field = |name: &str| format!("categories.{category}.{name}");
+        let filter = doc! {
+            "_id": job,
+            field("state"): CategoryState::Pushing.as_str(),
+            // `null` also matches a category no heartbeat was written for.
+            field("aliveAt"): alive_at.map_or(Bson::Null, Bson::DateTime),
+        };
+        let change = doc! { "$set": { field("aliveAt"): DateTime::now() } };
         let result = self.jobs.update_one(filter, change).await?;
         Ok(result.matched_count == 1)
     }
