@@ -97,7 +97,16 @@ impl App {
             Arc::new(publisher),
             audit,
             client_ca,
+            settings.webhooks.clone(),
         );
+        if settings.webhooks.url_policy.allow_insecure {
+            tracing::warn!(
+                "WEBHOOK_ALLOW_INSECURE: webhooks may be added for http URLs and private addresses; for tests and the local stack only"
+            );
+        }
+        if settings.webhooks.signing_key.is_none() {
+            tracing::warn!("WEBHOOK_SIGNING_KEY is not set: no webhook endpoint can be added");
+        }
         let router = routes::router(state.clone(), &settings.api);
         let device_router = routes::device_router(state.clone(), &settings.api, &settings.device);
         Ok(App {

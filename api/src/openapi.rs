@@ -75,6 +75,11 @@ pub mod schema {
         QueueRole = shared::broker::QueueRole;
         /// Who sent a report: the device agent, or the device's OMA-DM client.
         ReportSource = shared::report::ReportSource;
+        /// An event a webhook endpoint can subscribe to.
+        WebhookEvent = shared::webhook::WebhookEvent;
+        /// Whether a webhook endpoint is delivered to: `failing` after a delivery went through
+        /// every retry without success (deliveries go on), `disabled` after it answered 410.
+        WebhookState = shared::webhook::EndpointState;
     }
 }
 
@@ -92,6 +97,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "refresh", description = "Refreshing devices, one or in bulk, and following the work"),
         (name = "operations", description = "Health, metrics, queue depths and this document"),
+        (name = "webhooks", description = "Where refresh events are delivered, signed (Standard Webhooks)"),
     )
 )]
 pub struct ApiDoc;
@@ -215,7 +221,10 @@ error_answers! {
     ];
     /// `POST …/refresh-batches`.
     CreateBatchErrors = [ANY_ROUTE, AUTHENTICATED, WITH_BODY, IDEMPOTENT, &[ErrorKind::NotFound]];
-    /// A status read by id: `…/refresh-jobs/{jobId}`, `…/refresh-batches/{batchId}`.
+    /// `POST …/webhooks`.
+    CreateWebhookErrors = [ANY_ROUTE, AUTHENTICATED, WITH_BODY, &[ErrorKind::NotFound]];
+    /// A status read by id: `…/refresh-jobs/{jobId}`, `…/refresh-batches/{batchId}`; the
+    /// webhook list and removal.
     StatusErrors = [ANY_ROUTE, AUTHENTICATED, &[ErrorKind::Validation, ErrorKind::NotFound]];
     /// `DELETE …/refresh-jobs/{jobId}`, `DELETE …/refresh-batches/{batchId}`.
     CancelErrors = [
@@ -447,6 +456,18 @@ parameters! {
     HistoryParams = [organization_id(), win_device_id(), history_limit(), history_after()];
     /// `POST …/refresh-batches`.
     CreateBatchParams = [organization_id(), idempotency_key(), traceparent()];
+    /// `POST|GET …/webhooks`.
+    OrganizationParams = [organization_id()];
+    /// `DELETE …/webhooks/{webhookId}`.
+    WebhookParams = [
+        organization_id(),
+        parameter(
+            "webhookId",
+            ParameterIn::Path,
+            validate::OBJECT_ID_PATTERN,
+            "The id adding the endpoint answered",
+        ),
+    ];
     /// `GET …/refresh-jobs/{jobId}`.
     JobParams = [
         organization_id(),
@@ -484,6 +505,37 @@ fn categories() -> ArrayBuilder {
     ArrayBuilder::new()
         .items(reference::<schema::Category>())
         .min_items(Some(1))
+}
+
+/// The body `validate::webhook_body` accepts: the URL to deliver to and the events wanted.
+pub struct WebhookBody;
+
+impl ToSchema for WebhookBody {}
+
+impl PartialSchema for WebhookBody {
+    fn schema() -> RefOr<Schema> {
+        let url = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(refresh_shared::webhook::MAX_URL_LEN))
+            .description(Some(
+                "`https`, resolving to public addresses only (checked when added, and at every delivery)",
+            ));
+        let events = ArrayBuilder::new()
+            .items(reference::<schema::WebhookEvent>())
+            .min_items(Some(1))
+            .max_items(Some(validate::MAX_EVENTS_LISTED));
+        ObjectBuilder::new()
+            .property("url", url)
+            .required("url")
+            .property("events", events)
+            .required("events")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .examples([json!({
+                "url": "https://93.184.216.34/device-refresh",
+                "events": ["refresh.job.finished", "refresh.category.reported"]
+            })])
+            .into()
+    }
 }
 
 /// The body `validate::refresh_body` accepts: `{"info": [category, …], "maxAgeSecs"?: N}`,

@@ -4,7 +4,7 @@
 use axum::http::HeaderName;
 use refresh_shared::{
     channel::ChannelPolicy,
-    settings::{self, Core, Env, Load},
+    settings::{self, Core, Env, Load, WebhookSettings},
 };
 use std::{
     net::{IpAddr, SocketAddr},
@@ -18,6 +18,7 @@ pub struct Settings {
     pub core: Core,
     pub api: ApiSettings,
     pub device: DeviceListenerSettings,
+    pub webhooks: WebhookSettings,
     /// After SIGTERM/SIGINT, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -28,6 +29,7 @@ impl Load for Settings {
             core: Core::read(env),
             api: ApiSettings::read(env),
             device: DeviceListenerSettings::read(env),
+            webhooks: WebhookSettings::read(env),
             shutdown_grace: settings::shutdown_grace(env),
         }
     }
@@ -286,6 +288,45 @@ mod tests {
         .expect("a proxy with a CA");
         assert_eq!(s.device.trusted_proxies.len(), 2);
         assert_eq!(s.device.client_cert_header.as_str(), "x-ssl-client-cert");
+    }
+
+    #[test]
+    fn a_webhook_signing_key_must_be_long_enough_and_is_optional() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert!(s.webhooks.signing_key.is_none());
+        assert!(!s.webhooks.url_policy.allow_insecure);
+        for (key, problem) in [
+            ("c2hvcnQ=", "at least 32"),
+            ("not base64!", "is not base64"),
+        ] {
+            let text = settings(&[("WEBHOOK_SIGNING_KEY", key), ("API_ADDR", "nowhere")])
+                .expect_err("a bad key")
+                .to_string();
+            assert!(
+                text.contains("WEBHOOK_SIGNING_KEY") && text.contains(problem),
+                "{text}"
+            );
+            assert!(
+                text.contains("API_ADDR"),
+                "reported with the others: {text}"
+            );
+            assert!(!text.contains(key), "the key is not echoed: {text}");
+        }
+        let s = settings(&[
+            (
+                "WEBHOOK_SIGNING_KEY",
+                "ZGV2aWNlLXJlZnJlc2ggdGVzdCBzaWduaW5nIGtleSE=",
+            ),
+            ("WEBHOOK_ALLOW_INSECURE", "true"),
+        ])
+        .expect("a 32-byte key");
+        assert!(s.webhooks.signing_key.is_some() && s.webhooks.url_policy.allow_insecure);
+        // Nothing of the key in the settings' debug form.
+        assert!(
+            !format!("{:?}", s.webhooks).contains("ZGV2"),
+            "{:?}",
+            s.webhooks
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::http::HeaderName;
 use refresh_shared::{
     broker::{Publisher, Queues},
     channel::ChannelPolicy,
+    settings::WebhookSettings,
     store::{DatabaseProbe, Store},
     telemetry::MetricsPage,
 };
@@ -47,6 +48,7 @@ pub struct Inner {
     /// Proxies whose verified client certificate header is believed, and that header.
     pub trusted_proxies: Vec<IpAddr>,
     pub client_cert_header: HeaderName,
+    pub webhooks: WebhookSettings,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
         publisher: Arc<Publisher>,
         audit: AuditLog,
         client_ca: Option<ClientCa>,
+        webhooks: WebhookSettings,
     ) -> AppState {
         AppState(Arc::new(Inner {
             database_probe: DatabaseProbe::new(store.clone()),
@@ -78,6 +81,7 @@ impl AppState {
             client_ca,
             trusted_proxies: device.trusted_proxies.clone(),
             client_cert_header: device.client_cert_header.clone(),
+            webhooks,
         }))
     }
 }

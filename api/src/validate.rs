@@ -9,6 +9,7 @@ use refresh_shared::{
     device::DeviceState,
     report::CategoryReport,
     store::Organization,
+    webhook::WebhookEvent,
 };
 use serde_json::Value;
 use std::{collections::BTreeMap, time::Duration};
@@ -558,6 +559,77 @@ fn info(fields: &mut serde_json::Map<String, Value>) -> Result<Vec<Category>, Fi
     }
 }
 
+/// A webhook endpoint to add: its URL as given (checked against the URL policy by the route,
+/// which knows it) and the events it wants, duplicates merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
+    pub url: String,
+    pub events: Vec<WebhookEvent>,
+}
+
+/// The most entries `events` may have (repeats merged).
+pub const MAX_EVENTS_LISTED: usize = 4 * WebhookEvent::ALL.len();
+
+pub fn webhook_body(body: &[u8]) -> Result<WebhookRequest, Vec<FieldProblem>> {
+    let mut fields = json_object(body)?;
+    let mut problems = unknown_fields(&fields, &["url", "events"]);
+    let url = match fields.remove("url") {
+        Some(Value::String(url)) if !url.is_empty() => Some(url),
+        Some(Value::String(_)) | None => {
+            problems.push(FieldProblem::new("url", "is required"));
+            None
+        }
+        Some(_) => {
+            problems.push(FieldProblem::new("url", "must be a string"));
+            None
+        }
+    };
+    let events = webhook_events(fields.remove("events"))
+        .map_err(|p| problems.push(p))
+        .ok();
+    match (url, events) {
+        (Some(url), Some(events)) if problems.is_empty() => Ok(WebhookRequest { url, events }),
+        _ => Err(problems),
+    }
+}
+
+fn webhook_events(value: Option<Value>) -> Result<Vec<WebhookEvent>, FieldProblem> {
+    let known = || WebhookEvent::ALL.map(WebhookEvent::as_str).join(", ");
+    let items = match value {
+        None => return Err(FieldProblem::new("events", "is required")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(FieldProblem::new(
+                "events",
+                format!("must name at least one of {}", known()),
+            ));
+        }
+        // A list this long is none a caller means: refused before reading it.
+        Some(Value::Array(items)) if items.len() > MAX_EVENTS_LISTED => {
+            return Err(FieldProblem::new("events", "names too many events"));
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(FieldProblem::new(
+                "events",
+                "must be an array of event names",
+            ));
+        }
+    };
+    let mut events = Vec::with_capacity(WebhookEvent::ALL.len());
+    for (index, item) in items.iter().enumerate() {
+        let event = item.as_str().and_then(WebhookEvent::parse).ok_or_else(|| {
+            FieldProblem::new(
+                format!("events[{index}]"),
+                format!("must be one of {}", known()),
+            )
+        })?;
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
 fn categories(items: &[Value]) -> Result<Vec<Category>, FieldProblem> {
     let mut categories = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -580,6 +652,37 @@ fn categories(items: &[Value]) -> Result<Vec<Category>, FieldProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_body_names_a_url_and_known_events() {
+        let ok = webhook_body(
+            br#"{"url":"https://hooks.example.com/x","events":["refresh.job.finished","refresh.job.finished","refresh.category.reported"]}"#,
+        );
+        assert_eq!(
+            ok,
+            Ok(WebhookRequest {
+                url: "https://hooks.example.com/x".to_owned(),
+                events: vec![WebhookEvent::JobFinished, WebhookEvent::CategoryReported],
+            })
+        );
+        let fields = |body: &[u8]| -> Vec<String> {
+            webhook_body(body)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        assert_eq!(fields(br#"{}"#), ["url", "events"]);
+        assert_eq!(fields(br#"{"url":1,"events":[]}"#), ["url", "events"]);
+        assert_eq!(
+            fields(br#"{"url":"https://a.example","events":["refresh.job.done"],"x":1}"#),
+            ["x", "events[0]"]
+        );
+        assert_eq!(
+            fields(br#"{"url":"https://a.example","events":"refresh.job.finished"}"#),
+            ["events"]
+        );
+    }
 
     #[test]
     fn organization_ids_and_slugs() {

@@ -4,9 +4,12 @@
 //! variable named at once, before it starts. A binary reads only what it uses: `refreshctl`
 //! does not refuse a bad `WORKER_*` value.
 
-use crate::channel::ChannelPolicy;
-use secrecy::SecretString;
-use std::{fmt::Display, str::FromStr, time::Duration};
+use crate::{
+    channel::ChannelPolicy,
+    webhook::{SigningKey, UrlPolicy},
+};
+use secrecy::{ExposeSecret, SecretString};
+use std::{fmt::Display, str::FromStr, sync::Arc, time::Duration};
 
 /// What every binary reads.
 #[derive(Debug, Clone)]
@@ -145,8 +148,48 @@ pub fn wns_channels(env: &mut Env<'_>) -> ChannelPolicy {
     env.parse("WNS_CHANNEL_HOST_SUFFIXES", ".notify.windows.com")
 }
 
+/// Webhooks (api, worker): what endpoint secrets are derived from, and which URLs may be
+/// called.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_SIGNING_KEY` (base64, at least 32 bytes); without it, no endpoint can be added
+    /// and nothing is delivered. Changing it changes every endpoint's secret.
+    pub signing_key: Option<Arc<SigningKey>>,
+    /// `WEBHOOK_ALLOW_INSECURE=true` admits `http` and private addresses: tests and the local
+    /// stack only.
+    pub url_policy: UrlPolicy,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "[set]"))
+            .field("url_policy", &self.url_policy)
+            .finish()
+    }
+}
+
 // Each section reads its own variables and records what is wrong with them, each alone and
 // against each other.
+
+impl Load for WebhookSettings {
+    fn read(env: &mut Env<'_>) -> WebhookSettings {
+        let key = env.secret("WEBHOOK_SIGNING_KEY", "");
+        let signing_key = match key.expose_secret() {
+            "" => None,
+            text => SigningKey::from_base64(text)
+                .map(Arc::new)
+                .map_err(|error| env.refuse(&format!("WEBHOOK_SIGNING_KEY: {error}")))
+                .ok(),
+        };
+        WebhookSettings {
+            signing_key,
+            url_policy: UrlPolicy {
+                allow_insecure: env.parse("WEBHOOK_ALLOW_INSECURE", "false"),
+            },
+        }
+    }
+}
 
 impl Load for AmqpSettings {
     fn read(env: &mut Env<'_>) -> AmqpSettings {

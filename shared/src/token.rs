@@ -15,6 +15,9 @@ pub const PERMISSION_OPS_QUEUES: &str = "ops.queues.read";
 /// The permission the inventory read requires.
 pub const PERMISSION_DEVICE_READ: &str = "mdm.windows.device.read";
 
+/// The permission adding, listing and removing webhook endpoints requires.
+pub const PERMISSION_WEBHOOKS_MANAGE: &str = "mdm.windows.webhooks.manage";
+
 const TOKEN_PREFIX: &str = "drt_";
 /// Node keys look different from API tokens, so one pasted in the wrong place is recognisable.
 const NODE_KEY_PREFIX: &str = "dnk_";

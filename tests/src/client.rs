@@ -303,6 +303,16 @@ impl Answer {
     }
 
     /// The error code of an envelope answer, checking the envelope's shape on the way.
+    /// The fields a 400's details name, in order.
+    pub fn problem_fields(&self) -> Vec<&str> {
+        self.body["error"]["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|problem| problem["field"].as_str())
+            .collect()
+    }
+
     pub fn error_code(&self) -> u64 {
         assert_eq!(self.body["status"], Value::Bool(false), "{:?}", self.body);
         assert!(self.body["error"]["message"].is_string(), "{:?}", self.body);

@@ -125,10 +125,14 @@ impl TestStack {
 
     /// Another tenant: a new organization and a refresh token of its own.
     pub async fn other_tenant(&self) -> (Organization, String) {
-        let (other, mut tokens) =
-            seed::organization(&self.store, "other", &[PERMISSION_DEVICE_INFO], 1)
-                .await
-                .expect("organization and token");
+        self.other_tenant_with(&[PERMISSION_DEVICE_INFO]).await
+    }
+
+    /// Another organization, and a token of it with `permissions`.
+    pub async fn other_tenant_with(&self, permissions: &[&str]) -> (Organization, String) {
+        let (other, mut tokens) = seed::organization(&self.store, "other", permissions, 1)
+            .await
+            .expect("organization and token");
         (other, tokens.pop().expect("one token"))
     }
 

@@ -33,6 +33,11 @@ pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String
         ("PUSH_RETRY_INITIAL_MS", "50".to_owned()),
         ("PUSH_RETRY_MAX_INTERVAL_MS", "200".to_owned()),
         ("PUSH_TIMEOUT_MS", "2000".to_owned()),
+        // Base64 of the 32 bytes "device-refresh test signing key!".
+        (
+            "WEBHOOK_SIGNING_KEY",
+            "ZGV2aWNlLXJlZnJlc2ggdGVzdCBzaWduaW5nIGtleSE=".to_owned(),
+        ),
     ];
     local.extend_from_slice(overrides);
     env::isolated(&std::env::vars().collect(), "test", &sim.url(), &local)

@@ -92,12 +92,7 @@ async fn the_history_checks_its_query_its_permission_and_its_tenant() {
 
     let bad = history(&stack, &id, "?limit=0&after=nope").await;
     bad.assert_error(StatusCode::BAD_REQUEST, 1001, "Validation failed");
-    let fields: Vec<&str> = bad.body["error"]["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .filter_map(|problem| problem["field"].as_str())
-        .collect();
+    let fields = bad.problem_fields();
     assert_eq!(fields, ["limit", "after"], "{:?}", bad.body);
     for limit in ["101", "-1", "two", ""] {
         history(&stack, &id, &format!("?limit={limit}"))

@@ -6,6 +6,7 @@ mod omadm;
 mod ops;
 mod refresh;
 mod reports;
+mod webhooks;
 
 pub use batches::BatchView;
 
@@ -51,6 +52,8 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(inventory::get_inventory))
         .routes((schemas, paths, create_batch))
         .routes(routes!(batches::get_batch, batches::cancel_batch))
+        .routes(routes!(webhooks::list_webhooks, webhooks::add_webhook))
+        .routes(routes!(webhooks::remove_webhook))
         .routes(routes!(ops::queues))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

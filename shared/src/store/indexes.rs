@@ -51,6 +51,12 @@ impl Store {
         )
         .await?;
         ensure(&self.tokens, [index(doc! { "hash": 1 }, true)]).await?;
+        // An organization's endpoints: listed, counted, and found for an event's delivery.
+        ensure(
+            &self.webhooks,
+            [index(doc! { "organization": 1, "_id": 1 }, false)],
+        )
+        .await?;
         ensure(
             &self.jobs,
             [

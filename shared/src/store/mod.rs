@@ -12,6 +12,7 @@ mod inventory;
 mod jobs;
 mod organizations;
 mod tokens;
+mod webhooks;
 
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
@@ -27,6 +28,7 @@ pub use inventory::{InventoryRecord, NodeValue};
 pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
 pub use organizations::{Allowance, Lease, Organization};
 pub use tokens::ApiToken;
+pub use webhooks::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndpoint};
 
 use crate::{settings::MongoSettings, snapshot::Snapshot};
 use bson::{Document, doc, oid::ObjectId};
@@ -47,6 +49,7 @@ pub const BATCH_DEVICES: &str = "refresh_batch_devices";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const AUDIT_EVENTS: &str = "audit_events";
 pub const INVENTORY: &str = "win_device_inventory";
+pub const WEBHOOK_ENDPOINTS: &str = "webhook_endpoints";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -117,6 +120,7 @@ pub struct Store {
     idempotency_keys: Collection<IdempotencyRecord>,
     audit_events: Collection<AuditEvent>,
     inventory: Collection<InventoryRecord>,
+    webhooks: Collection<WebhookEndpoint>,
 }
 
 impl Store {
@@ -162,6 +166,7 @@ impl Store {
             idempotency_keys: database.collection(IDEMPOTENCY_KEYS),
             audit_events: database.collection(AUDIT_EVENTS),
             inventory: database.collection(INVENTORY),
+            webhooks: database.collection(WEBHOOK_ENDPOINTS),
             database,
         }
     }

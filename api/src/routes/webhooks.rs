@@ -1,0 +1,198 @@
+//! `…/webhooks`: the endpoints an organization's refresh events are delivered to. Adding one
+//! shows its signing secret, once; nothing shows it again.
+
+use crate::{
+    auth::Authenticated,
+    error::{ApiError, FieldProblem},
+    openapi::{
+        CreateWebhookErrors, OrganizationParams, StatusErrors, WebhookBody, WebhookParams, schema,
+    },
+    routes::{Success, callers_id, refresh::body_rejection, rfc3339, success},
+    state::AppState,
+    validate::{self, OrganizationRef, WebhookRequest},
+};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{
+        Path, State,
+        rejection::{BytesRejection, PathRejection},
+    },
+    http::{HeaderMap, StatusCode},
+};
+use refresh_shared::{
+    store::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndpoint},
+    token::PERMISSION_WEBHOOKS_MANAGE,
+    webhook::{self, EndpointState, WebhookEvent},
+};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A webhook endpoint as the API shows it: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    #[schema(value_type = Vec<schema::WebhookEvent>)]
+    pub events: Vec<WebhookEvent>,
+    #[schema(value_type = schema::WebhookState)]
+    pub state: EndpointState,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&WebhookEndpoint> for WebhookView {
+    fn from(endpoint: &WebhookEndpoint) -> WebhookView {
+        WebhookView {
+            id: endpoint.id.to_hex(),
+            url: endpoint.url.clone(),
+            events: endpoint.events.clone(),
+            state: endpoint.state,
+            created_at: rfc3339(endpoint.created_at),
+            updated_at: rfc3339(endpoint.updated_at),
+        }
+    }
+}
+
+/// A webhook endpoint just added, with the secret its deliveries are signed with.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAdded {
+    #[serde(flatten)]
+    pub endpoint: WebhookView,
+    /// `whsec_` and the base64 key, as Standard Webhooks libraries take it. Shown only here.
+    pub secret: String,
+}
+
+/// Adds an endpoint for some of the organization's refresh events. Its URL must be `https`
+/// and resolve to public addresses only.
+#[utoipa::path(
+    post,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks",
+    tag = "webhooks",
+    params(OrganizationParams),
+    request_body(content = WebhookBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Added; the secret is shown this once", body = Success<WebhookAdded>),
+        CreateWebhookErrors,
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn add_webhook(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Success<WebhookAdded>>), ApiError> {
+    caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
+    let body = body.map_err(body_rejection)?;
+    let (organization, request) = validate_request(path, &headers, &body)?;
+    let organization = caller.organization(&state, &organization).await?;
+    let Some(key) = state.webhooks.signing_key.as_ref() else {
+        return Err(ApiError::Unavailable(
+            "WEBHOOK_SIGNING_KEY is not set: webhooks are not configured".into(),
+        ));
+    };
+    // After the organization check: only its own callers make the api resolve a name.
+    let policy = state.webhooks.url_policy;
+    let url = policy.check(&request.url).map_err(url_problem)?;
+    policy.resolve(&url).await.map_err(url_problem)?;
+    let salt = webhook::new_salt();
+    let endpoint = WebhookEndpoint::new(organization.id, request.url, request.events, &salt);
+    match state.store.add_webhook(&endpoint).await {
+        Ok(()) => {}
+        Err(AddEndpointError::TooMany) => {
+            return Err(ApiError::Validation(vec![FieldProblem::new(
+                "url",
+                format!(
+                    "the organization has {MAX_ENDPOINTS_PER_ORGANIZATION} webhook endpoints, the most it may have: remove one first"
+                ),
+            )]));
+        }
+        Err(AddEndpointError::Store(error)) => return Err(error.into()),
+    }
+    tracing::info!(webhook_id = %endpoint.id, token_id = %caller.token_id, "webhook endpoint added");
+    let secret = key.endpoint_secret(&salt).shown();
+    let added = WebhookAdded {
+        endpoint: WebhookView::from(&endpoint),
+        secret: secret.expose_secret().to_owned(),
+    };
+    Ok((StatusCode::CREATED, success(added)))
+}
+
+/// The organization's webhook endpoints, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks",
+    tag = "webhooks",
+    params(OrganizationParams),
+    responses((status = 200, description = "The endpoints", body = Success<Vec<WebhookView>>), StatusErrors),
+    security(("bearer" = [])),
+)]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Success<Vec<WebhookView>>>, ApiError> {
+    caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
+    let organization = organization_ref(path).map_err(|p| ApiError::Validation(vec![p]))?;
+    let organization = caller.organization(&state, &organization).await?;
+    let endpoints = state.store.webhooks(organization.id).await?;
+    Ok(success(endpoints.iter().map(WebhookView::from).collect()))
+}
+
+/// Removes an endpoint: nothing more is delivered to it.
+#[utoipa::path(
+    delete,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks/{webhookId}",
+    tag = "webhooks",
+    params(WebhookParams),
+    responses((status = 200, description = "The endpoint removed", body = Success<WebhookView>), StatusErrors),
+    security(("bearer" = [])),
+)]
+pub async fn remove_webhook(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Success<WebhookView>>, ApiError> {
+    caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
+    let (organization, id) = callers_id(&state, &caller, path, "webhookId").await?;
+    let endpoint = state
+        .store
+        .remove_webhook(organization.id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tracing::info!(webhook_id = %endpoint.id, token_id = %caller.token_id, "webhook endpoint removed");
+    Ok(success(WebhookView::from(&endpoint)))
+}
+
+fn organization_ref(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<OrganizationRef, FieldProblem> {
+    match path {
+        Ok(Path(organization)) => validate::organization_ref(&organization),
+        Err(rejection) => Err(FieldProblem::new("path", rejection.body_text())),
+    }
+}
+
+/// The path and body of an add, or every problem with them at once.
+fn validate_request(
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(OrganizationRef, WebhookRequest), ApiError> {
+    let mut problems = Vec::new();
+    let organization = organization_ref(path).map_err(|p| problems.push(p)).ok();
+    let request = validate::json_body(headers, body, validate::webhook_body, &mut problems);
+    match (organization, request) {
+        (Some(organization), Some(request)) if problems.is_empty() => Ok((organization, request)),
+        _ => Err(ApiError::Validation(problems)),
+    }
+}
+
+fn url_problem(refusal: webhook::UrlRefusal) -> ApiError {
+    ApiError::Validation(vec![FieldProblem::new("url", refusal.to_string())])
+}

@@ -1,0 +1,103 @@
+//! Webhook endpoints: where an organization wants its refreshes' events delivered.
+
+use super::{Store, StoreError, tenant};
+use crate::webhook::{EndpointState, WebhookEvent};
+use bson::{DateTime, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+/// The most endpoints one organization may have: every event is delivered to each of its
+/// subscribers, so this bounds the deliveries one refresh can cause.
+pub const MAX_ENDPOINTS_PER_ORGANIZATION: u64 = 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEndpoint {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub organization: ObjectId,
+    pub url: String,
+    pub events: Vec<WebhookEvent>,
+    /// What the endpoint's signing secret is derived from (with `WEBHOOK_SIGNING_KEY`), in hex:
+    /// the secret itself is stored nowhere.
+    pub salt: String,
+    pub state: EndpointState,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+impl WebhookEndpoint {
+    pub fn new(
+        organization: ObjectId,
+        url: String,
+        events: Vec<WebhookEvent>,
+        salt: &[u8],
+    ) -> WebhookEndpoint {
+        let now = DateTime::now();
+        WebhookEndpoint {
+            id: ObjectId::new(),
+            organization,
+            url,
+            events,
+            salt: hex::encode(salt),
+            state: EndpointState::Active,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Why an endpoint was not added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddEndpointError {
+    #[error("the organization already has {MAX_ENDPOINTS_PER_ORGANIZATION} webhook endpoints")]
+    TooMany,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Adds `endpoint` unless its organization has as many as it may. (Two adds racing past
+    /// the count may leave one more: the bound is on what one refresh fans out to, not exact.)
+    pub async fn add_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), AddEndpointError> {
+        let existing = self
+            .webhooks
+            .count_documents(tenant(endpoint.organization, doc! {}))
+            .await
+            .map_err(StoreError::from)?;
+        if existing >= MAX_ENDPOINTS_PER_ORGANIZATION {
+            return Err(AddEndpointError::TooMany);
+        }
+        self.webhooks
+            .insert_one(endpoint)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// An organization's endpoints, oldest first.
+    pub async fn webhooks(
+        &self,
+        organization: ObjectId,
+    ) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        Ok(self
+            .webhooks
+            .find(tenant(organization, doc! {}))
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Removes an endpoint of the organization; what it was, if it existed.
+    pub async fn remove_webhook(
+        &self,
+        organization: ObjectId,
+        id: ObjectId,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        Ok(self
+            .webhooks
+            .find_one_and_delete(tenant(organization, doc! { "_id": id }))
+            .await?)
+    }
+}
