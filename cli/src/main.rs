@@ -1,4 +1,5 @@
-//! `refreshctl`: the operator's CLI. Tenants, devices, tokens and jobs go straight to MongoDB
+//! `refreshctl`: the operator's CLI. Tenants, devices, tokens, jobs and webhook endpoints go
+//! straight to MongoDB
 //! (MONGODB_URI, MONGODB_DB) and queues and dead letters straight to RabbitMQ (AMQP_URL), so they
 //! work while the api is down; `bulk` goes through the api (REFRESH_API_URL, REFRESH_TOKEN),
 //! which checks the caller like any other. Every subcommand prints JSON with `--json`.
@@ -12,11 +13,14 @@ use refresh_shared::{
     job::CategoryState,
     settings::Load,
     store::{
-        NewDevice, OmaDmIdentity, Organization, PushRoutes, Store, WnsChannel, cert_thumbprint,
+        NewDevice, OmaDmIdentity, Organization, PushRoutes, Store, WebhookEndpoint, WnsChannel,
+        cert_thumbprint,
     },
     token,
+    webhook::WebhookEvent,
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
 
@@ -49,6 +53,9 @@ enum Command {
     /// Refresh jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Webhook endpoints: where an organization's refresh events are delivered.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Refresh many devices through the api: submit a batch, then follow it to the end.
     Bulk(BulkArgs),
     /// Depth of every queue, read from the broker now.
@@ -247,6 +254,36 @@ enum JobCommand {
     Cancel { id: ObjectId },
 }
 
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Add an endpoint (https, public addresses only); prints its signing secret, this once.
+    Add {
+        /// Organization id or slug.
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        url: String,
+        /// An event: refresh.job.finished, refresh.batch.finished or refresh.category.reported;
+        /// repeat for more.
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+    },
+    /// An organization's endpoints.
+    List {
+        /// Organization id or slug.
+        #[arg(long)]
+        org: String,
+    },
+    /// Remove an endpoint: nothing more is delivered to it.
+    Remove {
+        /// Organization id or slug.
+        #[arg(long)]
+        org: String,
+        /// The endpoint's id (as `webhook add` printed it).
+        id: ObjectId,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -420,6 +457,13 @@ async fn run(
         }
         Command::Job(JobCommand::Get { id }) => get_job(store, id).await,
         Command::Job(JobCommand::Cancel { id }) => cancel_job(store, id).await,
+        Command::Webhook(WebhookCommand::Add { org, url, events }) => {
+            add_webhook(settings, store, &org, url, &events).await
+        }
+        Command::Webhook(WebhookCommand::List { org }) => list_webhooks(store, &org).await,
+        Command::Webhook(WebhookCommand::Remove { org, id }) => {
+            remove_webhook(store, &org, id).await
+        }
     };
     output.map(Some)
 }
@@ -750,6 +794,97 @@ async fn device_organization(store: &Store, id: ObjectId) -> anyhow::Result<Obje
         .await?
         .with_context(|| format!("no device {id}"))?;
     Ok(device.organization)
+}
+
+/// `webhook add`: the secret is printed this once.
+async fn add_webhook(
+    settings: &Settings,
+    store: &Store,
+    org: &str,
+    url: String,
+    events: &[String],
+) -> anyhow::Result<Output> {
+    let events = events
+        .iter()
+        .map(|name| {
+            WebhookEvent::parse(name).with_context(|| {
+                let known = WebhookEvent::ALL.map(WebhookEvent::as_str).join(", ");
+                format!("--event {name}: must be one of {known}")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut distinct = Vec::with_capacity(events.len());
+    for event in events {
+        if !distinct.contains(&event) {
+            distinct.push(event);
+        }
+    }
+    let org = organization(store, org).await?;
+    store.ensure_indexes().await.context("creating indexes")?;
+    let (endpoint, secret) = store
+        .add_webhook(&settings.webhooks, org.id, url, distinct)
+        .await?;
+    let secret = secret.expose_secret();
+    let mut json = webhook_json(&endpoint);
+    json["secret"] = json!(secret);
+    Ok(Output {
+        text: format!(
+            "webhook {} added for {} ({}); its signing secret is shown only this once:\n{secret}",
+            endpoint.id, org.slug, endpoint.url
+        ),
+        json,
+    })
+}
+
+/// `webhook list`.
+async fn list_webhooks(store: &Store, org: &str) -> anyhow::Result<Output> {
+    let org = organization(store, org).await?;
+    let endpoints = store.webhooks(org.id).await?;
+    let lines: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            let events: Vec<&str> = e.events.iter().map(|event| event.as_str()).collect();
+            format!(
+                "{}  {}  {}  {}",
+                e.id,
+                e.state.as_str(),
+                e.url,
+                events.join(",")
+            )
+        })
+        .collect();
+    Ok(Output {
+        text: if lines.is_empty() {
+            format!("{} has no webhook endpoint", org.slug)
+        } else {
+            lines.join("\n")
+        },
+        json: Value::Array(endpoints.iter().map(webhook_json).collect()),
+    })
+}
+
+/// `webhook remove`.
+async fn remove_webhook(store: &Store, org: &str, id: ObjectId) -> anyhow::Result<Output> {
+    let org = organization(store, org).await?;
+    let endpoint = store
+        .remove_webhook(org.id, id)
+        .await?
+        .with_context(|| format!("{} has no webhook {id}", org.slug))?;
+    Ok(Output {
+        text: format!("webhook {id} removed ({})", endpoint.url),
+        json: webhook_json(&endpoint),
+    })
+}
+
+fn webhook_json(endpoint: &WebhookEndpoint) -> Value {
+    let events: Vec<&str> = endpoint.events.iter().map(|e| e.as_str()).collect();
+    json!({
+        "id": endpoint.id.to_hex(),
+        "organizationId": endpoint.organization.to_hex(),
+        "url": endpoint.url,
+        "events": events,
+        "state": endpoint.state.as_str(),
+    })
 }
 
 async fn organization(store: &Store, reference: &str) -> anyhow::Result<Organization> {

@@ -4,7 +4,7 @@
 
 use refresh_shared::{
     channel::ChannelPolicy,
-    settings::{self, Core, Env, Load},
+    settings::{self, Core, Env, Load, WebhookSettings},
 };
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub struct Settings {
     pub wns_channels: ChannelPolicy,
     /// How long running apis may still accept a token whose revocation they were not told of.
     pub auth_cache_ttl: Duration,
+    /// What `webhook add` derives the secret from, and the URLs it accepts, as the api does.
+    pub webhooks: WebhookSettings,
 }
 
 impl Load for Settings {
@@ -23,6 +25,7 @@ impl Load for Settings {
             core: Core::read(env),
             wns_channels: settings::wns_channels(env),
             auth_cache_ttl: settings::auth_cache_ttl(env),
+            webhooks: WebhookSettings::read(env),
         }
     }
 }

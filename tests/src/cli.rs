@@ -53,6 +53,7 @@ impl TestStack {
             .env("REFRESH_API_URL", &self.api)
             .env("REFRESH_TOKEN", &self.token)
             .env("SIM_ADDR", self.sim.addr.to_string())
+            .env("WEBHOOK_SIGNING_KEY", crate::stack::WEBHOOK_SIGNING_KEY)
             .env(
                 "WNS_CHANNEL_HOST_SUFFIXES",
                 self.settings.gateways.wns_channels.to_string(),

@@ -22,6 +22,9 @@ use crate::wait::DEADLINE;
 /// The environment's variables, made private to one test (`refresh_testkit::env`): its own
 /// database and queue prefix, ephemeral ports, the given sim as both gateways, and quick
 /// retries; then `overrides`.
+/// The stacks' `WEBHOOK_SIGNING_KEY`: base64 of the 32 bytes "device-refresh test signing key!".
+pub const WEBHOOK_SIGNING_KEY: &str = "ZGV2aWNlLXJlZnJlc2ggdGVzdCBzaWduaW5nIGtleSE=";
+
 pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String, String> {
     let mut local = vec![
         ("API_ADDR", "127.0.0.1:0".to_owned()),
@@ -33,11 +36,7 @@ pub fn test_env(sim: &SimServer, overrides: &[(&str, String)]) -> HashMap<String
         ("PUSH_RETRY_INITIAL_MS", "50".to_owned()),
         ("PUSH_RETRY_MAX_INTERVAL_MS", "200".to_owned()),
         ("PUSH_TIMEOUT_MS", "2000".to_owned()),
-        // Base64 of the 32 bytes "device-refresh test signing key!".
-        (
-            "WEBHOOK_SIGNING_KEY",
-            "ZGV2aWNlLXJlZnJlc2ggdGVzdCBzaWduaW5nIGtleSE=".to_owned(),
-        ),
+        ("WEBHOOK_SIGNING_KEY", WEBHOOK_SIGNING_KEY.to_owned()),
     ];
     local.extend_from_slice(overrides);
     env::isolated(&std::env::vars().collect(), "test", &sim.url(), &local)

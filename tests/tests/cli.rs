@@ -174,3 +174,84 @@ async fn refreshctl_reads_only_its_own_variables() {
     assert!(!own.status.success());
     assert!(String::from_utf8_lossy(&own.stderr).contains("AUTH_CACHE_TTL_MS"));
 }
+
+#[tokio::test]
+async fn an_operator_adds_lists_and_removes_a_webhook_endpoint() {
+    let stack = TestStack::start().await;
+    let org = stack.organization.slug.clone();
+    let added = stack
+        .refreshctl(&[
+            "webhook",
+            "add",
+            "--org",
+            &org,
+            "--url",
+            "https://93.184.216.34/device-refresh",
+            "--event",
+            "refresh.job.finished",
+            "--event",
+            "refresh.category.reported",
+        ])
+        .await;
+    let secret = added["secret"].as_str().expect("the secret, this once");
+    assert!(secret.starts_with("whsec_"), "{added}");
+    assert_eq!(
+        added["events"],
+        json!(["refresh.job.finished", "refresh.category.reported"])
+    );
+    let id = added["id"].as_str().expect("an id").to_owned();
+
+    let listed = stack.refreshctl(&["webhook", "list", "--org", &org]).await;
+    assert_eq!(listed[0]["id"], json!(id));
+    assert!(listed[0].get("secret").is_none(), "{listed}");
+
+    // The api lists what refreshctl added: one store, one rule.
+    let url = format!(
+        "{}/v1/organizations/{}/mdm/windows/enterprise/webhooks",
+        stack.api,
+        stack.org_id()
+    );
+    let manager = stack
+        .token_with(&[refresh_shared::token::PERMISSION_WEBHOOKS_MANAGE])
+        .await;
+    let answer = Answer::of(stack.http.get(url).bearer_auth(&manager)).await;
+    assert_eq!(answer.body["data"][0]["id"], json!(id), "{:?}", answer.body);
+
+    // Refused, each with what is wrong: the URL's scheme or address, or an unknown event.
+    for (url, event, problem) in [
+        (
+            "https://10.0.0.1/hook",
+            "refresh.job.finished",
+            "not a public address",
+        ),
+        (
+            "http://93.184.216.34/hook",
+            "refresh.job.finished",
+            "must use https",
+        ),
+        (
+            "https://93.184.216.34/h",
+            "refresh.job.done",
+            "--event refresh.job.done",
+        ),
+    ] {
+        let args = [
+            "webhook", "add", "--org", &org, "--url", url, "--event", event,
+        ];
+        let refused = stack.refreshctl_output(&args).await;
+        assert!(!refused.status.success(), "{url} {event}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(problem), "{url} {event}: {stderr}");
+    }
+
+    let removed = stack
+        .refreshctl(&["webhook", "remove", "--org", &org, &id])
+        .await;
+    assert_eq!(removed["id"], json!(id));
+    let listed = stack.refreshctl(&["webhook", "list", "--org", &org]).await;
+    assert_eq!(listed, json!([]));
+    let again = stack
+        .refreshctl_output(&["webhook", "remove", "--org", &org, &id])
+        .await;
+    assert!(!again.status.success());
+}

@@ -21,9 +21,9 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use refresh_shared::{
-    store::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndpoint},
+    store::{AddEndpointError, WebhookEndpoint},
     token::PERMISSION_WEBHOOKS_MANAGE,
-    webhook::{self, EndpointState, WebhookEvent},
+    webhook::{EndpointState, WebhookEvent},
 };
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -90,32 +90,28 @@ pub async fn add_webhook(
     caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
     let body = body.map_err(body_rejection)?;
     let (organization, request) = validate_request(path, &headers, &body)?;
-    let organization = caller.organization(&state, &organization).await?;
-    let Some(key) = state.webhooks.signing_key.as_ref() else {
-        return Err(ApiError::Unavailable(
-            "WEBHOOK_SIGNING_KEY is not set: webhooks are not configured".into(),
-        ));
-    };
     // After the organization check: only its own callers make the api resolve a name.
-    let policy = state.webhooks.url_policy;
-    let url = policy.check(&request.url).map_err(url_problem)?;
-    policy.resolve(&url).await.map_err(url_problem)?;
-    let salt = webhook::new_salt();
-    let endpoint = WebhookEndpoint::new(organization.id, request.url, request.events, &salt);
-    match state.store.add_webhook(&endpoint).await {
-        Ok(()) => {}
-        Err(AddEndpointError::TooMany) => {
-            return Err(ApiError::Validation(vec![FieldProblem::new(
-                "url",
-                format!(
-                    "the organization has {MAX_ENDPOINTS_PER_ORGANIZATION} webhook endpoints, the most it may have: remove one first"
-                ),
-            )]));
+    let organization = caller.organization(&state, &organization).await?;
+    let added = (state.store)
+        .add_webhook(
+            &state.webhooks,
+            organization.id,
+            request.url,
+            request.events,
+        )
+        .await;
+    let (endpoint, secret) = match added {
+        Ok(added) => added,
+        Err(error @ AddEndpointError::NotConfigured) => {
+            return Err(ApiError::Unavailable(error.into()));
         }
+        Err(AddEndpointError::Url(refusal)) => {
+            return Err(url_problem(refusal.to_string()));
+        }
+        Err(too_many @ AddEndpointError::TooMany) => return Err(url_problem(too_many.to_string())),
         Err(AddEndpointError::Store(error)) => return Err(error.into()),
-    }
+    };
     tracing::info!(webhook_id = %endpoint.id, token_id = %caller.token_id, "webhook endpoint added");
-    let secret = key.endpoint_secret(&salt).shown();
     let added = WebhookAdded {
         endpoint: WebhookView::from(&endpoint),
         secret: secret.expose_secret().to_owned(),
@@ -193,6 +189,6 @@ fn validate_request(
     }
 }
 
-fn url_problem(refusal: webhook::UrlRefusal) -> ApiError {
-    ApiError::Validation(vec![FieldProblem::new("url", refusal.to_string())])
+fn url_problem(problem: String) -> ApiError {
+    ApiError::Validation(vec![FieldProblem::new("url", problem)])
 }

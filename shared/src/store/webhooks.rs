@@ -1,9 +1,13 @@
 //! Webhook endpoints: where an organization wants its refreshes' events delivered.
 
 use super::{Store, StoreError, tenant};
-use crate::webhook::{EndpointState, WebhookEvent};
+use crate::{
+    settings::WebhookSettings,
+    webhook::{self, EndpointState, UrlRefusal, WebhookEvent},
+};
 use bson::{DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// The most endpoints one organization may have: every event is delivered to each of its
@@ -27,7 +31,7 @@ pub struct WebhookEndpoint {
 }
 
 impl WebhookEndpoint {
-    pub fn new(
+    fn new(
         organization: ObjectId,
         url: String,
         events: Vec<WebhookEvent>,
@@ -50,16 +54,44 @@ impl WebhookEndpoint {
 /// Why an endpoint was not added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddEndpointError {
-    #[error("the organization already has {MAX_ENDPOINTS_PER_ORGANIZATION} webhook endpoints")]
+    #[error("WEBHOOK_SIGNING_KEY is not set: webhooks are not configured")]
+    NotConfigured,
+    #[error("url {0}")]
+    Url(#[from] UrlRefusal),
+    #[error(
+        "the organization has {MAX_ENDPOINTS_PER_ORGANIZATION} webhook endpoints, the most it may have: remove one first"
+    )]
     TooMany,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl Store {
-    /// Adds `endpoint` unless its organization has as many as it may. (Two adds racing past
+    /// Adds an endpoint for `events` of the organization at `url`, if the URL is one the
+    /// service may call (its form, then what its host resolves to); returns it with its
+    /// signing secret, which nothing can show again.
+    pub async fn add_webhook(
+        &self,
+        settings: &WebhookSettings,
+        organization: ObjectId,
+        url: String,
+        events: Vec<WebhookEvent>,
+    ) -> Result<(WebhookEndpoint, SecretString), AddEndpointError> {
+        let key = settings
+            .signing_key
+            .as_ref()
+            .ok_or(AddEndpointError::NotConfigured)?;
+        let parsed = settings.url_policy.check(&url)?;
+        settings.url_policy.resolve(&parsed).await?;
+        let salt = webhook::new_salt();
+        let endpoint = WebhookEndpoint::new(organization, url, events, &salt);
+        self.insert_webhook(&endpoint).await?;
+        Ok((endpoint, key.endpoint_secret(&salt).shown()))
+    }
+
+    /// Inserts `endpoint` unless its organization has as many as it may. (Two adds racing past
     /// the count may leave one more: the bound is on what one refresh fans out to, not exact.)
-    pub async fn add_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), AddEndpointError> {
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), AddEndpointError> {
         let existing = self
             .webhooks
             .count_documents(tenant(endpoint.organization, doc! {}))
