@@ -31,8 +31,26 @@ async fn smoke(command: &str, args: &[&str]) -> (String, Value) {
     );
     let report =
         serde_json::from_slice(&std::fs::read(&results).expect("the JSON report")).expect("JSON");
+    // The services' errors, printed before their logs go with the scratch folder: shown when
+    // an assertion below fails (a 500 in a row says nothing without the api's reason).
+    for log in std::fs::read_dir(out.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        for line in text.lines().filter(|line| is_error(line)) {
+            println!("{}: {line}", log.file_name().to_string_lossy());
+        }
+    }
     std::fs::remove_dir_all(&out).ok();
     (stdout, report)
+}
+
+/// An error a service logged, but for the broker's answers to the queue checks at start.
+fn is_error(line: &str) -> bool {
+    let error = line.contains("\"level\":\"ERROR\"") || line.contains(" ERROR ");
+    error && !line.contains("NOT_FOUND - no queue")
 }
 
 #[tokio::test(flavor = "multi_thread")]
