@@ -813,16 +813,10 @@ async fn add_webhook(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut distinct = Vec::with_capacity(events.len());
-    for event in events {
-        if !distinct.contains(&event) {
-            distinct.push(event);
-        }
-    }
     let org = organization(store, org).await?;
     store.ensure_indexes().await.context("creating indexes")?;
     let (endpoint, secret) = store
-        .add_webhook(&settings.webhooks, org.id, url, distinct)
+        .add_webhook(&settings.webhooks, org.id, url, events)
         .await?;
     let secret = secret.expose_secret();
     let mut json = webhook_json(&endpoint);

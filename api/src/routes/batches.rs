@@ -4,13 +4,13 @@
 use crate::{
     audit::{self, Accepted},
     auth::Authenticated,
-    error::{ApiError, FieldProblem},
+    error::ApiError,
     idempotency::{self, KeyCheck},
     openapi::{
         BatchParams, BulkBody, CancelErrors, CreateBatchErrors, CreateBatchParams, StatusErrors,
         schema,
     },
-    routes::{Success, callers_id, refresh::body_rejection, rfc3339, success},
+    routes::{Success, callers_id, organization_of, refresh::body_rejection, rfc3339, success},
     state::AppState,
     trace::request_trace,
     validate::{self, BulkRequest, BulkTarget, OrganizationRef},
@@ -131,15 +131,7 @@ fn validate_request(
     body: &[u8],
 ) -> Result<(OrganizationRef, BulkRequest, Option<String>), ApiError> {
     let mut problems = Vec::new();
-    let organization = match path {
-        Ok(Path(organization)) => validate::organization_ref(&organization)
-            .map_err(|p| problems.push(p))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("path", rejection.body_text()));
-            None
-        }
-    };
+    let organization = organization_of(path).map_err(|p| problems.push(p)).ok();
     let request = validate::json_body(headers, body, validate::bulk_body, &mut problems);
     let key = validate::idempotency_key(headers)
         .map_err(|p| problems.push(p))

@@ -139,6 +139,16 @@ pub struct Up {
 
 pub const UP: Up = Up { status: true };
 
+/// The `{organizationId}` of an organization's route.
+fn organization_of(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<OrganizationRef, FieldProblem> {
+    match path {
+        Ok(Path(organization)) => validate::organization_ref(&organization),
+        Err(rejection) => Err(FieldProblem::new("path", rejection.body_text())),
+    }
+}
+
 /// The `{organizationId}` and 24-hex `{<id_field>}` of a status route, or every problem with them.
 fn organization_and_id(
     path: Result<Path<(String, String)>, PathRejection>,

@@ -7,7 +7,7 @@ use crate::{
     openapi::{
         CreateWebhookErrors, OrganizationParams, StatusErrors, WebhookBody, WebhookParams, schema,
     },
-    routes::{Success, callers_id, refresh::body_rejection, rfc3339, success},
+    routes::{Success, callers_id, organization_of, refresh::body_rejection, rfc3339, success},
     state::AppState,
     validate::{self, OrganizationRef, WebhookRequest},
 };
@@ -134,7 +134,7 @@ pub async fn list_webhooks(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Success<Vec<WebhookView>>>, ApiError> {
     caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
-    let organization = organization_ref(path).map_err(|p| ApiError::Validation(vec![p]))?;
+    let organization = organization_of(path).map_err(|p| ApiError::Validation(vec![p]))?;
     let organization = caller.organization(&state, &organization).await?;
     let endpoints = state.store.webhooks(organization.id).await?;
     Ok(success(endpoints.iter().map(WebhookView::from).collect()))
@@ -165,15 +165,6 @@ pub async fn remove_webhook(
     Ok(success(WebhookView::from(&endpoint)))
 }
 
-fn organization_ref(
-    path: Result<Path<String>, PathRejection>,
-) -> Result<OrganizationRef, FieldProblem> {
-    match path {
-        Ok(Path(organization)) => validate::organization_ref(&organization),
-        Err(rejection) => Err(FieldProblem::new("path", rejection.body_text())),
-    }
-}
-
 /// The path and body of an add, or every problem with them at once.
 fn validate_request(
     path: Result<Path<String>, PathRejection>,
@@ -181,7 +172,7 @@ fn validate_request(
     body: &[u8],
 ) -> Result<(OrganizationRef, WebhookRequest), ApiError> {
     let mut problems = Vec::new();
-    let organization = organization_ref(path).map_err(|p| problems.push(p)).ok();
+    let organization = organization_of(path).map_err(|p| problems.push(p)).ok();
     let request = validate::json_body(headers, body, validate::webhook_body, &mut problems);
     match (organization, request) {
         (Some(organization), Some(request)) if problems.is_empty() => Ok((organization, request)),

@@ -67,9 +67,9 @@ pub enum AddEndpointError {
 }
 
 impl Store {
-    /// Adds an endpoint for `events` of the organization at `url`, if the URL is one the
-    /// service may call (its form, then what its host resolves to); returns it with its
-    /// signing secret, which nothing can show again.
+    /// Adds an endpoint for `events` (repeats merged, in the order first named) of the
+    /// organization at `url`, if the URL is one the service may call (its form, then what its
+    /// host resolves to); returns it with its signing secret, which nothing can show again.
     pub async fn add_webhook(
         &self,
         settings: &WebhookSettings,
@@ -83,8 +83,14 @@ impl Store {
             .ok_or(AddEndpointError::NotConfigured)?;
         let parsed = settings.url_policy.check(&url)?;
         settings.url_policy.resolve(&parsed).await?;
+        let mut distinct = Vec::with_capacity(events.len());
+        for event in events {
+            if !distinct.contains(&event) {
+                distinct.push(event);
+            }
+        }
         let salt = webhook::new_salt();
-        let endpoint = WebhookEndpoint::new(organization, url, events, &salt);
+        let endpoint = WebhookEndpoint::new(organization, url, distinct, &salt);
         self.insert_webhook(&endpoint).await?;
         Ok((endpoint, key.endpoint_secret(&salt).shown()))
     }
