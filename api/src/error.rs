@@ -6,6 +6,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use refresh_events::announce::AnnounceError;
 use refresh_shared::{broker::BrokerError, store::StoreError};
 use serde::Serialize;
 use std::time::Duration;
@@ -240,6 +241,15 @@ impl From<StoreError> for ApiError {
             ApiError::Unavailable(error.into())
         } else {
             ApiError::Internal(error.into())
+        }
+    }
+}
+
+impl From<AnnounceError> for ApiError {
+    fn from(error: AnnounceError) -> Self {
+        match error {
+            AnnounceError::Store(error) => error.into(),
+            AnnounceError::Broker(error) => error.into(),
         }
     }
 }

@@ -13,7 +13,8 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use refresh_shared::{batch::MAX_BATCH_DEVICES, trace};
+use refresh_events::view::{BatchView, CategoryReported, JobView};
+use refresh_shared::{batch::MAX_BATCH_DEVICES, trace, webhook::WebhookEvent};
 use serde_json::json;
 use std::collections::BTreeMap;
 use utoipa::{
@@ -27,61 +28,7 @@ use utoipa::{
     },
 };
 
-/// The schemas of `refresh_shared`'s enums, which know nothing of OpenAPI: each is a string,
-/// one of the values its `as_str` gives (a test in `refresh_shared` holds those equal to the
-/// serde names the answers carry). A view's field of such an enum says
-/// `#[schema(value_type = schema::Category)]`; each type here is named as its enum.
-pub mod schema {
-    use refresh_shared as shared;
-    use strum::IntoEnumIterator;
-    use utoipa::{
-        PartialSchema, ToSchema,
-        openapi::{ObjectBuilder, RefOr, Schema, Type},
-    };
-
-    macro_rules! enums {
-        ($($(#[doc = $doc:literal])+ $name:ident = $shared:ty;)*) => {$(
-            $(#[doc = $doc])+
-            pub struct $name;
-
-            impl ToSchema for $name {}
-
-            impl PartialSchema for $name {
-                fn schema() -> RefOr<Schema> {
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .description(Some([$($doc),+].map(str::trim).join(" ")))
-                        .enum_values(Some(<$shared>::iter().map(<$shared>::as_str)))
-                        .into()
-                }
-            }
-        )*};
-    }
-
-    enums! {
-        /// An inventory category a device can be asked to re-report.
-        Category = shared::Category;
-        /// A device's lifecycle state; only `ACTIVE` devices are refreshed.
-        DeviceState = shared::device::DeviceState;
-        /// The push gateway a category was (or is to be) delivered through.
-        Gateway = shared::device::Gateway;
-        /// Where one category of a job is.
-        CategoryState = shared::job::CategoryState;
-        /// Where a job is, derived from its categories.
-        JobState = shared::job::JobState;
-        /// Where a batch is.
-        BatchState = shared::store::BatchState;
-        /// What a queue is for, as `/metrics` and `refreshctl queues` label it.
-        QueueRole = shared::broker::QueueRole;
-        /// Who sent a report: the device agent, or the device's OMA-DM client.
-        ReportSource = shared::report::ReportSource;
-        /// An event a webhook endpoint can subscribe to.
-        WebhookEvent = shared::webhook::WebhookEvent;
-        /// Whether a webhook endpoint is delivered to: `failing` after a delivery went through
-        /// every retry without success (deliveries go on), `disabled` after it answered 410.
-        WebhookState = shared::webhook::EndpointState;
-    }
-}
+pub use refresh_events::schema;
 
 /// The name the operations' `security` refers to.
 pub const BEARER: &str = "bearer";
@@ -92,7 +39,14 @@ pub const BEARER: &str = "bearer";
         title = "device-refresh",
         description = "Asks Windows devices to re-report selected inventory categories without a full sync."
     ),
-    components(schemas(FieldProblem, schema::Category, schema::DeviceState)),
+    components(schemas(
+        FieldProblem,
+        schema::Category,
+        schema::DeviceState,
+        JobView,
+        BatchView,
+        CategoryReported
+    )),
     modifiers(&Conventions),
     tags(
         (name = "refresh", description = "Refreshing devices, one or in bulk, and following the work"),
@@ -128,9 +82,98 @@ pub struct Document(Bytes);
 
 impl Document {
     pub fn new(document: &openapi::OpenApi) -> Document {
-        let json = serde_json::to_vec(document).expect("an OpenAPI document always serializes");
+        let json =
+            serde_json::to_vec(&rendered(document)).expect("an OpenAPI document always serializes");
         Document(Bytes::from(json))
     }
+}
+
+/// The document as JSON, with what utoipa cannot say: the `webhooks` (OpenAPI 3.1) the
+/// service delivers, one per event.
+pub fn rendered(document: &openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(document).expect("an OpenAPI document always serializes");
+    json["webhooks"] = serde_json::to_value(webhooks()).expect("webhooks serialize");
+    json
+}
+
+/// Each event as a receiver gets it: a POST signed by Standard Webhooks, whose `data` is the
+/// job or batch as its GET shows it, or a category's entry of the job.
+fn webhooks() -> BTreeMap<&'static str, openapi::PathItem> {
+    let events = [
+        (
+            WebhookEvent::JobFinished,
+            reference::<JobView>(),
+            "Every category of a job has ended: `data` is the job as its GET shows it.",
+        ),
+        (
+            WebhookEvent::BatchFinished,
+            reference::<BatchView>(),
+            "A batch has ended (completed, or canceled): `data` is the batch as its GET shows it.",
+        ),
+        (
+            WebhookEvent::CategoryReported,
+            reference::<CategoryReported>(),
+            "The device reported one category of a job: `data` names the job and carries the category's entry of it.",
+        ),
+    ];
+    let header = |name: &str, description: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::True)
+            .description(Some(description))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build()
+    };
+    events
+        .into_iter()
+        .map(|(event, data, description)| {
+            let body = ObjectBuilder::new()
+                .property(
+                    "type",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([event.as_str()])),
+                )
+                .property(
+                    "timestamp",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some("When it happened (RFC 3339)")),
+                )
+                .property("data", data)
+                .required("type")
+                .required("timestamp")
+                .required("data");
+            let operation = openapi::path::OperationBuilder::new()
+                .summary(Some(event.as_str()))
+                .description(Some(description))
+                .tag("webhooks")
+                .parameters(Some([
+                    header("webhook-id", "The message's id: the same on every attempt, and for the same event announced again"),
+                    header("webhook-timestamp", "When this attempt was signed, in seconds since the Unix epoch"),
+                    header("webhook-signature", "`v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under the endpoint's secret"),
+                ]))
+                .request_body(Some(
+                    openapi::request_body::RequestBodyBuilder::new()
+                        .content("application/json", ContentBuilder::new().schema(Some(body)).build())
+                        .required(Some(Required::True))
+                        .build(),
+                ))
+                .response("2XX", ResponseBuilder::new().description("Delivered"))
+                .response(
+                    "410",
+                    ResponseBuilder::new().description("Gone: the endpoint is disabled, nothing more is delivered to it"),
+                )
+                .response(
+                    "default",
+                    ResponseBuilder::new().description("Tried again after the next retry tier's delay"),
+                )
+                .build();
+            let item = openapi::PathItem::new(openapi::HttpMethod::Post, operation);
+            (event.as_str(), item)
+        })
+        .collect()
 }
 
 #[utoipa::path(
@@ -388,30 +431,39 @@ fn traceparent() -> Parameter {
         .build()
 }
 
-fn history_limit() -> Parameter {
+fn page_limit() -> Parameter {
     ParameterBuilder::new()
         .name("limit")
         .parameter_in(ParameterIn::Query)
         .required(Required::False)
         .description(Some(format!(
-            "Jobs in the page (default {})",
-            validate::HISTORY_LIMIT_DEFAULT
+            "Entries in the page (default {})",
+            validate::PAGE_LIMIT_DEFAULT
         )))
         .schema(Some(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
                 .minimum(Some(1))
-                .maximum(Some(validate::HISTORY_LIMIT_MAX)),
+                .maximum(Some(validate::PAGE_LIMIT_MAX)),
         ))
         .build()
 }
 
-fn history_after() -> Parameter {
+fn webhook_id() -> Parameter {
+    parameter(
+        "webhookId",
+        ParameterIn::Path,
+        validate::OBJECT_ID_PATTERN,
+        "The id adding the endpoint answered",
+    )
+}
+
+fn page_after() -> Parameter {
     parameter(
         "after",
         ParameterIn::Query,
         validate::OBJECT_ID_PATTERN,
-        "The `nextCursor` of the page before (absent: the newest jobs)",
+        "The `nextCursor` of the page before (absent: the newest entries)",
     )
 }
 
@@ -453,7 +505,7 @@ parameters! {
         ),
     ];
     /// `GET …/devices/{winDeviceId}/refresh-jobs`.
-    HistoryParams = [organization_id(), win_device_id(), history_limit(), history_after()];
+    HistoryParams = [organization_id(), win_device_id(), page_limit(), page_after()];
     /// `POST …/refresh-batches`.
     CreateBatchParams = [organization_id(), idempotency_key(), traceparent()];
     /// `POST|GET …/webhooks`.
@@ -461,12 +513,14 @@ parameters! {
     /// `DELETE …/webhooks/{webhookId}`.
     WebhookParams = [
         organization_id(),
-        parameter(
-            "webhookId",
-            ParameterIn::Path,
-            validate::OBJECT_ID_PATTERN,
-            "The id adding the endpoint answered",
-        ),
+        webhook_id(),
+    ];
+    /// `GET …/webhooks/{webhookId}/deliveries`.
+    DeliveriesParams = [
+        organization_id(),
+        webhook_id(),
+        page_limit(),
+        page_after(),
     ];
     /// `GET …/refresh-jobs/{jobId}`.
     JobParams = [
@@ -622,7 +676,7 @@ mod tests {
     fn document() -> Value {
         let settings = ApiSettings::from_lookup(|_| None).expect("defaults are valid");
         let (_, document) = routes::documented(&settings).split_for_parts();
-        serde_json::to_value(&document).expect("serializes")
+        rendered(&document)
     }
 
     /// Every `error.code` a response of the document allows.
@@ -690,5 +744,19 @@ mod tests {
             .map(|kind| u64::from(kind.parts().1))
             .collect();
         assert_eq!(documented_codes(&document), table);
+    }
+
+    #[test]
+    fn every_webhook_event_is_documented_with_its_body() {
+        let document = document();
+        let webhooks = document["webhooks"].as_object().expect("webhooks");
+        let names: BTreeSet<&str> = webhooks.keys().map(String::as_str).collect();
+        let events: BTreeSet<&str> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(names, events);
+        for (name, item) in webhooks {
+            let schema = &item["post"]["requestBody"]["content"]["application/json"]["schema"];
+            assert_eq!(schema["properties"]["type"]["enum"][0], name.as_str());
+            assert!(schema["properties"]["data"]["$ref"].is_string(), "{name}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::{
     tls::ClientCa,
 };
 use axum::http::HeaderName;
+use refresh_events::Announcer;
 use refresh_shared::{
     broker::{Publisher, Queues},
     channel::ChannelPolicy,
@@ -49,6 +50,8 @@ pub struct Inner {
     pub trusted_proxies: Vec<IpAddr>,
     pub client_cert_header: HeaderName,
     pub webhooks: WebhookSettings,
+    /// Tells webhook subscribers of the jobs and batches callers cancel.
+    pub announcer: Announcer,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Inner {
             database_probe: DatabaseProbe::new(store.clone()),
+            announcer: Announcer::new(store.clone(), Arc::clone(&publisher)),
             metrics_page: MetricsPage::default(),
             store,
             queues: Queues::new(Arc::clone(&publisher)),

@@ -477,26 +477,27 @@ fn report_categories(
     Some(categories)
 }
 
-/// Jobs in a page of a device's history when `limit` is not given, and at most.
-pub const HISTORY_LIMIT_DEFAULT: u32 = 20;
-pub const HISTORY_LIMIT_MAX: u32 = 100;
+/// Entries in a page (a device's history, an endpoint's deliveries) when `limit` is not
+/// given, and at most.
+pub const PAGE_LIMIT_DEFAULT: u32 = 20;
+pub const PAGE_LIMIT_MAX: u32 = 100;
 
-/// `?limit=N&after=CURSOR` of a device's history: how many jobs (1 to
-/// [`HISTORY_LIMIT_MAX`]), and the cursor an earlier page ended with; every problem at once.
-pub fn history_page(
+/// `?limit=N&after=CURSOR` of a paged list: how many entries (1 to
+/// [`PAGE_LIMIT_MAX`]), and the cursor an earlier page ended with; every problem at once.
+pub fn page(
     limit: Option<&str>,
     after: Option<&str>,
 ) -> Result<(u32, Option<ObjectId>), Vec<FieldProblem>> {
     let limit = match limit {
-        None => Ok(HISTORY_LIMIT_DEFAULT),
+        None => Ok(PAGE_LIMIT_DEFAULT),
         Some(raw) => raw
             .parse()
             .ok()
-            .filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n))
+            .filter(|n| (1..=PAGE_LIMIT_MAX).contains(n))
             .ok_or_else(|| {
                 FieldProblem::new(
                     "limit",
-                    format!("must be a whole number from 1 to {HISTORY_LIMIT_MAX}"),
+                    format!("must be a whole number from 1 to {PAGE_LIMIT_MAX}"),
                 )
             }),
     };

@@ -273,6 +273,11 @@ impl JobState {
         }
     }
 
+    /// Whether every category of the job has ended.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::InProgress)
+    }
+
     /// A job's state is never stored: it is derived from its categories. It is `completed`
     /// only when the device has reported every one of them.
     pub fn derive(categories: impl IntoIterator<Item = CategoryState>) -> JobState {

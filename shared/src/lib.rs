@@ -31,6 +31,7 @@ mod tests {
         job::{CategoryState, JobState, Lane},
         report::ReportSource,
         store::{BatchState, WnsChannelStatus},
+        webhook::{DeliveryState, EndpointState, WebhookEvent},
     };
     use crate::Category;
     use serde::Serialize;
@@ -58,5 +59,8 @@ mod tests {
         agree(WnsChannelStatus::as_str);
         agree(BatchState::as_str);
         agree(ReportSource::as_str);
+        agree(WebhookEvent::as_str);
+        agree(EndpointState::as_str);
+        agree(DeliveryState::as_str);
     }
 }

@@ -51,3 +51,8 @@ pub const REPORT_LATENCY: &str = "refresh_report_latency_seconds";
 pub const REPUSHES: &str = "refresh_repushes_total";
 /// Counter: categories ended `unreported`.
 pub const UNREPORTED: &str = "refresh_unreported_total";
+/// Counter (`outcome`: `delivered`, `retried`, `failed`, `disabled`, `dropped`, `deferred`):
+/// webhook deliveries by what their attempt (or its absence) came to.
+pub const WEBHOOK_DELIVERIES: &str = "refresh_webhook_deliveries_total";
+/// Histogram: one webhook attempt, from connecting to the receiver's status.
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "refresh_webhook_attempt_duration_seconds";

@@ -34,6 +34,9 @@ pub struct AmqpSettings {
     /// Delays of the retry queues, in order: a job whose in-process retries are spent waits in
     /// the next tier instead of holding a consumer slot.
     pub retry_tiers: Vec<Duration>,
+    /// Delays of the webhook retry queues, in order: a delivery not answered with a 2xx waits
+    /// in the next tier before its next attempt; after the last, it is dead-lettered.
+    pub webhook_retry_tiers: Vec<Duration>,
     /// How long a pushed category waits for the device's report before it is pushed again (or
     /// ends `unreported`): the TTL of the deadline queue.
     pub report_deadline: Duration,
@@ -41,6 +44,11 @@ pub struct AmqpSettings {
 
 /// The largest quorum a queue may be created with: more members only slow every write down.
 pub const MAX_QUORUM_SIZE: u32 = 7;
+
+/// The most retry tiers a list may name: each is a queue.
+pub const MAX_TIERS: usize = 20;
+/// The longest a tier may delay: a week (RabbitMQ's message TTLs end at about 49 days).
+pub const MAX_TIER_SECS: u64 = 604_800;
 
 /// The longest report deadline: a day. A pushed category holds its device's claim until then.
 pub const MAX_REPORT_DEADLINE: Duration = Duration::from_secs(86_400);
@@ -203,6 +211,10 @@ impl Load for AmqpSettings {
             prefix: env.string("AMQP_PREFIX", "refresh"),
             confirm_timeout: env.millis("PUBLISH_CONFIRM_TIMEOUT_MS", 3_000),
             retry_tiers: env.seconds_list("RETRY_TIERS_SECS", "10,60,600"),
+            // The schedule the Standard Webhooks specification suggests: 5 s, 5 min, 30 min,
+            // 2 h, 5 h, 10 h (the first attempt is immediate).
+            webhook_retry_tiers: env
+                .seconds_list("WEBHOOK_RETRY_TIERS_SECS", "5,300,1800,7200,18000,36000"),
             report_deadline: env.secs("REPORT_DEADLINE_SECS", 900),
         };
         if let Err(error) = nodes {
@@ -290,17 +302,22 @@ impl Env<'_> {
         }
     }
 
-    /// A comma-separated list of whole seconds, each at least 1.
+    /// A comma-separated list of at most [`MAX_TIERS`] whole seconds, each 1 to
+    /// [`MAX_TIER_SECS`].
     pub fn seconds_list(&mut self, name: &str, default: &str) -> Vec<Duration> {
         let raw = self.string(name, default);
         let parsed: Result<Vec<u64>, _> = raw.split(',').map(|s| s.trim().parse::<u64>()).collect();
         match parsed {
-            Ok(seconds) if !seconds.is_empty() && seconds.iter().all(|&s| s > 0) => {
+            Ok(seconds)
+                if (1..=MAX_TIERS).contains(&seconds.len())
+                    && seconds.iter().all(|s| (1..=MAX_TIER_SECS).contains(s)) =>
+            {
                 seconds.into_iter().map(Duration::from_secs).collect()
             }
             _ => {
                 self.errors.push(format!(
-                    "{name}: '{raw}' is not a list of seconds like {default}"
+                    "{name}: '{raw}' is not a list of 1 to {MAX_TIERS} seconds, each 1 to \
+                     {MAX_TIER_SECS}, like {default}"
                 ));
                 Vec::new()
             }

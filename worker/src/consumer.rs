@@ -9,6 +9,7 @@ use crate::{
     dispatch::{Dispatcher, Halt},
     expander::Expander,
     settings::{WorkQueue, WorkerSettings},
+    webhook::Deliverer,
 };
 use futures::{FutureExt, StreamExt, future::join_all};
 use lapin::{
@@ -30,6 +31,7 @@ use refresh_shared::{
     retry::{RetryPolicy, WaitEnd},
     settings::AmqpSettings,
     trace::TraceParent,
+    webhook::WebhookDelivery,
 };
 use std::{
     any::Any,
@@ -55,6 +57,9 @@ pub struct Consumer {
     pub shutdown_grace: Duration,
     pub dispatcher: Arc<Dispatcher>,
     pub expander: Arc<Expander>,
+    pub deliverer: Arc<Deliverer>,
+    /// Webhook deliveries attempted at once.
+    pub webhook_concurrency: usize,
     /// True while a consumer is attached to the work queues.
     pub connected: Arc<AtomicBool>,
 }
@@ -66,6 +71,7 @@ enum Work {
     Batches,
     Reports,
     Deadlines,
+    Webhooks,
 }
 
 impl Work {
@@ -76,6 +82,7 @@ impl Work {
             Work::Batches => WorkQueue::Batches,
             Work::Reports => WorkQueue::Reports,
             Work::Deadlines => WorkQueue::Deadlines,
+            Work::Webhooks => WorkQueue::Webhooks,
         }
     }
 }
@@ -149,6 +156,14 @@ impl Consumer {
                 // A deadline check is a read and, rarely, a publish or a write.
                 prefetch: 64,
                 slots: 32,
+            },
+            Stream {
+                queue: topology.webhooks_queue(),
+                work: Work::Webhooks,
+                // An attempt waits on a receiver (at most WEBHOOK_TIMEOUT_MS): the next ones at
+                // hand, each endpoint's share bounded by its pacing.
+                prefetch: u16::try_from(self.webhook_concurrency * 2).unwrap_or(u16::MAX),
+                slots: self.webhook_concurrency,
             },
         ];
         all.into_iter()
@@ -261,8 +276,10 @@ impl Consumer {
     fn handle(&self, work: Work, delivery: Delivery) -> impl Future<Output = ()> + Send + 'static {
         let dispatcher = Arc::clone(&self.dispatcher);
         let expander = Arc::clone(&self.expander);
+        let deliverer = Arc::clone(&self.deliverer);
         async move {
             match work {
+                Work::Webhooks => handle_webhook(&dispatcher, &deliverer, delivery).await,
                 Work::Jobs(lane) => handle_job(&dispatcher, lane, delivery).await,
                 Work::Batches => handle_batch(&dispatcher, &expander, delivery).await,
                 Work::Reports => handle_report(&dispatcher, delivery).await,
@@ -380,9 +397,12 @@ async fn handle_batch(dispatcher: &Dispatcher, expander: &Expander, delivery: De
     let trace = trace_of(&delivery.properties);
     let span =
         tracing::info_span!("batch", batch_id = %message.batch_id, trace_id = trace_id(trace));
-    let verdict = until_answered(dispatcher, || expander.expand(message.batch_id, trace))
-        .instrument(span)
-        .await;
+    // Its jobs may all have ended before the expansion did: then the batch ends with it.
+    let expanded = || async {
+        expander.expand(message.batch_id, trace).await?;
+        dispatcher.announce_batch(message.batch_id).await
+    };
+    let verdict = until_answered(dispatcher, expanded).instrument(span).await;
     answer(&delivery, verdict).await;
 }
 
@@ -413,6 +433,19 @@ async fn handle_deadline(dispatcher: &Dispatcher, delivery: Delivery) {
     answer(&delivery, verdict).await;
 }
 
+/// Makes one attempt of a webhook delivery and answers it exactly once.
+async fn handle_webhook(dispatcher: &Dispatcher, deliverer: &Deliverer, delivery: Delivery) {
+    let decoded = WebhookDelivery::decode(&delivery.data);
+    let Some(message) = decoded_or_dead(&delivery, "webhook delivery", decoded).await else {
+        return;
+    };
+    let span = tracing::info_span!("webhook", endpoint = %message.endpoint_id, message_id = %message.message_id);
+    let verdict = until_answered(dispatcher, || deliverer.deliver(dispatcher, &message))
+        .instrument(span)
+        .await;
+    answer(&delivery, verdict).await;
+}
+
 /// The trace id a span logs: empty for a message that came without a trace context.
 fn trace_id(trace: Option<TraceParent>) -> String {
     trace.map(|trace| trace.trace_id()).unwrap_or_default()
@@ -435,6 +468,10 @@ where
             Ok(()) => return Answer::Ack,
             Err(Halt::Shutdown) => return Answer::Requeue,
             Err(held @ Halt::HeldTooLong(_)) => return handed_back(&held),
+            Err(Halt::GaveUp(reason)) => {
+                tracing::warn!(%reason, "given up: dead-lettered");
+                return Answer::DeadLetter;
+            }
             // A copy carrying the pushes made took its place.
             Err(Halt::HandedOn(halt)) => {
                 tracing::warn!(error = %halt, "handed on: a copy of the job records the pushes made");

@@ -42,7 +42,9 @@ impl Dispatcher {
         if deadline.repush < self.repush_limit {
             self.repush(deadline, unanswered).await
         } else {
-            self.end_unreported(deadline, &unanswered).await
+            self.end_unreported(deadline, &unanswered).await?;
+            self.announce_job(deadline.organization_id, deadline.job_id)
+                .await
         }
     }
 

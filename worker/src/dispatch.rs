@@ -12,6 +12,7 @@ use futures::{
     future::{BoxFuture, join_all},
     stream::FuturesUnordered,
 };
+use refresh_events::{Announcer, announce::AnnounceError};
 use refresh_shared::{
     Category,
     broker::{BrokerError, Publisher},
@@ -53,6 +54,12 @@ pub enum Halt {
     /// A dependency stayed away for longer than a delivery may be held.
     #[error("held for WORKER_HOLD_LIMIT_MS while the database was unavailable: {0}")]
     HeldTooLong(StoreError),
+    /// Given up on for good (a webhook delivery after its last retry tier): dead-lettered.
+    #[error("{0}")]
+    GaveUp(String),
+    /// Announcing a webhook event failed for a reason other than an outage.
+    #[error("could not announce a webhook event: {0}")]
+    Announce(AnnounceError),
     /// Halted after gateways took pushes that could not be recorded: a copy of the job that
     /// carries them took the delivery's place, so the delivery itself is done with.
     #[error("handed on to a copy that records the pushes made: {0}")]
@@ -100,6 +107,8 @@ pub struct Dispatcher {
     pub shutdown: CancellationToken,
     /// One delivery at a time per job in this process.
     pub in_flight: InFlight,
+    /// Tells webhook subscribers what ended.
+    pub announcer: Announcer,
 }
 
 impl Dispatcher {
@@ -118,7 +127,42 @@ impl Dispatcher {
             self.durably(|| self.store.record_outcome(job.job_id))
                 .await?;
         }
-        Ok(())
+        self.announce_job(job.organization_id, job.job_id).await
+    }
+
+    /// Announces to webhook subscribers what of the job ended (its categories reported, the
+    /// job itself, its batch), waiting out an outage of the database or the broker for up to
+    /// `WORKER_HOLD_LIMIT_MS`: each announcement is made again until it is marked made.
+    pub async fn announce_job(&self, organization: ObjectId, job: ObjectId) -> Result<(), Halt> {
+        self.announce(|| self.announcer.job(organization, job))
+            .await
+    }
+
+    /// Announces the batch's end, if it ended, as [`Dispatcher::announce_job`] does a job's.
+    pub async fn announce_batch(&self, batch: ObjectId) -> Result<(), Halt> {
+        self.announce(|| self.announcer.batch(batch)).await
+    }
+
+    async fn announce<F, Fut>(&self, announcement: F) -> Result<(), Halt>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), AnnounceError>>,
+    {
+        let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
+        loop {
+            match announcement().await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_unavailable() => {
+                    tracing::warn!(%error, "a dependency is unavailable, holding an announcement");
+                    match schedule.wait(None, &self.shutdown).await {
+                        Ok(_) => {}
+                        Err(WaitEnd::Spent) => return Err(Halt::Announce(error)),
+                        Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
+                    }
+                }
+                Err(error) => return Err(Halt::Announce(error)),
+            }
+        }
     }
 
     /// Writes a heartbeat on the categories this delivery took, every [`HEARTBEAT`] while it

@@ -10,11 +10,13 @@ mod health;
 mod in_flight;
 mod reports;
 pub mod settings;
+mod webhook;
 
 use anyhow::Context;
 use consumer::Consumer;
 use dispatch::Dispatcher;
 use expander::Expander;
+use refresh_events::Announcer;
 use refresh_shared::{
     broker::{Publisher, Queues, holds},
     store::{DatabaseProbe, Store},
@@ -73,7 +75,27 @@ impl Worker {
             hold_limit: settings.worker.hold_limit,
             shutdown: shutdown.clone(),
             in_flight: in_flight::InFlight::default(),
+            announcer: Announcer::new(store.clone(), Arc::clone(&publisher)),
         });
+        if settings.webhooks.url_policy.allow_insecure {
+            tracing::warn!(
+                "WEBHOOK_ALLOW_INSECURE=true: webhooks are delivered over plain http and to private addresses (tests and local stacks only)"
+            );
+        }
+        if settings.webhooks.signing_key.is_none() {
+            tracing::info!(
+                "WEBHOOK_SIGNING_KEY is not set: webhook deliveries cannot be signed and wait in their retry tiers"
+            );
+        }
+        let deliverer = Arc::new(
+            webhook::Deliverer::new(
+                settings.webhooks.clone(),
+                settings.delivery.timeout,
+                settings.delivery.endpoint_concurrency,
+                Arc::clone(&publisher),
+            )
+            .context("building the webhook HTTP client")?,
+        );
         let expander = Arc::new(Expander {
             store: store.clone(),
             publisher: Arc::clone(&publisher),
@@ -88,6 +110,8 @@ impl Worker {
                 shutdown_grace: settings.shutdown_grace,
                 dispatcher,
                 expander,
+                deliverer,
+                webhook_concurrency: settings.delivery.concurrency,
                 connected: Arc::clone(&consuming),
             },
             listener,

@@ -12,6 +12,7 @@ impl Dispatcher {
         self.durably(|| store.record_inventory(report)).await?;
         if let Some(job) = report.job_id {
             self.report_job(report, job).await?;
+            self.announce_job(report.organization_id, job).await?;
         }
         metrics::counter!(metric::REPORTS_APPLIED, "source" => report.source.as_str()).increment(1);
         Ok(())

@@ -4,7 +4,7 @@
 use refresh_shared::{
     channel::ChannelPolicy,
     retry::RetryPolicy,
-    settings::{self, Core, Env, Load},
+    settings::{self, Core, Env, Load, WebhookSettings},
 };
 use secrecy::SecretString;
 use std::{net::SocketAddr, num::NonZeroU32, str::FromStr, time::Duration};
@@ -18,6 +18,10 @@ pub struct Settings {
     pub core: Core,
     pub worker: WorkerSettings,
     pub gateways: GatewaySettings,
+    /// Signing and the URLs that may be called (shared with the api).
+    pub webhooks: WebhookSettings,
+    /// How deliveries are made.
+    pub delivery: DeliverySettings,
     /// A batch's device whose categories were reported this recently is skipped (coalesced).
     pub refresh_skip_window: Duration,
     /// After SIGTERM/SIGINT, how long jobs in flight may take to finish before the rest is
@@ -31,6 +35,8 @@ impl Load for Settings {
             core: Core::read(env),
             worker: WorkerSettings::read(env),
             gateways: GatewaySettings::read(env),
+            webhooks: WebhookSettings::read(env),
+            delivery: DeliverySettings::read(env),
             refresh_skip_window: settings::refresh_skip_window(env),
             shutdown_grace: settings::shutdown_grace(env),
         }
@@ -67,6 +73,43 @@ pub struct WorkerSettings {
     pub repush_limit: u32,
 }
 
+/// How the worker delivers webhooks.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// The longest one attempt may take, from connecting to the receiver's status line.
+    pub timeout: Duration,
+    /// Deliveries attempted at once by this worker.
+    pub concurrency: usize,
+    /// Deliveries attempted at once to any one endpoint by this worker: a slow receiver holds
+    /// at most these slots; the others stay free for everyone else.
+    pub endpoint_concurrency: usize,
+}
+
+/// The longest `WEBHOOK_TIMEOUT_MS` may be.
+const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Load for DeliverySettings {
+    fn read(env: &mut Env<'_>) -> DeliverySettings {
+        let delivery = DeliverySettings {
+            timeout: env.millis("WEBHOOK_TIMEOUT_MS", 10_000),
+            concurrency: env.parse("WEBHOOK_CONCURRENCY", "32"),
+            endpoint_concurrency: env.parse("WEBHOOK_ENDPOINT_CONCURRENCY", "4"),
+        };
+        if delivery.timeout.is_zero() || delivery.timeout > MAX_WEBHOOK_TIMEOUT {
+            env.refuse("WEBHOOK_TIMEOUT_MS: must be between 1 and 60000");
+        }
+        if !(1..=1024).contains(&delivery.concurrency) {
+            env.refuse("WEBHOOK_CONCURRENCY: must be between 1 and 1024");
+        }
+        if delivery.endpoint_concurrency == 0
+            || delivery.endpoint_concurrency > delivery.concurrency
+        {
+            env.refuse("WEBHOOK_ENDPOINT_CONCURRENCY: must be between 1 and WEBHOOK_CONCURRENCY");
+        }
+        delivery
+    }
+}
+
 /// The most `REPUSH_LIMIT` may be: a device that did not answer ten wake-ups will not answer
 /// the eleventh.
 const MAX_REPUSH_LIMIT: u32 = 10;
@@ -79,6 +122,7 @@ pub enum WorkQueue {
     Batches,
     Reports,
     Deadlines,
+    Webhooks,
 }
 
 impl FromStr for WorkQueue {
@@ -91,8 +135,9 @@ impl FromStr for WorkQueue {
             "batches" => Ok(WorkQueue::Batches),
             "reports" => Ok(WorkQueue::Reports),
             "deadlines" => Ok(WorkQueue::Deadlines),
+            "webhooks" => Ok(WorkQueue::Webhooks),
             other => Err(format!(
-                "'{other}' is not interactive, bulk, batches, reports or deadlines"
+                "'{other}' is not interactive, bulk, batches, reports, deadlines or webhooks"
             )),
         }
     }
@@ -122,7 +167,7 @@ impl Load for WorkerSettings {
             batch_chunk_size: env.parse("BATCH_CHUNK_SIZE", "500"),
             queues: env.list(
                 "WORKER_QUEUES",
-                "interactive,bulk,batches,reports,deadlines",
+                "interactive,bulk,batches,reports,deadlines,webhooks",
             ),
             push_timeout: env.millis("PUSH_TIMEOUT_MS", 5_000),
             push_retry: RetryPolicy {

@@ -8,9 +8,8 @@ use crate::{
     idempotency::{self, KeyCheck},
     openapi::{
         BatchParams, BulkBody, CancelErrors, CreateBatchErrors, CreateBatchParams, StatusErrors,
-        schema,
     },
-    routes::{Success, callers_id, organization_of, refresh::body_rejection, rfc3339, success},
+    routes::{Success, callers_id, organization_of, refresh::body_rejection, success},
     state::AppState,
     trace::request_trace,
     validate::{self, BulkRequest, BulkTarget, OrganizationRef},
@@ -25,15 +24,15 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
 };
 use bson::oid::ObjectId;
+use refresh_events::view::BatchView;
 use refresh_shared::{
-    Category,
-    batch::{DeviceOutcome, ExpandBatch},
+    batch::ExpandBatch,
     metric,
-    store::{self, AuditAction, AuditResult, BatchRecord, BatchState, KeyAnswer, StoreError},
+    store::{AuditAction, AuditResult, BatchRecord, KeyAnswer, StoreError},
     token::PERMISSION_DEVICE_INFO,
     trace::TraceParent,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::net::SocketAddr;
 use utoipa::ToSchema;
 
@@ -222,146 +221,12 @@ pub async fn cancel_batch(
         .cancel_batch(organization.id, batch)
         .await?
         .ok_or(ApiError::NotFound)?;
+    // Also when it had ended: a cancel answered 503 because this failed is announced by the
+    // cancel tried again.
+    state.announcer.batch_record(&canceled.batch).await?;
     if !canceled.now {
         return Err(ApiError::JobFinished);
     }
     tracing::info!(batch_id = %canceled.batch.id, token_id = %caller.token_id, jobs = canceled.jobs, "batch canceled");
     Ok(success(BatchView::from(&canceled.batch)))
-}
-
-/// A batch as `GET …/refresh-batches/{batchId}` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchView {
-    pub id: String,
-    pub organization_id: String,
-    #[schema(value_type = schema::BatchState)]
-    pub state: BatchState,
-    #[schema(value_type = Vec<schema::Category>)]
-    pub categories: Vec<Category>,
-    /// As submitted: a category reported this recently is not refreshed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_age_secs: Option<u64>,
-    pub total: u64,
-    /// Share of `total` settled or skipped, 0 to 1.
-    pub progress: f64,
-    pub counts: BatchCounts,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// When it was canceled (`DELETE …/refresh-batches/{batchId}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canceled_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// Where each of a batch's devices is; the numbers add up to `total`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchCounts {
-    /// Not yet expanded into a job.
-    pub pending: u64,
-    /// Has a job that is not finished.
-    pub queued: u64,
-    /// Every category reported by the device.
-    pub reported: u64,
-    pub partial: u64,
-    pub failed: u64,
-    pub expired: u64,
-    /// Pushed, and nothing reported by the deadline.
-    pub unreported: u64,
-    /// Canceled before every category ended; for a canceled batch, also the devices it had
-    /// not reached.
-    #[serde(default)]
-    pub canceled: u64,
-    pub skipped: Skipped,
-}
-
-impl BatchCounts {
-    pub fn sum(&self) -> u64 {
-        let Skipped {
-            not_found,
-            not_active,
-            coalesced,
-        } = self.skipped;
-        self.pending
-            + self.queued
-            + self.reported
-            + self.partial
-            + self.failed
-            + self.expired
-            + self.unreported
-            + self.canceled
-            + not_found
-            + not_active
-            + coalesced
-    }
-}
-
-/// Devices the batch did not refresh, by reason.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Skipped {
-    pub not_found: u64,
-    pub not_active: u64,
-    /// Every category asked for was another job's, or reported within the skip window or
-    /// `maxAgeSecs`.
-    pub coalesced: u64,
-}
-
-impl From<&BatchRecord> for BatchView {
-    fn from(batch: &BatchRecord) -> BatchView {
-        let outcome = |o| batch.outcomes.get(&o).copied().unwrap_or(0);
-        let settled: u64 = batch.outcomes.values().sum();
-        // A chunk's jobs may settle before the chunk's checkpoint counts them accepted: a
-        // settled device was accepted, whatever the checkpoint says yet.
-        let accepted = batch.accepted.max(settled);
-        let store::Skipped {
-            not_found,
-            not_active,
-            coalesced,
-        } = batch.skipped;
-        let unreached = batch.total.saturating_sub(accepted + batch.skipped.total());
-        // A canceled batch reaches no more devices: those it had not are canceled with it.
-        let (pending, never) = match batch.canceled_at {
-            Some(_) => (0, unreached),
-            None => (unreached, 0),
-        };
-        let counts = BatchCounts {
-            pending,
-            queued: accepted - settled,
-            reported: outcome(DeviceOutcome::Reported),
-            partial: outcome(DeviceOutcome::Partial),
-            failed: outcome(DeviceOutcome::Failed),
-            expired: outcome(DeviceOutcome::Expired),
-            unreported: outcome(DeviceOutcome::Unreported),
-            canceled: outcome(DeviceOutcome::Canceled) + never,
-            skipped: Skipped {
-                not_found,
-                not_active,
-                coalesced,
-            },
-        };
-        let done = settled + batch.skipped.total() + never;
-        BatchView {
-            id: batch.id.to_hex(),
-            organization_id: batch.organization.to_hex(),
-            state: batch.state(),
-            categories: batch.categories.clone(),
-            max_age_secs: batch.max_age_secs,
-            total: batch.total,
-            progress: if batch.total == 0 {
-                1.0
-            } else {
-                done as f64 / batch.total as f64
-            },
-            counts,
-            created_at: rfc3339(batch.created_at),
-            started_at: batch.started_at.map(rfc3339),
-            finished_at: batch.finished_at.map(rfc3339),
-            canceled_at: batch.canceled_at.map(rfc3339),
-            error: batch.failure.clone(),
-        }
-    }
 }

@@ -5,10 +5,9 @@
 use crate::{
     auth::Authenticated,
     error::ApiError,
-    openapi::{CancelErrors, HistoryParams, JobParams, StatusErrors, schema},
-    routes::{Success, callers_device, callers_id, device_read, rfc3339, success},
+    openapi::{CancelErrors, HistoryParams, JobParams, StatusErrors},
+    routes::{PageQuery, Success, callers_device, callers_id, device_read, success},
     state::AppState,
-    validate,
 };
 use axum::{
     Json,
@@ -17,77 +16,10 @@ use axum::{
         rejection::{PathRejection, QueryRejection},
     },
 };
-use refresh_shared::{
-    Category,
-    device::Gateway,
-    job::{CategoryState, JobState},
-    report::ReportSource,
-    store::JobRecord,
-    token::PERMISSION_DEVICE_INFO,
-};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use refresh_events::view::JobView;
+use refresh_shared::token::PERMISSION_DEVICE_INFO;
+use serde::Serialize;
 use utoipa::ToSchema;
-
-/// A job as `GET …/refresh-jobs/{jobId}` shows it.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobView {
-    pub id: String,
-    pub organization_id: String,
-    pub device_id: String,
-    pub created_at: String,
-    pub updated_at: String,
-    #[schema(value_type = schema::JobState)]
-    pub state: JobState,
-    #[schema(value_type = BTreeMap<schema::Category, CategoryView>)]
-    pub categories: BTreeMap<Category, CategoryView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CategoryView {
-    #[schema(value_type = schema::CategoryState)]
-    pub state: CategoryState,
-    pub attempts: u32,
-    #[schema(value_type = Option<schema::Gateway>)]
-    pub gateway: Option<Gateway>,
-    pub last_error: Option<String>,
-    pub pushed_at: Option<String>,
-    /// When the device's report of the category was applied.
-    pub reported_at: Option<String>,
-    #[schema(value_type = Option<schema::ReportSource>)]
-    pub report_source: Option<ReportSource>,
-}
-
-impl From<&JobRecord> for JobView {
-    fn from(job: &JobRecord) -> JobView {
-        JobView {
-            id: job.id.to_hex(),
-            organization_id: job.organization.to_hex(),
-            device_id: job.device.to_hex(),
-            created_at: rfc3339(job.created_at),
-            updated_at: rfc3339(job.updated_at),
-            state: job.state(),
-            categories: job
-                .categories
-                .iter()
-                .map(|(&category, record)| {
-                    let view = CategoryView {
-                        state: record.state,
-                        attempts: record.attempts,
-                        gateway: record.gateway,
-                        last_error: record.last_error.clone(),
-                        pushed_at: record.pushed_at.map(rfc3339),
-                        reported_at: record.reported_at.map(rfc3339),
-                        report_source: record.report_source,
-                    };
-                    (category, view)
-                })
-                .collect(),
-        }
-    }
-}
 
 /// A refresh job and the state of each of its categories.
 #[utoipa::path(
@@ -135,6 +67,9 @@ pub async fn cancel_job(
         .cancel_job(organization.id, job)
         .await?
         .ok_or(ApiError::NotFound)?;
+    // Also when it had finished: a cancel answered 503 because this failed is announced by
+    // the cancel tried again.
+    state.announcer.job_record(&job).await?;
     if canceled.is_empty() {
         return Err(ApiError::JobFinished);
     }
@@ -152,12 +87,6 @@ pub struct HistoryPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
-    limit: Option<String>,
-    after: Option<String>,
-}
-
 /// A device's refresh jobs, newest first, a page at a time.
 #[utoipa::path(
     get,
@@ -171,12 +100,10 @@ pub async fn device_history(
     State(state): State<AppState>,
     caller: Authenticated,
     path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<HistoryQuery>, QueryRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Success<HistoryPage>>, ApiError> {
     caller.require(PERMISSION_DEVICE_INFO)?;
-    let (organization, device_key, (limit, after)) = device_read(path, query, |query| {
-        validate::history_page(query.limit.as_deref(), query.after.as_deref())
-    })?;
+    let (organization, device_key, (limit, after)) = device_read(path, query, PageQuery::read)?;
     let (organization, device) =
         callers_device(&state, &caller, &organization, &device_key).await?;
     // One more than asked: whether another page follows.

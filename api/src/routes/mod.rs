@@ -8,7 +8,8 @@ mod refresh;
 mod reports;
 mod webhooks;
 
-pub use batches::BatchView;
+pub use refresh_events::view::BatchView;
+use refresh_events::view::rfc3339;
 
 use crate::settings::{ApiSettings, DeviceListenerSettings};
 use crate::{
@@ -27,9 +28,9 @@ use axum::{
         rejection::{PathRejection, QueryRejection},
     },
 };
-use bson::{DateTime, oid::ObjectId};
+use bson::oid::ObjectId;
 use refresh_shared::store::{Device, Organization};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -54,6 +55,7 @@ pub fn documented(settings: &ApiSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(batches::get_batch, batches::cancel_batch))
         .routes(routes!(webhooks::list_webhooks, webhooks::add_webhook))
         .routes(routes!(webhooks::remove_webhook))
+        .routes(routes!(webhooks::webhook_deliveries))
         .routes(routes!(ops::queues))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -219,6 +221,52 @@ fn device_read<Q, T>(
     }
 }
 
+/// `?limit=&after=` of a paged list: newest first, `after` the `nextCursor` of the page before.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl PageQuery {
+    /// How many entries, and after which.
+    pub(crate) fn read(self) -> Result<(u32, Option<ObjectId>), Vec<FieldProblem>> {
+        validate::page(self.limit.as_deref(), self.after.as_deref())
+    }
+}
+
+/// The `{organizationId}` and `{<id_field>}` of an id route and what `read_query` reads of
+/// its query, or every problem with them at once.
+pub(crate) fn id_read<Q, T>(
+    path: Result<Path<(String, String)>, PathRejection>,
+    id_field: &str,
+    query: Result<Query<Q>, QueryRejection>,
+    read_query: impl FnOnce(Q) -> Result<T, Vec<FieldProblem>>,
+) -> Result<(OrganizationRef, ObjectId, T), ApiError> {
+    let mut problems = Vec::new();
+    let ids = match organization_and_id(path, id_field) {
+        Ok(ids) => Some(ids),
+        Err(ApiError::Validation(found)) => {
+            problems.extend(found);
+            None
+        }
+        Err(other) => return Err(other),
+    };
+    let read = match query {
+        Ok(Query(query)) => read_query(query)
+            .map_err(|found| problems.extend(found))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("query", rejection.body_text()));
+            None
+        }
+    };
+    match (ids, read) {
+        (Some((organization, id)), Some(read)) => Ok((organization, id, read)),
+        _ => Err(ApiError::Validation(problems)),
+    }
+}
+
 /// The caller's organization, which a status route's `{organizationId}` must name, and the
 /// 24-hex `{<id_field>}` of the path.
 async fn callers_id(
@@ -245,10 +293,4 @@ async fn callers_device(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok((organization, device))
-}
-
-/// A timestamp as the answers show it.
-fn rfc3339(at: DateTime) -> String {
-    at.try_to_rfc3339_string()
-        .unwrap_or_else(|_| at.timestamp_millis().to_string())
 }

@@ -5,9 +5,13 @@ use crate::{
     auth::Authenticated,
     error::{ApiError, FieldProblem},
     openapi::{
-        CreateWebhookErrors, OrganizationParams, StatusErrors, WebhookBody, WebhookParams, schema,
+        CreateWebhookErrors, DeliveriesParams, OrganizationParams, StatusErrors, WebhookBody,
+        WebhookParams, schema,
     },
-    routes::{Success, callers_id, organization_of, refresh::body_rejection, rfc3339, success},
+    routes::{
+        PageQuery, Success, callers_id, id_read, organization_of, refresh::body_rejection, rfc3339,
+        success,
+    },
     state::AppState,
     validate::{self, OrganizationRef, WebhookRequest},
 };
@@ -15,15 +19,15 @@ use axum::{
     Json,
     body::Bytes,
     extract::{
-        Path, State,
-        rejection::{BytesRejection, PathRejection},
+        Path, Query, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
     },
     http::{HeaderMap, StatusCode},
 };
 use refresh_shared::{
-    store::{AddEndpointError, WebhookEndpoint},
+    store::{AddEndpointError, DeliveryRecord, WebhookEndpoint},
     token::PERMISSION_WEBHOOKS_MANAGE,
-    webhook::{EndpointState, WebhookEvent},
+    webhook::{DeliveryState, EndpointState, WebhookEvent},
 };
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -163,6 +167,103 @@ pub async fn remove_webhook(
         .ok_or(ApiError::NotFound)?;
     tracing::info!(webhook_id = %endpoint.id, token_id = %caller.token_id, "webhook endpoint removed");
     Ok(success(WebhookView::from(&endpoint)))
+}
+
+/// One event's delivery to an endpoint, with every attempt made.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: String,
+    /// The `webhook-id` it is sent with.
+    pub message_id: String,
+    #[schema(value_type = schema::WebhookEvent)]
+    pub event: WebhookEvent,
+    #[schema(value_type = schema::DeliveryState)]
+    pub state: DeliveryState,
+    /// Oldest first.
+    pub attempts: Vec<AttemptView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One attempt: the receiver's status, or why it gave none.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub at: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<&DeliveryRecord> for DeliveryView {
+    fn from(record: &DeliveryRecord) -> DeliveryView {
+        DeliveryView {
+            id: record.id.to_hex(),
+            message_id: record.message_id.clone(),
+            event: record.event,
+            state: record.state,
+            attempts: record
+                .attempts
+                .iter()
+                .map(|attempt| AttemptView {
+                    at: rfc3339(attempt.at),
+                    status: attempt.status,
+                    error: attempt.error.clone(),
+                    duration_ms: attempt.duration_ms,
+                })
+                .collect(),
+            created_at: rfc3339(record.created_at),
+            updated_at: rfc3339(record.updated_at),
+        }
+    }
+}
+
+/// A page of an endpoint's deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveriesPage {
+    /// Newest first.
+    pub deliveries: Vec<DeliveryView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// An endpoint's deliveries, newest first, a page at a time (kept for 7 days).
+#[utoipa::path(
+    get,
+    path = "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks/{webhookId}/deliveries",
+    tag = "webhooks",
+    params(DeliveriesParams),
+    responses((status = 200, description = "A page of the endpoint's deliveries", body = Success<DeliveriesPage>), StatusErrors),
+    security(("bearer" = [])),
+)]
+pub async fn webhook_deliveries(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Success<DeliveriesPage>>, ApiError> {
+    caller.require(PERMISSION_WEBHOOKS_MANAGE)?;
+    let (organization, id, (limit, after)) = id_read(path, "webhookId", query, PageQuery::read)?;
+    let organization = caller.organization(&state, &organization).await?;
+    let endpoint = (state.store)
+        .webhook(organization.id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    // One more than asked: whether another page follows.
+    let mut deliveries = (state.store)
+        .deliveries(organization.id, endpoint.id, after, limit + 1)
+        .await?;
+    let more = deliveries.len() > limit as usize;
+    deliveries.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| deliveries.last().map(|delivery| delivery.id.to_hex()))
+        .flatten();
+    Ok(success(DeliveriesPage {
+        deliveries: deliveries.iter().map(DeliveryView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// The path and body of an add, or every problem with them at once.

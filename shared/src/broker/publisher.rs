@@ -14,6 +14,7 @@ use crate::{
     report::DeviceReport,
     settings::AmqpSettings,
     trace::{self, TraceParent},
+    webhook::WebhookDelivery,
 };
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
@@ -145,6 +146,24 @@ impl Publisher {
             ..Message::new(&deadline.job_id.to_hex(), deadline.encode())
         };
         let queue = self.topology.deadlines_waiting_queue();
+        self.publish_to("", &queue, &message).await
+    }
+
+    /// Queues a webhook delivery for its next attempt: now (`wait` none), or after waiting in
+    /// the webhook retry tier of round `wait`.
+    pub async fn publish_webhook(
+        &self,
+        delivery: &WebhookDelivery,
+        wait: Option<usize>,
+    ) -> Result<(), BrokerError> {
+        let queue = match wait {
+            None => self.topology.webhooks_queue(),
+            Some(round) => self
+                .topology
+                .webhook_retry_queue(round)
+                .ok_or(BrokerError::NoRetryTier(round))?,
+        };
+        let message = Message::new(&delivery.message_id, delivery.encode());
         self.publish_to("", &queue, &message).await
     }
 

@@ -19,6 +19,7 @@ const DELIVERY_LIMIT: i64 = 10;
 pub struct Topology {
     prefix: String,
     retry_tiers: Vec<Duration>,
+    webhook_retry_tiers: Vec<Duration>,
     report_deadline: Duration,
     quorum_size: u32,
 }
@@ -28,6 +29,7 @@ impl Topology {
         Topology {
             prefix: settings.prefix.clone(),
             retry_tiers: settings.retry_tiers.clone(),
+            webhook_retry_tiers: settings.webhook_retry_tiers.clone(),
             report_deadline: settings.report_deadline,
             quorum_size: settings.quorum_size,
         }
@@ -71,6 +73,28 @@ impl Topology {
     /// Device reports waiting to be applied.
     pub fn reports_queue(&self) -> String {
         format!("{}.reports", self.prefix)
+    }
+
+    /// Webhook deliveries waiting for an attempt.
+    pub fn webhooks_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+
+    /// The queue a webhook delivery waits in after its `round`-th failed attempt (0-based), if
+    /// the tiers go that far; when its wait is over it goes back to the webhooks queue.
+    pub fn webhook_retry_queue(&self, round: usize) -> Option<String> {
+        let delay = self.webhook_retry_tiers.get(round)?;
+        Some(format!(
+            "{}.webhooks.retry.{}s",
+            self.prefix,
+            delay.as_secs()
+        ))
+    }
+
+    /// How many times a webhook delivery may wait in a retry queue: it is attempted once
+    /// more than this.
+    pub fn webhook_retry_rounds(&self) -> usize {
+        self.webhook_retry_tiers.len()
     }
 
     /// Where report deadlines wait out `REPORT_DEADLINE_SECS` (named by it, like the retry
@@ -125,12 +149,16 @@ impl Topology {
             (self.reports_queue(), QueueRole::Reports),
             (self.deadlines_waiting_queue(), QueueRole::Deadlines),
             (self.deadlines_due_queue(), QueueRole::Deadlines),
+            (self.webhooks_queue(), QueueRole::Webhooks),
         ];
         for lane in Lane::ALL {
             let retries =
                 (0..self.retry_rounds()).filter_map(|round| self.retry_queue(lane, round));
             queues.extend(retries.map(|queue| (queue, QueueRole::Retry)));
         }
+        let webhook_retries =
+            (0..self.webhook_retry_rounds()).filter_map(|round| self.webhook_retry_queue(round));
+        queues.extend(webhook_retries.map(|queue| (queue, QueueRole::Retry)));
         queues.push((self.dead_queue(), QueueRole::Dead));
         queues
     }
@@ -212,6 +240,17 @@ impl Topology {
             )
             .await?;
 
+        // Webhook deliveries: work like the rest; their tiers lead back to their queue.
+        declare
+            .queue(&self.webhooks_queue(), self.work_queue_arguments())
+            .await?;
+        for (round, delay) in self.webhook_retry_tiers.iter().enumerate() {
+            if let Some(queue) = self.webhook_retry_queue(round) {
+                let arguments = waiting_arguments(*delay, "", &self.webhooks_queue());
+                declare.queue(&queue, arguments).await?;
+            }
+        }
+
         for lane in Lane::ALL {
             for (round, delay) in self.retry_tiers.iter().enumerate() {
                 if let Some(queue) = self.retry_queue(lane, round) {
@@ -229,20 +268,7 @@ impl Topology {
     /// nothing consumes it; when the wait is over the message goes back to its lane's work
     /// queue.
     fn retry_queue_arguments(&self, lane: Lane, delay: Duration) -> FieldTable {
-        let mut arguments = at_least_once_dead_lettering();
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        insert_str(
-            &mut arguments,
-            "x-dead-letter-exchange",
-            &self.jobs_exchange(),
-        );
-        insert_str(
-            &mut arguments,
-            "x-dead-letter-routing-key",
-            Topology::routing_key(lane),
-        );
-        arguments
+        waiting_arguments(delay, &self.jobs_exchange(), Topology::routing_key(lane))
     }
 }
 
@@ -250,19 +276,10 @@ impl Topology {
     /// The deadline queue: like a retry queue, every message has the same TTL and nothing
     /// consumes it; an expired deadline goes (through the default exchange) to the due queue.
     fn deadlines_waiting_arguments(&self) -> FieldTable {
-        let mut arguments = at_least_once_dead_lettering();
-        let ttl = i64::try_from(self.report_deadline.as_millis()).unwrap_or(i64::MAX);
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        insert_str(&mut arguments, "x-dead-letter-exchange", "");
-        insert_str(
-            &mut arguments,
-            "x-dead-letter-routing-key",
-            &self.deadlines_due_queue(),
-        );
-        arguments
+        waiting_arguments(self.report_deadline, "", &self.deadlines_due_queue())
     }
 
-    /// A work queue (either lane, the batches, reports or due deadlines queue).
+    /// A work queue (either lane, the batches, reports, due deadlines or webhooks queue).
     fn work_queue_arguments(&self) -> FieldTable {
         // Rejected (poison) and over-delivered messages go to the dead queue, not away.
         let mut arguments = at_least_once_dead_lettering();
@@ -363,6 +380,8 @@ pub enum QueueRole {
     Reports,
     /// Report deadlines, waiting to pass or passed and waiting for a worker.
     Deadlines,
+    /// Webhook deliveries waiting for an attempt.
+    Webhooks,
     /// Dead letters, waiting for an operator.
     Dead,
 }
@@ -375,6 +394,7 @@ impl QueueRole {
             QueueRole::Retry => "retry",
             QueueRole::Reports => "reports",
             QueueRole::Deadlines => "deadlines",
+            QueueRole::Webhooks => "webhooks",
             QueueRole::Dead => "dead",
         }
     }
@@ -410,6 +430,18 @@ pub(super) async fn depth(
         ready: queue.message_count(),
         consumers: queue.consumer_count(),
     })
+}
+
+/// A queue where every message waits out `delay` (nothing consumes it), then goes to
+/// `exchange` with `routing_key` (through the default exchange, `""`, to the queue of that
+/// name).
+fn waiting_arguments(delay: Duration, exchange: &str, routing_key: &str) -> FieldTable {
+    let mut arguments = at_least_once_dead_lettering();
+    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    insert_str(&mut arguments, "x-dead-letter-exchange", exchange);
+    insert_str(&mut arguments, "x-dead-letter-routing-key", routing_key);
+    arguments
 }
 
 /// At-least-once dead-lettering: a message is never dropped on its way to where a queue

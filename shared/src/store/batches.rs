@@ -57,6 +57,9 @@ pub struct BatchRecord {
     /// When the last of its jobs settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_settled_at: Option<DateTime>,
+    /// Whether `refresh.batch.finished` was handed to its subscribers' deliveries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announced: bool,
 }
 
 /// Where the expansion is: everything before the checkpoint has its jobs recorded and published.
@@ -137,6 +140,7 @@ impl BatchRecord {
             skipped: Skipped::default(),
             outcomes: BTreeMap::new(),
             last_settled_at: None,
+            announced: false,
         }
     }
 }
@@ -207,6 +211,14 @@ impl Store {
     }
 
     /// The batch by id: for its expander.
+    /// Records that the batch's end was handed to its subscribers' deliveries.
+    pub async fn mark_batch_announced(&self, id: ObjectId) -> Result<(), StoreError> {
+        self.batches
+            .update_one(doc! { "_id": id }, doc! { "$set": { "announced": true } })
+            .await?;
+        Ok(())
+    }
+
     pub async fn batch_by_id(&self, id: ObjectId) -> Result<Option<BatchRecord>, StoreError> {
         Ok(self.batches.find_one(doc! { "_id": id }).await?)
     }

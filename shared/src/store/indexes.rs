@@ -1,6 +1,6 @@
 //! Every index the product relies on, created at start (creating an existing index is a no-op).
 
-use super::{IDEMPOTENCY_WINDOW, Store, StoreError};
+use super::{DELIVERY_LOG_RETENTION, IDEMPOTENCY_WINDOW, Store, StoreError};
 use bson::{Document, doc};
 use mongodb::{Collection, IndexModel, options::IndexOptions};
 
@@ -55,6 +55,25 @@ impl Store {
         ensure(
             &self.webhooks,
             [index(doc! { "organization": 1, "_id": 1 }, false)],
+        )
+        .await?;
+        ensure(
+            &self.deliveries,
+            [
+                // One log per message and endpoint: an announcement made again finds it.
+                index(doc! { "endpoint": 1, "messageId": 1 }, true),
+                // An endpoint's deliveries, newest first, page by page.
+                index(doc! { "endpoint": 1, "organization": 1, "_id": -1 }, false),
+                // The log expires: without this it only grows.
+                IndexModel::builder()
+                    .keys(doc! { "createdAt": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(DELIVERY_LOG_RETENTION)
+                            .build(),
+                    )
+                    .build(),
+            ],
         )
         .await?;
         ensure(

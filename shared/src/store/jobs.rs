@@ -33,6 +33,29 @@ pub struct JobRecord {
     /// Set (batch jobs only) once every category is settled: what the batch counts it as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<DeviceOutcome>,
+    /// The webhook events of this job handed to its subscribers' deliveries, by key
+    /// ([`Announced`]): an event is announced until it is in here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<String>,
+}
+
+/// What of a job or batch has been announced to webhook subscribers, as its `announced` list
+/// keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// The job, or the batch, finished.
+    Finished,
+    /// The job's category was reported.
+    Reported(Category),
+}
+
+impl Announced {
+    pub fn key(self) -> &'static str {
+        match self {
+            Announced::Finished => "finished",
+            Announced::Reported(category) => category.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +96,7 @@ impl JobRecord {
             batch: None,
             batch_key: None,
             outcome: None,
+            announced: Vec::new(),
             categories: categories
                 .iter()
                 .map(|&category| {
@@ -313,6 +337,21 @@ impl Store {
             .await?
             .try_collect()
             .await?)
+    }
+
+    /// Records that `what` of job `id` was handed to its subscribers' deliveries.
+    pub async fn mark_job_announced(
+        &self,
+        id: ObjectId,
+        what: Announced,
+    ) -> Result<(), StoreError> {
+        self.jobs
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$addToSet": { "announced": what.key() } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Job by id across organizations: for the worker (which got the id from its own queue) and

@@ -5,6 +5,7 @@
 mod audit;
 mod batches;
 mod cancel;
+mod deliveries;
 mod devices;
 mod idempotency;
 mod indexes;
@@ -17,6 +18,7 @@ mod webhooks;
 pub use audit::{AuditAction, AuditEvent, AuditResult};
 pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion, Skipped};
 pub use cancel::BatchCanceled;
+pub use deliveries::{DELIVERY_LOG_RETENTION, DeliveryAttempt, DeliveryRecord};
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, NodeKey, OmaDmIdentity, OmaDmIdentityRefused,
     PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
@@ -25,7 +27,7 @@ pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
 };
 pub use inventory::{InventoryRecord, NodeValue};
-pub use jobs::{CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
+pub use jobs::{Announced, CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
 pub use organizations::{Allowance, Lease, Organization};
 pub use tokens::ApiToken;
 pub use webhooks::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndpoint};
@@ -50,6 +52,7 @@ pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const AUDIT_EVENTS: &str = "audit_events";
 pub const INVENTORY: &str = "win_device_inventory";
 pub const WEBHOOK_ENDPOINTS: &str = "webhook_endpoints";
+pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +124,7 @@ pub struct Store {
     audit_events: Collection<AuditEvent>,
     inventory: Collection<InventoryRecord>,
     webhooks: Collection<WebhookEndpoint>,
+    deliveries: Collection<DeliveryRecord>,
 }
 
 impl Store {
@@ -167,6 +171,7 @@ impl Store {
             audit_events: database.collection(AUDIT_EVENTS),
             inventory: database.collection(INVENTORY),
             webhooks: database.collection(WEBHOOK_ENDPOINTS),
+            deliveries: database.collection(WEBHOOK_DELIVERIES),
             database,
         }
     }

@@ -127,6 +127,38 @@ impl Store {
             .await?)
     }
 
+    /// One endpoint of the organization.
+    pub async fn webhook(
+        &self,
+        organization: ObjectId,
+        id: ObjectId,
+    ) -> Result<Option<WebhookEndpoint>, StoreError> {
+        Ok(self
+            .webhooks
+            .find_one(tenant(organization, doc! { "_id": id }))
+            .await?)
+    }
+
+    /// Moves an endpoint to `to` from any of `from`; whether it moved. (Disabled is left only
+    /// by removing the endpoint: a receiver that said 410 Gone meant it.)
+    pub async fn set_webhook_state(
+        &self,
+        organization: ObjectId,
+        id: ObjectId,
+        from: &[EndpointState],
+        to: EndpointState,
+    ) -> Result<bool, StoreError> {
+        let from: Vec<&str> = from.iter().map(|state| state.as_str()).collect();
+        let moved = self
+            .webhooks
+            .update_one(
+                tenant(organization, doc! { "_id": id, "state": { "$in": from } }),
+                doc! { "$set": { "state": to.as_str(), "updatedAt": DateTime::now() } },
+            )
+            .await?;
+        Ok(moved.modified_count == 1)
+    }
+
     /// Removes an endpoint of the organization; what it was, if it existed.
     pub async fn remove_webhook(
         &self,

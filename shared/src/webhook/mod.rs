@@ -5,6 +5,12 @@
 //! salt kept with the endpoint (HMAC-SHA256 of the salt under the key), so the api can show it
 //! once and the worker can sign with it, while the database alone gives nobody a secret.
 
+mod delivery;
+
+pub use delivery::{
+    DELIVERY_MESSAGE_VERSION, DeliveryDecodeError, MAX_BODY_BYTES, WebhookDelivery,
+};
+
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -66,6 +72,32 @@ impl EndpointState {
             EndpointState::Active => "active",
             EndpointState::Failing => "failing",
             EndpointState::Disabled => "disabled",
+        }
+    }
+}
+
+/// Where one event's delivery to one endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumIter)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Not answered with a 2xx yet: waiting for its next attempt.
+    Pending,
+    /// An attempt was answered with a 2xx.
+    Delivered,
+    /// Given up: the last retry tier passed without a 2xx (the message is dead-lettered), or
+    /// the receiver answered 410 Gone.
+    Failed,
+    /// Not attempted again: the endpoint was disabled or removed meanwhile.
+    Dropped,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Dropped => "dropped",
         }
     }
 }
@@ -213,6 +245,16 @@ impl UrlPolicy {
         // An IPv6 literal comes bracketed; the resolver wants it bare.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = url.port_or_known_default().unwrap_or(443);
+        self.resolve_host(host, port).await
+    }
+
+    /// Resolves `host` (at most [`RESOLVE_TIMEOUT`]) and admits it only if every address is
+    /// one the service may call: the addresses to connect to, on `port`.
+    pub async fn resolve_host(
+        self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, UrlRefusal> {
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| UrlRefusal::ResolveTimeout)?
