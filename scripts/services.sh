@@ -89,6 +89,17 @@ ensure_schemathesis() {
     fi
 }
 
+# standardwebhooks, the Standard Webhooks reference library tests/tests/webhooks.rs checks the
+# signatures of deliveries with (an implementation other than ours); exports
+# STANDARDWEBHOOKS_PYTHON (unless already set), a Python that imports it.
+STANDARDWEBHOOKS_VERSION=1.1.0
+ensure_standardwebhooks() {
+    if [ -z "${STANDARDWEBHOOKS_PYTHON:-}" ]; then
+        STANDARDWEBHOOKS_PYTHON=$(python_tool standardwebhooks-venv standardwebhooks "$STANDARDWEBHOOKS_VERSION" python)
+        export STANDARDWEBHOOKS_PYTHON
+    fi
+}
+
 # Starts SecantusDB on 127.0.0.1:$1 with storage $2 (a folder, or :memory:) and exports
 # MONGODB_URI. Does nothing when MONGODB_URI is already set.
 ensure_mongodb() {

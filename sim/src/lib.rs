@@ -13,9 +13,12 @@
 //!   the product's device route (see [`devices`]); `GET /_sim/reports`: what devices sent.
 //!   After a WNS push to its channel, a device with a DM identity opens an OMA-DM session (see
 //!   [`omadm`]); `POST /_sim/sessions` makes one poll now; `GET /_sim/sessions`: what they said.
+//! - `POST /hooks/{name}`: a webhook receiver set up by `POST /_sim/receivers` (see
+//!   [`receivers`]); `GET /_sim/receivers/{name}`: what it received.
 
 pub mod devices;
 pub mod omadm;
+pub mod receivers;
 
 use axum::{
     Json, Router,
@@ -154,6 +157,8 @@ struct SimState {
     /// Devices in a session now, and whether a push came during it (one more session after).
     in_session: Mutex<HashMap<String, bool>>,
     sessions: Mutex<Vec<omadm::SessionRecord>>,
+    /// Webhook receivers by name.
+    receivers: Mutex<HashMap<String, receivers::Receiver>>,
 }
 
 impl SimState {
@@ -169,6 +174,7 @@ impl SimState {
             server_ca: Mutex::default(),
             in_session: Mutex::default(),
             sessions: Mutex::default(),
+            receivers: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -201,6 +207,9 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/devices", post(devices::register))
         .route("/_sim/reports", get(devices::reports))
         .route("/_sim/sessions", get(omadm::sessions).post(omadm::poll))
+        .route("/hooks/{name}", post(receivers::deliver))
+        .route("/_sim/receivers", post(receivers::set_up))
+        .route("/_sim/receivers/{name}", get(receivers::received))
         .with_state(state)
 }
 

@@ -93,7 +93,7 @@ impl Load for DeliverySettings {
         let delivery = DeliverySettings {
             timeout: env.millis("WEBHOOK_TIMEOUT_MS", 10_000),
             concurrency: env.parse("WEBHOOK_CONCURRENCY", "32"),
-            endpoint_concurrency: env.parse("WEBHOOK_ENDPOINT_CONCURRENCY", "4"),
+            endpoint_concurrency: env.parse("WEBHOOK_ENDPOINT_CONCURRENCY", "8"),
         };
         if delivery.timeout.is_zero() || delivery.timeout > MAX_WEBHOOK_TIMEOUT {
             env.refuse("WEBHOOK_TIMEOUT_MS: must be between 1 and 60000");

@@ -155,6 +155,12 @@ impl EndpointSecret {
         format!("{SECRET_PREFIX}{}", BASE64.encode(self.0.expose_secret())).into()
     }
 
+    /// The secret as [`EndpointSecret::shown`] shows it, read back (a receiver's side).
+    pub fn from_shown(text: &str) -> Option<EndpointSecret> {
+        let key = BASE64.decode(text.strip_prefix(SECRET_PREFIX)?).ok()?;
+        Some(EndpointSecret(SecretBox::new(key.into_boxed_slice())))
+    }
+
     /// The `webhook-signature` header's value for a message: `v1,` and the base64 HMAC-SHA256
     /// of `id.timestamp.body`.
     pub fn sign(&self, message_id: &str, timestamp: i64, body: &[u8]) -> String {

@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 /// How long a delivery waits for its endpoint's turn before it goes to wait in the first
 /// retry tier instead (not counted as an attempt): a slot is never held long for a busy
 /// endpoint.
-const TURN_WAIT: Duration = Duration::from_secs(1);
+const TURN_WAIT: Duration = Duration::from_millis(100);
 
 pub struct Deliverer {
     pub client: WebhookClient,
