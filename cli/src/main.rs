@@ -282,6 +282,17 @@ enum WebhookCommand {
         /// The endpoint's id (as `webhook add` printed it).
         id: ObjectId,
     },
+    /// An endpoint's deliveries, newest first, with each attempt.
+    Deliveries {
+        /// Organization id or slug.
+        #[arg(long)]
+        org: String,
+        /// The endpoint's id.
+        id: ObjectId,
+        /// How many, at most.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
 }
 
 #[tokio::main]
@@ -461,6 +472,9 @@ async fn run(
             add_webhook(settings, store, &org, url, &events).await
         }
         Command::Webhook(WebhookCommand::List { org }) => list_webhooks(store, &org).await,
+        Command::Webhook(WebhookCommand::Deliveries { org, id, limit }) => {
+            webhook_deliveries(store, &org, id, limit).await
+        }
         Command::Webhook(WebhookCommand::Remove { org, id }) => {
             remove_webhook(store, &org, id).await
         }
@@ -867,6 +881,69 @@ async fn remove_webhook(store: &Store, org: &str, id: ObjectId) -> anyhow::Resul
     Ok(Output {
         text: format!("webhook {id} removed ({})", endpoint.url),
         json: webhook_json(&endpoint),
+    })
+}
+
+/// `webhook deliveries`.
+async fn webhook_deliveries(
+    store: &Store,
+    org: &str,
+    id: ObjectId,
+    limit: u32,
+) -> anyhow::Result<Output> {
+    let org = organization(store, org).await?;
+    store
+        .webhook(org.id, id)
+        .await?
+        .with_context(|| format!("{} has no webhook {id}", org.slug))?;
+    let deliveries = store.deliveries(org.id, id, None, limit).await?;
+    let time = |at: bson::DateTime| at.try_to_rfc3339_string().unwrap_or_default();
+    let lines: Vec<String> = deliveries
+        .iter()
+        .map(|d| {
+            let last = d.attempts.last().map_or_else(String::new, |attempt| {
+                match (attempt.status, &attempt.error) {
+                    (Some(status), _) => format!("last answered {status}"),
+                    (None, Some(error)) => format!("last: {error}"),
+                    (None, None) => String::new(),
+                }
+            });
+            format!(
+                "{}  {}  {}  {}  {} attempt(s)  {last}",
+                time(d.created_at),
+                d.message_id,
+                d.event.as_str(),
+                d.state.as_str(),
+                d.attempts.len()
+            )
+        })
+        .collect();
+    let json = deliveries
+        .iter()
+        .map(|d| {
+            let attempts: Vec<Value> = d
+                .attempts
+                .iter()
+                .map(|a| json!({ "at": time(a.at), "status": a.status, "error": a.error, "durationMs": a.duration_ms }))
+                .collect();
+            json!({
+                "id": d.id.to_hex(),
+                "messageId": d.message_id,
+                "event": d.event.as_str(),
+                "state": d.state.as_str(),
+                "attempts": attempts,
+                "createdAt": time(d.created_at),
+                "updatedAt": time(d.updated_at),
+            })
+        })
+        .collect();
+    Ok(Output {
+        text: if lines.is_empty() {
+            format!("nothing delivered to webhook {id} yet")
+        } else {
+            lines.join("\n")
+        },
+        json: Value::Array(json),
     })
 }
 

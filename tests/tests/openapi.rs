@@ -55,6 +55,10 @@ const ROUTES: &[(&str, &str)] = &[
     ),
     (
         "get",
+        "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks/{webhookId}/deliveries",
+    ),
+    (
+        "get",
         "/v1/organizations/{organizationId}/mdm/windows/enterprise/webhooks",
     ),
     (
@@ -178,7 +182,12 @@ async fn the_document_and_the_router_agree() {
         batch,
         webhook,
     } = Seeded::in_stack(&stack).await;
-    for (method, path) in operations(&document) {
+    // Deletes last: removing the seeded webhook would leave its deliveries route nothing to
+    // find.
+    let (deletes, others): (Vec<_>, Vec<_>) = operations(&document)
+        .into_iter()
+        .partition(|(method, _)| method == "delete");
+    for (method, path) in others.into_iter().chain(deletes) {
         let operation = &document["paths"][&path][&method];
         let url = path
             .replace("{organizationId}", &stack.organization.slug)

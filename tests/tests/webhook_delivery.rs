@@ -305,6 +305,20 @@ async fn a_failing_receiver_gets_it_on_the_third_attempt_and_a_gone_one_is_disab
     let attempts: Vec<&Value> = log[0]["attempts"].as_array().unwrap().iter().collect();
     let logged: Vec<&Value> = attempts.iter().map(|a| &a["status"]).collect();
     assert_eq!(logged, [&json!(503), &json!(503), &json!(200)], "{log:#?}");
+    // The operator's view is the same log.
+    let org = stack.organization.slug.clone();
+    let listed = stack
+        .refreshctl(&["webhook", "deliveries", "--org", &org, &flaky])
+        .await;
+    assert_eq!(listed[0]["messageId"], log[0]["messageId"], "{listed}");
+    assert_eq!(listed[0]["state"], "delivered", "{listed}");
+    let statuses: Vec<&Value> = listed[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status"])
+        .collect();
+    assert_eq!(statuses, logged, "{listed}");
 
     assert_eq!(hooks.wait_received("gone", 1).await[0].status, Some(410));
     wait_until("the gone endpoint to be disabled", DEADLINE, || async {
@@ -451,4 +465,68 @@ async fn a_receiver_whose_address_is_not_public_is_never_called() {
         "a refused address was called"
     );
     counting.abort();
+}
+
+#[tokio::test]
+async fn a_batch_and_a_canceled_job_announce_their_end_once_as_their_get_shows_them() {
+    let stack = TestStack::start_with(&delivering()).await;
+    let hooks = Hooks::new(&stack).await;
+    hooks
+        .receiver("batches", &[WebhookEvent::BatchFinished], json!({}))
+        .await;
+    hooks
+        .receiver("jobs", &[WebhookEvent::JobFinished], json!({}))
+        .await;
+    let devices = stack
+        .devices(3, refresh_shared::device::DeviceState::Active, &[])
+        .await;
+    let ids: Vec<String> = devices.iter().map(|d| d.id.to_hex()).collect();
+    let batch_id = stack
+        .bulk(&json!({ "info": ["os"], "deviceIds": ids }))
+        .await
+        .batch_id();
+    stack.wait_for_batch(&batch_id, DEADLINE).await;
+    let received = hooks.wait_received("batches", 1).await;
+    let shown = {
+        let url = format!("{}/{batch_id}", stack.batches_url(&stack.org_id()));
+        Answer::of(stack.http.get(url).bearer_auth(&stack.token))
+            .await
+            .body["data"]
+            .clone()
+    };
+    assert_eq!(received[0].body()["type"], "refresh.batch.finished");
+    assert_eq!(
+        received[0].body()["data"],
+        shown,
+        "the batch as its GET shows it"
+    );
+    // Each of its jobs announced its own end.
+    let jobs = hooks.wait_received("jobs", 3).await;
+    let states: BTreeSet<String> = jobs
+        .iter()
+        .map(|r| r.body()["data"]["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        states,
+        BTreeSet::from(["completed".to_owned()]),
+        "{jobs:#?}"
+    );
+
+    // A job its caller cancels ends `canceled`, announced by the api.
+    stack.fault(json!({ "mode": "ok", "report": "off" })).await;
+    let device = stack.device().await;
+    let (job_id, _) = stack.pushed_refresh(&device, &["hardware"]).await;
+    let url = stack.job_url(&stack.org_id(), &job_id);
+    let canceled = Answer::of(stack.http.delete(url).bearer_auth(&stack.token)).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{:?}", canceled.body);
+    let jobs = hooks.wait_received("jobs", 4).await;
+    assert_eq!(jobs[3].body()["data"], hooks.job_as_shown(&job_id).await);
+    assert_eq!(jobs[3].body()["data"]["state"], "canceled");
+
+    // Nothing is announced twice: the batch once, each job once.
+    let batch_ids = hooks.received("batches").await;
+    assert_eq!(batch_ids.len(), 1, "{batch_ids:#?}");
+    let jobs = hooks.received("jobs").await;
+    let job_ids: BTreeSet<&str> = jobs.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!((jobs.len(), job_ids.len()), (4, 4), "{jobs:#?}");
 }
