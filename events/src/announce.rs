@@ -8,6 +8,8 @@
 //!
 //! Organizations without endpoints, nearly all work of a fleet, cost no read: who subscribes to
 //! what is cached for [`SUBSCRIBERS_TTL`], so an endpoint added or removed counts from then on.
+//! A job or batch is announced under a turn on it in this process, read afresh: a report and
+//! the job's own delivery ending it at once announce it once (processes racing may repeat it).
 
 use crate::view::{BatchView, CategoryReported, CategoryView, EventBody, JobView, rfc3339};
 use bson::{DateTime, oid::ObjectId};
@@ -16,6 +18,7 @@ use refresh_shared::{
     broker::{BrokerError, Publisher},
     job::CategoryState,
     store::{Announced, BatchRecord, JobRecord, Store, StoreError},
+    turns::Turns,
     webhook::{DELIVERY_MESSAGE_VERSION, EndpointState, WebhookDelivery, WebhookEvent},
 };
 use serde::Serialize;
@@ -56,6 +59,8 @@ pub struct Announcer {
     store: Store,
     publisher: Arc<Publisher>,
     subscribers: Cache<ObjectId, Arc<Vec<Subscriber>>>,
+    /// One announcement at a time per job or batch.
+    turns: Turns,
 }
 
 impl Announcer {
@@ -67,6 +72,7 @@ impl Announcer {
                 .max_capacity(CACHED_ORGANIZATIONS)
                 .time_to_live(SUBSCRIBERS_TTL)
                 .build(),
+            turns: Turns::default(),
         }
     }
 
@@ -78,19 +84,20 @@ impl Announcer {
         if subscribers.is_empty() {
             return Ok(());
         }
+        let _turn = self.turns.turn(job).await;
         match self.store.job_by_id(job).await? {
-            Some(record) => self.job_record(&record).await,
+            Some(record) => self.job_record(&record, &subscribers).await,
             None => Ok(()),
         }
     }
 
-    /// [`Announcer::job`] with the job as it was just read; a batch job whose outcome is
-    /// recorded may have finished its batch too.
-    pub async fn job_record(&self, job: &JobRecord) -> Result<(), AnnounceError> {
-        let subscribers = self.subscribers(job.organization).await?;
-        if subscribers.is_empty() {
-            return Ok(());
-        }
+    /// [`Announcer::job`] with the job as it was read in the turn; a batch job whose outcome
+    /// is recorded may have finished its batch too.
+    async fn job_record(
+        &self,
+        job: &JobRecord,
+        subscribers: &[Subscriber],
+    ) -> Result<(), AnnounceError> {
         let announced = |what: Announced| job.announced.iter().any(|key| key == what.key());
         for (&category, record) in &job.categories {
             let what = Announced::Reported(category);
@@ -107,15 +114,8 @@ impl Announcer {
             };
             let at = record.reported_at.unwrap_or(job.updated_at);
             let message_id = format!("msg_{}_{category}_reported", job.id);
-            self.deliver(
-                job.organization,
-                &subscribers,
-                event,
-                &message_id,
-                at,
-                &data,
-            )
-            .await?;
+            self.deliver(job.organization, subscribers, event, &message_id, at, &data)
+                .await?;
             self.store.mark_job_announced(job.id, what).await?;
         }
         if job.state().is_finished() && !announced(Announced::Finished) {
@@ -124,7 +124,7 @@ impl Announcer {
             let data = JobView::from(job);
             self.deliver(
                 job.organization,
-                &subscribers,
+                subscribers,
                 event,
                 &message_id,
                 job.updated_at,
@@ -135,7 +135,7 @@ impl Announcer {
                 .mark_job_announced(job.id, Announced::Finished)
                 .await?;
         }
-        let batch_subscribed = subscribed(&subscribers, WebhookEvent::BatchFinished)
+        let batch_subscribed = subscribed(subscribers, WebhookEvent::BatchFinished)
             .next()
             .is_some();
         if let (Some(batch), Some(_), true) = (job.batch, job.outcome, batch_subscribed) {
@@ -146,14 +146,15 @@ impl Announcer {
 
     /// Announces the batch's end, if it has ended and that was not announced yet.
     pub async fn batch(&self, batch: ObjectId) -> Result<(), AnnounceError> {
+        let _turn = self.turns.turn(batch).await;
         match self.store.batch_by_id(batch).await? {
             Some(record) => self.batch_record(&record).await,
             None => Ok(()),
         }
     }
 
-    /// [`Announcer::batch`] with the batch as it was just read.
-    pub async fn batch_record(&self, batch: &BatchRecord) -> Result<(), AnnounceError> {
+    /// [`Announcer::batch`] with the batch as it was read in the turn.
+    async fn batch_record(&self, batch: &BatchRecord) -> Result<(), AnnounceError> {
         if batch.announced || !batch.state().is_final() {
             return Ok(());
         }

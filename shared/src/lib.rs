@@ -18,6 +18,7 @@ pub mod store;
 pub mod telemetry;
 pub mod token;
 pub mod trace;
+pub mod turns;
 pub mod webhook;
 
 pub use category::Category;

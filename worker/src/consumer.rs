@@ -257,7 +257,7 @@ impl Consumer {
             Some(error) => {
                 // Their acks can no longer reach the broker, but their pushes and write-backs
                 // still count. A redelivered copy waits for its job's first delivery to finish
-                // (`InFlight` here, the job's heartbeat elsewhere), then finds them settled.
+                // (`Turns` here, the job's heartbeat elsewhere), then finds them settled.
                 in_flight.detach_all();
                 Err(error)
             }

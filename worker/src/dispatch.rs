@@ -3,7 +3,6 @@
 
 use crate::{
     gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
-    in_flight::InFlight,
     reports::observe_report_latency,
 };
 use bson::{DateTime, oid::ObjectId};
@@ -22,6 +21,7 @@ use refresh_shared::{
     metric,
     retry::{RetryPolicy, WaitEnd},
     store::{CategoryUpdate, Device, Store, StoreError},
+    turns::Turns,
 };
 use std::{
     convert::Infallible,
@@ -106,7 +106,7 @@ pub struct Dispatcher {
     pub hold_limit: Duration,
     pub shutdown: CancellationToken,
     /// One delivery at a time per job in this process.
-    pub in_flight: InFlight,
+    pub in_flight: Turns,
     /// Tells webhook subscribers what ended.
     pub announcer: Announcer,
 }

@@ -7,7 +7,6 @@ mod dispatch;
 mod expander;
 pub mod gateway;
 mod health;
-mod in_flight;
 mod reports;
 pub mod settings;
 mod webhook;
@@ -20,6 +19,7 @@ use refresh_events::Announcer;
 use refresh_shared::{
     broker::{Publisher, Queues, holds},
     store::{DatabaseProbe, Store},
+    turns::Turns,
 };
 pub use settings::Settings;
 use std::{
@@ -74,7 +74,7 @@ impl Worker {
             report_deadline: settings.core.amqp.report_deadline,
             hold_limit: settings.worker.hold_limit,
             shutdown: shutdown.clone(),
-            in_flight: in_flight::InFlight::default(),
+            in_flight: Turns::default(),
             announcer: Announcer::new(store.clone(), Arc::clone(&publisher)),
         });
         if settings.webhooks.url_policy.allow_insecure {

@@ -223,7 +223,7 @@ pub async fn cancel_batch(
         .ok_or(ApiError::NotFound)?;
     // Also when it had ended: a cancel answered 503 because this failed is announced by the
     // cancel tried again.
-    state.announcer.batch_record(&canceled.batch).await?;
+    state.announcer.batch(canceled.batch.id).await?;
     if !canceled.now {
         return Err(ApiError::JobFinished);
     }

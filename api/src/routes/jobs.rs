@@ -69,7 +69,7 @@ pub async fn cancel_job(
         .ok_or(ApiError::NotFound)?;
     // Also when it had finished: a cancel answered 503 because this failed is announced by
     // the cancel tried again.
-    state.announcer.job_record(&job).await?;
+    state.announcer.job(organization.id, job.id).await?;
     if canceled.is_empty() {
         return Err(ApiError::JobFinished);
     }

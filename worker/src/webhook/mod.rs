@@ -9,8 +9,7 @@ mod client;
 mod pacing;
 
 use crate::dispatch::{Dispatcher, Halt};
-pub use client::WebhookClient;
-use client::{Attempted, Signed};
+use client::{Attempted, Signed, WebhookClient};
 use pacing::EndpointPacing;
 use refresh_shared::{
     broker::Publisher,
@@ -27,10 +26,10 @@ use std::{sync::Arc, time::Duration};
 const TURN_WAIT: Duration = Duration::from_millis(100);
 
 pub struct Deliverer {
-    pub client: WebhookClient,
-    pub settings: WebhookSettings,
-    pub pacing: EndpointPacing,
-    pub publisher: Arc<Publisher>,
+    client: WebhookClient,
+    settings: WebhookSettings,
+    pacing: EndpointPacing,
+    publisher: Arc<Publisher>,
 }
 
 /// What an attempt's answer means for the delivery.
