@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use refresh_events::announce::AnnounceError;
-use refresh_shared::{broker::BrokerError, store::StoreError};
+use refresh_shared::{broker::BrokerError, error_chain as chain, store::StoreError};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -83,18 +83,6 @@ pub enum ApiError {
 
 /// What went wrong behind a 500 or 503, with its whole chain of causes, for the log only.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
-
-/// `error` and each of its sources, joined by ": ".
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// What a caller should wait before trying again after a 503.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);

@@ -23,6 +23,19 @@ pub mod webhook;
 
 pub use category::Category;
 
+/// `error` and each of its sources, joined by ": ": what a log line or a recorded failure says
+/// of it (the outer message alone often hides what actually went wrong).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::{

@@ -6,7 +6,7 @@ use crate::{
     auth::Authenticated,
     error::ApiError,
     openapi::{CancelErrors, HistoryParams, JobParams, StatusErrors},
-    routes::{PageQuery, Success, callers_device, callers_id, device_read, success},
+    routes::{PageQuery, Success, callers_device, callers_id, device_read, page, success},
     state::AppState,
 };
 use axum::{
@@ -107,15 +107,11 @@ pub async fn device_history(
     let (organization, device) =
         callers_device(&state, &caller, &organization, &device_key).await?;
     // One more than asked: whether another page follows.
-    let mut jobs = state
+    let jobs = state
         .store
         .device_jobs(organization.id, device.id, after, limit + 1)
         .await?;
-    let more = jobs.len() > limit as usize;
-    jobs.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| jobs.last().map(|job| job.id.to_hex()))
-        .flatten();
+    let (jobs, next_cursor) = page(jobs, limit, |job| job.id);
     Ok(success(HistoryPage {
         jobs: jobs.iter().map(JobView::from).collect(),
         next_cursor,

@@ -197,6 +197,39 @@ fn organization_and_device(
     }
 }
 
+/// The first `limit` of `found` (read with one more than asked) and, when more follow, the
+/// cursor of the next page: the last one's id.
+pub(crate) fn page<T>(
+    mut found: Vec<T>,
+    limit: u32,
+    id: impl Fn(&T) -> ObjectId,
+) -> (Vec<T>, Option<String>) {
+    let more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| found.last().map(|last| id(last).to_hex()))
+        .flatten();
+    (found, next_cursor)
+}
+
+/// What `read_query` makes of a route's query, or `None` with what is wrong added to
+/// `problems`.
+fn query_read<Q, T>(
+    query: Result<Query<Q>, QueryRejection>,
+    read_query: impl FnOnce(Q) -> Result<T, Vec<FieldProblem>>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<T> {
+    match query {
+        Ok(Query(query)) => read_query(query)
+            .map_err(|found| problems.extend(found))
+            .ok(),
+        Err(rejection) => {
+            problems.push(FieldProblem::new("query", rejection.body_text()));
+            None
+        }
+    }
+}
+
 /// A device read route's path and query: the organization and device they name and what
 /// `read_query` makes of the query, or every problem with them at once.
 fn device_read<Q, T>(
@@ -206,15 +239,7 @@ fn device_read<Q, T>(
 ) -> Result<(OrganizationRef, String, T), ApiError> {
     let mut problems = Vec::new();
     let (organization, device_key) = organization_and_device(path, &mut problems);
-    let read = match query {
-        Ok(Query(query)) => read_query(query)
-            .map_err(|found| problems.extend(found))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("query", rejection.body_text()));
-            None
-        }
-    };
+    let read = query_read(query, read_query, &mut problems);
     match (organization, device_key, read) {
         (Some(organization), Some(device_key), Some(read)) => Ok((organization, device_key, read)),
         _ => Err(ApiError::Validation(problems)),
@@ -252,15 +277,7 @@ pub(crate) fn id_read<Q, T>(
         }
         Err(other) => return Err(other),
     };
-    let read = match query {
-        Ok(Query(query)) => read_query(query)
-            .map_err(|found| problems.extend(found))
-            .ok(),
-        Err(rejection) => {
-            problems.push(FieldProblem::new("query", rejection.body_text()));
-            None
-        }
-    };
+    let read = query_read(query, read_query, &mut problems);
     match (ids, read) {
         (Some((organization, id)), Some(read)) => Ok((organization, id, read)),
         _ => Err(ApiError::Validation(problems)),

@@ -9,8 +9,8 @@ use crate::{
         WebhookParams, schema,
     },
     routes::{
-        PageQuery, Success, callers_id, id_read, organization_of, refresh::body_rejection, rfc3339,
-        success,
+        PageQuery, Success, callers_id, id_read, organization_of, page, refresh::body_rejection,
+        rfc3339, success,
     },
     state::AppState,
     validate::{self, OrganizationRef, WebhookRequest},
@@ -252,14 +252,10 @@ pub async fn webhook_deliveries(
         .await?
         .ok_or(ApiError::NotFound)?;
     // One more than asked: whether another page follows.
-    let mut deliveries = (state.store)
+    let deliveries = (state.store)
         .deliveries(organization.id, endpoint.id, after, limit + 1)
         .await?;
-    let more = deliveries.len() > limit as usize;
-    deliveries.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| deliveries.last().map(|delivery| delivery.id.to_hex()))
-        .flatten();
+    let (deliveries, next_cursor) = page(deliveries, limit, |delivery| delivery.id);
     Ok(success(DeliveriesPage {
         deliveries: deliveries.iter().map(DeliveryView::from).collect(),
         next_cursor,

@@ -2,10 +2,9 @@
 //! attempt made, newest first for the endpoint's owner to read. Kept for
 //! [`DELIVERY_LOG_RETENTION`].
 
-use super::{Store, StoreError, tenant};
+use super::{Store, StoreError, newest_first};
 use crate::webhook::{DeliveryState, WebhookEvent};
 use bson::{DateTime, doc, oid::ObjectId};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -115,17 +114,7 @@ impl Store {
         after: Option<ObjectId>,
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let mut filter = doc! { "endpoint": endpoint };
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$lt": after });
-        }
-        Ok(self
-            .deliveries
-            .find(tenant(organization, filter))
-            .sort(doc! { "_id": -1 })
-            .limit(i64::from(limit))
-            .await?
-            .try_collect()
-            .await?)
+        let filter = doc! { "endpoint": endpoint };
+        newest_first(&self.deliveries, organization, filter, after, limit).await
     }
 }

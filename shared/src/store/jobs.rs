@@ -1,4 +1,4 @@
-use super::{Store, StoreError, tenant};
+use super::{Store, StoreError, newest_first, tenant};
 use crate::{
     Category,
     batch::DeviceOutcome,
@@ -325,18 +325,8 @@ impl Store {
         after: Option<ObjectId>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let mut filter = doc! { "device": device };
-        if let Some(after) = after {
-            filter.insert("_id", doc! { "$lt": after });
-        }
-        Ok(self
-            .jobs
-            .find(tenant(organization, filter))
-            .sort(doc! { "_id": -1 })
-            .limit(i64::from(limit))
-            .await?
-            .try_collect()
-            .await?)
+        let filter = doc! { "device": device };
+        newest_first(&self.jobs, organization, filter, after, limit).await
     }
 
     /// Records that `what` of job `id` was handed to its subscribers' deliveries.

@@ -34,6 +34,7 @@ pub use webhooks::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndp
 
 use crate::{settings::MongoSettings, snapshot::Snapshot};
 use bson::{Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
 use mongodb::{
     Client, Collection, Database,
     error::{ErrorKind, WriteFailure},
@@ -107,6 +108,31 @@ impl StoreError {
 pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
     filter.insert("organization", organization);
     filter
+}
+
+/// A page of `organization`'s documents matching `filter`, newest first by id, from just past
+/// the id `after` when given: a keyset on the id (its creation time, then the order each
+/// process made them), so a page never shifts as documents are added.
+async fn newest_first<T>(
+    collection: &Collection<T>,
+    organization: ObjectId,
+    mut filter: Document,
+    after: Option<ObjectId>,
+    limit: u32,
+) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    if let Some(after) = after {
+        filter.insert("_id", doc! { "$lt": after });
+    }
+    Ok(collection
+        .find(tenant(organization, filter))
+        .sort(doc! { "_id": -1 })
+        .limit(i64::from(limit))
+        .await?
+        .try_collect()
+        .await?)
 }
 
 /// The database, through the queries below only: the collections are private, so every

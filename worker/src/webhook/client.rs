@@ -4,10 +4,12 @@
 //! checked (a name that resolves to a public address when checked and to a private one when
 //! called cannot slip through).
 
-use refresh_shared::webhook::{EndpointSecret, UrlPolicy, UrlRefusal};
+use refresh_shared::{
+    error_chain,
+    webhook::{EndpointSecret, UrlPolicy, UrlRefusal},
+};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::{
-    error::Error as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -98,18 +100,11 @@ impl WebhookClient {
 
 /// An error with its causes, which say what actually went wrong (a refused address, a reset).
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() {
-        "no answer in time".to_owned()
+    if error.is_timeout() {
+        format!("no answer in time: {}", error_chain(error))
     } else {
-        error.to_string()
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+        error_chain(error)
     }
-    text
 }
 
 /// Resolves receivers' names and refuses, before any connection, one that resolves to an
