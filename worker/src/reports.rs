@@ -23,24 +23,36 @@ impl Dispatcher {
         let store = &self.store;
         let (organization, device) = (report.organization_id, report.device_id);
         let categories: Vec<Category> = report.categories.keys().copied().collect();
+        if categories.is_empty() {
+            return Ok(());
+        }
         // The device first (as when any category ends): the skip window counts from now. The
         // write is guarded by the job's claim, so a report of an old job frees nothing a newer
         // job holds.
         let now = Some(DateTime::now());
         release(self, organization, device, &categories, job, now).await?;
-        let mut reported = Vec::new();
-        for &category in &categories {
-            if self
-                .durably(|| store.record_reported(report, job, category))
-                .await?
-            {
-                reported.push(category);
+        // One write for them all, the usual case; one at a time when some had ended already
+        // (or this is a redelivery).
+        let (mut reported, mut record) = (Vec::new(), None);
+        if let Some(after) = self
+            .durably(|| store.record_reported(report, job, &categories))
+            .await?
+        {
+            reported = categories.clone();
+            record = Some(after);
+        } else if categories.len() > 1 {
+            for &category in &categories {
+                let single = std::slice::from_ref(&category);
+                if let Some(after) = self
+                    .durably(|| store.record_reported(report, job, single))
+                    .await?
+                {
+                    reported.push(category);
+                    record = Some(after);
+                }
             }
         }
-        if reported.is_empty() {
-            return Ok(());
-        }
-        let Some(record) = self.durably(|| store.job_by_id(job)).await? else {
+        let Some(record) = record else {
             return Ok(());
         };
         observe_latency(&record, &reported);

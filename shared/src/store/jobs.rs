@@ -9,6 +9,7 @@ use crate::{
 };
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -426,38 +427,36 @@ impl Store {
         Ok(result.matched_count == 1)
     }
 
-    /// Records `category` of `report`'s job as reported, if that job is the reporting device's
-    /// own (same organization, same device) and the category may still end so. Returns whether
-    /// it applied: a redelivered report, a finished job or another tenant's job change nothing.
+    /// Ends `categories` of the device's job `job` as reported by `report`, in one write, if
+    /// every one of them may be; returns the job as it is afterwards when the write applied
+    /// (a redelivered report, or one of a category already ended, applies nothing: the caller
+    /// tries them one at a time).
     pub async fn record_reported(
         &self,
         report: &DeviceReport,
         job: ObjectId,
-        category: Category,
-    ) -> Result<bool, StoreError> {
-        let field = |name: &str| format!("categories.{category}.{name}");
+        categories: &[Category],
+    ) -> Result<Option<JobRecord>, StoreError> {
         let sources: Vec<&str> = CategoryState::Reported
             .allowed_sources()
             .iter()
             .map(|s| s.as_str())
             .collect();
-        let filter = tenant(
-            report.organization_id,
-            doc! {
-                "_id": job,
-                "device": report.device_id,
-                field("state"): { "$in": sources },
-            },
-        );
         let now = DateTime::now();
-        let change = doc! { "$set": {
-            "updatedAt": now,
-            field("state"): CategoryState::Reported.as_str(),
-            field("reportedAt"): now,
-            field("reportSource"): report.source.as_str(),
-        } };
-        let result = self.jobs.update_one(filter, change).await?;
-        Ok(result.matched_count == 1)
+        let mut filter = doc! { "_id": job, "device": report.device_id };
+        let mut set = doc! { "updatedAt": now };
+        for category in categories {
+            let field = |name: &str| format!("categories.{category}.{name}");
+            filter.insert(field("state"), doc! { "$in": sources.clone() });
+            set.insert(field("state"), CategoryState::Reported.as_str());
+            set.insert(field("reportedAt"), now);
+            set.insert(field("reportSource"), report.source.as_str());
+        }
+        Ok(self
+            .jobs
+            .find_one_and_update(tenant(report.organization_id, filter), doc! { "$set": set })
+            .return_document(ReturnDocument::After)
+            .await?)
     }
 
     /// Records the push of a category the device reported before the push itself was recorded
