@@ -2,7 +2,12 @@
 //! uses a quorum queue of its own, as the product does, and the product's own message size.
 
 use anyhow::Context;
-use axum::{Router, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::post,
+};
 use bson::{Document, doc};
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
@@ -100,27 +105,64 @@ async fn publish_confirmed(channel: &Channel, queue: &str, body: &[u8]) -> anyho
     confirmed(Some(confirm.await))
 }
 
-/// Ceiling 1, served by `refresh-bench bare-server` in a process of its own (as the api is):
-/// `POST /publish` publishes one message on a shared confirm channel and answers 200 once the
-/// broker confirms it.
+/// Devices the bare refresh route (ceiling 0') claims from, in turn.
+pub const BARE_DEVICES: u64 = 10_000;
+
+/// What the bare routes share: the confirm channel and its queue, the message, and the bare
+/// design's collections.
+struct Bare {
+    channel: Channel,
+    queue: String,
+    body: Vec<u8>,
+    devices: mongodb::Collection<Document>,
+    jobs: mongodb::Collection<Document>,
+}
+
+/// Ceilings 1 and 0', served by `refresh-bench bare-server` in a process of its own (as the
+/// api is). `POST /publish` (1) publishes one message on a shared confirm channel and answers
+/// 200 once the broker confirms it. `POST /refresh/{n}` (0') is the bare design of one
+/// refresh: the device's find-and-claim (`findOneAndUpdate`), the job's insert (both with the
+/// product's write concern, `majority`), then the same confirmed publish; nothing else.
 pub async fn serve_bare_route(
     addr: SocketAddr,
     connection: Connection,
     queue: String,
     body: Vec<u8>,
+    database: mongodb::Database,
 ) -> anyhow::Result<()> {
     let channel = confirm_channel(&connection, Some(&queue)).await?;
-    let state = Arc::new((channel, queue, body));
+    let majority = mongodb::options::WriteConcern::majority();
+    let collection = |name: &str| {
+        database.collection_with_options::<Document>(
+            name,
+            mongodb::options::CollectionOptions::builder()
+                .write_concern(majority.clone())
+                .build(),
+        )
+    };
+    let state = Arc::new(Bare {
+        channel,
+        queue,
+        body,
+        devices: collection("devices"),
+        jobs: collection("jobs"),
+    });
+    let answer = |published: anyhow::Result<()>| match published {
+        Ok(()) => (StatusCode::OK, r#"{"status":true}"#),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":false}"#),
+    };
     let app = Router::new()
         .route(
             "/publish",
+            post(move |State(bare): State<Arc<Bare>>| async move {
+                answer(publish_confirmed(&bare.channel, &bare.queue, &bare.body).await)
+            }),
+        )
+        .route(
+            "/refresh/{device}",
             post(
-                |State(state): State<Arc<(Channel, String, Vec<u8>)>>| async move {
-                    let (channel, queue, body) = &*state;
-                    match publish_confirmed(channel, queue, body).await {
-                        Ok(()) => (StatusCode::OK, r#"{"status":true}"#),
-                        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":false}"#),
-                    }
+                move |State(bare): State<Arc<Bare>>, Path(device): Path<u64>| async move {
+                    answer(bare_refresh(&bare, device).await)
                 },
             ),
         )
@@ -128,6 +170,38 @@ pub async fn serve_bare_route(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Seeds the devices the bare refresh route claims.
+pub async fn seed_bare_devices(database: &mongodb::Database) -> anyhow::Result<()> {
+    let devices: Vec<Document> = (0..BARE_DEVICES)
+        .map(|n| doc! { "_id": n as i64, "claims": 0_i64 })
+        .collect();
+    database
+        .collection::<Document>("devices")
+        .insert_many(devices)
+        .await?;
+    Ok(())
+}
+
+/// One refresh with nothing of the product around it.
+async fn bare_refresh(bare: &Bare, device: u64) -> anyhow::Result<()> {
+    let now = bson::DateTime::now();
+    bare.devices
+        .find_one_and_update(
+            doc! { "_id": (device % BARE_DEVICES) as i64 },
+            doc! { "$set": { "claimedAt": now }, "$inc": { "claims": 1_i64 } },
+        )
+        .await?
+        .context("a seeded device")?;
+    bare.jobs
+        .insert_one(doc! {
+            "device": (device % BARE_DEVICES) as i64,
+            "createdAt": now,
+            "categories": { "hardware": "queued", "applications": "queued", "certificates": "queued" },
+        })
+        .await?;
+    publish_confirmed(&bare.channel, &bare.queue, &bare.body).await
 }
 
 /// Ceiling 3: publishes `count` persistent messages to `queue` on `channel` (in confirm mode)
@@ -248,4 +322,89 @@ pub async fn lookup_insert_pairs(
     let rate = pairs.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     database.drop().await?;
     Ok(rate)
+}
+
+/// Ceiling 4: the database's own pace in bulk — documents/s written by `insert_many` and by
+/// `update_many` (`_id` in a group), in groups of `group`, `WRITERS` groups at a time, `total`
+/// documents each way, with the product's write concern.
+pub async fn bulk_pace(
+    uri: &str,
+    database: &str,
+    group: usize,
+    total: usize,
+) -> anyhow::Result<BulkPace> {
+    const WRITERS: usize = 4;
+    let client = mongodb::Client::with_uri_str(uri).await?;
+    let database = client.database(database);
+    let collection = database.collection_with_options::<Document>(
+        "bulk",
+        mongodb::options::CollectionOptions::builder()
+            .write_concern(mongodb::options::WriteConcern::majority())
+            .build(),
+    );
+    let groups: Vec<Vec<i64>> = (0..total as i64)
+        .collect::<Vec<_>>()
+        .chunks(group.max(1))
+        .map(<[i64]>::to_vec)
+        .collect();
+    let timed = |write: BulkWrite| {
+        let (collection, groups) = (collection.clone(), groups.clone());
+        async move {
+            let started = Instant::now();
+            let mut writes = FuturesUnordered::new();
+            for ids in groups {
+                if writes.len() >= WRITERS {
+                    writes.next().await.transpose()?;
+                }
+                let collection = collection.clone();
+                writes.push(async move {
+                    match write {
+                        BulkWrite::Insert => {
+                            let documents: Vec<Document> = ids
+                                .iter()
+                                .map(|id| doc! { "_id": id, "state": "queued", "at": bson::DateTime::now() })
+                                .collect();
+                            collection.insert_many(documents).await.map(drop)
+                        }
+                        BulkWrite::Update => collection
+                            .update_many(
+                                doc! { "_id": { "$in": &ids }, "state": "queued" },
+                                doc! { "$set": { "state": "pushed", "at": bson::DateTime::now() } },
+                            )
+                            .await
+                            .map(drop),
+                    }
+                });
+            }
+            while let Some(written) = writes.next().await {
+                written?;
+            }
+            anyhow::Ok(total as f64 / started.elapsed().as_secs_f64())
+        }
+    };
+    let inserts_per_second = timed(BulkWrite::Insert).await?;
+    let updates_per_second = timed(BulkWrite::Update).await?;
+    database.drop().await?;
+    Ok(BulkPace {
+        group,
+        inserts_per_second,
+        updates_per_second,
+    })
+}
+
+/// A kind of bulk write ceiling 4 measures.
+#[derive(Clone, Copy)]
+enum BulkWrite {
+    /// New documents, as a batch records its jobs.
+    Insert,
+    /// Guarded updates of existing documents, as outcomes are recorded.
+    Update,
+}
+
+/// Ceiling 4 at one group size.
+#[derive(Debug, serde::Serialize)]
+pub struct BulkPace {
+    pub group: usize,
+    pub inserts_per_second: f64,
+    pub updates_per_second: f64,
 }

@@ -61,6 +61,9 @@ enum Command {
         addr: SocketAddr,
         #[arg(long)]
         queue: String,
+        /// The database of ceiling 0' (at `MONGODB_URI`), its devices seeded.
+        #[arg(long)]
+        database: String,
     },
 }
 
@@ -109,6 +112,8 @@ struct Plan {
     solo: usize,
     slow_jobs: u64,
     waiting: usize,
+    /// Documents each way of ceiling 4, per group size.
+    bulk_pace: usize,
     quiet: Duration,
     watch: Duration,
 }
@@ -123,6 +128,7 @@ impl Size {
                 solo: 100,
                 slow_jobs: 100,
                 waiting: 10_000,
+                bulk_pace: 2_000,
                 quiet: Duration::from_secs(1),
                 watch: Duration::from_secs(2),
             },
@@ -133,6 +139,7 @@ impl Size {
                 solo: 1_000,
                 slow_jobs: 10_000,
                 waiting: 1_000_000,
+                bulk_pace: 100_000,
                 quiet: Duration::from_secs(5),
                 watch: Duration::from_secs(10),
             },
@@ -152,11 +159,21 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Allowance(args) => run_allowance(args).await,
-        Command::BareServer { addr, queue } => {
+        Command::BareServer {
+            addr,
+            queue,
+            database,
+        } => {
             let connection = amqp_connect("refresh-bench bare route").await?;
-            bare::serve_bare_route(addr, connection, queue, sample_message()).await
+            let client = mongodb::Client::with_uri_str(mongodb_uri()?).await?;
+            let database = client.database(&database);
+            bare::serve_bare_route(addr, connection, queue, sample_message(), database).await
         }
     }
+}
+
+fn mongodb_uri() -> anyhow::Result<String> {
+    std::env::var("MONGODB_URI").context("MONGODB_URI names the database to measure")
 }
 
 fn amqp_url() -> String {
@@ -393,7 +410,7 @@ async fn ceilings(
         .prefetch;
 
     eprintln!("ceilings…");
-    let bare_route = bare_route_ceiling(plan, logs, &unique).await?;
+    let (bare_route, bare_refresh) = bare_route_ceiling(plan, logs, &unique).await?;
     let bare_queue = format!("refresh.bench.{unique}.bare");
     let channel = bare::confirm_channel(connection, Some(&bare_queue)).await?;
     let bare_publish_per_second =
@@ -402,14 +419,21 @@ async fn ceilings(
         bare::consume(connection, &bare_queue, prefetch, plan.devices).await?;
     bare::delete_queue(connection, &bare_queue).await?;
     let database_pairs_per_second = bare::lookup_insert_pairs(
-        &std::env::var("MONGODB_URI").context("MONGODB_URI names the database to measure")?,
+        &mongodb_uri()?,
         &format!("bench_bare_{unique}"),
         CONNECTIONS,
         plan.endpoint,
     )
     .await?;
+    let mut bulk_pace = Vec::new();
+    for group in [100, 1_000] {
+        let database = format!("bench_bulk_{unique}");
+        bulk_pace.push(bare::bulk_pace(&mongodb_uri()?, &database, group, plan.bulk_pace).await?);
+    }
     Ok(Ceilings {
         database_pairs_per_second,
+        bare_refresh,
+        bulk_pace,
         bare_route,
         bare_consume_per_second,
         prefetch,
@@ -474,13 +498,18 @@ async fn waiting_memory(
     Ok(peak_kib)
 }
 
+/// Ceilings 1 and 0': the bare routes in a process of its own, each loaded like the endpoint.
 async fn bare_route_ceiling(
     plan: &Plan,
     logs: &std::path::Path,
     unique: &str,
-) -> anyhow::Result<load::LoadFigures> {
+) -> anyhow::Result<(load::LoadFigures, load::LoadFigures)> {
     let addr = refresh_testkit::process::free_addr()?;
     let queue = format!("refresh.bench.{unique}.route");
+    let database_name = format!("bench_route_{unique}");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()?).await?;
+    let database = client.database(&database_name);
+    bare::seed_bare_devices(&database).await?;
     let mut env: HashMap<String, String> = std::env::vars().collect();
     env.insert("AMQP_URL".into(), amqp_url());
     let server = tokio::process::Command::new(std::env::current_exe()?)
@@ -490,17 +519,19 @@ async fn bare_route_ceiling(
             &addr.to_string(),
             "--queue",
             &queue,
+            "--database",
+            &database_name,
         ])
         .stdout(std::fs::File::create(logs.join("bare-server.log"))?)
         .stderr(std::fs::File::create(logs.join("bare-server.err"))?)
         .kill_on_drop(true)
         .spawn()?;
     let mut server = Process::adopt("bare-server", server);
-    let url = format!("http://{addr}/publish");
+    let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http
-        .post(&url)
+        .post(format!("{base}/publish"))
         .send()
         .await
         .map_or(true, |r| !r.status().is_success())
@@ -513,19 +544,26 @@ async fn bare_route_ceiling(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let figures = load::run(
-        CONNECTIONS,
-        load::Until {
-            elapsed: Some(plan.endpoint),
-            ..load::Until::default()
-        },
-        move |client, _| client.post(&url).body(refresh_body().to_string()),
-    )
+    let for_the_endpoints_time = || load::Until {
+        elapsed: Some(plan.endpoint),
+        ..load::Until::default()
+    };
+    let publish = format!("{base}/publish");
+    let bare_route = load::run(CONNECTIONS, for_the_endpoints_time(), move |client, _| {
+        client.post(&publish).body(refresh_body().to_string())
+    })
+    .await;
+    let bare_refresh = load::run(CONNECTIONS, for_the_endpoints_time(), move |client, n| {
+        client
+            .post(format!("{base}/refresh/{n}"))
+            .body(refresh_body().to_string())
+    })
     .await;
     server.stop().await?;
+    database.drop().await?;
     let connection = amqp_connect("refresh-bench cleanup").await?;
     bare::delete_queue(&connection, &queue).await?;
-    Ok(figures)
+    Ok((bare_route, bare_refresh))
 }
 
 /// The refresh route of one device.
