@@ -172,31 +172,50 @@ pub async fn serve_bare_route(
     Ok(())
 }
 
-/// Seeds the devices the bare refresh route claims.
+/// The organization the bare devices belong to.
+fn bare_organization() -> bson::oid::ObjectId {
+    bson::oid::ObjectId::from_bytes([0; 12])
+}
+
+/// Seeds the devices the bare refresh route claims, found as the product finds a device: by
+/// one of its lookup keys within its organization, through the same index.
 pub async fn seed_bare_devices(database: &mongodb::Database) -> anyhow::Result<()> {
-    let devices: Vec<Document> = (0..BARE_DEVICES)
-        .map(|n| doc! { "_id": n as i64, "claims": 0_i64 })
-        .collect();
-    database
-        .collection::<Document>("devices")
-        .insert_many(devices)
+    let devices = database.collection::<Document>("devices");
+    devices
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "lookupKeys": 1, "organization": 1 })
+                .build(),
+        )
         .await?;
+    let seeded: Vec<Document> = (0..BARE_DEVICES)
+        .map(|n| {
+            doc! {
+                "organization": bare_organization(),
+                "lookupKeys": [n.to_string()],
+                "claims": 0_i64,
+            }
+        })
+        .collect();
+    devices.insert_many(seeded).await?;
     Ok(())
 }
 
 /// One refresh with nothing of the product around it.
 async fn bare_refresh(bare: &Bare, device: u64) -> anyhow::Result<()> {
     let now = bson::DateTime::now();
-    bare.devices
+    let key = (device % BARE_DEVICES).to_string();
+    let claimed = bare
+        .devices
         .find_one_and_update(
-            doc! { "_id": (device % BARE_DEVICES) as i64 },
+            doc! { "lookupKeys": &key, "organization": bare_organization() },
             doc! { "$set": { "claimedAt": now }, "$inc": { "claims": 1_i64 } },
         )
         .await?
         .context("a seeded device")?;
     bare.jobs
         .insert_one(doc! {
-            "device": (device % BARE_DEVICES) as i64,
+            "device": claimed.get("_id").cloned().unwrap_or(bson::Bson::Null),
             "createdAt": now,
             "categories": { "hardware": "queued", "applications": "queued", "certificates": "queued" },
         })

@@ -9,7 +9,13 @@ pub async fn remove(
     broker: &lapin::Connection,
     topology: &Topology,
 ) -> anyhow::Result<()> {
-    store.database().drop().await?;
+    // Twice at most: a run's store sits idle for minutes while the services work, and a
+    // server may have closed its pooled connection meanwhile (the first use then fails with an
+    // I/O error and the driver opens a new one).
+    if let Err(error) = store.database().drop().await {
+        tracing::warn!(%error, "dropping the run's database failed; trying once more");
+        store.database().drop().await?;
+    }
     delete_topology(broker, topology).await
 }
 
