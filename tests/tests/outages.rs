@@ -204,3 +204,47 @@ async fn a_process_whose_broker_node_goes_away_moves_to_another_node_of_amqp_url
         down.restore();
     }
 }
+
+/// A job insert whose answer was lost is retried by the driver; a server that does not
+/// recognise the retry refuses it as a duplicate of the job it already stored (seen under load
+/// on SecantusDB: the api answered 500 to a refresh it had recorded). The job's id is this
+/// insert's own, so a duplicate of it is the insert having landed.
+#[tokio::test]
+async fn an_insert_retried_after_it_landed_is_not_an_error() {
+    use refresh_shared::{job::Lane, store::JobRecord};
+    let stack = TestStack::start().await;
+    let device = stack.device().await;
+    let job = JobRecord::new(
+        stack.organization.id,
+        device.id,
+        &[Category::Os],
+        Lane::Interactive,
+    );
+    stack.store.insert_job(&job).await.expect("inserted");
+    stack
+        .store
+        .insert_job(&job)
+        .await
+        .expect("the same insert again is the insert having landed");
+    let batch: Vec<JobRecord> = (0..3)
+        .map(|_| {
+            JobRecord::new(
+                stack.organization.id,
+                device.id,
+                &[Category::Os],
+                Lane::Bulk,
+            )
+        })
+        .collect();
+    stack
+        .store
+        .insert_jobs(&batch[..2])
+        .await
+        .expect("two inserted");
+    stack
+        .store
+        .insert_jobs(&batch)
+        .await
+        .expect("the first two again, and the third");
+    assert!(stack.store.job_by_id(batch[2].id).await.unwrap().is_some());
+}

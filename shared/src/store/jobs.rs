@@ -1,4 +1,4 @@
-use super::{Store, StoreError, newest_first, tenant};
+use super::{DUPLICATE_KEY, Store, StoreError, newest_first, tenant};
 use crate::{
     Category,
     batch::DeviceOutcome,
@@ -149,6 +149,20 @@ impl JobRecord {
     }
 }
 
+/// Whether every write error of an unordered `insert_many` is a duplicate key.
+fn only_duplicates(error: &mongodb::error::Error) -> bool {
+    match &*error.kind {
+        mongodb::error::ErrorKind::InsertMany(failed) => {
+            failed.write_concern_error.is_none()
+                && failed
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
+        }
+        _ => false,
+    }
+}
+
 /// How long ago a category's last report must be for it to be refreshed: the skip window, or
 /// the request's `maxAgeSecs` when longer (it never undercuts the window).
 pub fn stale_after(
@@ -192,16 +206,26 @@ impl CategoryUpdate {
 }
 
 impl Store {
+    /// Inserts a new job. A duplicate of its id can only be this insert itself, landed on an
+    /// attempt whose answer was lost and then retried by the driver (a server that does not
+    /// recognise retried writes refuses the retry as a duplicate): that is success.
     pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.jobs.insert_one(job).await?;
-        Ok(())
+        match self.jobs.insert_one(job).await {
+            Err(error) if !StoreError::is_duplicate_key(&error) => Err(error.into()),
+            _ => Ok(()),
+        }
     }
 
+    /// Inserts new jobs, unordered: as for [`Store::insert_job`], ids already there are this
+    /// insert's own earlier attempt, and every other job is still inserted.
     pub async fn insert_jobs(&self, jobs: &[JobRecord]) -> Result<(), StoreError> {
-        if !jobs.is_empty() {
-            self.jobs.insert_many(jobs).await?;
+        if jobs.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match self.jobs.insert_many(jobs).ordered(false).await {
+            Err(error) if !only_duplicates(&error) => Err(error.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Removes a job that was never published.

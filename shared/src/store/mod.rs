@@ -91,7 +91,7 @@ impl StoreError {
 
     /// Whether `error` is a duplicate-key write error.
     fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-        matches!(&*error.kind, ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == 11000)
+        matches!(&*error.kind, ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == DUPLICATE_KEY)
     }
 
     /// Maps a duplicate-key write error to [`StoreError::Duplicate`] naming `what`.
@@ -103,6 +103,9 @@ impl StoreError {
         }
     }
 }
+
+/// The server's code for a write refused by a unique index.
+const DUPLICATE_KEY: i32 = 11000;
 
 /// `filter` restricted to one organization: the only way tenant data is queried.
 pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
