@@ -124,8 +124,27 @@ async fn the_smoke_run_measures_every_row() {
         "{}",
         report["reports"]
     );
+    // The ceilings that include the database: the bare design of a refresh, and bulk writes
+    // at both group sizes.
+    let bare_refresh = &report["ceilings"]["bare_refresh"];
+    assert!(
+        bare_refresh["requests"].as_u64() > Some(0)
+            && bare_refresh["not_ok"] == serde_json::json!({}),
+        "{bare_refresh}"
+    );
+    let pace = report["ceilings"]["bulk_pace"]
+        .as_array()
+        .expect("ceiling 4");
+    let groups: Vec<u64> = pace.iter().filter_map(|p| p["group"].as_u64()).collect();
+    assert_eq!(groups, [100, 1_000], "{pace:?}");
+    assert!(
+        pace.iter()
+            .all(|p| p["inserts_per_second"].as_f64() > Some(0.0)
+                && p["updates_per_second"].as_f64() > Some(0.0)),
+        "{pace:?}"
+    );
     let targets = report["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 8);
+    assert_eq!(targets.len(), 9);
 }
 
 #[tokio::test(flavor = "multi_thread")]
