@@ -66,6 +66,15 @@ pub enum Halt {
     HandedOn(Box<Halt>),
 }
 
+/// How [`Dispatcher::outlast`] ended, short of shutdown.
+enum Outlasted<T, E> {
+    Done(T),
+    /// An error that is not an outage.
+    Failed(E),
+    /// The outage lasted past `WORKER_HOLD_LIMIT_MS`; its last error.
+    Spent(E),
+}
+
 /// What finished in a job's set of concurrent work.
 enum Step {
     Ended(Category, Result<Ended, Halt>),
@@ -148,19 +157,46 @@ impl Dispatcher {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), AnnounceError>>,
     {
+        match self
+            .outlast(
+                "an announcement",
+                announcement,
+                AnnounceError::is_unavailable,
+            )
+            .await?
+        {
+            Outlasted::Done(()) => Ok(()),
+            Outlasted::Failed(error) | Outlasted::Spent(error) => Err(Halt::Announce(error)),
+        }
+    }
+
+    /// Runs `work` until it succeeds, waiting out the errors `unavailable` says will pass (the
+    /// database or the broker away) for up to `WORKER_HOLD_LIMIT_MS`: the one hold every
+    /// write, publish and announcement of a delivery goes through.
+    async fn outlast<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        work: F,
+        unavailable: impl Fn(&E) -> bool,
+    ) -> Result<Outlasted<T, E>, Halt>
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
         let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
         loop {
-            match announcement().await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_unavailable() => {
-                    tracing::warn!(%error, "a dependency is unavailable, holding an announcement");
+            match work().await {
+                Ok(done) => return Ok(Outlasted::Done(done)),
+                Err(error) if unavailable(&error) => {
+                    tracing::warn!(%error, what, "a dependency is unavailable, holding");
                     match schedule.wait(None, &self.shutdown).await {
                         Ok(_) => {}
-                        Err(WaitEnd::Spent) => return Err(Halt::Announce(error)),
+                        Err(WaitEnd::Spent) => return Ok(Outlasted::Spent(error)),
                         Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
                     }
                 }
-                Err(error) => return Err(Halt::Announce(error)),
+                Err(error) => return Ok(Outlasted::Failed(error)),
             }
         }
     }
@@ -282,19 +318,13 @@ impl Dispatcher {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
-        loop {
-            match write().await {
-                Err(error) if error.is_unavailable() => {
-                    tracing::warn!(%error, "database unavailable, holding a result");
-                    match schedule.wait(None, &self.shutdown).await {
-                        Ok(_) => {}
-                        Err(WaitEnd::Spent) => return Err(Halt::HeldTooLong(error)),
-                        Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
-                    }
-                }
-                result => return Ok(result?),
-            }
+        match self
+            .outlast("a result", write, StoreError::is_unavailable)
+            .await?
+        {
+            Outlasted::Done(done) => Ok(done),
+            Outlasted::Failed(error) => Err(Halt::Store(error)),
+            Outlasted::Spent(error) => Err(Halt::HeldTooLong(error)),
         }
     }
 
@@ -320,19 +350,13 @@ impl Dispatcher {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), BrokerError>>,
     {
-        let mut schedule = RetryPolicy::hold(self.hold_limit).schedule();
-        loop {
-            match publish().await {
-                Err(error) if error.is_unavailable() => {
-                    tracing::warn!(%error, what, "broker unavailable, holding a publish");
-                    match schedule.wait(None, &self.shutdown).await {
-                        Ok(_) => {}
-                        Err(WaitEnd::Spent) => return Err(Halt::Publish { what, error }),
-                        Err(WaitEnd::Cancelled) => return Err(Halt::Shutdown),
-                    }
-                }
-                Err(error) => return Err(Halt::Publish { what, error }),
-                Ok(()) => return Ok(()),
+        match self
+            .outlast(what, publish, BrokerError::is_unavailable)
+            .await?
+        {
+            Outlasted::Done(()) => Ok(()),
+            Outlasted::Failed(error) | Outlasted::Spent(error) => {
+                Err(Halt::Publish { what, error })
             }
         }
     }

@@ -104,14 +104,12 @@ impl Deliverer {
             Verdict::Delivered => {
                 self.log(dispatcher, delivery, attempt, DeliveryState::Delivered)
                     .await?;
-                // A receiver that answers again is no longer failing.
-                self.move_endpoint(
-                    dispatcher,
-                    delivery,
-                    &[EndpointState::Failing],
-                    EndpointState::Active,
-                )
-                .await?;
+                // A receiver that answers again is no longer failing (a write only then).
+                if endpoint.state == EndpointState::Failing {
+                    let failing = [EndpointState::Failing];
+                    self.move_endpoint(dispatcher, delivery, &failing, EndpointState::Active)
+                        .await?;
+                }
                 count("delivered");
                 Ok(())
             }
