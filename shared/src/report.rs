@@ -95,6 +95,15 @@ impl DeviceReport {
         Ok(report)
     }
 
+    /// About how many bytes the report's values take: its weight in a group of writes.
+    pub fn size(&self) -> usize {
+        self.categories
+            .values()
+            .flat_map(|report| report.nodes.iter().chain(&report.errors))
+            .map(|(uri, value)| uri.len() + value.len())
+            .sum()
+    }
+
     /// Everything wrong with the report's content, as (field, problem): the one set of rules
     /// the api answers 400 by and the worker dead-letters by.
     pub fn problems(&self) -> Vec<(String, String)> {

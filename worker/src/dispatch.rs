@@ -3,7 +3,7 @@
 
 use crate::{
     gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
-    reports::observe_report_latency,
+    reports::{ReportGroups, observe_report_latency},
 };
 use bson::{DateTime, oid::ObjectId};
 use futures::{
@@ -118,6 +118,8 @@ pub struct Dispatcher {
     pub in_flight: Turns,
     /// Tells webhook subscribers what ended.
     pub announcer: Announcer,
+    /// Applies device reports in groups.
+    pub reports: ReportGroups,
 }
 
 impl Dispatcher {

@@ -6,6 +6,7 @@ mod deadlines;
 mod dispatch;
 mod expander;
 pub mod gateway;
+mod group;
 mod health;
 mod reports;
 pub mod settings;
@@ -76,6 +77,7 @@ impl Worker {
             shutdown: shutdown.clone(),
             in_flight: Turns::default(),
             announcer: Announcer::new(store.clone(), Arc::clone(&publisher)),
+            reports: reports::report_groups(store.clone(), settings.worker.report_concurrency),
         });
         if settings.webhooks.url_policy.allow_insecure {
             tracing::warn!(

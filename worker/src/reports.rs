@@ -1,64 +1,81 @@
 //! Applying a device's report: its inventory stored (never over a newer one), the job's
-//! categories `reported`, the device's claims on them freed. Every write is guarded, so a
+//! categories `reported`, the device's claims on them freed. Reports are applied in groups
+//! (group commit: [`Store::apply_reports`] makes each step of a whole group one command), each
+//! answered only after its group's writes are acknowledged. Every write is guarded, so a
 //! redelivered report applies once in effect.
 
-use crate::dispatch::{Dispatcher, Halt, release};
-use bson::{DateTime, oid::ObjectId};
-use refresh_shared::{Category, job::Lane, metric, report::DeviceReport, store::JobRecord};
+use crate::{
+    dispatch::{Dispatcher, Halt},
+    group::{GroupCommit, Limits},
+};
+use bson::DateTime;
+use futures::FutureExt;
+use refresh_shared::{
+    Category,
+    job::Lane,
+    metric,
+    report::DeviceReport,
+    store::{JobRecord, ReportApplied, Store, StoreError},
+};
+use std::sync::Arc;
+
+/// Reports being applied together.
+pub type ReportGroups = GroupCommit<DeviceReport, Result<ReportApplied, StoreError>>;
+
+/// Most bytes of report values written in one group: a command stays far below the 16 MiB a
+/// server takes (a larger report goes alone; the api bounds one to 8 MiB).
+const GROUP_BYTES: usize = 4 * 1024 * 1024;
+/// Groups written at once: enough to keep the database busy while a group's answer travels
+/// back, few enough that groups grow under load.
+const GROUP_FLUSHES: usize = 4;
+
+/// Starts applying reports in groups of up to `max_reports`.
+pub fn report_groups(store: Store, max_reports: usize) -> ReportGroups {
+    let limits = Limits {
+        max_items: max_reports,
+        max_weight: GROUP_BYTES,
+        flushes: GROUP_FLUSHES,
+    };
+    GroupCommit::start(
+        limits,
+        Arc::new(move |reports: Vec<DeviceReport>| {
+            let store = store.clone();
+            async move {
+                match store.apply_reports(&reports).await {
+                    Ok(applied) => applied,
+                    Err(error) => vec![Err(error); reports.len()],
+                }
+            }
+            .boxed()
+        }),
+    )
+}
 
 impl Dispatcher {
     pub async fn apply_report(&self, report: &DeviceReport) -> Result<(), Halt> {
-        let store = &self.store;
-        self.durably(|| store.record_inventory(report)).await?;
-        if let Some(job) = report.job_id {
-            self.report_job(report, job).await?;
-            self.announce_job(report.organization_id, job).await?;
+        let applied = self
+            .durably(|| async {
+                match self.reports.submit(report.clone(), report.size()).await {
+                    Ok(applied) => applied,
+                    // Only a bug stops a group (its write panicked): not something to retry.
+                    Err(stopped) => Err(StoreError::Refused {
+                        code: 0,
+                        message: stopped.to_string(),
+                    }),
+                }
+            })
+            .await?;
+        if let Some(job) = &applied.job {
+            observe_latency(job, &applied.reported);
+            // Guarded, and a no-op until every category is settled: made whenever the job is
+            // in a batch, so a report redelivered after a crash still counts the job.
+            if job.lane == Lane::Bulk {
+                let store = &self.store;
+                self.durably(|| store.record_outcome_of(job)).await?;
+            }
+            self.announce_job(job.organization, job.id).await?;
         }
         metrics::counter!(metric::REPORTS_APPLIED, "source" => report.source.as_str()).increment(1);
-        Ok(())
-    }
-
-    /// Ends the job's categories the report carries as `reported`.
-    async fn report_job(&self, report: &DeviceReport, job: ObjectId) -> Result<(), Halt> {
-        let store = &self.store;
-        let (organization, device) = (report.organization_id, report.device_id);
-        let categories: Vec<Category> = report.categories.keys().copied().collect();
-        if categories.is_empty() {
-            return Ok(());
-        }
-        // The device first (as when any category ends): the skip window counts from now. The
-        // write is guarded by the job's claim, so a report of an old job frees nothing a newer
-        // job holds.
-        let now = Some(DateTime::now());
-        release(self, organization, device, &categories, job, now).await?;
-        // One write for them all, the usual case; one at a time when some had ended already
-        // (or this is a redelivery).
-        let (mut reported, mut record) = (Vec::new(), None);
-        if let Some(after) = self
-            .durably(|| store.record_reported(report, job, &categories))
-            .await?
-        {
-            reported = categories.clone();
-            record = Some(after);
-        } else if categories.len() > 1 {
-            for &category in &categories {
-                let single = std::slice::from_ref(&category);
-                if let Some(after) = self
-                    .durably(|| store.record_reported(report, job, single))
-                    .await?
-                {
-                    reported.push(category);
-                    record = Some(after);
-                }
-            }
-        }
-        let Some(record) = record else {
-            return Ok(());
-        };
-        observe_latency(&record, &reported);
-        if record.lane == Lane::Bulk {
-            self.durably(|| store.record_outcome(job)).await?;
-        }
         Ok(())
     }
 }

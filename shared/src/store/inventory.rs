@@ -1,5 +1,6 @@
 //! `win_device_inventory`: the latest values each device reported, one document per (device,
-//! category). A report older than the stored one (by `collectedAt`) never overwrites it.
+//! category). A report older than the stored one (by `collectedAt`) never overwrites it
+//! (`reports.rs` writes it).
 
 use super::{Store, StoreError, tenant};
 use crate::{
@@ -42,69 +43,30 @@ fn pairs(map: &std::collections::BTreeMap<String, String>) -> Vec<NodeValue> {
         .collect()
 }
 
-impl Store {
-    /// Stores each category of `report` unless a report collected at the same time or later is
-    /// stored: returns the categories written. Safe to repeat (a redelivery writes nothing).
-    pub async fn record_inventory(
-        &self,
-        report: &DeviceReport,
-    ) -> Result<Vec<Category>, StoreError> {
-        let collected_at = DateTime::from_millis(
-            i64::try_from(report.collected_at.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX),
-        );
-        let mut written = Vec::new();
-        for (&category, values) in &report.categories {
-            if self
-                .write_inventory(report, category, values, collected_at)
-                .await?
-            {
-                written.push(category);
-            }
-        }
-        Ok(written)
-    }
-
-    async fn write_inventory(
-        &self,
+impl InventoryRecord {
+    /// What `report` stores for `category`.
+    pub(super) fn of(
         report: &DeviceReport,
         category: Category,
         values: &CategoryReport,
         collected_at: DateTime,
-    ) -> Result<bool, StoreError> {
-        let record = InventoryRecord {
+        reported_at: DateTime,
+    ) -> InventoryRecord {
+        InventoryRecord {
             organization: report.organization_id,
             device: report.device_id,
             category,
             collected_at,
-            reported_at: DateTime::now(),
+            reported_at,
             source: report.source,
             job_id: report.job_id,
             nodes: pairs(&values.nodes),
             errors: pairs(&values.errors),
-        };
-        // Matches only an older stored report; when a newer (or the same) one is stored, the
-        // upsert's insert hits the unique (device, category) index instead.
-        let filter = tenant(
-            report.organization_id,
-            doc! {
-                "device": report.device_id,
-                "category": category.as_str(),
-                "collectedAt": { "$lt": collected_at },
-            },
-        );
-        let written = self
-            .inventory
-            .replace_one(filter, &record)
-            .upsert(true)
-            .await;
-        match written {
-            Ok(_) => Ok(true),
-            Err(error) if StoreError::is_duplicate_key(&error) => Ok(false),
-            Err(error) => Err(error.into()),
         }
     }
+}
 
+impl Store {
     /// The stored inventory of a device of `organization`, for `categories` (all when empty).
     pub async fn inventory(
         &self,

@@ -4,12 +4,11 @@ use crate::{
     batch::DeviceOutcome,
     device::Gateway,
     job::{CategoryState, JobState, Lane, MESSAGE_VERSION, RefreshJob},
-    report::{DeviceReport, ReportSource},
+    report::ReportSource,
     trace::TraceParent,
 };
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -262,9 +261,14 @@ impl Store {
     /// batch; a no-op before that, for jobs outside batches, and when already recorded (the
     /// write is conditional, so a redelivery never counts a job twice).
     pub async fn record_outcome(&self, id: ObjectId) -> Result<(), StoreError> {
-        let Some(job) = self.job_by_id(id).await? else {
-            return Ok(());
-        };
+        match self.job_by_id(id).await? {
+            Some(job) => self.record_outcome_of(&job).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Store::record_outcome`] of a job as just read.
+    pub async fn record_outcome_of(&self, job: &JobRecord) -> Result<(), StoreError> {
         let (Some(batch), None) = (job.batch, job.outcome) else {
             return Ok(());
         };
@@ -274,7 +278,7 @@ impl Store {
         let recorded = self
             .jobs
             .update_one(
-                doc! { "_id": id, "outcome": { "$exists": false } },
+                doc! { "_id": job.id, "outcome": { "$exists": false } },
                 doc! { "$set": { "outcome": outcome.as_str() } },
             )
             .await?;
@@ -449,38 +453,6 @@ impl Store {
         let change = doc! { "$set": { field("aliveAt"): DateTime::now() } };
         let result = self.jobs.update_one(filter, change).await?;
         Ok(result.matched_count == 1)
-    }
-
-    /// Ends `categories` of the device's job `job` as reported by `report`, in one write, if
-    /// every one of them may be; returns the job as it is afterwards when the write applied
-    /// (a redelivered report, or one of a category already ended, applies nothing: the caller
-    /// tries them one at a time).
-    pub async fn record_reported(
-        &self,
-        report: &DeviceReport,
-        job: ObjectId,
-        categories: &[Category],
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let sources: Vec<&str> = CategoryState::Reported
-            .allowed_sources()
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
-        let now = DateTime::now();
-        let mut filter = doc! { "_id": job, "device": report.device_id };
-        let mut set = doc! { "updatedAt": now };
-        for category in categories {
-            let field = |name: &str| format!("categories.{category}.{name}");
-            filter.insert(field("state"), doc! { "$in": sources.clone() });
-            set.insert(field("state"), CategoryState::Reported.as_str());
-            set.insert(field("reportedAt"), now);
-            set.insert(field("reportSource"), report.source.as_str());
-        }
-        Ok(self
-            .jobs
-            .find_one_and_update(tenant(report.organization_id, filter), doc! { "$set": set })
-            .return_document(ReturnDocument::After)
-            .await?)
     }
 
     /// Records the push of a category the device reported before the push itself was recorded

@@ -12,6 +12,7 @@ mod indexes;
 mod inventory;
 mod jobs;
 mod organizations;
+mod reports;
 mod tokens;
 mod webhooks;
 
@@ -29,6 +30,7 @@ pub use idempotency::{
 pub use inventory::{InventoryRecord, NodeValue};
 pub use jobs::{Announced, CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
 pub use organizations::{Allowance, Lease, Organization};
+pub use reports::ReportApplied;
 pub use tokens::ApiToken;
 pub use webhooks::{AddEndpointError, MAX_ENDPOINTS_PER_ORGANIZATION, WebhookEndpoint};
 
@@ -37,7 +39,7 @@ use bson::{Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{
     Client, Collection, Database,
-    error::{ErrorKind, WriteFailure},
+    error::{ErrorKind, IndexedWriteError, WriteFailure},
     options::{Acknowledgment, ClientOptions},
 };
 use secrecy::ExposeSecret;
@@ -55,7 +57,8 @@ pub const INVENTORY: &str = "win_device_inventory";
 pub const WEBHOOK_ENDPOINTS: &str = "webhook_endpoints";
 pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries";
 
-#[derive(Debug, thiserror::Error)]
+// Clone: a group of writes made as one answers each of its callers with the group's error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] mongodb::error::Error),
@@ -66,6 +69,12 @@ pub enum StoreError {
     /// A stored field this build cannot read (written by hand, or by another program).
     #[error("stored field {0} is not what this build writes")]
     Unreadable(&'static str),
+    /// One statement of a command that carried many was refused (the others were not).
+    #[error("the database refused a write (code {code}): {message}")]
+    Refused { code: i32, message: String },
+    /// The write was made but not acknowledged as the write concern asks (by a majority).
+    #[error("the write was not acknowledged as asked: {0}")]
+    NotAcknowledged(String),
     #[error("database error: {0}")]
     Other(#[source] mongodb::error::Error),
 }
@@ -78,6 +87,11 @@ impl From<mongodb::error::Error> for StoreError {
             | ErrorKind::ConnectionPoolCleared { .. }
             | ErrorKind::DnsResolve { .. }
             | ErrorKind::Shutdown => StoreError::Unavailable(error),
+            // A write the driver does not retry on its own (a command it runs as given) meets
+            // an election or a server shutting down: it passes like an outage.
+            ErrorKind::Command(ref command) if PASSING_COMMAND_ERRORS.contains(&command.code) => {
+                StoreError::Unavailable(error)
+            }
             ErrorKind::BsonDeserialization(_) => StoreError::Corrupt(error),
             _ => StoreError::Other(error),
         }
@@ -86,7 +100,10 @@ impl From<mongodb::error::Error> for StoreError {
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::NotAcknowledged(_)
+        )
     }
 
     /// Whether `error` is a duplicate-key write error.
@@ -106,6 +123,21 @@ impl StoreError {
 
 /// The server's code for a write refused by a unique index.
 const DUPLICATE_KEY: i32 = 11000;
+
+/// The server's codes for a command that failed because the server is stepping down, not
+/// primary, shutting down or unreachable: the codes after which a write may be retried.
+const PASSING_COMMAND_ERRORS: [i32; 12] = [
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+/// The answer to an `update` command, as far as it is read.
+#[derive(serde::Deserialize)]
+struct UpdateReply {
+    #[serde(rename = "writeErrors", default)]
+    write_errors: Vec<IndexedWriteError>,
+    #[serde(rename = "writeConcernError")]
+    write_concern_error: Option<Document>,
+}
 
 /// `filter` restricted to one organization: the only way tenant data is queried.
 pub fn tenant(organization: ObjectId, mut filter: Document) -> Document {
@@ -207,6 +239,33 @@ impl Store {
 
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Runs many update `statements` (each `{q, u, upsert?}`) on `collection` in one `update`
+    /// command, unordered, with the database's write concern: one round trip for what would
+    /// be as many `update_one`s, on every server (the driver's `bulk_write` needs MongoDB 8).
+    /// Returns the statements refused, by index; the others applied.
+    async fn update_each(
+        &self,
+        collection: &str,
+        statements: Vec<Document>,
+    ) -> Result<Vec<IndexedWriteError>, StoreError> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = doc! { "update": collection, "updates": statements, "ordered": false };
+        if let Some(concern) = self.database.write_concern() {
+            let concern = bson::to_document(concern)
+                .map_err(|error| StoreError::Other(mongodb::error::Error::custom(error)))?;
+            command.insert("writeConcern", concern);
+        }
+        let reply = self.database.run_command(command).await?;
+        let reply: UpdateReply = bson::from_document(reply)
+            .map_err(|error| StoreError::Corrupt(mongodb::error::Error::custom(error)))?;
+        if let Some(concern) = reply.write_concern_error {
+            return Err(StoreError::NotAcknowledged(concern.to_string()));
+        }
+        Ok(reply.write_errors)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
