@@ -3,23 +3,26 @@
 //! the broker hands the message to the next worker, which carries on where the last checkpoint
 //! says.
 //!
-//! Per chunk: look the devices up, record their jobs, claim their categories on the devices (a
-//! category another job holds is left to it), publish the jobs with pipelined confirms, then
-//! checkpoint. A chunk interrupted before its checkpoint is done again: its jobs already recorded
+//! Per chunk: look the devices up, record their jobs (one insert), claim their categories on
+//! the devices (one command; a category another job holds is left to it), publish the jobs
+//! with pipelined confirms, then checkpoint: a handful of round trips per chunk, none per
+//! device. A chunk interrupted before its checkpoint is done again: its jobs already recorded
 //! are found by (batch, device) and published again only for categories no worker has taken,
 //! and a second copy of a job never pushes what the first is pushing
 //! (`CategoryState::claimable`).
 
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
-use futures::{StreamExt, TryStreamExt, future::join_all, stream};
+use futures::future::join_all;
 use refresh_shared::{
     batch::Skip,
     broker::Publisher,
     device::Refreshable,
     job::{Lane, RefreshJob},
     metric,
-    store::{BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, skip_cutoff},
+    store::{
+        BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, Wanted, skip_cutoff,
+    },
     trace::TraceParent,
 };
 use std::{
@@ -28,9 +31,6 @@ use std::{
     time::Duration,
 };
 use tokio_util::sync::CancellationToken;
-
-/// Claims made at once while expanding a chunk.
-const CLAIM_CONCURRENCY: usize = 32;
 
 pub struct Expander {
     pub store: Store,
@@ -216,35 +216,30 @@ impl Expander {
         Ok(jobs.into_iter().map(|job| (job.device, job)).collect())
     }
 
-    /// Claims each planned job's categories on its device, a few devices at a time.
+    /// Claims each planned job's categories on its device: the chunk's claims in one command
+    /// ([`Store::claim_many`]).
     async fn claim(
         &self,
         batch: &BatchRecord,
         planned: Vec<Planned>,
     ) -> Result<Vec<(Planned, Claim)>, Halt> {
-        let store = &self.store;
         // A category reported within the skip window, or the batch's `maxAgeSecs`, stays
         // unclaimed: a device with nothing left is coalesced.
         let cutoff = skip_cutoff(batch.stale_after(self.refresh_skip_window));
-        stream::iter(planned)
-            .map(|planned| async move {
-                let job = &planned.job;
-                // `again`: a job found from an interrupted run may hold its claims already.
-                let claim = store
-                    .claim(
-                        job.organization,
-                        job.device,
-                        &planned.categories,
-                        job.id,
-                        cutoff,
-                        true,
-                    )
-                    .await?;
-                Ok::<_, Halt>((planned, claim))
+        let wanted: Vec<Wanted> = planned
+            .iter()
+            .map(|planned| Wanted {
+                device: planned.job.device,
+                job: planned.job.id,
+                categories: planned.categories.clone(),
             })
-            .buffer_unordered(CLAIM_CONCURRENCY)
-            .try_collect()
-            .await
+            .collect();
+        // `again`: a job found from an interrupted run may hold its claims already.
+        let claims = self
+            .store
+            .claim_many(batch.organization, &wanted, cutoff, true)
+            .await?;
+        Ok(planned.into_iter().zip(claims).collect())
     }
 
     /// Publishes each job for the categories it claimed; a job that claimed none is coalesced

@@ -1,4 +1,4 @@
-use super::{Store, StoreError, tenant};
+use super::{DEVICES, Store, StoreError, tenant};
 use crate::{
     Category,
     batch::DeviceFilter,
@@ -6,9 +6,9 @@ use crate::{
     device::DeviceState,
 };
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use futures::{TryStreamExt, future::join_all};
+use futures::{StreamExt, TryStreamExt, future::join_all, stream};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +232,17 @@ impl Device {
     }
 }
 
+/// A job's claim to make on its device ([`Store::claim_many`]).
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub device: ObjectId,
+    pub job: ObjectId,
+    pub categories: Vec<Category>,
+}
+
+/// Claims [`Store::claim_many`] splits category by category at once (those on overlap).
+const SPLIT_CLAIM_CONCURRENCY: usize = 32;
+
 /// Which of a request's categories a job got to refresh.
 #[derive(Debug, Default)]
 pub struct Claim {
@@ -357,6 +368,78 @@ impl Store {
             }
         }
         Ok(split)
+    }
+
+    /// [`Store::claim`] for many jobs of `organization` at once (a batch's chunk): every whole
+    /// claim in one command, the devices read back in one query to see whose applied, and
+    /// only the others claimed one by one as [`Store::claim`] does. Answers in `wanted`'s order.
+    pub async fn claim_many(
+        &self,
+        organization: ObjectId,
+        wanted: &[Wanted],
+        not_refreshed_since: DateTime,
+        again: bool,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let since = not_refreshed_since;
+        let statements = wanted
+            .iter()
+            .map(|want| {
+                let mut filter = doc! { "_id": want.device };
+                let update = claim_all(&mut filter, &want.categories, want.job, since);
+                doc! { "q": tenant(organization, filter), "u": update }
+            })
+            .collect();
+        if let Some(refused) = self
+            .update_each(DEVICES, statements)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Err(StoreError::Refused {
+                code: refused.code,
+                message: refused.message,
+            });
+        }
+        // Whose whole claim applied: a job's id on every category it wanted (only its own
+        // claim puts it there; a worker settling a category leaves it).
+        let ids: Vec<ObjectId> = wanted.iter().map(|want| want.device).collect();
+        let mut devices = self
+            .devices
+            .clone_with_type::<Document>()
+            .find(tenant(organization, doc! { "_id": { "$in": ids } }))
+            .projection(doc! { "lastRefreshJob": 1 })
+            .await?;
+        let mut holders: HashMap<ObjectId, Document> = HashMap::new();
+        while let Some(device) = devices.try_next().await? {
+            if let (Ok(id), Ok(held)) = (
+                device.get_object_id("_id"),
+                device.get_document("lastRefreshJob"),
+            ) {
+                holders.insert(id, held.clone());
+            }
+        }
+        let claims: Vec<_> = wanted
+            .iter()
+            .map(|want| {
+                let held = holders.get(&want.device);
+                let whole = want.categories.iter().all(|category| {
+                    held.and_then(|held| held.get_object_id(category.as_str()).ok())
+                        == Some(want.job)
+                });
+                async move {
+                    if whole {
+                        return Ok(Claim::whole(&want.categories));
+                    }
+                    let (device, categories, job) = (want.device, &want.categories, want.job);
+                    self.claim(organization, device, categories, job, since, again)
+                        .await
+                }
+            })
+            .collect();
+        stream::iter(claims)
+            .buffered(SPLIT_CLAIM_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Claims all of `categories` for `job` in one atomic update, or none: only if no job has
