@@ -101,7 +101,7 @@ impl Dispatcher {
         for category in categories {
             let single = std::slice::from_ref(category);
             if self
-                .durably(|| store.transition(job, single, &update))
+                .durably(|| self.transition(job, single, &update))
                 .await?
             {
                 metrics::counter!(metric::UNREPORTED).increment(1);

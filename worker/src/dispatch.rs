@@ -3,6 +3,7 @@
 
 use crate::{
     gateway::{Gateways, PushPayload, PushResult, Route, classify::Verdict},
+    group::{GroupCommit, Limits},
     reports::{ReportGroups, observe_report_latency},
 };
 use bson::{DateTime, oid::ObjectId};
@@ -20,7 +21,7 @@ use refresh_shared::{
     job::{CategoryState, Lane, PushMade, RefreshJob},
     metric,
     retry::{RetryPolicy, WaitEnd},
-    store::{CategoryUpdate, Device, Store, StoreError},
+    store::{CategoryUpdate, Device, Store, StoreError, Transition},
     turns::Turns,
 };
 use std::{
@@ -120,9 +121,60 @@ pub struct Dispatcher {
     pub announcer: Announcer,
     /// Applies device reports in groups.
     pub reports: ReportGroups,
+    /// Writes jobs' category transitions in groups.
+    pub transitions: TransitionGroups,
+}
+
+/// Category transitions of many jobs being written together.
+pub type TransitionGroups = GroupCommit<Transition, Result<bool, StoreError>>;
+
+/// Transitions written in one group at most: a worker's interactive and bulk slots' worth.
+const TRANSITION_GROUP: usize = 256;
+/// Groups of transitions written at once.
+const TRANSITION_FLUSHES: usize = 4;
+
+/// Starts writing transitions in groups ([`Store::transitions`]).
+pub fn transition_groups(store: Store) -> TransitionGroups {
+    let limits = Limits {
+        max_items: TRANSITION_GROUP,
+        max_weight: TRANSITION_GROUP,
+        flushes: TRANSITION_FLUSHES,
+    };
+    GroupCommit::start(
+        limits,
+        Arc::new(move |transitions: Vec<Transition>| {
+            let store = store.clone();
+            async move {
+                match store.transitions(&transitions).await {
+                    Ok(applied) => applied,
+                    Err(error) => vec![Err(error); transitions.len()],
+                }
+            }
+            .boxed()
+        }),
+    )
 }
 
 impl Dispatcher {
+    /// A guarded transition of a job's categories ([`Store::transition`]), written together
+    /// with the transitions other jobs are making now.
+    pub async fn transition(
+        &self,
+        job: ObjectId,
+        categories: &[Category],
+        update: &CategoryUpdate,
+    ) -> Result<bool, StoreError> {
+        let transition = Transition {
+            job,
+            categories: categories.to_vec(),
+            update: update.clone(),
+        };
+        self.transitions
+            .submit(transition, 1)
+            .await
+            .unwrap_or_else(|stopped| Err(stopped.into()))
+    }
+
     /// Processes a job to the end (a bulk job's outcome recorded for its batch). Safe to call
     /// again for the same job (after a redelivery, a halt, or on another worker while this one
     /// still runs): settled categories are skipped, a category another delivery is pushing is
@@ -246,7 +298,7 @@ impl Dispatcher {
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
         let claim = claim_update(CategoryState::claimable(job.repush > 0));
-        let claimed = self.store.transition(job.job_id, &to_push, &claim).await?;
+        let claimed = self.transition(job.job_id, &to_push, &claim).await?;
         if claimed {
             held.take(&to_push);
         }
@@ -416,7 +468,7 @@ impl Dispatcher {
             ..CategoryUpdate::to(outcome.to)
         };
         let applied = self
-            .durably(|| store.transition(job_id, categories, &update))
+            .durably(|| self.transition(job_id, categories, &update))
             .await?;
         let (mut recorded, mut missed) = (Vec::new(), Vec::new());
         match (applied, categories) {
@@ -426,7 +478,7 @@ impl Dispatcher {
                 for category in categories {
                     let single = std::slice::from_ref(category);
                     if self
-                        .durably(|| store.transition(job_id, single, &update))
+                        .durably(|| self.transition(job_id, single, &update))
                         .await?
                     {
                         recorded.push(*category);
@@ -725,7 +777,6 @@ impl<'a> Attempt<'a> {
     async fn write(&mut self, update: CategoryUpdate) -> Result<bool, StoreError> {
         let applied = self
             .dispatcher
-            .store
             .transition(self.job.job_id, &[self.category], &update)
             .await?;
         self.made = 0;

@@ -8,6 +8,7 @@
 //! before its group's flush returned: callers answer their deliveries only after that.
 
 use futures::future::BoxFuture;
+use refresh_shared::store::StoreError;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -40,6 +41,16 @@ pub type Flush<I, O> = Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Vec<O>> + Send +
 #[derive(Debug, thiserror::Error)]
 #[error("the group commit stopped")]
 pub struct Stopped;
+
+impl From<Stopped> for StoreError {
+    /// Only a bug stops a group (its write panicked): a refusal, not an outage to wait out.
+    fn from(stopped: Stopped) -> StoreError {
+        StoreError::Refused {
+            code: 0,
+            message: stopped.to_string(),
+        }
+    }
+}
 
 impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// Starts the gatherer; it ends when every handle is dropped.

@@ -78,6 +78,7 @@ impl Worker {
             in_flight: Turns::default(),
             announcer: Announcer::new(store.clone(), Arc::clone(&publisher)),
             reports: reports::report_groups(store.clone(), settings.worker.report_concurrency),
+            transitions: dispatch::transition_groups(store.clone()),
         });
         if settings.webhooks.url_policy.allow_insecure {
             tracing::warn!(

@@ -55,14 +55,10 @@ impl Dispatcher {
     pub async fn apply_report(&self, report: &DeviceReport) -> Result<(), Halt> {
         let applied = self
             .durably(|| async {
-                match self.reports.submit(report.clone(), report.size()).await {
-                    Ok(applied) => applied,
-                    // Only a bug stops a group (its write panicked): not something to retry.
-                    Err(stopped) => Err(StoreError::Refused {
-                        code: 0,
-                        message: stopped.to_string(),
-                    }),
-                }
+                self.reports
+                    .submit(report.clone(), report.size())
+                    .await
+                    .unwrap_or_else(|stopped| Err(stopped.into()))
             })
             .await?;
         if let Some(job) = &applied.job {

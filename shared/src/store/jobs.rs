@@ -8,9 +8,17 @@ use crate::{
     trace::TraceParent,
 };
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
-use futures::TryStreamExt;
+use futures::{TryStreamExt, future::join_all};
+use mongodb::{
+    error::{ErrorKind, PartialBulkWriteResult},
+    options::{UpdateOneModel, WriteModel},
+    results::VerboseBulkWriteResult,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::Ordering,
+};
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +212,14 @@ impl CategoryUpdate {
     }
 }
 
+/// One guarded move of a job's categories ([`Store::transition`]), as a group takes it.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub job: ObjectId,
+    pub categories: Vec<Category>,
+    pub update: CategoryUpdate,
+}
+
 impl Store {
     /// Inserts a new job. A duplicate of its id can only be this insert itself, landed on an
     /// attempt whose answer was lost and then retried by the driver (a server that does not
@@ -388,33 +404,92 @@ impl Store {
         categories: &[Category],
         update: &CategoryUpdate,
     ) -> Result<bool, StoreError> {
-        let sources: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
-        let mut filter = doc! { "_id": job };
-        let mut set = doc! { "updatedAt": DateTime::now() };
-        let mut inc = Document::new();
-        for category in categories {
-            let field = |name: &str| format!("categories.{category}.{name}");
-            filter.insert(field("state"), doc! { "$in": sources.clone() });
-            set.insert(field("state"), update.to.as_str());
-            if let Some(gateway) = update.gateway {
-                set.insert(field("gateway"), gateway.as_str());
-            }
-            if let Some(error) = &update.last_error {
-                set.insert(field("lastError"), error.as_str());
-            }
-            if let Some(at) = update.pushed_at {
-                set.insert(field("pushedAt"), at);
-            }
-            if update.attempts > 0 {
-                inc.insert(field("attempts"), i64::from(update.attempts));
-            }
-        }
-        let mut change = doc! { "$set": set };
-        if !inc.is_empty() {
-            change.insert("$inc", Bson::Document(inc));
-        }
+        let (filter, change) = transition_statement(job, categories, update);
         let result = self.jobs.update_one(filter, change).await?;
         Ok(result.matched_count == 1)
+    }
+
+    /// [`Store::transition`] of many jobs at once, each answered on its own, applied in order:
+    /// one client `bulkWrite` (MongoDB 8; SecantusDB), whose matched count per statement says
+    /// which applied. On a server without it, one statement at a time per job, the jobs at
+    /// once.
+    pub async fn transitions(
+        &self,
+        transitions: &[Transition],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        if !self.bulk_write_missing.load(Ordering::Relaxed) {
+            let models: Vec<WriteModel> = transitions
+                .iter()
+                .map(|transition| {
+                    let (filter, change) = transition_statement(
+                        transition.job,
+                        &transition.categories,
+                        &transition.update,
+                    );
+                    UpdateOneModel::builder()
+                        .namespace(self.jobs.namespace())
+                        .filter(filter)
+                        .update(change)
+                        .build()
+                        .into()
+                })
+                .collect();
+            let written = self
+                .database
+                .client()
+                .bulk_write(models)
+                .ordered(false)
+                .verbose_results()
+                .await;
+            match written {
+                Ok(result) => return Ok(matched(transitions.len(), &result, &HashMap::new())),
+                Err(error) => match *error.kind {
+                    ErrorKind::BulkWrite(ref failed) => {
+                        if let Some(concern) = failed.write_concern_errors.first() {
+                            return Err(StoreError::NotAcknowledged(concern.message.clone()));
+                        }
+                        let Some(PartialBulkWriteResult::Verbose(result)) = &failed.partial_result
+                        else {
+                            return Err(error.into());
+                        };
+                        return Ok(matched(transitions.len(), result, &failed.write_errors));
+                    }
+                    ErrorKind::IncompatibleServer { .. } => {
+                        tracing::info!(
+                            "the database has no bulkWrite: transitions are written one by one"
+                        );
+                        self.bulk_write_missing.store(true, Ordering::Relaxed);
+                    }
+                    _ => return Err(error.into()),
+                },
+            }
+        }
+        // One job's transitions in their order (a group's later one may depend on an earlier
+        // one), different jobs' at once.
+        let mut by_job: Vec<(ObjectId, Vec<usize>)> = Vec::new();
+        for (index, transition) in transitions.iter().enumerate() {
+            match by_job.iter_mut().find(|(job, _)| *job == transition.job) {
+                Some((_, indices)) => indices.push(index),
+                None => by_job.push((transition.job, vec![index])),
+            }
+        }
+        let written = join_all(by_job.iter().map(|(_, indices)| async move {
+            let mut answers = Vec::with_capacity(indices.len());
+            for &index in indices {
+                let transition = &transitions[index];
+                let answer = self
+                    .transition(transition.job, &transition.categories, &transition.update)
+                    .await;
+                answers.push((index, answer));
+            }
+            answers
+        }))
+        .await;
+        let mut answers: Vec<Result<bool, StoreError>> = vec![Ok(false); transitions.len()];
+        for (index, answer) in written.into_iter().flatten() {
+            answers[index] = answer;
+        }
+        Ok(answers)
     }
 
     /// Marks `categories` of a job as held by a delivery that is alive (their `aliveAt`).
@@ -486,4 +561,59 @@ impl Store {
         let before = self.jobs.find_one_and_update(filter, change).await?;
         Ok(before.and_then(|job| job.categories.get(&category)?.reported_at))
     }
+}
+
+/// The guarded write of [`Store::transition`]: filter and change.
+fn transition_statement(
+    job: ObjectId,
+    categories: &[Category],
+    update: &CategoryUpdate,
+) -> (Document, Document) {
+    let sources: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
+    let mut filter = doc! { "_id": job };
+    let mut set = doc! { "updatedAt": DateTime::now() };
+    let mut inc = Document::new();
+    for category in categories {
+        let field = |name: &str| format!("categories.{category}.{name}");
+        filter.insert(field("state"), doc! { "$in": sources.clone() });
+        set.insert(field("state"), update.to.as_str());
+        if let Some(gateway) = update.gateway {
+            set.insert(field("gateway"), gateway.as_str());
+        }
+        if let Some(error) = &update.last_error {
+            set.insert(field("lastError"), error.as_str());
+        }
+        if let Some(at) = update.pushed_at {
+            set.insert(field("pushedAt"), at);
+        }
+        if update.attempts > 0 {
+            inc.insert(field("attempts"), i64::from(update.attempts));
+        }
+    }
+    let mut change = doc! { "$set": set };
+    if !inc.is_empty() {
+        change.insert("$inc", Bson::Document(inc));
+    }
+    (filter, change)
+}
+
+/// Each of `count` statements' answer from a bulk write's verbose result: applied when it
+/// matched its job, refused when the server said so.
+fn matched(
+    count: usize,
+    result: &VerboseBulkWriteResult,
+    refused: &HashMap<usize, mongodb::error::WriteError>,
+) -> Vec<Result<bool, StoreError>> {
+    (0..count)
+        .map(
+            |index| match (result.update_results.get(&index), refused.get(&index)) {
+                (_, Some(error)) => Err(StoreError::Refused {
+                    code: error.code,
+                    message: error.message.clone(),
+                }),
+                (Some(update), None) => Ok(update.matched_count == 1),
+                (None, None) => Ok(false),
+            },
+        )
+        .collect()
 }

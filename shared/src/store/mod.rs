@@ -28,7 +28,9 @@ pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
 };
 pub use inventory::{InventoryRecord, NodeValue};
-pub use jobs::{Announced, CategoryRecord, CategoryUpdate, JobRecord, skip_cutoff, stale_after};
+pub use jobs::{
+    Announced, CategoryRecord, CategoryUpdate, JobRecord, Transition, skip_cutoff, stale_after,
+};
 pub use organizations::{Allowance, Lease, Organization};
 pub use reports::ReportApplied;
 pub use tokens::ApiToken;
@@ -43,7 +45,10 @@ use mongodb::{
     options::{Acknowledgment, ClientOptions},
 };
 use secrecy::ExposeSecret;
-use std::time::Duration;
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 pub const ORGANIZATIONS: &str = "organizations";
 pub const DEVICES: &str = "win_devices";
@@ -186,6 +191,8 @@ pub struct Store {
     inventory: Collection<InventoryRecord>,
     webhooks: Collection<WebhookEndpoint>,
     deliveries: Collection<DeliveryRecord>,
+    /// Set once the server answered that it has no client `bulkWrite` (before MongoDB 8).
+    bulk_write_missing: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -233,8 +240,17 @@ impl Store {
             inventory: database.collection(INVENTORY),
             webhooks: database.collection(WEBHOOK_ENDPOINTS),
             deliveries: database.collection(WEBHOOK_DELIVERIES),
+            bulk_write_missing: Arc::new(AtomicBool::new(false)),
             database,
         }
+    }
+
+    /// This store, writing groups one statement at a time as it does on a server without
+    /// client `bulkWrite`: for such servers known in advance, and for tests of that path.
+    pub fn without_bulk_write(self) -> Store {
+        self.bulk_write_missing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     pub fn database(&self) -> &Database {

@@ -1,8 +1,14 @@
-//! Reports applied in groups (group commit) against a real database, checked against a model
-//! of what each report does on its own: whatever reports share a group — redeliveries, reports
-//! of ended categories, of another device's or another organization's job, older than what is
-//! stored — the group applies exactly what they would one by one, and never moves a category
-//! to `reported` from a state it may not be reached from.
+//! Writes made in groups (group commit) against a real database, checked against a model of
+//! each write on its own.
+//!
+//! Reports: whatever reports share a group — redeliveries, reports of ended categories, of
+//! another device's or another organization's job, older than what is stored — the group
+//! applies exactly what they would one by one, and never moves a category to `reported` from a
+//! state it may not be reached from.
+//!
+//! Transitions: a group of guarded category moves, some of the same job, applies each one
+//! exactly when its categories were all in a state it may come from, whether the server takes
+//! the group as one `bulkWrite` or one statement at a time.
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use proptest::prelude::*;
@@ -11,7 +17,7 @@ use refresh_shared::{
     job::{CategoryState, Lane},
     report::{CategoryReport, DeviceReport, REPORT_MESSAGE_VERSION, ReportSource},
     settings::MongoSettings,
-    store::{DEVICES, JobRecord, ReportApplied, Store},
+    store::{CategoryUpdate, DEVICES, JobRecord, ReportApplied, Store, Transition},
 };
 use secrecy::SecretString;
 use std::{collections::BTreeMap, time::Duration};
@@ -452,10 +458,10 @@ async fn open(name: &str) -> Store {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned());
     let settings = MongoSettings {
         uri: SecretString::from(uri),
-        database: format!("report_groups_{name}_{}", ObjectId::new().to_hex()),
+        database: format!("group_writes_{name}_{}", ObjectId::new().to_hex()),
         server_timeout: Duration::from_secs(5),
     };
-    Store::open(&settings, "report-groups-test").await.unwrap()
+    Store::open(&settings, "group-writes-test").await.unwrap()
 }
 
 #[test]
@@ -495,6 +501,157 @@ fn a_group_of_reports_applies_exactly_what_they_would_one_by_one() {
     });
     runtime.block_on(async {
         grouped.database().drop().await.unwrap();
+        single.database().drop().await.unwrap();
+    });
+}
+
+/// A case of transitions: jobs (each category's state) and moves of them, in order.
+#[derive(Debug, Clone)]
+struct Moves {
+    jobs: Vec<Vec<(Category, CategoryState)>>,
+    /// Job (an index past the jobs: one that does not exist), categories, target, sources.
+    moves: Vec<(usize, Vec<Category>, CategoryState, Vec<CategoryState>)>,
+}
+
+/// The moves the worker makes, each from the states it is made from.
+fn any_move() -> impl Strategy<Value = (CategoryState, Vec<CategoryState>)> {
+    use CategoryState::*;
+    let target = prop::sample::select(vec![Pushing, Pushed, Retrying, Failed, Expired, Unreported]);
+    (target, any::<bool>()).prop_map(|(to, claim)| {
+        // A claim comes from the claimable states, everything else from its allowed sources.
+        let from = if to == Pushing && claim {
+            CategoryState::claimable(true).to_vec()
+        } else {
+            to.allowed_sources().to_vec()
+        };
+        (to, from)
+    })
+}
+
+fn any_moves() -> impl Strategy<Value = Moves> {
+    let job = prop::collection::vec(any_state(), CATEGORIES.len()).prop_flat_map(|states| {
+        some_categories().prop_map(move |categories| {
+            categories
+                .into_iter()
+                .zip(states.clone())
+                .collect::<Vec<_>>()
+        })
+    });
+    prop::collection::vec(job, 1..4).prop_flat_map(|jobs| {
+        let count = jobs.len();
+        let one = (0..=count, some_categories(), any_move())
+            .prop_map(|(job, categories, (to, from))| (job, categories, to, from));
+        prop::collection::vec(one, 1..12).prop_map(move |moves| Moves {
+            jobs: jobs.clone(),
+            moves,
+        })
+    })
+}
+
+/// What the moves must answer and leave, one after another.
+fn model_moves(case: &Moves) -> (Vec<bool>, Vec<BTreeMap<Category, CategoryState>>) {
+    let mut jobs: Vec<BTreeMap<Category, CategoryState>> = case
+        .jobs
+        .iter()
+        .map(|categories| categories.iter().copied().collect())
+        .collect();
+    let applied = case
+        .moves
+        .iter()
+        .map(|(job, categories, to, from)| {
+            let Some(states) = jobs.get_mut(*job) else {
+                return false;
+            };
+            let allowed = categories.iter().all(|category| {
+                states
+                    .get(category)
+                    .is_some_and(|state| from.contains(state))
+            });
+            if allowed {
+                for category in categories {
+                    states.insert(*category, *to);
+                }
+            }
+            allowed
+        })
+        .collect();
+    (applied, jobs)
+}
+
+async fn apply_moves(
+    store: &Store,
+    case: &Moves,
+) -> (Vec<bool>, Vec<BTreeMap<Category, CategoryState>>) {
+    let organization = ObjectId::new();
+    let mut ids = Vec::new();
+    for categories in &case.jobs {
+        let names: Vec<Category> = categories.iter().map(|c| c.0).collect();
+        let mut job = JobRecord::new(organization, ObjectId::new(), &names, Lane::Interactive);
+        for &(category, state) in categories {
+            job.categories.get_mut(&category).unwrap().state = state;
+        }
+        store.insert_job(&job).await.unwrap();
+        ids.push(job.id);
+    }
+    let transitions: Vec<Transition> = case
+        .moves
+        .iter()
+        .map(|(job, categories, to, from)| {
+            // Static sources, as the worker's are: leaked once per distinct set.
+            let from: &'static [CategoryState] = Box::leak(from.clone().into_boxed_slice());
+            Transition {
+                job: ids.get(*job).copied().unwrap_or_else(ObjectId::new),
+                categories: categories.clone(),
+                update: CategoryUpdate {
+                    from,
+                    attempts: 1,
+                    ..CategoryUpdate::to(*to)
+                },
+            }
+        })
+        .collect();
+    let applied = store
+        .transitions(&transitions)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|applied| applied.expect("no statement is refused"))
+        .collect();
+    let mut jobs = Vec::new();
+    for id in ids {
+        let job = store.job_by_id(id).await.unwrap().unwrap();
+        jobs.push(
+            job.categories
+                .iter()
+                .map(|(&c, record)| (c, record.state))
+                .collect(),
+        );
+    }
+    (applied, jobs)
+}
+
+#[test]
+fn a_group_of_transitions_applies_each_exactly_when_it_may() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bulk, single) = runtime.block_on(async {
+        (
+            open("bulk").await,
+            open("single").await.without_bulk_write(),
+        )
+    });
+    let config = ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(case in any_moves())| {
+        runtime.block_on(async {
+            let expected = model_moves(&case);
+            assert_eq!(apply_moves(&bulk, &case).await, expected, "as one bulkWrite");
+            assert_eq!(apply_moves(&single, &case).await, expected, "one statement at a time");
+        });
+    });
+    runtime.block_on(async {
+        bulk.database().drop().await.unwrap();
         single.database().drop().await.unwrap();
     });
 }
