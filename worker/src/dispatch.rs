@@ -140,19 +140,9 @@ pub fn transition_groups(store: Store) -> TransitionGroups {
         max_weight: TRANSITION_GROUP,
         flushes: TRANSITION_FLUSHES,
     };
-    GroupCommit::start(
-        limits,
-        Arc::new(move |transitions: Vec<Transition>| {
-            let store = store.clone();
-            async move {
-                match store.transitions(&transitions).await {
-                    Ok(applied) => applied,
-                    Err(error) => vec![Err(error); transitions.len()],
-                }
-            }
-            .boxed()
-        }),
-    )
+    GroupCommit::of_store(limits, store, |store, transitions| {
+        async move { store.transitions(&transitions).await }.boxed()
+    })
 }
 
 impl Dispatcher {

@@ -7,8 +7,8 @@
 //! item is flushed at once, never held back waiting for company. Nothing is acknowledged
 //! before its group's flush returned: callers answer their deliveries only after that.
 
-use futures::future::BoxFuture;
-use refresh_shared::store::StoreError;
+use futures::{FutureExt, future::BoxFuture};
+use refresh_shared::store::{Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -36,6 +36,11 @@ pub struct Limits {
 
 /// Writes a group; answers one output per item, in the items' order.
 pub type Flush<I, O> = Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Vec<O>> + Send + Sync>;
+
+/// One store call writing a whole group: an answer per item, or an error of the call as a
+/// whole.
+pub type StoreWrite<I, T> =
+    fn(Store, Vec<I>) -> BoxFuture<'static, Result<Vec<Result<T, StoreError>>, StoreError>>;
 
 /// Why an item got no result.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,22 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
         };
         self.items.send(pending).await.map_err(|_| Stopped)?;
         answered.await.map_err(|_| Stopped)
+    }
+}
+
+impl<I: Send + 'static, T: Send + 'static> GroupCommit<I, Result<T, StoreError>> {
+    /// Starts a group commit whose groups are each written by one `write` of `store`; an error
+    /// of that write as a whole is every item's answer.
+    pub fn of_store(limits: Limits, store: Store, write: StoreWrite<I, T>) -> Self {
+        let flush: Flush<I, Result<T, StoreError>> = Arc::new(move |items: Vec<I>| {
+            let count = items.len();
+            write(store.clone(), items)
+                .map(move |written| {
+                    written.unwrap_or_else(|error| (0..count).map(|_| Err(error.clone())).collect())
+                })
+                .boxed()
+        });
+        GroupCommit::start(limits, flush)
     }
 }
 

@@ -17,7 +17,6 @@ use refresh_shared::{
     report::DeviceReport,
     store::{JobRecord, ReportApplied, Store, StoreError},
 };
-use std::sync::Arc;
 
 /// Reports being applied together.
 pub type ReportGroups = GroupCommit<DeviceReport, Result<ReportApplied, StoreError>>;
@@ -36,19 +35,9 @@ pub fn report_groups(store: Store, max_reports: usize) -> ReportGroups {
         max_weight: GROUP_BYTES,
         flushes: GROUP_FLUSHES,
     };
-    GroupCommit::start(
-        limits,
-        Arc::new(move |reports: Vec<DeviceReport>| {
-            let store = store.clone();
-            async move {
-                match store.apply_reports(&reports).await {
-                    Ok(applied) => applied,
-                    Err(error) => vec![Err(error); reports.len()],
-                }
-            }
-            .boxed()
-        }),
-    )
+    GroupCommit::of_store(limits, store, |store, reports| {
+        async move { store.apply_reports(&reports).await }.boxed()
+    })
 }
 
 impl Dispatcher {
