@@ -39,7 +39,7 @@ use std::{
     time::Duration,
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +139,11 @@ pub struct FaultPlan {
     /// How long a device takes before it reports.
     #[serde(default)]
     pub report_delay_ms: u64,
+    /// The gateway takes each push at once (the device wakes and reports) but holds its
+    /// answer until `POST /_sim/release`: a gateway slow to say it delivered, so that the
+    /// device's report arrives before the sender learns the push went.
+    #[serde(default)]
+    pub hold_answers: bool,
 }
 
 struct SimState {
@@ -159,6 +164,8 @@ struct SimState {
     sessions: Mutex<Vec<omadm::SessionRecord>>,
     /// Webhook receivers by name.
     receivers: Mutex<HashMap<String, receivers::Receiver>>,
+    /// Whether answers are held now (`holdAnswers`); held pushes wait for it to clear.
+    holding: watch::Sender<bool>,
 }
 
 impl SimState {
@@ -175,6 +182,7 @@ impl SimState {
             in_session: Mutex::default(),
             sessions: Mutex::default(),
             receivers: Mutex::default(),
+            holding: watch::Sender::new(false),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -204,6 +212,7 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/wns/channels/{channel_id}", post(wns_push))
         .route("/_sim/pushes", get(pushes))
         .route("/_sim/faults", post(set_faults))
+        .route("/_sim/release", post(release))
         .route("/_sim/devices", post(devices::register))
         .route("/_sim/reports", get(devices::reports))
         .route("/_sim/sessions", get(omadm::sessions).post(omadm::poll))
@@ -263,6 +272,8 @@ async fn pushes(State(state): State<Arc<SimState>>) -> Json<Vec<PushRecord>> {
 async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     match serde_json::from_slice::<FaultPlan>(&body) {
         Ok(plan) => {
+            let holding = plan.mode == Mode::Fault && plan.hold_answers;
+            state.holding.send_replace(holding);
             *lock(&state.plan) = if plan.mode == Mode::Ok {
                 FaultPlan {
                     report: plan.report,
@@ -276,6 +287,13 @@ async fn set_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response
         }
         Err(error) => refused(&error),
     }
+}
+
+/// Answers every held push and holds no more.
+async fn release(State(state): State<Arc<SimState>>) -> Json<Value> {
+    lock(&state.plan).hold_answers = false;
+    state.holding.send_replace(false);
+    Json(json!({ "status": true }))
 }
 
 /// A body the sim cannot read: 400 in the product's envelope.
@@ -304,11 +322,10 @@ async fn agent_push(
         categories,
         &headers,
     );
-    let answer = answer(&state, push, StatusCode::ACCEPTED).await;
-    if answer.status().is_success() {
+    take(&state, push, StatusCode::ACCEPTED, || {
         devices::after_push(&state, &device_id, &payload);
-    }
-    answer
+    })
+    .await
 }
 
 async fn wns_token(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
@@ -375,9 +392,30 @@ async fn wns_push(
             &headers,
         )
     };
-    let answer = answer(&state, push, StatusCode::OK).await;
+    take(&state, push, StatusCode::OK, || {
+        omadm::after_push(&state, &channel_id)
+    })
+    .await
+}
+
+/// Answers a push and, when the answer is a success, wakes its device with `wake`; while
+/// answers are held, wakes the device first and answers once released.
+async fn take(
+    state: &SimState,
+    push: PushRecord,
+    success: StatusCode,
+    wake: impl FnOnce(),
+) -> Response {
+    let mut holding = state.holding.subscribe();
+    if *holding.borrow_and_update() {
+        wake();
+        // The sender stays: the state owns it.
+        let _ = holding.wait_for(|held| !held).await;
+        return answer(state, push, success).await;
+    }
+    let answer = answer(state, push, success).await;
     if answer.status().is_success() {
-        omadm::after_push(&state, &channel_id);
+        wake();
     }
     answer
 }
