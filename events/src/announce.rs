@@ -15,9 +15,10 @@ use crate::view::{BatchView, CategoryReported, CategoryView, EventBody, JobView,
 use bson::{DateTime, oid::ObjectId};
 use moka::future::Cache;
 use refresh_shared::{
+    Category,
     broker::{BrokerError, Publisher},
     job::CategoryState,
-    store::{Announced, BatchRecord, JobRecord, Store, StoreError},
+    store::{Announced, BatchRecord, CategoryRecord, JobRecord, Store, StoreError},
     turns::Turns,
     webhook::{DELIVERY_MESSAGE_VERSION, EndpointState, WebhookDelivery, WebhookEvent},
 };
@@ -46,6 +47,15 @@ impl AnnounceError {
             AnnounceError::Broker(error) => error.is_unavailable(),
         }
     }
+}
+
+/// Whether the pushes of a job's categories may still be being recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushes {
+    /// Anyone but a delivery ending: a delivery may be about to record a push.
+    MayBeUnrecorded,
+    /// A delivery of the job ending: what it pushed is recorded.
+    Recorded,
 }
 
 /// An endpoint and what it subscribed to.
@@ -79,14 +89,38 @@ impl Announcer {
     /// Announces what of the job has ended and was not announced yet: each category reported,
     /// and the job finished. Called after anything that may end a category; reads the job
     /// only when the organization subscribes to one of those events.
+    ///
+    /// A category the device reported while a delivery was still pushing it is not whole
+    /// until that delivery records the push (its gateway, time, attempts): it and the job's
+    /// end wait for [`Announcer::job_delivered`], which that delivery makes when it ends.
     pub async fn job(&self, organization: ObjectId, job: ObjectId) -> Result<(), AnnounceError> {
+        self.job_when(organization, job, Pushes::MayBeUnrecorded)
+            .await
+    }
+
+    /// [`Announcer::job`] made by a delivery of the job as it ends: whatever of its pushes it
+    /// could record is recorded (a push it could not is never going to be), so nothing waits.
+    pub async fn job_delivered(
+        &self,
+        organization: ObjectId,
+        job: ObjectId,
+    ) -> Result<(), AnnounceError> {
+        self.job_when(organization, job, Pushes::Recorded).await
+    }
+
+    async fn job_when(
+        &self,
+        organization: ObjectId,
+        job: ObjectId,
+        pushes: Pushes,
+    ) -> Result<(), AnnounceError> {
         let subscribers = self.subscribers(organization).await?;
         if subscribers.is_empty() {
             return Ok(());
         }
         let _turn = self.turns.turn(job).await;
         match self.store.job_by_id(job).await? {
-            Some(record) => self.job_record(&record, &subscribers).await,
+            Some(record) => self.job_record(&record, &subscribers, pushes).await,
             None => Ok(()),
         }
     }
@@ -97,11 +131,22 @@ impl Announcer {
         &self,
         job: &JobRecord,
         subscribers: &[Subscriber],
+        pushes: Pushes,
     ) -> Result<(), AnnounceError> {
         let announced = |what: Announced| job.announced.iter().any(|key| key == what.key());
+        let waiting = |category: Category, record: &CategoryRecord| {
+            pushes == Pushes::MayBeUnrecorded
+                && record.push_unrecorded
+                && !announced(Announced::Reported(category))
+        };
+        let mut waited = false;
         for (&category, record) in &job.categories {
             let what = Announced::Reported(category);
             if record.state != CategoryState::Reported || announced(what) {
+                continue;
+            }
+            if waiting(category, record) {
+                waited = true;
                 continue;
             }
             let event = WebhookEvent::CategoryReported;
@@ -118,7 +163,7 @@ impl Announcer {
                 .await?;
             self.store.mark_job_announced(job.id, what).await?;
         }
-        if job.state().is_finished() && !announced(Announced::Finished) {
+        if job.state().is_finished() && !announced(Announced::Finished) && !waited {
             let event = WebhookEvent::JobFinished;
             let message_id = format!("msg_{}_job_finished", job.id);
             let data = JobView::from(job);

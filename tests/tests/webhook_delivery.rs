@@ -4,7 +4,9 @@
 //! address the policy refuses.
 
 use refresh_shared::{
+    job::CategoryState,
     settings::WebhookSettings,
+    store::JobRecord,
     token::PERMISSION_WEBHOOKS_MANAGE,
     webhook::{UrlPolicy, WebhookEvent},
 };
@@ -208,18 +210,10 @@ print(len(messages))
         .expect("a count")
 }
 
-#[tokio::test]
-async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_as_the_job_shows_them()
- {
-    let stack = TestStack::start_with(&delivering()).await;
-    let hooks = Hooks::new(&stack).await;
-    let (endpoint, secret) = hooks.receiver("all", &WebhookEvent::ALL, json!({})).await;
-    let device = stack.device().await;
-    let categories = ["hardware", "applications", "certificates"];
-    let (job_id, _) = stack.settled_refresh(&device, &categories).await;
-
-    let received = hooks.wait_received("all", 4).await;
-    let job = hooks.job_as_shown(&job_id).await;
+/// Asserts that `received` holds one `job.finished` whose data is the job as its GET shows it
+/// (`job`), and one `category.reported` per category of `categories`, each its entry of the
+/// job.
+fn assert_announced_as_shown(received: &[Received], job: &Value, categories: &[&str]) {
     let of_type = |event: WebhookEvent| -> Vec<&Received> {
         received
             .iter()
@@ -229,13 +223,13 @@ async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_
     let finished = of_type(WebhookEvent::JobFinished);
     assert_eq!(finished.len(), 1, "{received:#?}");
     assert_eq!(
-        finished[0].body()["data"],
+        &finished[0].body()["data"],
         job,
         "the job as its GET shows it"
     );
     assert_eq!(finished[0].body()["timestamp"], job["updatedAt"]);
     let reported = of_type(WebhookEvent::CategoryReported);
-    assert_eq!(reported.len(), 3, "{received:#?}");
+    assert_eq!(reported.len(), categories.len(), "{received:#?}");
     let mut named = BTreeSet::new();
     for webhook in &reported {
         let data = webhook.body()["data"].clone();
@@ -253,6 +247,21 @@ async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_
         named.insert(category);
     }
     assert_eq!(named, categories.iter().map(|c| (*c).to_owned()).collect());
+}
+
+#[tokio::test]
+async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_as_the_job_shows_them()
+ {
+    let stack = TestStack::start_with(&delivering()).await;
+    let hooks = Hooks::new(&stack).await;
+    let (endpoint, secret) = hooks.receiver("all", &WebhookEvent::ALL, json!({})).await;
+    let device = stack.device().await;
+    let categories = ["hardware", "applications", "certificates"];
+    let (job_id, _) = stack.settled_refresh(&device, &categories).await;
+
+    let received = hooks.wait_received("all", 4).await;
+    let job = hooks.job_as_shown(&job_id).await;
+    assert_announced_as_shown(&received, &job, &categories);
     let ids: BTreeSet<&str> = received.iter().map(|r| r.webhook_id.as_str()).collect();
     assert_eq!(ids.len(), 4, "one message id per event: {ids:?}");
     for webhook in &received {
@@ -274,6 +283,50 @@ async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_
         assert_eq!(delivery["attempts"][0]["status"], 200, "{delivery}");
     }
     assert_eq!(hooks.received("all").await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_category_reported_before_its_push_is_recorded_is_announced_with_the_push() {
+    let stack = TestStack::start_with(&delivering()).await;
+    let hooks = Hooks::new(&stack).await;
+    hooks.receiver("all", &WebhookEvent::ALL, json!({})).await;
+    let device = stack.device().await;
+    // The gateway delivers the wake-up but keeps the worker waiting for its answer: the
+    // device's report is applied while its categories are still `pushing`.
+    stack
+        .fault(json!({ "mode": "fault", "holdAnswers": true }))
+        .await;
+    let categories = ["hardware", "os"];
+    let job_id = stack.refresh_device(&device, &categories).await.job_id();
+    let reported_first = |job: &JobRecord| {
+        job.categories
+            .values()
+            .all(|c| c.state == CategoryState::Reported && c.pushed_at.is_none())
+    };
+    let what = "the report applied before the push is recorded";
+    wait_until(what, DEADLINE, || async {
+        reported_first(&stack.job(&job_id).await).then_some(())
+    })
+    .await;
+    let released = stack.sim("/_sim/release", Some(json!({}))).await;
+    assert_eq!(released["status"], true, "{released:?}");
+
+    stack.wait_for_settled_job(&job_id).await;
+    let received = hooks.wait_received("all", 3).await;
+    let job = hooks.job_as_shown(&job_id).await;
+    for category in categories {
+        let entry = &job["categories"][category];
+        assert_eq!(entry["gateway"], "agent", "{job:#}");
+        assert_eq!(entry["attempts"], 1, "{job:#}");
+        let time = |field: &str| {
+            let text = entry[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} in {job:#}"));
+            OffsetDateTime::parse(text, &Rfc3339).expect("an RFC 3339 time")
+        };
+        assert!(time("reportedAt") < time("pushedAt"), "{job:#}");
+    }
+    assert_announced_as_shown(&received, &job, &categories);
 }
 
 #[tokio::test]

@@ -180,7 +180,9 @@ impl Dispatcher {
             self.durably(|| self.store.record_outcome(job.job_id))
                 .await?;
         }
-        self.announce_job(job.organization_id, job.job_id).await
+        let (organization, job) = (job.organization_id, job.job_id);
+        self.announce(|| self.announcer.job_delivered(organization, job))
+            .await
     }
 
     /// Announces to webhook subscribers what of the job ended (its categories reported, the

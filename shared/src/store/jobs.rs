@@ -84,6 +84,11 @@ pub struct CategoryRecord {
     /// while it changes, the category's `pushing` is nobody else's to take over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alive_at: Option<DateTime>,
+    /// Set while a delivery has taken it to push and not yet recorded how that went. A report
+    /// that comes first leaves it set: the category's entry is not whole until the push is
+    /// recorded, and its announcement waits for that (see `refresh_events::announce`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push_unrecorded: bool,
 }
 
 impl JobRecord {
@@ -117,6 +122,7 @@ impl JobRecord {
                         reported_at: None,
                         report_source: None,
                         alive_at: None,
+                        push_unrecorded: false,
                     };
                     (category, record)
                 })
@@ -557,6 +563,7 @@ impl Store {
         let change = doc! {
             "$set": set,
             "$inc": { field("attempts"): i64::from(update.attempts) },
+            "$unset": { field("pushUnrecorded"): "" },
         };
         let before = self.jobs.find_one_and_update(filter, change).await?;
         Ok(before.and_then(|job| job.categories.get(&category)?.reported_at))
@@ -572,7 +579,7 @@ fn transition_statement(
     let sources: Vec<&str> = update.from.iter().map(|s| s.as_str()).collect();
     let mut filter = doc! { "_id": job };
     let mut set = doc! { "updatedAt": DateTime::now() };
-    let mut inc = Document::new();
+    let (mut inc, mut unset) = (Document::new(), Document::new());
     for category in categories {
         let field = |name: &str| format!("categories.{category}.{name}");
         filter.insert(field("state"), doc! { "$in": sources.clone() });
@@ -589,10 +596,18 @@ fn transition_statement(
         if update.attempts > 0 {
             inc.insert(field("attempts"), i64::from(update.attempts));
         }
+        if update.to == CategoryState::Pushing {
+            set.insert(field("pushUnrecorded"), true);
+        } else {
+            unset.insert(field("pushUnrecorded"), "");
+        }
     }
     let mut change = doc! { "$set": set };
     if !inc.is_empty() {
         change.insert("$inc", Bson::Document(inc));
+    }
+    if !unset.is_empty() {
+        change.insert("$unset", Bson::Document(unset));
     }
     (filter, change)
 }
