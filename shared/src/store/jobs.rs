@@ -472,14 +472,11 @@ impl Store {
         }
         // One job's transitions in their order (a group's later one may depend on an earlier
         // one), different jobs' at once.
-        let mut by_job: Vec<(ObjectId, Vec<usize>)> = Vec::new();
+        let mut by_job: BTreeMap<ObjectId, Vec<usize>> = BTreeMap::new();
         for (index, transition) in transitions.iter().enumerate() {
-            match by_job.iter_mut().find(|(job, _)| *job == transition.job) {
-                Some((_, indices)) => indices.push(index),
-                None => by_job.push((transition.job, vec![index])),
-            }
+            by_job.entry(transition.job).or_default().push(index);
         }
-        let written = join_all(by_job.iter().map(|(_, indices)| async move {
+        let written = join_all(by_job.values().map(|indices| async move {
             let mut answers = Vec::with_capacity(indices.len());
             for &index in indices {
                 let transition = &transitions[index];
