@@ -287,7 +287,10 @@ async fn a_receiver_gets_each_category_reported_and_the_job_finished_signed_and_
 
 #[tokio::test]
 async fn a_category_reported_before_its_push_is_recorded_is_announced_with_the_push() {
-    let stack = TestStack::start_with(&delivering()).await;
+    // The pushes wait for the test to see the report applied: time enough on a slow machine.
+    let mut settings = delivering();
+    settings.push(("PUSH_TIMEOUT_MS", "15000".to_owned()));
+    let stack = TestStack::start_with(&settings).await;
     let hooks = Hooks::new(&stack).await;
     hooks.receiver("all", &WebhookEvent::ALL, json!({})).await;
     let device = stack.device().await;
