@@ -21,6 +21,8 @@ pub const JOB_QUEUE_WAIT: &str = "refresh_job_queue_wait_seconds";
 pub const JOB_LAST_QUEUE_WAIT: &str = "refresh_job_last_queue_wait_seconds";
 /// Gauge (`queue`): deliveries this worker holds unacknowledged.
 pub const WORKER_UNACKED_DELIVERIES: &str = "refresh_worker_unacked_deliveries";
+/// Counter: times a delivery was held because the database or the broker was away.
+pub const WORKER_DELIVERIES_HELD: &str = "refresh_worker_deliveries_held_total";
 /// Counter: deliveries held for `WORKER_HOLD_LIMIT_MS`, then handed back.
 pub const WORKER_DELIVERIES_HANDED_BACK: &str = "refresh_worker_deliveries_handed_back_total";
 /// Gauge (`queue`, `role`): messages waiting in a queue.

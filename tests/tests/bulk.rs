@@ -3,7 +3,7 @@
 
 use refresh_api::BatchView;
 use refresh_shared::{device::DeviceState, store};
-use refresh_tests::{Answer, DEADLINE, TestStack};
+use refresh_tests::{Answer, DEADLINE, TestStack, sample};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::{
@@ -312,10 +312,36 @@ async fn a_large_batch_completes_and_its_counts_add_up() {
     assert_eq!(pushed_once.len(), size, "no device pushed twice");
 }
 
+/// A worker's publisher connects on its first publish: the first chunk's publishes, made all
+/// at once, must not race to connect (all but one failed fast, and the whole chunk was held
+/// and expanded again: seconds of database work, a batch not draining for 20 s in CI).
+#[tokio::test]
+async fn a_fresh_workers_first_batch_is_expanded_without_holding_it() {
+    // Processes of their own: the worker's metrics are its own.
+    let stack = TestStack::spawn_with(&[]).await;
+    let devices = stack.devices(50, DeviceState::Active, &[]).await;
+    let ids: Vec<String> = devices.iter().map(|d| d.id.to_hex()).collect();
+    let answer = stack
+        .bulk(&json!({ "info": ["os"], "deviceIds": ids }))
+        .await;
+    let batch = stack.wait_for_batch(&answer.batch_id(), DEADLINE).await;
+    assert_eq!(batch.counts.reported, 50, "{batch:?}");
+    let page = stack.metrics(&stack.worker).await;
+    let held = sample(&page, "refresh_worker_deliveries_held_total", "").unwrap_or(0.0);
+    assert_eq!(held, 0.0, "deliveries held on a healthy stack");
+    assert_eq!(pushes_per_device(&stack).await.len(), 50);
+}
+
 /// Single-device refreshes go through their own lane: they finish while a batch is draining.
 #[tokio::test]
 async fn single_device_requests_complete_while_a_batch_drains() {
-    let stack = TestStack::start_with(&[("WORKER_BULK_CONCURRENCY", "2".to_owned())]).await;
+    // Chunks of 100: the batch starts draining after its first 100 devices are queued, not
+    // 500 (seconds of writes on the test database, with the other tests of this file running).
+    let stack = TestStack::start_with(&[
+        ("WORKER_BULK_CONCURRENCY", "2".to_owned()),
+        ("BATCH_CHUNK_SIZE", "100".to_owned()),
+    ])
+    .await;
     // Every push takes 20 ms: two bulk slots drain at most ~100 devices a second.
     stack
         .fault(json!({ "mode": "fault", "latencyMs": 20 }))

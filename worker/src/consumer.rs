@@ -494,6 +494,7 @@ where
             Err(halt) => halt.to_string(),
         };
         tracing::warn!(error = %why, "dependency unavailable, holding the delivery");
+        metrics::counter!(metric::WORKER_DELIVERIES_HELD).increment(1);
         let schedule =
             schedule.get_or_insert_with(|| RetryPolicy::hold(dispatcher.hold_limit).schedule());
         match schedule.wait(None, &dispatcher.shutdown).await {

@@ -94,6 +94,13 @@ impl Publisher {
         &self.topology
     }
 
+    /// Connects now if it is not connected. A burst of publishes at once calls this first:
+    /// its publishes then find the connection made, where otherwise all but the one making it
+    /// would fail fast ([`BrokerError::Reconnecting`]).
+    pub async fn ready(&self) -> Result<(), BrokerError> {
+        self.link().await.map(drop)
+    }
+
     /// Whether the publisher holds a live channel right now.
     pub fn is_connected(&self) -> bool {
         self.current()
