@@ -15,7 +15,6 @@ use crate::view::{BatchView, CategoryReported, CategoryView, EventBody, JobView,
 use bson::{DateTime, oid::ObjectId};
 use moka::future::Cache;
 use refresh_shared::{
-    Category,
     broker::{BrokerError, Publisher},
     job::CategoryState,
     store::{Announced, BatchRecord, CategoryRecord, JobRecord, Store, StoreError},
@@ -134,18 +133,16 @@ impl Announcer {
         pushes: Pushes,
     ) -> Result<(), AnnounceError> {
         let announced = |what: Announced| job.announced.iter().any(|key| key == what.key());
-        let waiting = |category: Category, record: &CategoryRecord| {
-            pushes == Pushes::MayBeUnrecorded
-                && record.push_unrecorded
-                && !announced(Announced::Reported(category))
-        };
+        // A reported category whose push its delivery may still record.
+        let waiting =
+            |record: &CategoryRecord| pushes == Pushes::MayBeUnrecorded && record.push_unrecorded;
         let mut waited = false;
         for (&category, record) in &job.categories {
             let what = Announced::Reported(category);
             if record.state != CategoryState::Reported || announced(what) {
                 continue;
             }
-            if waiting(category, record) {
+            if waiting(record) {
                 waited = true;
                 continue;
             }
