@@ -267,10 +267,7 @@ impl Expander {
         }
         store.delete_jobs(&coalesced).await?;
 
-        // All at once on one channel: the confirms are pipelined, never awaited one by one. The
-        // connection first: a worker's publisher connects on its first publish, and a chunk
-        // whose publishes raced to make it would fail and be expanded again.
-        self.publisher.ready().await?;
+        // All at once on one channel: the confirms are pipelined, never awaited one by one.
         let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
         published.into_iter().collect::<Result<Vec<()>, _>>()?;
         metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Bulk.as_str())

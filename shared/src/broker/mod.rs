@@ -33,7 +33,7 @@ pub enum BrokerError {
     ConnectTimeout(std::time::Duration),
     #[error("broker unavailable: could not connect")]
     Connect(#[source] lapin::Error),
-    #[error("broker unavailable: another request is reconnecting")]
+    #[error("broker unavailable: the connection attempt this request waited for failed")]
     Reconnecting,
     #[error("the broker cancelled a consumer")]
     ConsumerCancelled,

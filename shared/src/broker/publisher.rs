@@ -23,7 +23,10 @@ use lapin::{
 };
 use secrecy::SecretString;
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::sync::Mutex;
@@ -37,8 +40,12 @@ pub struct Publisher {
     topology: Topology,
     confirm_timeout: Duration,
     link: RwLock<Option<Arc<Link>>>,
-    /// Held while one task reconnects; the others fail fast instead of piling up behind it.
-    reconnecting: Mutex<()>,
+    /// Held while one task connects. The others wait for that attempt and share its outcome:
+    /// a burst of publishes on a publisher not yet connected all go out once it is, and in an
+    /// outage no request makes an attempt of its own behind another's.
+    connecting: Mutex<()>,
+    /// Connection attempts that ended (either way), to tell whether one ended while waiting.
+    attempts: AtomicU64,
 }
 
 struct Link {
@@ -86,19 +93,13 @@ impl Publisher {
             topology: Topology::new(settings),
             confirm_timeout: settings.confirm_timeout,
             link: RwLock::new(None),
-            reconnecting: Mutex::new(()),
+            connecting: Mutex::new(()),
+            attempts: AtomicU64::new(0),
         }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
-    }
-
-    /// Connects now if it is not connected. A burst of publishes at once calls this first:
-    /// its publishes then find the connection made, where otherwise all but the one making it
-    /// would fail fast ([`BrokerError::Reconnecting`]).
-    pub async fn ready(&self) -> Result<(), BrokerError> {
-        self.link().await.map(drop)
     }
 
     /// Whether the publisher holds a live channel right now.
@@ -274,15 +275,26 @@ impl Publisher {
     }
 
     async fn link(&self) -> Result<Arc<Link>, BrokerError> {
-        if let Some(link) = self.current().filter(|l| l.channel.status().connected()) {
+        let live = || self.current().filter(|l| l.channel.status().connected());
+        if let Some(link) = live() {
             return Ok(link);
         }
-        let Ok(_guard) = self.reconnecting.try_lock() else {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let _turn = self.connecting.lock().await;
+        if let Some(link) = live() {
+            return Ok(link);
+        }
+        if self.attempts.load(Ordering::Acquire) != seen {
+            // The attempt this call waited for failed: that is this call's outcome too.
             return Err(BrokerError::Reconnecting);
-        };
-        if let Some(link) = self.current().filter(|l| l.channel.status().connected()) {
-            return Ok(link);
         }
+        let connected = self.connect_link().await;
+        self.attempts.fetch_add(1, Ordering::Release);
+        connected
+    }
+
+    /// One connection attempt: the connection, the topology, a confirm-mode channel.
+    async fn connect_link(&self) -> Result<Arc<Link>, BrokerError> {
         let connection = connect(&self.url, &self.name).await?;
         self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
