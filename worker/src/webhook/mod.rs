@@ -157,8 +157,8 @@ impl Deliverer {
             count("retried");
             return Ok(());
         }
-        self.log(dispatcher, delivery, attempt, DeliveryState::Failed)
-            .await?;
+        // The endpoint first: whoever reads the delivery given up also reads the endpoint
+        // `failing` (a redelivery after a crash between the two logs it again).
         self.move_endpoint(
             dispatcher,
             delivery,
@@ -166,6 +166,8 @@ impl Deliverer {
             EndpointState::Failing,
         )
         .await?;
+        self.log(dispatcher, delivery, attempt, DeliveryState::Failed)
+            .await?;
         count("failed");
         Err(Halt::GaveUp(format!(
             "webhook {} not delivered after {} attempts: {why}",
