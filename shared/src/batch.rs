@@ -95,16 +95,21 @@ pub enum DeviceOutcome {
     Unreported,
     /// The job was canceled before every category ended.
     Canceled,
+    /// Every category was another job's, or reported recently, when the job first ran (its
+    /// claim on the device is made then): the device counts as skipped, `coalesced`. The job
+    /// is kept, with no categories, for the batch's counts and never shown.
+    Coalesced,
 }
 
 impl DeviceOutcome {
-    pub const ALL: [DeviceOutcome; 6] = [
+    pub const ALL: [DeviceOutcome; 7] = [
         DeviceOutcome::Reported,
         DeviceOutcome::Partial,
         DeviceOutcome::Failed,
         DeviceOutcome::Expired,
         DeviceOutcome::Unreported,
         DeviceOutcome::Canceled,
+        DeviceOutcome::Coalesced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +120,7 @@ impl DeviceOutcome {
             DeviceOutcome::Expired => "expired",
             DeviceOutcome::Unreported => "unreported",
             DeviceOutcome::Canceled => "canceled",
+            DeviceOutcome::Coalesced => "coalesced",
         }
     }
 

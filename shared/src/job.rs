@@ -41,6 +41,17 @@ pub struct RefreshJob {
     /// wire when empty, as it almost always is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pushed: Vec<PushMade>,
+    /// A batch's job carries this until it first runs: the claim on the device is made then,
+    /// not when the batch is expanded (which then writes nothing per device), for the
+    /// categories the device has not reported since this instant (the skip window or the
+    /// batch's `maxAgeSecs`, counted from the expansion). Absent on the wire otherwise: the
+    /// api claims before it publishes, and a copy of a job that ran has made its claim.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub claim_unless_reported_after: Option<OffsetDateTime>,
     /// The refresh's trace context: it travels in the message's `traceparent` header, not in
     /// the body.
     #[serde(skip)]
@@ -341,6 +352,7 @@ mod tests {
             attempt: 0,
             repush: 0,
             pushed: Vec::new(),
+            claim_unless_reported_after: None,
             trace: None,
         }
     }
@@ -519,6 +531,7 @@ mod tests {
                             attempt,
                             repush: attempt % 3,
                             pushed,
+                            claim_unless_reported_after: bulk.then_some(at),
                             trace: None,
                         }
                     },

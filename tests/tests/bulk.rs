@@ -78,6 +78,55 @@ async fn a_batch_by_ids_accounts_for_every_device_named() {
 }
 
 #[tokio::test]
+async fn a_device_named_again_in_a_later_chunk_is_refreshed_once_and_counted_coalesced() {
+    // Chunks of two: the device's second entry (by serial) is in another chunk than its first,
+    // so it gets a second job. Jobs claim their device when they run: whichever of the two
+    // runs second finds the categories taken (or just reported) and ends as coalesced.
+    let stack = TestStack::start_with(&[("BATCH_CHUNK_SIZE", "2".to_owned())]).await;
+    let devices = stack.devices(3, DeviceState::Active, &[]).await;
+    let twice = &devices[0];
+    let ids = [
+        twice.id.to_hex(),
+        devices[1].id.to_hex(),
+        twice.summary.serial_number.clone().unwrap(),
+        devices[2].id.to_hex(),
+    ];
+    let answer = stack
+        .bulk(&json!({ "info": ["hardware", "os"], "deviceIds": ids }))
+        .await;
+    let batch = stack.wait_for_batch(&answer.batch_id(), DEADLINE).await;
+
+    assert_eq!(batch.state.as_str(), "completed", "{batch:?}");
+    let counts = &batch.counts;
+    assert_eq!(
+        (batch.total, counts.reported, counts.skipped.coalesced),
+        (4, 3, 1),
+        "{batch:?}"
+    );
+    assert_eq!(counts.sum(), batch.total);
+    let pushes = pushes_per_device(&stack).await;
+    for device in &devices {
+        let id = device.id.to_hex();
+        assert_eq!(pushes.get(&id), Some(&2), "each category once: {pushes:?}");
+        // No claim is left behind: a later refresh of the device is not merged into these.
+        let stored = stack.stored_device(device.id).await;
+        assert!(stored.refresh_info_needed.is_empty(), "{stored:?}");
+    }
+    // The coalesced job is only a count of the batch: the device's history shows one job.
+    let url = format!(
+        "{}/v1/organizations/{}/mdm/windows/enterprise/devices/{}/refresh-jobs",
+        stack.api,
+        stack.org_id(),
+        twice.id.to_hex()
+    );
+    let history = Answer::of(stack.http.get(url).bearer_auth(&stack.token)).await;
+    assert_eq!(history.status, StatusCode::OK, "{:?}", history.body);
+    let jobs = history.body["data"]["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 1, "{:?}", history.body);
+    assert_eq!(jobs[0]["state"], json!("completed"), "{:?}", history.body);
+}
+
+#[tokio::test]
 async fn a_batch_by_filter_takes_the_tagged_devices_in_the_state_asked() {
     let stack = TestStack::start().await;
     let lab = stack

@@ -92,5 +92,13 @@ async fn a_batch_resumes_after_its_expanding_process_is_killed() {
         .await
         .unwrap();
     assert_eq!(jobs, 1_000, "one job per device");
+    // Every claim on a device ended with its job: none is left for a later refresh to be
+    // merged into.
+    let holding = stack
+        .collection::<store::Device>(store::DEVICES)
+        .count_documents(bson::doc! { "refreshInfoNeeded.0": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(holding, 0, "devices left holding a claim");
     stop_pusher.cancel();
 }

@@ -68,6 +68,7 @@ impl Dispatcher {
             attempt: 0,
             repush: deadline.repush + 1,
             pushed: Vec::new(),
+            claim_unless_reported_after: None,
             trace: deadline.trace,
         };
         let publisher = &self.retry_publisher;

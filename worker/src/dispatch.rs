@@ -15,13 +15,14 @@ use futures::{
 use refresh_events::{Announcer, announce::AnnounceError};
 use refresh_shared::{
     Category,
+    batch::DeviceOutcome,
     broker::{BrokerError, Publisher},
     deadline::{DEADLINE_MESSAGE_VERSION, ReportDeadline},
     device::{Gateway, Refreshable},
     job::{CategoryState, Lane, PushMade, RefreshJob},
     metric,
     retry::{RetryPolicy, WaitEnd},
-    store::{CategoryUpdate, Device, Store, StoreError, Transition},
+    store::{CategoryUpdate, Claim, Device, Store, StoreError, Transition},
     turns::Turns,
 };
 use std::{
@@ -275,17 +276,14 @@ impl Dispatcher {
         if to_push.is_empty() {
             return Ok(());
         }
-        let device = self
-            .store
-            .device(job.organization_id, job.device_id)
-            .await?;
-        let device = match device {
-            Some(device) if device.state.refreshable() == Refreshable::Yes => device,
-            Some(device) => {
-                let reason = format!("device is {} and takes no commands", device.state);
-                return self.fail_all(job, &reason).await;
-            }
-            None => return self.fail_all(job, "device no longer exists").await,
+        let (device, to_push, fresh) = match self.target(job, to_push).await? {
+            Target::Push {
+                device,
+                categories,
+                fresh,
+            } => (device, categories, fresh),
+            Target::Fail(reason) => return self.fail_all(job, &reason).await,
+            Target::Nothing => return Ok(()),
         };
         // One write claims every category when none is settled or taken elsewhere (the usual
         // case); otherwise each category claims its own.
@@ -294,14 +292,18 @@ impl Dispatcher {
         if claimed {
             held.take(&to_push);
         }
-        let device = &device;
+        let (device, fresh) = (&*device, fresh.as_slice());
         // Every category, and every recording of pushes, is polled in one set: a future that
         // holds a pooled database connection must never sit unpolled while its job awaits
         // another connection (with every job doing so, the pool deadlocks).
         let mut steps: FuturesUnordered<BoxFuture<'_, Step>> = to_push
             .iter()
             .map(|&category| {
-                let ended = self.refresh_category(job, device, category, claimed, held);
+                let taken = Taken {
+                    whole: claimed,
+                    fresh,
+                };
+                let ended = self.refresh_category(job, device, category, taken, held);
                 async move { Step::Ended(category, ended.await) }.boxed()
             })
             .collect();
@@ -347,6 +349,7 @@ impl Dispatcher {
             categories: deferred,
             attempt: job.attempt + 1,
             pushed: Vec::new(),
+            claim_unless_reported_after: None,
             ..job.clone()
         };
         // Confirmed before the original is acked: the job is never in neither queue.
@@ -355,6 +358,51 @@ impl Dispatcher {
             .await
             .map_err(Halt::Park)?;
         Ok(())
+    }
+
+    /// The device to push `to_push` to, and which of them to push. A batch's job makes its
+    /// claim on the device first ([`RefreshJob::claim_unless_reported_after`]): a category
+    /// another job holds, or the device reported recently, is taken out of the job, and a job
+    /// left with none ends coalesced, counted in its batch.
+    async fn target(&self, job: &RefreshJob, to_push: Vec<Category>) -> Result<Target, Halt> {
+        let (organization, device_id, job_id) = (job.organization_id, job.device_id, job.job_id);
+        let Some(after) = job.claim_unless_reported_after else {
+            let device = self.store.device(organization, device_id).await?;
+            return Ok(Target::of(device, to_push, Vec::new()));
+        };
+        let since = DateTime::from_time_0_3(after);
+        let claimed = (self.store)
+            .claim_for_job(organization, device_id, &to_push, job_id, since)
+            .await?;
+        let Some((device, Claim { ours, kept, theirs })) = claimed else {
+            return Ok(Target::of(None, to_push, Vec::new()));
+        };
+        if device.state.refreshable() != Refreshable::Yes {
+            return Ok(Target::of(Some(device), to_push, Vec::new()));
+        }
+        if theirs.is_empty() {
+            return Ok(Target::of(Some(device), to_push, ours));
+        }
+        if ours.is_empty() && kept.is_empty() {
+            match self.store.coalesce_job(job_id, &theirs).await? {
+                Some(batch) => {
+                    (self.store)
+                        .count_outcome(batch, DeviceOutcome::Coalesced)
+                        .await?;
+                    tracing::info!(%job_id, %batch, "every category is another job's: coalesced");
+                }
+                // Another delivery of the job took some (or ended it so already): they are
+                // left to it, the rest dropped.
+                None => self.store.drop_categories(job_id, &theirs).await?,
+            }
+            return Ok(Target::Nothing);
+        }
+        self.store.drop_categories(job_id, &theirs).await?;
+        let categories = to_push
+            .into_iter()
+            .filter(|category| !theirs.contains(category))
+            .collect();
+        Ok(Target::of(Some(device), categories, ours))
     }
 
     /// Runs a store write until it succeeds, waiting out database outages for up to
@@ -420,6 +468,7 @@ impl Dispatcher {
     ) -> Result<(), Halt> {
         let copy = RefreshJob {
             pushed: pushes,
+            claim_unless_reported_after: None,
             ..job.clone()
         };
         let publisher = &self.retry_publisher;
@@ -568,16 +617,23 @@ impl Dispatcher {
         job: &RefreshJob,
         device: &Device,
         category: Category,
-        claimed: bool,
+        taken: Taken<'_>,
         held: &Held,
     ) -> Result<Ended, Halt> {
         let mut attempt = Attempt::new(self, job, category);
         let claimable = CategoryState::claimable(job.repush > 0);
-        if !claimed {
-            let taken =
+        if !taken.whole {
+            let taken_alone =
                 attempt.claim(claimable).await? || self.take_over_abandoned(&mut attempt).await?;
-            if !taken {
+            if !taken_alone {
                 tracing::debug!(job_id = %job.job_id, %category, "settled, or pushed by another copy of the job: skipped");
+                if taken.fresh.contains(&category) {
+                    // Claimed on the device just now for a category the job has settled
+                    // (this is a later delivery of its first message): never left held.
+                    let (organization, device) = (job.organization_id, job.device_id);
+                    let single = std::slice::from_ref(&category);
+                    release(self, organization, device, single, job.job_id, None).await?;
+                }
                 return Ok(Ended::Settled);
             }
             held.take(&[category]);
@@ -827,6 +883,47 @@ struct Outcome<'a> {
     error: Option<&'a str>,
     /// When the gateway took the push, for `pushed`.
     pushed_at: Option<DateTime>,
+}
+
+/// Where a delivery is to push, once its job's claim on the device is made.
+enum Target {
+    /// These categories of the job, to this device; `fresh`: those of them this delivery
+    /// claimed on the device itself.
+    Push {
+        device: Box<Device>,
+        categories: Vec<Category>,
+        fresh: Vec<Category>,
+    },
+    /// Every category fails, for this reason.
+    Fail(String),
+    /// Nothing: the categories are other jobs'.
+    Nothing,
+}
+
+impl Target {
+    /// Pushing `categories` to `device`, if it takes commands.
+    fn of(device: Option<Device>, categories: Vec<Category>, fresh: Vec<Category>) -> Target {
+        match device {
+            Some(device) if device.state.refreshable() == Refreshable::Yes => Target::Push {
+                device: Box::new(device),
+                categories,
+                fresh,
+            },
+            Some(device) => {
+                Target::Fail(format!("device is {} and takes no commands", device.state))
+            }
+            None => Target::Fail("device no longer exists".to_owned()),
+        }
+    }
+}
+
+/// What a delivery took of a category before pushing it.
+#[derive(Clone, Copy)]
+struct Taken<'a> {
+    /// The job's categories, all in one write: this one among them.
+    whole: bool,
+    /// The categories this delivery claimed on the device.
+    fresh: &'a [Category],
 }
 
 /// The categories a delivery took to push (claimed or took over), for its heartbeat.

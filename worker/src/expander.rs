@@ -3,13 +3,14 @@
 //! the broker hands the message to the next worker, which carries on where the last checkpoint
 //! says.
 //!
-//! Per chunk: look the devices up, record their jobs (one insert), claim their categories on
-//! the devices (one command; a category another job holds is left to it), publish the jobs
-//! with pipelined confirms, then checkpoint: a handful of round trips per chunk, none per
-//! device. A chunk interrupted before its checkpoint is done again: its jobs already recorded
-//! are found by (batch, device) and published again only for categories no worker has taken,
-//! and a second copy of a job never pushes what the first is pushing
-//! (`CategoryState::claimable`).
+//! Per chunk: look the devices up, record their jobs (one insert), publish them with
+//! pipelined confirms, then checkpoint: a handful of round trips per chunk, and no write per
+//! device. Each job claims its categories on its device when it first runs
+//! (`RefreshJob::claim_unless_reported_after`): a category another job holds, or reported
+//! recently, is left to it, and a job left with none ends as coalesced. A chunk interrupted
+//! before its checkpoint is done again: its jobs already recorded are found by (batch, device)
+//! and published again only for categories no worker has taken, and a second copy of a job
+//! never pushes what the first is pushing (`CategoryState::claimable`).
 
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
@@ -20,9 +21,7 @@ use refresh_shared::{
     device::Refreshable,
     job::{Lane, RefreshJob},
     metric,
-    store::{
-        BatchRecord, ChunkProgress, Claim, Device, Expansion, JobRecord, Store, Wanted, skip_cutoff,
-    },
+    store::{BatchRecord, ChunkProgress, Device, Expansion, JobRecord, Store, skip_cutoff},
     trace::TraceParent,
 };
 use std::{
@@ -176,10 +175,10 @@ impl Expander {
         }
     }
 
-    /// Records, claims and publishes one chunk's jobs. `resuming`: the chunk may have been
-    /// half done before, so jobs it already made are looked for. (A device named again in a
-    /// later chunk needs no such search: its categories are held by its first job, so the claim
-    /// fails and it counts as coalesced.)
+    /// Records and publishes one chunk's jobs. `resuming`: the chunk may have been half done
+    /// before, so jobs it already made are looked for. (A device named again in a later chunk
+    /// needs no such search: it gets a second job, which coalesces into the first when it
+    /// runs, as a request for a device already refreshing does.)
     async fn expand_chunk(
         &self,
         batch: &BatchRecord,
@@ -195,8 +194,23 @@ impl Expander {
         };
         let (planned, new_jobs) = plan(batch, entries, &existing, progress);
         self.store.insert_jobs(&new_jobs).await?;
-        let claims = self.claim(batch, planned).await?;
-        self.publish_claimed(claims, progress, trace).await
+        // A category reported within the skip window, or the batch's `maxAgeSecs`, is not
+        // claimed when the job runs.
+        let cutoff = skip_cutoff(batch.stale_after(self.refresh_skip_window)).to_time_0_3();
+        let messages: Vec<RefreshJob> = planned
+            .into_iter()
+            .map(|Planned { job, categories }| RefreshJob {
+                claim_unless_reported_after: Some(cutoff),
+                ..job.message(categories, trace)
+            })
+            .collect();
+        // All at once on one channel: the confirms are pipelined, never awaited one by one.
+        let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
+        published.into_iter().collect::<Result<Vec<()>, _>>()?;
+        progress.accepted += messages.len() as u64;
+        metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Bulk.as_str())
+            .increment(messages.len() as u64);
+        Ok(())
     }
 
     /// The jobs an interrupted run made for the devices of `entries`, by device.
@@ -215,65 +229,6 @@ impl Expander {
             .await?;
         Ok(jobs.into_iter().map(|job| (job.device, job)).collect())
     }
-
-    /// Claims each planned job's categories on its device: the chunk's claims in one command
-    /// ([`Store::claim_many`]).
-    async fn claim(
-        &self,
-        batch: &BatchRecord,
-        planned: Vec<Planned>,
-    ) -> Result<Vec<(Planned, Claim)>, Halt> {
-        // A category reported within the skip window, or the batch's `maxAgeSecs`, stays
-        // unclaimed: a device with nothing left is coalesced.
-        let cutoff = skip_cutoff(batch.stale_after(self.refresh_skip_window));
-        let wanted: Vec<Wanted> = planned
-            .iter()
-            .map(|planned| Wanted {
-                device: planned.job.device,
-                job: planned.job.id,
-                categories: planned.categories.clone(),
-            })
-            .collect();
-        // `again`: a job found from an interrupted run may hold its claims already.
-        let claims = self
-            .store
-            .claim_many(batch.organization, &wanted, cutoff, true)
-            .await?;
-        Ok(planned.into_iter().zip(claims).collect())
-    }
-
-    /// Publishes each job for the categories it claimed; a job that claimed none is coalesced
-    /// into the jobs holding them and deleted.
-    async fn publish_claimed(
-        &self,
-        claims: Vec<(Planned, Claim)>,
-        progress: &mut ChunkProgress,
-        trace: Option<TraceParent>,
-    ) -> Result<(), Halt> {
-        let store = &self.store;
-        let mut coalesced = Vec::new();
-        let mut messages: Vec<RefreshJob> = Vec::new();
-        for (Planned { job, .. }, Claim { ours, theirs }) in claims {
-            if ours.is_empty() {
-                coalesced.push(job.id);
-                progress.skipped.add(Skip::Coalesced);
-                continue;
-            }
-            if !theirs.is_empty() {
-                store.drop_categories(job.id, &theirs).await?;
-            }
-            progress.accepted += 1;
-            messages.push(job.message(ours, trace));
-        }
-        store.delete_jobs(&coalesced).await?;
-
-        // All at once on one channel: the confirms are pipelined, never awaited one by one.
-        let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
-        published.into_iter().collect::<Result<Vec<()>, _>>()?;
-        metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Bulk.as_str())
-            .increment(messages.len() as u64);
-        Ok(())
-    }
 }
 
 /// What a batch entry may match in `lookupKeys`: itself, and for an id in uppercase hex also its
@@ -287,9 +242,10 @@ fn key_variants(key: &str) -> Vec<String> {
     }
 }
 
-/// What a chunk's entries become: the jobs to claim and publish (new ones, and an interrupted
-/// run's own jobs for what no worker took yet), and which of them are new and must be
-/// recorded first. Skipped entries are counted in `progress`.
+/// What a chunk's entries become: the jobs to publish (new ones, and an interrupted run's own
+/// jobs for what no worker took yet), and which of them are new and must be recorded first.
+/// Skipped entries, and an interrupted run's jobs with nothing left to publish, are counted in
+/// `progress`.
 fn plan(
     batch: &BatchRecord,
     entries: Vec<Entry>,

@@ -213,7 +213,7 @@ async fn record_and_enqueue(
             None => {
                 let (organization, device) = (job.organization, job.device);
                 (state.store)
-                    .claim(organization, device, categories, job.id, cutoff, false)
+                    .claim(organization, device, categories, job.id, cutoff)
                     .await
             }
         }
@@ -280,7 +280,8 @@ impl Sorted {
     /// since `fresh_since`: reports only move that time on, so it still has. One the read
     /// shows older was held by a job (or reported a moment after the read: left to that job).
     fn of(claim: Claim, fresh_since: Option<DateTime>, device: &Device) -> Sorted {
-        let Claim { ours, theirs } = claim;
+        // A new job holds no claim from before: nothing is `kept`.
+        let Claim { ours, theirs, .. } = claim;
         let (fresh, theirs) = theirs.into_iter().partition(|category| {
             fresh_since.is_some_and(|since| {
                 device

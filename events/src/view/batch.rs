@@ -88,7 +88,7 @@ pub struct Skipped {
     pub not_found: u64,
     pub not_active: u64,
     /// Every category asked for was another job's, or reported within the skip window or
-    /// `maxAgeSecs`.
+    /// `maxAgeSecs`, when the device's job ran (or the device was named twice).
     pub coalesced: u64,
 }
 
@@ -110,6 +110,8 @@ impl From<&BatchRecord> for BatchView {
             Some(_) => (0, unreached),
             None => (unreached, 0),
         };
+        // A job that found every category another job's when it ran counts as skipped.
+        let coalesced_when_run = outcome(DeviceOutcome::Coalesced);
         let counts = BatchCounts {
             pending,
             queued: accepted - settled,
@@ -122,7 +124,7 @@ impl From<&BatchRecord> for BatchView {
             skipped: Skipped {
                 not_found,
                 not_active,
-                coalesced,
+                coalesced: coalesced + coalesced_when_run,
             },
         };
         let done = settled + batch.skipped.total() + never;
@@ -145,5 +147,43 @@ impl From<&BatchRecord> for BatchView {
             canceled_at: batch.canceled_at.map(rfc3339),
             error: batch.failure.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::oid::ObjectId;
+
+    #[test]
+    fn a_job_coalesced_when_it_ran_counts_as_skipped_and_the_counts_add_up_to_the_total() {
+        let mut batch = BatchRecord::new(
+            ObjectId::new(),
+            ObjectId::new(),
+            vec![Category::Hardware],
+            None,
+            None,
+            10,
+        );
+        batch.accepted = 6;
+        batch.skipped.not_found = 1;
+        batch.skipped.coalesced = 1;
+        batch.outcomes.insert(DeviceOutcome::Reported, 3);
+        batch.outcomes.insert(DeviceOutcome::Coalesced, 2);
+
+        let counts = BatchView::from(&batch).counts;
+        let expected = BatchCounts {
+            pending: 2,
+            queued: 1,
+            reported: 3,
+            skipped: Skipped {
+                not_found: 1,
+                not_active: 0,
+                coalesced: 3,
+            },
+            ..BatchCounts::default()
+        };
+        assert_eq!(counts, expected);
+        assert_eq!(counts.sum(), batch.total);
     }
 }

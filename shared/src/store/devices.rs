@@ -1,4 +1,4 @@
-use super::{DEVICES, Store, StoreError, tenant};
+use super::{Store, StoreError, tenant};
 use crate::{
     Category,
     batch::DeviceFilter,
@@ -6,9 +6,9 @@ use crate::{
     device::DeviceState,
 };
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use futures::{StreamExt, TryStreamExt, future::join_all, stream};
+use futures::{TryStreamExt, future::join_all};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,22 +232,14 @@ impl Device {
     }
 }
 
-/// A job's claim to make on its device ([`Store::claim_many`]).
-#[derive(Debug, Clone)]
-pub struct Wanted {
-    pub device: ObjectId,
-    pub job: ObjectId,
-    pub categories: Vec<Category>,
-}
-
-/// Claims [`Store::claim_many`] splits category by category at once (those on overlap).
-const SPLIT_CLAIM_CONCURRENCY: usize = 32;
-
 /// Which of a request's categories a job got to refresh.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Claim {
-    /// Claimed by the job: it pushes these.
+    /// Claimed for the job by this call: it pushes these.
     pub ours: Vec<Category>,
+    /// Claimed for the job before (an earlier delivery of it): it pushes these too, unless
+    /// they are settled in the job.
+    pub kept: Vec<Category>,
     /// Left to the job already holding them (outstanding, or reported within the skip window).
     pub theirs: Vec<Category>,
 }
@@ -257,7 +249,7 @@ impl Claim {
     pub fn whole(categories: &[Category]) -> Claim {
         Claim {
             ours: categories.to_vec(),
-            theirs: Vec::new(),
+            ..Claim::default()
         }
     }
 }
@@ -329,8 +321,7 @@ impl Store {
 
     /// Claims `categories` of a device for `job`. All at once first: of identical concurrent
     /// requests exactly one wins, and it wins every category, so they all name one job. Only on
-    /// overlap is each category claimed alone. `again`: the job may hold some of them already
-    /// (a batch resuming its expansion); those count as claimed.
+    /// overlap is each category claimed alone.
     pub async fn claim(
         &self,
         organization: ObjectId,
@@ -338,7 +329,6 @@ impl Store {
         categories: &[Category],
         job: ObjectId,
         not_refreshed_since: DateTime,
-        again: bool,
     ) -> Result<Claim, StoreError> {
         let since = not_refreshed_since;
         if self
@@ -347,99 +337,85 @@ impl Store {
         {
             return Ok(Claim::whole(categories));
         }
+        self.claim_each(organization, device, categories, job, since, false)
+            .await
+    }
+
+    /// The device a batch's job runs for, with the job's claim on `categories` made now (see
+    /// [`crate::job::RefreshJob::claim_unless_reported_after`]): in the same round trip as
+    /// the device's read when it is active and the claim can be had whole, as
+    /// [`Store::claim_by_key`] does for a request. Otherwise each category is claimed alone,
+    /// and one this job holds already (an earlier delivery's claim) is `kept`. A device that
+    /// is not active is returned with nothing claimed; `None` when there is no such device.
+    pub async fn claim_for_job(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        job: ObjectId,
+        not_refreshed_since: DateTime,
+    ) -> Result<Option<(Device, Claim)>, StoreError> {
+        let since = not_refreshed_since;
+        let mut filter = doc! { "_id": device, "state": DeviceState::Active.as_str() };
+        let update = claim_all(&mut filter, categories, job, since);
+        if let Some(found) = self
+            .devices
+            .find_one_and_update(tenant(organization, filter), update)
+            .await?
+        {
+            return Ok(Some((found, Claim::whole(categories))));
+        }
+        let Some(found) = self.device(organization, device).await? else {
+            return Ok(None);
+        };
+        if found.state != DeviceState::Active {
+            return Ok(Some((found, Claim::default())));
+        }
+        let claim = self
+            .claim_each(organization, device, categories, job, since, true)
+            .await?;
+        Ok(Some((found, claim)))
+    }
+
+    /// Claims each of `categories` alone, at once: `ours` if it was free, `kept` if `job`
+    /// holds it already (looked for only when it `may_hold` any: a new job holds none), else
+    /// `theirs`.
+    async fn claim_each(
+        &self,
+        organization: ObjectId,
+        device: ObjectId,
+        categories: &[Category],
+        job: ObjectId,
+        since: DateTime,
+        may_hold: bool,
+    ) -> Result<Claim, StoreError> {
         let singles = join_all(categories.iter().map(|&category| async move {
             let single = std::slice::from_ref(&category);
-            let claimed = self
+            if self
                 .claim_free(organization, device, single, job, since)
                 .await?
-                || (again
-                    && self
-                        .holds_claim(organization, device, category, job)
-                        .await?);
-            Ok::<_, StoreError>(claimed)
+            {
+                return Ok::<_, StoreError>(Held::Now);
+            }
+            if may_hold
+                && self
+                    .holds_claim(organization, device, category, job)
+                    .await?
+            {
+                return Ok(Held::Before);
+            }
+            Ok(Held::ByOthers)
         }))
         .await;
         let mut split = Claim::default();
-        for (&category, claimed) in categories.iter().zip(singles) {
-            if claimed? {
-                split.ours.push(category);
-            } else {
-                split.theirs.push(category);
+        for (&category, held) in categories.iter().zip(singles) {
+            match held? {
+                Held::Now => split.ours.push(category),
+                Held::Before => split.kept.push(category),
+                Held::ByOthers => split.theirs.push(category),
             }
         }
         Ok(split)
-    }
-
-    /// [`Store::claim`] for many jobs of `organization` at once (a batch's chunk): every whole
-    /// claim in one command, the devices read back in one query to see whose applied, and
-    /// only the others claimed one by one as [`Store::claim`] does. Answers in `wanted`'s order.
-    pub async fn claim_many(
-        &self,
-        organization: ObjectId,
-        wanted: &[Wanted],
-        not_refreshed_since: DateTime,
-        again: bool,
-    ) -> Result<Vec<Claim>, StoreError> {
-        let since = not_refreshed_since;
-        let statements = wanted
-            .iter()
-            .map(|want| {
-                let mut filter = doc! { "_id": want.device };
-                let update = claim_all(&mut filter, &want.categories, want.job, since);
-                doc! { "q": tenant(organization, filter), "u": update }
-            })
-            .collect();
-        if let Some(refused) = self
-            .update_each(DEVICES, statements)
-            .await?
-            .into_iter()
-            .next()
-        {
-            return Err(StoreError::Refused {
-                code: refused.code,
-                message: refused.message,
-            });
-        }
-        // Whose whole claim applied: a job's id on every category it wanted (only its own
-        // claim puts it there; a worker settling a category leaves it).
-        let ids: Vec<ObjectId> = wanted.iter().map(|want| want.device).collect();
-        let mut devices = self
-            .devices
-            .clone_with_type::<Document>()
-            .find(tenant(organization, doc! { "_id": { "$in": ids } }))
-            .projection(doc! { "lastRefreshJob": 1 })
-            .await?;
-        let mut holders: HashMap<ObjectId, Document> = HashMap::new();
-        while let Some(device) = devices.try_next().await? {
-            if let (Ok(id), Ok(held)) = (
-                device.get_object_id("_id"),
-                device.get_document("lastRefreshJob"),
-            ) {
-                holders.insert(id, held.clone());
-            }
-        }
-        let claims: Vec<_> = wanted
-            .iter()
-            .map(|want| {
-                let held = holders.get(&want.device);
-                let whole = want.categories.iter().all(|category| {
-                    held.and_then(|held| held.get_object_id(category.as_str()).ok())
-                        == Some(want.job)
-                });
-                async move {
-                    if whole {
-                        return Ok(Claim::whole(&want.categories));
-                    }
-                    let (device, categories, job) = (want.device, &want.categories, want.job);
-                    self.claim(organization, device, categories, job, since, again)
-                        .await
-                }
-            })
-            .collect();
-        stream::iter(claims)
-            .buffered(SPLIT_CLAIM_CONCURRENCY)
-            .try_collect()
-            .await
     }
 
     /// Claims all of `categories` for `job` in one atomic update, or none: only if no job has
@@ -714,6 +690,16 @@ fn lookup_keys(key: &str) -> Document {
     } else {
         doc! { "$eq": key }
     }
+}
+
+/// Who holds a category [`Store::claim_each`] asked for.
+enum Held {
+    /// The job, by this claim.
+    Now,
+    /// The job, by an earlier claim.
+    Before,
+    /// Another job, or nobody since a recent report.
+    ByOthers,
 }
 
 /// Adds to `filter` the conditions of claiming all of `categories` (none outstanding, none

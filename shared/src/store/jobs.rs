@@ -148,6 +148,7 @@ impl JobRecord {
             attempt: 0,
             repush: 0,
             pushed: Vec::new(),
+            claim_unless_reported_after: None,
             trace,
         }
     }
@@ -337,32 +338,80 @@ impl Store {
         Ok((counts, last))
     }
 
-    /// Takes still-queued `categories` out of a job that was never published: another job
-    /// holds them.
+    /// Takes `categories` out of a job, those still `queued` (another job holds them, or the
+    /// device reported them recently): in one write when all are, else one at a time, so
+    /// that a category a delivery of the job already took stays.
     pub async fn drop_categories(
         &self,
         id: ObjectId,
         categories: &[Category],
     ) -> Result<(), StoreError> {
-        let fields: Document = categories
-            .iter()
-            .map(|c| (format!("categories.{c}"), Bson::String(String::new())))
-            .collect();
-        self.jobs
-            .update_one(doc! { "_id": id }, doc! { "$unset": fields })
-            .await?;
+        if self.drop_queued(id, categories).await? || categories.len() < 2 {
+            return Ok(());
+        }
+        for category in categories {
+            self.drop_queued(id, std::slice::from_ref(category)).await?;
+        }
         Ok(())
     }
 
+    /// Unsets `categories` of job `id` if every one is `queued`; whether it did.
+    async fn drop_queued(&self, id: ObjectId, categories: &[Category]) -> Result<bool, StoreError> {
+        let mut filter = doc! { "_id": id };
+        let mut fields = Document::new();
+        for category in categories {
+            filter.insert(
+                format!("categories.{category}.state"),
+                CategoryState::Queued.as_str(),
+            );
+            fields.insert(format!("categories.{category}"), "");
+        }
+        let result = self
+            .jobs
+            .update_one(filter, doc! { "$unset": fields })
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// Ends a batch's job that got none of its `categories` when it first ran (each another
+    /// job's, or reported recently): they are taken out and its outcome is
+    /// [`DeviceOutcome::Coalesced`], if they are all it has and all still `queued` (a delivery
+    /// of the job that took one goes on with it). Returns the batch to count it in when this
+    /// call ended it (one call only: the write is conditional).
+    pub async fn coalesce_job(
+        &self,
+        id: ObjectId,
+        categories: &[Category],
+    ) -> Result<Option<ObjectId>, StoreError> {
+        let mut filter =
+            doc! { "_id": id, "batch": { "$exists": true }, "outcome": { "$exists": false } };
+        let mut fields = Document::new();
+        for category in Category::ALL {
+            let field = format!("categories.{category}");
+            if categories.contains(&category) {
+                filter.insert(format!("{field}.state"), CategoryState::Queued.as_str());
+                fields.insert(field, "");
+            } else {
+                filter.insert(field, doc! { "$exists": false });
+            }
+        }
+        let update = doc! {
+            "$set": { "outcome": DeviceOutcome::Coalesced.as_str(), "updatedAt": DateTime::now() },
+            "$unset": fields,
+        };
+        let before = self.jobs.find_one_and_update(filter, update).await?;
+        Ok(before.and_then(|job| job.batch))
+    }
+
+    /// A job of `organization`, as callers see jobs: a batch's job that coalesced is only a
+    /// count of its batch (its device was another job's), not one of them.
     pub async fn job(
         &self,
         organization: ObjectId,
         id: ObjectId,
     ) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self
-            .jobs
-            .find_one(tenant(organization, doc! { "_id": id }))
-            .await?)
+        let filter = doc! { "_id": id, "outcome": { "$ne": DeviceOutcome::Coalesced.as_str() } };
+        Ok(self.jobs.find_one(tenant(organization, filter)).await?)
     }
 
     /// A page of a device's history: up to `limit` of its jobs, newest first, from just past
@@ -376,7 +425,8 @@ impl Store {
         after: Option<ObjectId>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let filter = doc! { "device": device };
+        let filter =
+            doc! { "device": device, "outcome": { "$ne": DeviceOutcome::Coalesced.as_str() } };
         newest_first(&self.jobs, organization, filter, after, limit).await
     }
 

@@ -22,7 +22,7 @@ pub use cancel::BatchCanceled;
 pub use deliveries::{DELIVERY_LOG_RETENTION, DeliveryAttempt, DeliveryRecord};
 pub use devices::{
     Claim, Device, DeviceSummary, NewDevice, NodeKey, OmaDmIdentity, OmaDmIdentityRefused,
-    PushRoutes, Wanted, WnsChannel, WnsChannelStatus, cert_thumbprint,
+    PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
 };
 pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
