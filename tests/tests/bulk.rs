@@ -2,7 +2,13 @@
 //! worker → push-gateway-sim → MongoDB.
 
 use refresh_api::BatchView;
-use refresh_shared::{device::DeviceState, store};
+use refresh_shared::{
+    Category,
+    broker::{Publisher, Topology},
+    device::DeviceState,
+    job::{Lane, RefreshJob},
+    store,
+};
 use refresh_tests::{Answer, DEADLINE, TestStack, sample};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -379,6 +385,64 @@ async fn a_fresh_workers_first_batch_is_expanded_without_holding_it() {
     let held = sample(&page, "refresh_worker_deliveries_held_total", "").unwrap_or(0.0);
     assert_eq!(held, 0.0, "deliveries held on a healthy stack");
     assert_eq!(pushes_per_device(&stack).await.len(), 50);
+}
+
+#[tokio::test]
+async fn a_batch_jobs_first_message_run_again_after_the_job_ended_leaves_no_claim_behind() {
+    // A resumed chunk publishes again the first message of a job it had made; that copy may
+    // run after the job ended, when the device's claim is free again. Processes of their own
+    // (the worker's metrics tell when the copy was handled); no skip window, so the copy's
+    // claim is free to take and a later refresh is not answered as fresh.
+    let stack = TestStack::spawn_with(&[("REFRESH_SKIP_WINDOW_SECS", "0".to_owned())]).await;
+    let device = stack.device().await;
+    let answer = stack
+        .bulk(&json!({ "info": ["hardware"], "deviceIds": [device.id.to_hex()] }))
+        .await;
+    let batch = stack.wait_for_batch(&answer.batch_id(), DEADLINE).await;
+    assert_eq!(batch.counts.reported, 1, "{batch:?}");
+    let job = stack
+        .collection::<store::JobRecord>(store::JOBS)
+        .find_one(bson::doc! { "device": device.id })
+        .await
+        .unwrap()
+        .expect("the batch's job");
+
+    let copy = RefreshJob {
+        claim_unless_reported_after: Some(time::OffsetDateTime::now_utc()),
+        ..job.message(vec![Category::Hardware], None)
+    };
+    let publisher = Publisher::connect(&stack.settings.core.amqp, "refresh-tests")
+        .await
+        .unwrap();
+    publisher.publish(&copy).await.unwrap();
+    let bulk_queue = format!(
+        "queue=\"{}\"",
+        Topology::new(&stack.settings.core.amqp).jobs_queue(Lane::Bulk)
+    );
+    refresh_tests::wait_until("the copy to be handled", DEADLINE, || async {
+        let page = stack.metrics(&stack.worker).await;
+        let taken = sample(
+            &page,
+            "refresh_job_queue_wait_seconds_count",
+            "lane=\"bulk\"",
+        );
+        let unacked = sample(&page, "refresh_worker_unacked_deliveries", &bulk_queue);
+        (taken == Some(2.0) && unacked == Some(0.0)).then_some(())
+    })
+    .await;
+
+    let stored = stack.stored_device(device.id).await;
+    assert!(stored.refresh_info_needed.is_empty(), "{stored:?}");
+    // What a caller sees: a refresh of the device gets a job of its own and is pushed, rather
+    // than being merged into the batch's ended job.
+    let refreshed = stack.refresh_device(&device, &["hardware"]).await;
+    assert_ne!(refreshed.job_id(), job.id.to_hex(), "{:?}", refreshed.body);
+    let settled = stack.wait_for_settled_job(&refreshed.job_id()).await;
+    assert_eq!(settled.state().as_str(), "completed", "{settled:?}");
+    assert_eq!(
+        pushes_per_device(&stack).await.get(&device.id.to_hex()),
+        Some(&2)
+    );
 }
 
 /// Single-device refreshes go through their own lane: they finish while a batch is draining.
