@@ -181,6 +181,28 @@ async fn a_batch_by_filter_takes_the_tagged_devices_in_the_state_asked() {
 }
 
 #[tokio::test]
+async fn a_batch_by_filter_is_walked_chunk_by_chunk_to_its_last_device() {
+    // Chunks of two over seven devices: the walk goes on across chunks, and ends on a short one.
+    let stack = TestStack::start_with(&[("BATCH_CHUNK_SIZE", "2".to_owned())]).await;
+    let tagged = stack.devices(7, DeviceState::Active, &["wing-b"]).await;
+    stack.devices(2, DeviceState::Active, &["wing-a"]).await;
+    let answer = stack
+        .bulk(&json!({ "info": ["network"], "filter": { "tags": ["wing-b"] } }))
+        .await;
+    let batch = stack.wait_for_batch(&answer.batch_id(), DEADLINE).await;
+    assert_eq!(
+        (batch.state.as_str(), batch.total, batch.counts.reported),
+        ("completed", 7, 7),
+        "{batch:?}"
+    );
+    let pushes = pushes_per_device(&stack).await;
+    assert_eq!(pushes.len(), 7, "{pushes:?}");
+    for device in &tagged {
+        assert_eq!(pushes.get(&device.id.to_hex()), Some(&1), "{pushes:?}");
+    }
+}
+
+#[tokio::test]
 async fn the_bulk_endpoints_follow_the_single_endpoints_rules() {
     let stack = TestStack::start().await;
     let device = stack.device().await;

@@ -377,9 +377,7 @@ impl Dispatcher {
         let Some((device, Claim { ours, kept, theirs })) = claimed else {
             return Ok(Target::of(None, to_push, Vec::new()));
         };
-        if device.state.refreshable() != Refreshable::Yes {
-            return Ok(Target::of(Some(device), to_push, Vec::new()));
-        }
+        // (A device that takes no commands was claimed nothing, and fails below.)
         if theirs.is_empty() {
             return Ok(Target::of(Some(device), to_push, ours));
         }

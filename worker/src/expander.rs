@@ -3,9 +3,9 @@
 //! the broker hands the message to the next worker, which carries on where the last checkpoint
 //! says.
 //!
-//! Per chunk: look the devices up, record their jobs (one insert), publish them with
-//! pipelined confirms, then checkpoint: a handful of round trips per chunk, and no write per
-//! device. Each job claims its categories on its device when it first runs
+//! Per chunk: look the devices up (a filter's from one query the whole expansion walks),
+//! record their jobs (one insert), publish them with pipelined confirms, then checkpoint: a
+//! handful of round trips per chunk, and no write per device. Each job claims its categories on its device when it first runs
 //! (`RefreshJob::claim_unless_reported_after`): a category another job holds, or reported
 //! recently, is left to it, and a job left with none ends as coalesced. A chunk interrupted
 //! before its checkpoint is done again: its jobs already recorded are found by (batch, device)
@@ -14,14 +14,16 @@
 
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
-use futures::future::join_all;
+use futures::{TryStreamExt, future::join_all, stream::BoxStream};
 use refresh_shared::{
     batch::Skip,
     broker::Publisher,
     device::Refreshable,
     job::{Lane, RefreshJob},
     metric,
-    store::{BatchRecord, ChunkProgress, Device, Expansion, JobRecord, Store, skip_cutoff},
+    store::{
+        BatchRecord, ChunkProgress, Device, Expansion, JobRecord, Store, StoreError, skip_cutoff,
+    },
     trace::TraceParent,
 };
 use std::{
@@ -38,6 +40,9 @@ pub struct Expander {
     pub refresh_skip_window: Duration,
     pub shutdown: CancellationToken,
 }
+
+/// A filter batch's devices from its checkpoint on, as one query reads them.
+type Matches = BoxStream<'static, Result<Device, StoreError>>;
 
 /// One entry of a chunk: what the batch named, and the device it found.
 struct Entry {
@@ -66,13 +71,15 @@ impl Expander {
         let mut resuming = batch.started_at.is_some();
         self.store.start_batch(batch.id).await?;
         let mut expansion = batch.expansion.clone();
+        let mut matches = None;
         tracing::info!(%batch_id, chunks_done = expansion.chunks, total = batch.total, "expanding");
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(Halt::Shutdown);
             }
             let chunk_started = std::time::Instant::now();
-            let (entries, mut progress, last) = self.next_chunk(&batch, &expansion).await?;
+            let (entries, mut progress, last) =
+                self.next_chunk(&batch, &expansion, &mut matches).await?;
             let looked_up = chunk_started.elapsed();
             self.expand_chunk(&batch, entries, resuming, &mut progress, trace)
                 .await?;
@@ -123,10 +130,13 @@ impl Expander {
     }
 
     /// The next chunk after the checkpoint, the checkpoint after it, and whether it is the last.
+    /// A filter's devices come from `matches`, the walk this expansion opened at its first
+    /// chunk ([`Store::devices_matching`]).
     async fn next_chunk(
         &self,
         batch: &BatchRecord,
         expansion: &Expansion,
+        matches: &mut Option<Matches>,
     ) -> Result<(Vec<Entry>, ChunkProgress, bool), Halt> {
         let mut progress = ChunkProgress::default();
         if batch.filter.is_none() {
@@ -156,12 +166,25 @@ impl Expander {
             let last = keys.is_empty() || progress.next_index >= batch.total;
             Ok((entries, progress, last))
         } else {
-            let filter = batch.filter.clone().unwrap_or_default();
-            let limit = i64::try_from(self.chunk_size).unwrap_or(i64::MAX);
-            let devices = self
-                .store
-                .devices_matching(batch.organization, &filter, expansion.after, limit)
-                .await?;
+            let matches = match matches {
+                Some(matches) => matches,
+                None => {
+                    let filter = batch.filter.clone().unwrap_or_default();
+                    let page = u32::try_from(self.chunk_size).unwrap_or(u32::MAX);
+                    let after = expansion.after;
+                    let walk =
+                        self.store
+                            .devices_matching(batch.organization, &filter, after, page);
+                    matches.insert(walk.await?)
+                }
+            };
+            let mut devices = Vec::with_capacity(self.chunk_size);
+            while devices.len() < self.chunk_size {
+                match matches.try_next().await? {
+                    Some(device) => devices.push(device),
+                    None => break,
+                }
+            }
             let last = devices.len() < self.chunk_size;
             progress.after = devices.last().map(|device| device.id);
             let entries = devices

@@ -6,7 +6,7 @@ use crate::{
     device::DeviceState,
 };
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use futures::{TryStreamExt, future::join_all};
+use futures::{StreamExt, TryStreamExt, future::join_all, stream::BoxStream};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -468,23 +468,26 @@ impl Store {
         Ok(self.devices.find(filter).await?.try_collect().await?)
     }
 
-    /// Up to `limit` devices of `organization` matching `filter` with an id after `after`, in id
-    /// order: a batch walks its devices chunk by chunk and can resume after the last one.
+    /// The devices of `organization` matching `filter` with an id after `after`, in id order,
+    /// as one query read `page` devices at a time: a batch walks them from its checkpoint.
+    /// One query for the whole walk, not one per chunk: on SecantusDB every range query costs
+    /// a pass over the collection before its first result, whatever its limit (~0.6 s at
+    /// 100,000 devices), while the cursor's further pages are read in milliseconds.
     pub async fn devices_matching(
         &self,
         organization: ObjectId,
         filter: &DeviceFilter,
         after: Option<ObjectId>,
-        limit: i64,
-    ) -> Result<Vec<Device>, StoreError> {
+        page: u32,
+    ) -> Result<BoxStream<'static, Result<Device, StoreError>>, StoreError> {
         let query = tenant(organization, device_filter(filter, after));
         let found = self
             .devices
             .find(query)
             .sort(doc! { "_id": 1 })
-            .limit(limit)
+            .batch_size(page)
             .await?;
-        Ok(found.try_collect().await?)
+        Ok(found.map_err(StoreError::from).boxed())
     }
 
     /// How many devices of `organization` match `filter` now.
