@@ -163,8 +163,9 @@ pub enum Skip {
     NotFound,
     /// PROVISIONING or UNKNOWN: it takes no commands.
     NotActive,
-    /// Every category is already outstanding or freshly pushed for it (another job, or the same
-    /// device named twice in the batch).
+    /// The device was named before in the batch (in the same chunk, or with a job an
+    /// interrupted expansion made under another name). A device whose categories another job
+    /// holds is found so when its own job runs: [`DeviceOutcome::Coalesced`].
     Coalesced,
 }
 
