@@ -35,6 +35,20 @@ impl TestStack {
         )
     }
 
+    /// A device's refresh history (`query`: `?…` or empty).
+    pub fn history_url(&self, organization: &str, device: &str, query: &str) -> String {
+        format!(
+            "{}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/refresh-jobs{query}",
+            self.api
+        )
+    }
+
+    /// `GET` of `device`'s history in the stack's organization with the stack's token.
+    pub async fn device_history(&self, device: &str, query: &str) -> Answer {
+        let url = self.history_url(&self.org_id(), device, query);
+        Answer::of(self.http.get(url).bearer_auth(&self.token)).await
+    }
+
     pub fn batches_url(&self, organization: &str) -> String {
         format!(
             "{}/v1/organizations/{organization}/mdm/windows/enterprise/refresh-batches",

@@ -119,13 +119,7 @@ async fn a_device_named_again_in_a_later_chunk_is_refreshed_once_and_counted_coa
         assert!(stored.refresh_info_needed.is_empty(), "{stored:?}");
     }
     // The coalesced job is only a count of the batch: the device's history shows one job.
-    let url = format!(
-        "{}/v1/organizations/{}/mdm/windows/enterprise/devices/{}/refresh-jobs",
-        stack.api,
-        stack.org_id(),
-        twice.id.to_hex()
-    );
-    let history = Answer::of(stack.http.get(url).bearer_auth(&stack.token)).await;
+    let history = stack.device_history(&twice.id.to_hex(), "").await;
     assert_eq!(history.status, StatusCode::OK, "{:?}", history.body);
     let jobs = history.body["data"]["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 1, "{:?}", history.body);

@@ -6,18 +6,6 @@ use refresh_tests::{Answer, TestStack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn history_url(api: &str, organization: &str, device: &str, query: &str) -> String {
-    format!(
-        "{api}/v1/organizations/{organization}/mdm/windows/enterprise/devices/{device}/refresh-jobs{query}"
-    )
-}
-
-/// `GET` of the history of `device` in the stack's organization with `query` (`?…` or empty).
-async fn history(stack: &TestStack, device: &str, query: &str) -> Answer {
-    let url = history_url(&stack.api, &stack.org_id(), device, query);
-    Answer::of(stack.http.get(url).bearer_auth(&stack.token)).await
-}
-
 /// The ids of a page's jobs, and its cursor.
 fn page(answer: &Answer) -> (Vec<String>, Value) {
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
@@ -50,20 +38,28 @@ async fn a_device_history_pages_newest_first_and_new_jobs_do_not_shift_a_page() 
     stack.refresh_device(&other_device, &["os"]).await.job_id();
     let id = device.id.to_hex();
 
-    let (first, cursor) = page(&history(&stack, &id, "?limit=2").await);
+    let (first, cursor) = page(&stack.device_history(&id, "?limit=2").await);
     assert_eq!(first, [made[4].clone(), made[3].clone()]);
     // A job made after the first page is read shows on the first page, not on the next ones.
     let newest = stack.refresh_device(&device, &["os"]).await.job_id();
     let cursor = cursor.as_str().expect("a cursor after a full page");
-    let (second, cursor) = page(&history(&stack, &id, &format!("?limit=2&after={cursor}")).await);
+    let (second, cursor) = page(
+        &stack
+            .device_history(&id, &format!("?limit=2&after={cursor}"))
+            .await,
+    );
     assert_eq!(second, [made[2].clone(), made[1].clone()]);
     let cursor = cursor.as_str().expect("a cursor after a full page");
-    let (last, cursor) = page(&history(&stack, &id, &format!("?limit=2&after={cursor}")).await);
+    let (last, cursor) = page(
+        &stack
+            .device_history(&id, &format!("?limit=2&after={cursor}"))
+            .await,
+    );
     assert_eq!(last, [made[0].clone()]);
     assert_eq!(cursor, Value::Null, "the last page has no cursor");
 
     // Without a limit, up to 20; each job as its own GET shows it.
-    let answer = history(&stack, &id, "").await;
+    let answer = stack.device_history(&id, "").await;
     let (all, cursor) = page(&answer);
     let mut expected: Vec<String> = made.iter().rev().cloned().collect();
     expected.insert(0, newest);
@@ -78,7 +74,7 @@ async fn a_device_history_pages_newest_first_and_new_jobs_do_not_shift_a_page() 
     .await;
     assert_eq!(answer.body["data"]["jobs"][5], job.body["data"]);
     // A page that ends exactly with the last job still says so.
-    let (six, cursor) = page(&history(&stack, &id, "?limit=6").await);
+    let (six, cursor) = page(&stack.device_history(&id, "?limit=6").await);
     assert_eq!(six.len(), 6);
     assert_eq!(cursor, Value::Null);
 }
@@ -90,25 +86,26 @@ async fn the_history_checks_its_query_its_permission_and_its_tenant() {
     stack.refresh_device(&device, &["os"]).await.job_id();
     let id = device.id.to_hex();
 
-    let bad = history(&stack, &id, "?limit=0&after=nope").await;
+    let bad = stack.device_history(&id, "?limit=0&after=nope").await;
     bad.assert_error(StatusCode::BAD_REQUEST, 1001, "Validation failed");
     let fields = bad.problem_fields();
     assert_eq!(fields, ["limit", "after"], "{:?}", bad.body);
     for limit in ["101", "-1", "two", ""] {
-        history(&stack, &id, &format!("?limit={limit}"))
+        stack
+            .device_history(&id, &format!("?limit={limit}"))
             .await
             .assert_error(StatusCode::BAD_REQUEST, 1001, "Validation failed");
     }
-    let (one, _) = page(&history(&stack, &id, "?limit=100").await);
+    let (one, _) = page(&stack.device_history(&id, "?limit=100").await);
     assert_eq!(one.len(), 1);
-    history(&stack, "NOSUCHSERIAL", "").await.assert_error(
+    stack.device_history("NOSUCHSERIAL", "").await.assert_error(
         StatusCode::NOT_FOUND,
         3001,
         "Entity not found",
     );
 
     let reader = stack.token_with(&[PERMISSION_DEVICE_READ]).await;
-    let url = history_url(&stack.api, &stack.org_id(), &id, "");
+    let url = stack.history_url(&stack.org_id(), &id, "");
     Answer::of(stack.http.get(&url).bearer_auth(&reader))
         .await
         .assert_error(StatusCode::FORBIDDEN, 4003, "Forbidden");
@@ -116,11 +113,11 @@ async fn the_history_checks_its_query_its_permission_and_its_tenant() {
     // Another organization's token sees nothing of this device, through either organization.
     let (other, other_token) = stack.other_tenant().await;
     for organization in [other.id.to_hex(), stack.org_id()] {
-        let url = history_url(&stack.api, &organization, &id, "");
+        let url = stack.history_url(&organization, &id, "");
         Answer::of(stack.http.get(url).bearer_auth(&other_token))
             .await
             .assert_error(StatusCode::NOT_FOUND, 3001, "Entity not found");
     }
-    let answer = json!(history(&stack, &id, "").await.body["data"]["jobs"][0]["deviceId"]);
+    let answer = json!(stack.device_history(&id, "").await.body["data"]["jobs"][0]["deviceId"]);
     assert_eq!(answer, json!(id));
 }

@@ -14,7 +14,7 @@
 
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
-use futures::{TryStreamExt, future::join_all, stream::BoxStream};
+use futures::{TryStreamExt, future::join_all};
 use refresh_shared::{
     batch::Skip,
     broker::Publisher,
@@ -22,7 +22,7 @@ use refresh_shared::{
     job::{Lane, RefreshJob},
     metric,
     store::{
-        BatchRecord, ChunkProgress, Device, Expansion, JobRecord, Store, StoreError, skip_cutoff,
+        BatchRecord, ChunkProgress, Device, DeviceWalk, Expansion, JobRecord, Store, skip_cutoff,
     },
     trace::TraceParent,
 };
@@ -40,9 +40,6 @@ pub struct Expander {
     pub refresh_skip_window: Duration,
     pub shutdown: CancellationToken,
 }
-
-/// A filter batch's devices from its checkpoint on, as one query reads them.
-type Matches = BoxStream<'static, Result<Device, StoreError>>;
 
 /// One entry of a chunk: what the batch named, and the device it found.
 struct Entry {
@@ -136,7 +133,7 @@ impl Expander {
         &self,
         batch: &BatchRecord,
         expansion: &Expansion,
-        matches: &mut Option<Matches>,
+        matches: &mut Option<DeviceWalk>,
     ) -> Result<(Vec<Entry>, ChunkProgress, bool), Halt> {
         let mut progress = ChunkProgress::default();
         if batch.filter.is_none() {

@@ -232,8 +232,11 @@ impl Device {
     }
 }
 
+/// Devices in `_id` order as one query reads them ([`Store::devices_matching`]).
+pub type DeviceWalk = BoxStream<'static, Result<Device, StoreError>>;
+
 /// Which of a request's categories a job got to refresh.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Claim {
     /// Claimed for the job by this call: it pushes these.
     pub ours: Vec<Category>,
@@ -297,14 +300,26 @@ impl Store {
         job: ObjectId,
         not_refreshed_since: DateTime,
     ) -> Result<Option<Device>, StoreError> {
-        let mut filter = doc! {
-            "lookupKeys": lookup_keys(key),
-            "state": DeviceState::Active.as_str(),
-        };
-        let update = claim_all(&mut filter, categories, job, not_refreshed_since);
+        let device = doc! { "lookupKeys": lookup_keys(key) };
+        self.claim_whole(organization, device, categories, job, not_refreshed_since)
+            .await
+    }
+
+    /// The active device `device` selects, with every one of `categories` claimed for `job`
+    /// in the same `findOneAndUpdate`; `None` when there is none or the claim is not whole.
+    async fn claim_whole(
+        &self,
+        organization: ObjectId,
+        mut device: Document,
+        categories: &[Category],
+        job: ObjectId,
+        not_refreshed_since: DateTime,
+    ) -> Result<Option<Device>, StoreError> {
+        device.insert("state", DeviceState::Active.as_str());
+        let update = claim_all(&mut device, categories, job, not_refreshed_since);
         Ok(self
             .devices
-            .find_one_and_update(tenant(organization, filter), update)
+            .find_one_and_update(tenant(organization, device), update)
             .await?)
     }
 
@@ -356,12 +371,9 @@ impl Store {
         not_refreshed_since: DateTime,
     ) -> Result<Option<(Device, Claim)>, StoreError> {
         let since = not_refreshed_since;
-        let mut filter = doc! { "_id": device, "state": DeviceState::Active.as_str() };
-        let update = claim_all(&mut filter, categories, job, since);
-        if let Some(found) = self
-            .devices
-            .find_one_and_update(tenant(organization, filter), update)
-            .await?
+        let selector = doc! { "_id": device };
+        if let Some(found) =
+            (self.claim_whole(organization, selector, categories, job, since)).await?
         {
             return Ok(Some((found, Claim::whole(categories))));
         }
@@ -479,7 +491,7 @@ impl Store {
         filter: &DeviceFilter,
         after: Option<ObjectId>,
         page: u32,
-    ) -> Result<BoxStream<'static, Result<Device, StoreError>>, StoreError> {
+    ) -> Result<DeviceWalk, StoreError> {
         let query = tenant(organization, device_filter(filter, after));
         let found = self
             .devices

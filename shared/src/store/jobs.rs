@@ -177,6 +177,18 @@ fn only_duplicates(error: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Adds to a job's `filter` that each of `categories` is `queued`, and returns the `$unset`
+/// fields that take them out of the job.
+fn unset_while_queued(filter: &mut Document, categories: &[Category]) -> Document {
+    let mut fields = Document::new();
+    for category in categories {
+        let field = format!("categories.{category}");
+        filter.insert(format!("{field}.state"), CategoryState::Queued.as_str());
+        fields.insert(field, "");
+    }
+    fields
+}
+
 /// How long ago a category's last report must be for it to be refreshed: the skip window, or
 /// the request's `maxAgeSecs` when longer (it never undercuts the window).
 pub fn stale_after(
@@ -358,14 +370,7 @@ impl Store {
     /// Unsets `categories` of job `id` if every one is `queued`; whether it did.
     async fn drop_queued(&self, id: ObjectId, categories: &[Category]) -> Result<bool, StoreError> {
         let mut filter = doc! { "_id": id };
-        let mut fields = Document::new();
-        for category in categories {
-            filter.insert(
-                format!("categories.{category}.state"),
-                CategoryState::Queued.as_str(),
-            );
-            fields.insert(format!("categories.{category}"), "");
-        }
+        let fields = unset_while_queued(&mut filter, categories);
         let result = self
             .jobs
             .update_one(filter, doc! { "$unset": fields })
@@ -385,15 +390,9 @@ impl Store {
     ) -> Result<Option<ObjectId>, StoreError> {
         let mut filter =
             doc! { "_id": id, "batch": { "$exists": true }, "outcome": { "$exists": false } };
-        let mut fields = Document::new();
-        for category in Category::ALL {
-            let field = format!("categories.{category}");
-            if categories.contains(&category) {
-                filter.insert(format!("{field}.state"), CategoryState::Queued.as_str());
-                fields.insert(field, "");
-            } else {
-                filter.insert(field, doc! { "$exists": false });
-            }
+        let fields = unset_while_queued(&mut filter, categories);
+        for category in Category::ALL.iter().filter(|c| !categories.contains(c)) {
+            filter.insert(format!("categories.{category}"), doc! { "$exists": false });
         }
         let update = doc! {
             "$set": { "outcome": DeviceOutcome::Coalesced.as_str(), "updatedAt": DateTime::now() },

@@ -21,8 +21,8 @@ pub use batches::{BatchRecord, BatchState, ChunkProgress, DevicePage, Expansion,
 pub use cancel::BatchCanceled;
 pub use deliveries::{DELIVERY_LOG_RETENTION, DeliveryAttempt, DeliveryRecord};
 pub use devices::{
-    Claim, Device, DeviceSummary, NewDevice, NodeKey, OmaDmIdentity, OmaDmIdentityRefused,
-    PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
+    Claim, Device, DeviceSummary, DeviceWalk, NewDevice, NodeKey, OmaDmIdentity,
+    OmaDmIdentityRefused, PushRoutes, WnsChannel, WnsChannelStatus, cert_thumbprint,
 };
 pub use idempotency::{
     IDEMPOTENCY_ABANDONED_AFTER, IDEMPOTENCY_WINDOW, IdempotencyRecord, KeyAnswer, Reservation,
