@@ -292,6 +292,14 @@ impl Dispatcher {
         if claimed {
             held.take(&to_push);
         }
+        let (to_push, fresh) = if claimed || fresh.is_empty() {
+            (to_push, fresh)
+        } else {
+            self.release_settled(job, to_push, fresh).await?
+        };
+        if to_push.is_empty() {
+            return Ok(());
+        }
         let (device, fresh) = (&*device, fresh.as_slice());
         // Every category, and every recording of pushes, is polled in one set: a future that
         // holds a pooled database connection must never sit unpolled while its job awaits
@@ -401,6 +409,37 @@ impl Dispatcher {
             .filter(|category| !theirs.contains(category))
             .collect();
         Ok(Target::of(Some(device), categories, ours))
+    }
+
+    /// The job's categories were not all taken after this delivery claimed some on the
+    /// device: those the job has settled (a canceled batch's job, or a later delivery of a
+    /// first message) are released on the device in one write and not gone on with; the
+    /// rest are left to be taken one by one. Returns what is left, and its fresh claims.
+    async fn release_settled(
+        &self,
+        job: &RefreshJob,
+        to_push: Vec<Category>,
+        fresh: Vec<Category>,
+    ) -> Result<(Vec<Category>, Vec<Category>), Halt> {
+        let Some(record) = self.store.job_by_id(job.job_id).await? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let open = |category: &Category| {
+            record.categories.get(category).is_some_and(|c| {
+                c.state == CategoryState::Pushing
+                    || CategoryState::claimable(job.repush > 0).contains(&c.state)
+            })
+        };
+        let (fresh, settled): (Vec<Category>, Vec<Category>) = fresh.into_iter().partition(open);
+        if !settled.is_empty() {
+            let (organization, device) = (job.organization_id, job.device_id);
+            release(self, organization, device, &settled, job.job_id, None).await?;
+        }
+        let to_push = to_push
+            .into_iter()
+            .filter(|category| !settled.contains(category))
+            .collect();
+        Ok((to_push, fresh))
     }
 
     /// Runs a store write until it succeeds, waiting out database outages for up to
