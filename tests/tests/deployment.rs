@@ -1,8 +1,14 @@
 //! Several processes of one deployment on one broker: what one of them learns about a
-//! gateway holds for all, and the queue gauges add up over them.
+//! gateway holds for all, the queue gauges add up over them, and a process of a new version
+//! tidies the database an earlier one left.
 
 use futures::future::join_all;
-use refresh_shared::{broker::Topology, device::DeviceState, job::Lane, store::WnsChannel};
+use refresh_shared::{
+    broker::Topology,
+    device::DeviceState,
+    job::Lane,
+    store::{self, WnsChannel},
+};
 use refresh_tests::{Another, DEADLINE, TestStack, sample, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -341,4 +347,30 @@ async fn two_apis_together_admit_an_organization_no_more_than_its_rate() {
     assert_eq!(admitted + refused, answers.len(), "only 400 or 429");
     assert!(refused > 0, "the clients asked for more than the limit");
     assert!(rate <= 110.0, "{rate:.1} admitted a second, limit 100");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_on_jobs_that_no_query_reads_is_dropped_when_a_process_of_a_new_version_starts() {
+    let stack = TestStack::spawn_with(&[]).await;
+    let jobs = stack.collection::<bson::Document>(store::JOBS);
+    // As an earlier version left it: every job written paid an entry in it.
+    let retired = mongodb::IndexModel::builder()
+        .keys(bson::doc! { "device": 1, "organization": 1, "createdAt": -1 })
+        .build();
+    let name = jobs
+        .create_index(retired)
+        .await
+        .expect("the earlier version's index")
+        .index_name;
+
+    let _upgraded = stack.spawn_another("refresh-worker").await;
+    let names = jobs.list_index_names().await.expect("the jobs' indexes");
+    assert!(!names.contains(&name), "{name} is still there: {names:?}");
+    // What a device's history reads is still indexed.
+    assert!(
+        names
+            .iter()
+            .any(|index| index == "device_1_organization_1__id_-1"),
+        "{names:?}"
+    );
 }

@@ -2,7 +2,7 @@
 
 use super::{DELIVERY_LOG_RETENTION, IDEMPOTENCY_WINDOW, Store, StoreError};
 use bson::{Document, doc};
-use mongodb::{Collection, IndexModel, options::IndexOptions};
+use mongodb::{Collection, IndexModel, error::ErrorKind, options::IndexOptions};
 
 /// An index on `keys`, unique or not.
 fn index(keys: Document, unique: bool) -> IndexModel {
@@ -18,6 +18,43 @@ async fn ensure<T: Send + Sync>(
         collection.create_index(model).await?;
     }
     Ok(())
+}
+
+/// Indexes earlier versions made on jobs that no query reads any more. Each still costs every
+/// job written (a request's, every one of a batch's) an entry, so they are dropped at start.
+///
+/// `{device, organization, createdAt}`: a device's jobs are read newest first by `_id` (its
+/// creation time), never by `createdAt`.
+const RETIRED_JOB_INDEXES: &[&str] = &["device_1_organization_1_createdAt_-1"];
+
+/// Drops the indexes named `names` where they exist. Every process does this at start, so
+/// another one may have dropped an index first, or the collection may not exist yet.
+async fn retire<T: Send + Sync>(
+    collection: &Collection<T>,
+    names: &[&str],
+) -> Result<(), StoreError> {
+    for name in names {
+        match collection.drop_index(*name).await {
+            Ok(()) => tracing::info!(
+                collection = collection.name(),
+                index = name,
+                "dropped an index nothing reads"
+            ),
+            Err(error) if already_gone(&error) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The server's answer to dropping an index, or from a collection, that does not exist.
+fn already_gone(error: &mongodb::error::Error) -> bool {
+    const NAMESPACE_NOT_FOUND: i32 = 26;
+    const INDEX_NOT_FOUND: i32 = 27;
+    matches!(
+        &*error.kind,
+        ErrorKind::Command(command) if [NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND].contains(&command.code)
+    )
 }
 
 impl Store {
@@ -79,12 +116,8 @@ impl Store {
         ensure(
             &self.jobs,
             [
-                // A device's jobs, newest first; `device` leads for the reason given above.
-                index(
-                    doc! { "device": 1, "organization": 1, "createdAt": -1 },
-                    false,
-                ),
-                // A device's history, page by page from a cursor (a job id).
+                // A device's history, newest first, page by page from a cursor (a job id);
+                // `device` leads for the reason given above.
                 index(doc! { "device": 1, "organization": 1, "_id": -1 }, false),
                 // A batch's jobs for a chunk of devices (resuming an expansion), and its
                 // outcomes (recounting a batch).
@@ -93,6 +126,7 @@ impl Store {
             ],
         )
         .await?;
+        retire(&self.jobs, RETIRED_JOB_INDEXES).await?;
         // A batch's device list, page by page.
         ensure(
             &self.batch_devices,
