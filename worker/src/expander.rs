@@ -5,12 +5,13 @@
 //!
 //! Per chunk: look the devices up (a filter's from one query the whole expansion walks),
 //! record their jobs (one insert), publish them with pipelined confirms, then checkpoint: a
-//! handful of round trips per chunk, and no write per device. Each job claims its categories on its device when it first runs
-//! (`RefreshJob::claim_unless_reported_after`): a category another job holds, or reported
-//! recently, is left to it, and a job left with none ends as coalesced. A chunk interrupted
-//! before its checkpoint is done again: its jobs already recorded are found by (batch, device)
-//! and published again only for categories no worker has taken, and a second copy of a job
-//! never pushes what the first is pushing (`CategoryState::claimable`).
+//! handful of round trips per chunk, and no write per device. A chunk is looked up and recorded
+//! while the one before it is published and checkpointed. Each job claims its categories on its
+//! device when it first runs (`RefreshJob::claim_unless_reported_after`): a category another job
+//! holds, or reported recently, is left to it, and a job left with none ends as coalesced. The
+//! chunks interrupted before their checkpoint are done again: their jobs already recorded are
+//! found by (batch, device) and published again only for categories no worker has taken, and a
+//! second copy of a job never pushes what the first is pushing (`CategoryState::claimable`).
 
 use crate::dispatch::Halt;
 use bson::oid::ObjectId;
@@ -47,6 +48,27 @@ struct Entry {
     device: Option<Device>,
 }
 
+/// How many chunks an expansion has between recorded and checkpointed: one being published
+/// while the next is recorded. A resumed expansion looks for jobs already made in as many.
+const CHUNKS_IN_FLIGHT: u32 = 2;
+
+/// A chunk whose jobs are recorded, to be published and checkpointed.
+struct Recorded {
+    messages: Vec<RefreshJob>,
+    progress: ChunkProgress,
+    last: bool,
+}
+
+/// What became of a recorded chunk.
+enum Published {
+    /// There was none.
+    Nothing,
+    /// Published and checkpointed.
+    Checkpointed { last: bool },
+    /// Published, but its checkpoint was not this expander's to write.
+    Refused,
+}
+
 /// What to do with one device's job.
 struct Planned {
     job: JobRecord,
@@ -64,50 +86,77 @@ impl Expander {
         if batch.expansion.done || batch.failure.is_some() || batch.canceled_at.is_some() {
             return Ok(());
         }
-        // Started before: the first chunk may have been half done by a process that died.
-        let mut resuming = batch.started_at.is_some();
+        // Started before: the chunks a process that died had in flight may be half done.
+        let mut resuming = if batch.started_at.is_some() {
+            CHUNKS_IN_FLIGHT
+        } else {
+            0
+        };
         self.store.start_batch(batch.id).await?;
-        let mut expansion = batch.expansion.clone();
+        // Where the next lookup starts: a chunk ahead of the checkpoint while one is published.
+        let mut walked = batch.expansion.clone();
+        let mut chunks_done = batch.expansion.chunks;
         let mut matches = None;
-        tracing::info!(%batch_id, chunks_done = expansion.chunks, total = batch.total, "expanding");
+        let mut recorded: Option<Recorded> = None;
+        tracing::info!(%batch_id, chunks_done, total = batch.total, "expanding");
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(Halt::Shutdown);
             }
-            let chunk_started = std::time::Instant::now();
-            let (entries, mut progress, last) =
-                self.next_chunk(&batch, &expansion, &mut matches).await?;
-            let looked_up = chunk_started.elapsed();
-            self.expand_chunk(&batch, entries, resuming, &mut progress, trace)
-                .await?;
-            resuming = false;
-            tracing::debug!(?looked_up, took = ?chunk_started.elapsed(), "chunk expanded");
-            let recorded = self
-                .store
-                .checkpoint_batch(batch.id, expansion.chunks, &progress, last)
-                .await?;
-            if !recorded {
-                return self.checkpoint_refused(batch_id).await;
-            }
-            metrics::counter!(metric::BATCH_DEVICES_EXPANDED)
-                .increment(progress.accepted + progress.skipped.total());
-            expansion.chunks += 1;
-            expansion.next_index = progress.next_index;
-            expansion.after = progress.after.or(expansion.after);
-            if last {
-                let expanded = if batch.filter.is_some() {
-                    self.store.settle_batch_total(batch.id).await?
-                } else {
-                    self.store.batch_by_id(batch.id).await?
-                };
-                // Every job may have settled while the expansion was still running.
-                if let Some(expanded) = expanded {
-                    self.store.finish_if_settled(&expanded).await?;
+            let walk_on = recorded.as_ref().is_none_or(|chunk| !chunk.last);
+            // The next chunk is looked up and recorded in the database while the one before is
+            // published to the broker and checkpointed: each waits on a different server.
+            let next = async {
+                if !walk_on {
+                    return Ok(None);
                 }
-                tracing::info!(%batch_id, chunks = expansion.chunks, "batch expanded");
-                return Ok(());
+                let chunk = self
+                    .record_chunk(&batch, &walked, &mut matches, resuming > 0, trace)
+                    .await?;
+                Ok::<_, Halt>(Some(chunk))
+            };
+            let previous = async {
+                match recorded.take() {
+                    Some(chunk) => self.publish_chunk(&batch, chunks_done, chunk).await,
+                    None => Ok(Published::Nothing),
+                }
+            };
+            let (next, previous) = tokio::join!(next, previous);
+            match previous? {
+                Published::Nothing => {}
+                // The chunk recorded meanwhile is not published: its jobs are canceled with the
+                // batch, or found by the expander that checkpointed first, which looks for jobs
+                // already made in as many chunks as one run has in flight.
+                Published::Refused => return self.checkpoint_refused(batch_id).await,
+                Published::Checkpointed { last } => {
+                    chunks_done += 1;
+                    if last {
+                        return self.finish_expansion(&batch, chunks_done).await;
+                    }
+                }
+            }
+            if let Some(chunk) = next? {
+                resuming = resuming.saturating_sub(1);
+                walked.next_index = chunk.progress.next_index;
+                walked.after = chunk.progress.after.or(walked.after);
+                recorded = Some(chunk);
             }
         }
+    }
+
+    /// Every chunk is checkpointed: a filter's total is now known, and the batch may be done
+    /// already (every job may have settled while the expansion was still running).
+    async fn finish_expansion(&self, batch: &BatchRecord, chunks: u64) -> Result<(), Halt> {
+        let expanded = if batch.filter.is_some() {
+            self.store.settle_batch_total(batch.id).await?
+        } else {
+            self.store.batch_by_id(batch.id).await?
+        };
+        if let Some(expanded) = expanded {
+            self.store.finish_if_settled(&expanded).await?;
+        }
+        tracing::info!(batch_id = %batch.id, chunks, "batch expanded");
+        Ok(())
     }
 
     /// The batch's checkpoint was not this expander's to write: the batch was canceled (then
@@ -195,42 +244,74 @@ impl Expander {
         }
     }
 
-    /// Records and publishes one chunk's jobs. `resuming`: the chunk may have been half done
-    /// before, so jobs it already made are looked for. (A device named again in a later chunk
-    /// needs no such search: it gets a second job, which coalesces into the first when it
-    /// runs, as a request for a device already refreshing does.)
-    async fn expand_chunk(
+    /// Looks up the chunk after `walked` and records its jobs. `resuming`: the chunk may have
+    /// been half done before, so jobs it already made are looked for. (A device named again in
+    /// a later chunk needs no such search: it gets a second job, which coalesces into the first
+    /// when it runs, as a request for a device already refreshing does.)
+    async fn record_chunk(
         &self,
         batch: &BatchRecord,
-        entries: Vec<Entry>,
+        walked: &Expansion,
+        matches: &mut Option<DeviceWalk>,
         resuming: bool,
-        progress: &mut ChunkProgress,
         trace: Option<TraceParent>,
-    ) -> Result<(), Halt> {
+    ) -> Result<Recorded, Halt> {
+        let started = std::time::Instant::now();
+        let (entries, mut progress, last) = self.next_chunk(batch, walked, matches).await?;
+        let looked_up = started.elapsed();
         let existing = if resuming {
             self.jobs_of_earlier_run(batch, &entries).await?
         } else {
             HashMap::new()
         };
-        let (planned, new_jobs) = plan(batch, entries, &existing, progress);
+        let (planned, new_jobs) = plan(batch, entries, &existing, &mut progress);
         self.store.insert_jobs(&new_jobs).await?;
         // A category reported within the skip window, or the batch's `maxAgeSecs`, is not
         // claimed when the job runs.
         let cutoff = skip_cutoff(batch.stale_after(self.refresh_skip_window)).to_time_0_3();
-        let messages: Vec<RefreshJob> = planned
+        let messages = planned
             .into_iter()
             .map(|Planned { job, categories }| RefreshJob {
                 claim_unless_reported_after: Some(cutoff),
                 ..job.message(categories, trace)
             })
             .collect();
+        tracing::debug!(?looked_up, took = ?started.elapsed(), "chunk recorded");
+        Ok(Recorded {
+            messages,
+            progress,
+            last,
+        })
+    }
+
+    /// Publishes a recorded chunk's jobs, then checkpoints it as the one after `chunks_done`.
+    async fn publish_chunk(
+        &self,
+        batch: &BatchRecord,
+        chunks_done: u64,
+        chunk: Recorded,
+    ) -> Result<Published, Halt> {
+        let Recorded {
+            messages,
+            mut progress,
+            last,
+        } = chunk;
         // All at once on one channel: the confirms are pipelined, never awaited one by one.
         let published = join_all(messages.iter().map(|job| self.publisher.publish(job))).await;
         published.into_iter().collect::<Result<Vec<()>, _>>()?;
         progress.accepted += messages.len() as u64;
         metrics::counter!(metric::JOBS_ACCEPTED, "lane" => Lane::Bulk.as_str())
             .increment(messages.len() as u64);
-        Ok(())
+        let recorded = self
+            .store
+            .checkpoint_batch(batch.id, chunks_done, &progress, last)
+            .await?;
+        if !recorded {
+            return Ok(Published::Refused);
+        }
+        metrics::counter!(metric::BATCH_DEVICES_EXPANDED)
+            .increment(progress.accepted + progress.skipped.total());
+        Ok(Published::Checkpointed { last })
     }
 
     /// The jobs an interrupted run made for the devices of `entries`, by device.
