@@ -268,16 +268,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes jobs that were never published.
-    pub async fn delete_jobs(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
-        if !ids.is_empty() {
-            self.jobs
-                .delete_many(doc! { "_id": { "$in": ids } })
-                .await?;
-        }
-        Ok(())
-    }
-
     /// The jobs `batch` already made for any of `devices`.
     pub async fn batch_jobs_for(
         &self,
