@@ -421,11 +421,11 @@ impl Dispatcher {
         to_push: Vec<Category>,
         fresh: Vec<Category>,
     ) -> Result<(Vec<Category>, Vec<Category>), Halt> {
-        let Some(record) = self.store.job_by_id(job.job_id).await? else {
-            return Ok((Vec::new(), Vec::new()));
-        };
+        // A job no longer recorded has nothing open: every fresh claim goes.
+        let record = self.store.job_by_id(job.job_id).await?;
         let open = |category: &Category| {
-            record.categories.get(category).is_some_and(|c| {
+            let recorded = record.as_ref().and_then(|r| r.categories.get(category));
+            recorded.is_some_and(|c| {
                 c.state == CategoryState::Pushing
                     || CategoryState::claimable(job.repush > 0).contains(&c.state)
             })
