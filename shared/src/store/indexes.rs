@@ -28,7 +28,7 @@ async fn ensure<T: Send + Sync>(
 const RETIRED_JOB_INDEXES: &[&str] = &["device_1_organization_1_createdAt_-1"];
 
 /// Drops the indexes named `names` where they exist. Every process does this at start, so
-/// another one may have dropped an index first, or the collection may not exist yet.
+/// another one may have dropped an index first.
 async fn retire<T: Send + Sync>(
     collection: &Collection<T>,
     names: &[&str],
@@ -47,14 +47,10 @@ async fn retire<T: Send + Sync>(
     Ok(())
 }
 
-/// The server's answer to dropping an index, or from a collection, that does not exist.
+/// The server's answer to dropping an index that does not exist.
 fn already_gone(error: &mongodb::error::Error) -> bool {
-    const NAMESPACE_NOT_FOUND: i32 = 26;
     const INDEX_NOT_FOUND: i32 = 27;
-    matches!(
-        &*error.kind,
-        ErrorKind::Command(command) if [NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND].contains(&command.code)
-    )
+    matches!(&*error.kind, ErrorKind::Command(command) if command.code == INDEX_NOT_FOUND)
 }
 
 impl Store {
